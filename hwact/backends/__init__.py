@@ -1,0 +1,1 @@
+"""Backends: each takes a Graph and a target, writes artifacts into a folder, returns what it wrote."""

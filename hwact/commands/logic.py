@@ -1,0 +1,3 @@
+"""CLI commands for this area (filled in by its issue)."""
+
+COMMANDS: list = []

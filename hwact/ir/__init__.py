@@ -1,0 +1,1 @@
+"""hwact's IR: torch.export ATen graphs (hwact.ir.graph) and hwact ops with integer reference semantics."""

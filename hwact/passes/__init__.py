@@ -1,0 +1,1 @@
+"""Graph passes, one per file, named <verb>_<what>.py; see hwact.passes.base for the contract."""
