@@ -1,0 +1,290 @@
+"""Checkpoint intake: find out what a file is, load it safely, trace it to a Graph.
+
+Formats (detected from the bytes, not the extension):
+  * torch.export archive (.pt2): graph + weights + example inputs; preferred.
+  * TorchScript archive: converted to torch.export (needs --input-shape).
+  * state_dict (.pt/.pth via torch.load(weights_only=True), or .safetensors) plus --arch NAME.
+  * a pickled nn.Module: only with trust=True (unpickling runs code from the file).
+  * ONNX (.onnx): only for commands that need nothing but ONNX (bench, inspect).
+  * zoo:NAME: a built-in zoo model with its seeded random weights.
+Every failure a user can cause raises InputError naming the file and the cause; nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hwact import models
+from hwact.errors import InputError
+from hwact.ir.graph import Graph, InputSpec, first_line, from_exported, trace
+from hwact.ir.ops import load_all_ops
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "int64": torch.int64,
+           "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+
+
+@dataclass
+class Loaded:
+    source: str
+    format: str
+    sha256: str | None
+    inputs: list[InputSpec]
+    graph: Graph | None = None           # None only for ONNX files
+    module: torch.nn.Module | None = None  # the eager module when there is one (zoo, state_dict, pickle)
+    onnx_path: Path | None = None
+
+    def describe(self) -> dict:
+        return {"path": self.source, "format": self.format, "sha256": self.sha256,
+                "input_shapes": {s.name: s.describe() for s in self.inputs}}
+
+
+def parse_input_shape(text: str, index: int = 0) -> InputSpec:
+    """'1x3x224x224' or '1x128:int64' (optionally 'name=1x128:int64')."""
+    match = re.fullmatch(r"(?:([A-Za-z_]\w*)=)?(\d+(?:x\d+)*)(?::(\w+))?", text.strip())
+    if not match:
+        raise InputError(f"bad --input-shape '{text}'", hint="write it like 1x3x224x224 or 1x128:int64")
+    name, dims, dtype = match.groups()
+    shape = tuple(int(d) for d in dims.split("x"))
+    if any(d <= 0 for d in shape):
+        raise InputError(f"bad --input-shape '{text}': every dimension must be positive")
+    if dtype and dtype not in _DTYPES:
+        raise InputError(f"bad --input-shape '{text}': unknown dtype '{dtype}'", hint="one of " + ", ".join(_DTYPES))
+    torch_dtype = _DTYPES[dtype or "float32"]
+    return InputSpec(name or ("x" if index == 0 else f"x{index}"), shape, torch_dtype,
+                     None if torch_dtype.is_floating_point else 2)
+
+
+def load(source: str, arch: str | None = None, input_shapes: tuple[str, ...] = (), trust: bool = False,
+         allow_onnx: bool = False) -> Loaded:
+    load_all_ops()
+    shapes = [parse_input_shape(s, i) for i, s in enumerate(input_shapes)]
+    if source.startswith("zoo:"):
+        module, specs = models.build(source[4:])
+        return _from_module(module, shapes or specs, source, "zoo", None)
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{source}: no such file", hint="give a checkpoint path or zoo:NAME (see `hwact inspect --help`)")
+    if path.is_dir():
+        raise InputError(f"{source}: is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{source}: empty file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kind = detect_format(path)
+    if kind == "onnx":
+        if not allow_onnx:
+            raise InputError(f"{source}: an ONNX file can only be inspected or benchmarked",
+                             hint="convert/export need the PyTorch checkpoint (.pt2, TorchScript or state_dict)")
+        return _load_onnx(path, digest)
+    if kind == "pt2":
+        return _load_pt2(path, digest, shapes)
+    if kind == "torchscript":
+        return _load_torchscript(path, digest, shapes)
+    if kind == "safetensors":
+        return _load_state_dict(path, digest, _read_safetensors(path), arch, shapes, "safetensors")
+    return _load_torch_pickle(path, digest, arch, shapes, trust)
+
+
+def detect_format(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise InputError(f"{path}: truncated or corrupt zip archive ({first_line(exc)})") from exc
+        if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+            return "pt2"
+        if any("/code/" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-pickle"
+        raise InputError(f"{path}: a zip archive that is neither a torch.export, TorchScript nor torch.save file")
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len < path.stat().st_size:
+            return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-pickle"
+    if path.suffix.lower() == ".onnx" or _looks_like_onnx(path):
+        return "onnx"
+    raise InputError(f"{path}: unrecognized checkpoint format",
+                     hint="expected .pt2 (torch.export), TorchScript, a state_dict (.pt/.pth/.safetensors) or .onnx")
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return len(model.graph.node) > 0
+
+
+def _load_pt2(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or truncated .pt2 archive ({first_line(exc)})") from exc
+    names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    if not shapes:
+        example = ep.example_inputs[0] if ep.example_inputs else None
+        if example is None:
+            raise InputError(f"{path}: the archive has no example inputs", hint="pass --input-shape")
+        shapes = [_spec_from_tensor(name, t) for name, t in zip(names, example)]
+    else:
+        shapes = [InputSpec(n, s.shape, s.dtype, s.high) for n, s in zip(names, shapes)]
+    graph = from_exported(ep, shapes)
+    _check_runs(graph, str(path))
+    return Loaded(str(path), "pt2", digest, shapes, graph, graph.module)
+
+
+def _spec_from_tensor(name: str, tensor: torch.Tensor) -> InputSpec:
+    high = None if tensor.dtype.is_floating_point else int(tensor.max().item()) + 1 if tensor.numel() else 2
+    return InputSpec(name, tuple(tensor.shape), tensor.dtype, high)
+
+
+def _load_torchscript(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
+    if not shapes:
+        raise InputError(f"{path}: TorchScript archives carry no input shapes", hint="pass --input-shape, e.g. 1x3x224x224")
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or truncated TorchScript archive ({first_line(exc)})") from exc
+    from torch._export.converter import TS2EPConverter
+
+    args = tuple(s.random(shapes[0].shape[0], torch.Generator().manual_seed(0)) for s in shapes)
+    try:
+        ep = TS2EPConverter(scripted, args).convert()
+    except Exception as exc:
+        raise InputError(f"{path}: the TorchScript model could not be converted to torch.export with inputs "
+                         f"{', '.join(s.describe() for s in shapes)} ({first_line(exc)})") from exc
+    graph = from_exported(ep, shapes)
+    _check_runs(graph, str(path))
+    return Loaded(str(path), "torchscript", digest, shapes, graph, graph.module)
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or truncated safetensors file ({first_line(exc)})") from exc
+
+
+def _load_torch_pickle(path: Path, digest: str, arch: str | None, shapes: list[InputSpec], trust: bool) -> Loaded:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
+            raise InputError(f"{path}: corrupt or truncated torch.save file ({first_line(exc)})") from exc
+        if not trust:
+            raise InputError(f"{path}: holds pickled Python objects (a full nn.Module?); unpickling runs code from "
+                             "the file, so it is refused", hint="save a state_dict or .pt2 instead, or pass "
+                             "--trust-checkpoint if you trust this file") from exc
+        return _load_trusted_module(path, digest, shapes)
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or truncated torch.save file ({first_line(exc)})") from exc
+    return _load_state_dict(path, digest, _unwrap_state_dict(obj, path), arch, shapes, "state_dict")
+
+
+def _load_trusted_module(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(f"{path}: could not unpickle ({first_line(exc)})") from exc
+    if isinstance(obj, dict):
+        raise InputError(f"{path}: holds a dict with pickled objects, not an nn.Module",
+                         hint="save a plain state_dict (tensors only) and pass --arch")
+    if not isinstance(obj, torch.nn.Module):
+        raise InputError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")
+    if not shapes:
+        raise InputError(f"{path}: a pickled module carries no input shapes", hint="pass --input-shape")
+    return _from_module(obj, shapes, str(path), "pickled-module", digest)
+
+
+def _unwrap_state_dict(obj, path: Path) -> dict:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path}: not a state_dict (expected a dict of name -> tensor)")
+    return obj
+
+
+def _load_state_dict(path: Path, digest: str, state: dict, arch: str | None, shapes: list[InputSpec],
+                     fmt: str) -> Loaded:
+    if not arch:
+        raise InputError(f"{path}: a state_dict holds weights only", hint="name its architecture with --arch "
+                         "(one of " + ", ".join(models.names()) + ")")
+    module, specs = models.build(arch)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs "
+                         f"{tuple(expected[k].shape)})")
+        raise InputError(f"{path}: state_dict keys do not match --arch {arch}: " + "; ".join(parts))
+    module.load_state_dict(state)
+    return _from_module(module, shapes or specs, str(path), fmt, digest)
+
+
+def _from_module(module: torch.nn.Module, shapes: list[InputSpec], source: str, fmt: str, digest) -> Loaded:
+    module = module.eval()
+    graph = trace(module, shapes, source)
+    return Loaded(source, fmt, digest, shapes, graph, module)
+
+
+def _check_runs(graph: Graph, source: str) -> None:
+    try:
+        graph(*graph.example_inputs(batch=graph.inputs[0].shape[0]))
+    except Exception as exc:
+        raise InputError(f"{source}: the model rejects inputs {', '.join(s.describe() for s in graph.inputs)} "
+                         f"({first_line(exc)})", hint="check --input-shape") from exc
+
+
+def _load_onnx(path: Path, digest: str) -> Loaded:
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or invalid ONNX file ({first_line(exc)})") from exc
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim)
+        elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        dtype = torch.from_numpy(__import__("numpy").zeros(1, dtype=elem)).dtype
+        specs.append(InputSpec(value.name, dims, dtype, None if dtype.is_floating_point else 2))
+    return Loaded(str(path), "onnx", digest, specs, None, None, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable JSON ({first_line(exc)})") from exc

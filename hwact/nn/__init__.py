@@ -1,0 +1,1 @@
+"""Trainable layers: HeLU (hwact.nn.helu), logic-gate layers, delta activations."""

@@ -1,0 +1,144 @@
+"""Pass manager: run passes in order and verify each against its input graph.
+
+After every pass the new graph and the graph it was given are run on the same calibration batches and
+compared on all floating-point outputs:
+    max_abs_err = max |y' − y|        mean_abs_err = mean |y' − y|
+    cosine      = <y', y> / (|y'|·|y|)  (outputs flattened per run)
+    top1_agreement = share of samples whose argmax class is unchanged (when the first output is (N, C>1))
+A pass with a declared `tolerance` that exceeds it fails with an error naming it and the passes before it.
+Calibration batches are random (seeded) by default, or come from a user .npz whose arrays are named after
+the model inputs (or `x` for a single-input model).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from hwact.errors import InputError, PreconditionError, VerificationError
+from hwact.ir.graph import Graph, InputSpec
+from hwact.passes.base import make_pass
+
+
+@dataclass
+class PassRecord:
+    name: str
+    changed: int
+    max_abs_err: float
+    mean_abs_err: float
+    cosine: float
+    top1_agreement: float | None
+    seconds: float
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_batches(inputs: list[InputSpec], samples: int = 16, batch: int = 8, seed: int = 0) -> list[tuple]:
+    generator = torch.Generator().manual_seed(seed)
+    return [tuple(spec.random(min(batch, samples - start), generator) for spec in inputs)
+            for start in range(0, samples, batch)]
+
+
+def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: int | None = None) -> list[tuple]:
+    """Batches of user calibration data from an .npz (no pickles are ever loaded)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = {k: archive[k] for k in archive.files}
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable .npz archive ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    columns = []
+    for i, spec in enumerate(inputs):
+        key = spec.name if spec.name in arrays else ("x" if i == 0 and len(inputs) == 1 and "x" in arrays else None)
+        if key is None:
+            raise InputError(f"{path}: no array named '{spec.name}'", hint=f"arrays found: {', '.join(arrays) or 'none'}")
+        array = arrays[key]
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != tuple(spec.shape[1:]):
+            raise InputError(f"{path}: array '{key}' has shape {tuple(array.shape)}, the model expects "
+                             f"(N, {', '.join(map(str, spec.shape[1:]))})")
+        if array.shape[0] == 0:
+            raise InputError(f"{path}: array '{key}' is empty")
+        if spec.dtype.is_floating_point and not np.issubdtype(array.dtype, np.number):
+            raise InputError(f"{path}: array '{key}' has dtype {array.dtype}, expected numbers")
+        columns.append(torch.from_numpy(np.ascontiguousarray(array)).to(spec.dtype))
+    count = min(c.shape[0] for c in columns)
+    if limit:
+        count = min(count, limit)
+    return [tuple(c[s:s + batch] for c in columns) for s in range(0, count, batch)]
+
+
+def _outputs(graph: Graph, batches: list[tuple]) -> list[torch.Tensor]:
+    """Per batch, the float outputs flattened and concatenated into (N, -1)."""
+    results = []
+    with torch.no_grad():
+        for args in batches:
+            leaves = [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
+            results.append(torch.cat([t.detach().float().reshape(t.shape[0] if t.dim() else 1, -1)
+                                      for t in leaves], dim=1))
+    return results
+
+
+def _first_output_classes(graph: Graph, args: tuple) -> torch.Tensor | None:
+    with torch.no_grad():
+        out = pytree.tree_leaves(graph.module(*args))[0]
+    return out.argmax(dim=1) if out.dim() == 2 and out.shape[1] > 1 else None
+
+
+def compare(before: list[torch.Tensor], after: list[torch.Tensor]) -> dict:
+    a, b = torch.cat(before).double(), torch.cat(after).double()
+    diff = (a - b).abs()
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() if a.numel() else 1.0
+    return {"max_abs_err": diff.max().item() if diff.numel() else 0.0,
+            "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cos}
+
+
+def top1_agreement(graph_a: Graph, graph_b: Graph, batches: list[tuple]) -> float | None:
+    agree = total = 0
+    for args in batches:
+        ca, cb = _first_output_classes(graph_a, args), _first_output_classes(graph_b, args)
+        if ca is None or cb is None:
+            return None
+        agree += int((ca == cb).sum())
+        total += ca.numel()
+    return agree / total if total else None
+
+
+def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tuple],
+               log=lambda message: None) -> tuple[Graph, list[PassRecord]]:
+    """Run `names` in order on `graph` (mutated), verifying each; returns the graph and one record per pass."""
+    records: list[PassRecord] = []
+    before_outputs = _outputs(graph, batches)
+    for index, name in enumerate(names):
+        done = ", ".join(names[:index]) or "none"
+        the_pass = make_pass(name, options)
+        violations = the_pass.check(graph)
+        if violations:
+            shown = "; ".join(violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
+            raise PreconditionError(f"pass {name} (after: {done}): precondition "
+                                    f"'{' and '.join(the_pass.preconditions)}' fails at {shown}")
+        reference = graph.copy()
+        start = time.perf_counter()
+        graph, changed = the_pass(graph)
+        seconds = time.perf_counter() - start
+        if not changed:
+            record = PassRecord(name, 0, 0.0, 0.0, 1.0, 1.0, round(seconds, 4), "no change: nothing matched")
+        else:
+            after_outputs = _outputs(graph, batches)
+            metrics = compare(before_outputs, after_outputs)
+            record = PassRecord(name, changed, **metrics, top1_agreement=top1_agreement(reference, graph, batches),
+                                seconds=round(time.perf_counter() - start, 4))
+            if the_pass.tolerance is not None and metrics["max_abs_err"] > the_pass.tolerance:
+                raise VerificationError(f"pass {name} (after: {done}) changed outputs by {metrics['max_abs_err']:.3g}, "
+                                        f"over its tolerance {the_pass.tolerance:g}")
+            before_outputs = after_outputs
+        records.append(record)
+        log(record)
+    return graph, records
