@@ -1,0 +1,114 @@
+"""ONNX backend: export a Graph with torch.onnx (dynamo exporter), check it, verify it with onnxruntime.
+
+* opset 20 (GELU stays one `Gelu` op), dynamic batch dimension, one self-contained file below 2 GB
+  (weights inside the protobuf), external data beside it above that.
+* hwact ops are written through the translations registered in hwact.ir.ops.ONNX_TRANSLATIONS.
+* `onnx.checker.check_model` must pass; `verify` runs onnxruntime against the torch graph on the same
+  inputs (max abs error, cosine, top-1 agreement).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from hwact.errors import UnsupportedError, VerificationError
+from hwact.ir.graph import Graph, first_line
+from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
+from hwact.passes.manager import Outputs, compare, run_outputs
+
+OPSET = 20
+_TWO_GB = 2 * 1024**3
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. 'torchvision is not installed' notices
+
+
+def export_onnx(graph: Graph, path: Path, opset: int = OPSET) -> Path:
+    """Write `graph` to `path` (atomically: a temp file renamed when complete)."""
+    load_all_ops()
+    path = Path(path)
+    names = [spec.name for spec in graph.inputs]
+    try:
+        ep = graph.export(dynamic_batch=True)
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(ep, (), dynamo=True, opset_version=opset, input_names=names,
+                                        custom_translation_table=dict(ONNX_TRANSLATIONS), verbose=False,
+                                        optimize=True)
+    except Exception as exc:
+        raise UnsupportedError(f"ONNX export failed: {first_line(exc)}",
+                               hint="run `hwact inspect` to see which ops the cpu target lacks") from exc
+    weights = sum(t.numel() * t.element_size() for t in graph.module.state_dict().values())
+    external = weights >= _TWO_GB
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        with redirect_stdout(io.StringIO()):
+            program.save(tmp, external_data=external)
+        model = onnx.load(tmp, load_external_data=False)
+        model.producer_name, model.producer_version = "hwact", __import__("hwact").__version__
+        if external:
+            onnx.save(model, tmp, save_as_external_data=True, location=path.name + ".data")
+        else:
+            onnx.save(model, tmp)
+        onnx.checker.check_model(tmp if external else model)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def ort_session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, batches: list[tuple]) -> Outputs:
+    names = [i.name for i in session.get_inputs()]
+    flat, classes = [], []
+    for args in batches:
+        outs = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        tensors = [torch.from_numpy(np.asarray(o)) for o in outs]
+        flat.append(torch.cat([t.double().reshape(t.shape[0], -1) for t in tensors], 1))
+        first = tensors[0]
+        classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
+    has_classes = all(c is not None for c in classes)
+    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None)
+
+
+def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4) -> dict:
+    """Compare onnxruntime on `path` with the torch graph; raise when the max abs error exceeds
+    tolerance·max(1, max|y_torch|) (relative to the output's magnitude, so large logits are fair)."""
+    reference = run_outputs(graph, batches)
+    metrics = compare(reference, run_onnx(ort_session(path), batches))
+    limit = None if tolerance is None else tolerance * max(1.0, float(reference.flat.abs().max()))
+    if limit is not None and metrics["max_abs_err"] > limit:
+        raise VerificationError(f"{path}: onnxruntime differs from the torch graph by {metrics['max_abs_err']:.3g} "
+                                f"(limit {limit:.3g})")
+    return metrics
+
+
+def onnx_op_census(path: Path) -> dict[str, int]:
+    model = onnx.load(str(path), load_external_data=False)
+    census: dict[str, int] = {}
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        census[key] = census.get(key, 0) + 1
+    return dict(sorted(census.items()))

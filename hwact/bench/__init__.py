@@ -1,0 +1,1 @@
+"""Benchmark runners (measured) behind one interface."""

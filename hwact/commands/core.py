@@ -1,0 +1,201 @@
+"""Core commands: inspect, convert, export-onnx, bench, demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from hwact.errors import InputError
+
+_DEMO_DIR = "hwact-demo"
+
+
+def model_options(func):
+    """MODEL argument plus the options every command that loads a checkpoint takes."""
+    func = click.option("--trust-checkpoint", is_flag=True,
+                        help="Allow unpickling a full nn.Module (runs code from the file).")(func)
+    func = click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
+                        help="Input shape like 1x3x224x224 or 1x128:int64; repeat for several inputs.")(func)
+    func = click.option("--arch", help="Zoo architecture of a state_dict checkpoint (see `hwact inspect --zoo`).")(func)
+    return click.argument("model")(func)
+
+
+def pass_options(func):
+    func = click.option("--helu-alpha", type=float, default=None, help="HeLU backward margin for gelu-to-helu.")(func)
+    func = click.option("--skip", multiple=True, metavar="GLOB", help="Module paths to leave alone (repeatable).")(func)
+    func = click.option("--only", multiple=True, metavar="GLOB", help="Only touch these module paths (repeatable).")(func)
+    func = click.option("--calib", type=click.Path(dir_okay=False), help=".npz calibration data (arrays named after inputs, or x; y = labels).")(func)
+    func = click.option("--recipe", help="A named list of passes (e.g. relu, helu).")(func)
+    return click.option("--passes", help="Comma-separated pass names, run in order.")(func)
+
+
+def _load(model, arch, input_shapes, trust_checkpoint, allow_onnx=False):
+    from hwact.load import load
+
+    return load(model, arch=arch, input_shapes=tuple(input_shapes), trust=trust_checkpoint, allow_onnx=allow_onnx)
+
+
+def _pass_options(only, skip, helu_alpha) -> dict:
+    return {"only": tuple(only), "skip": tuple(skip), "helu_alpha": helu_alpha}
+
+
+# ----------------------------------------------------------------------------------------------- inspect
+@click.command()
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
+    """Op census, activation sites, parameters, FLOPs and per-target support of MODEL.
+
+    MODEL is a checkpoint file, an ONNX file, or zoo:NAME (zoo:vit-tiny, zoo:vit-s16, zoo:swin-tiny, ...)."""
+    from hwact.inspect import inspect_loaded, render_inspect
+
+    info = inspect_loaded(_load(model, arch, input_shapes, trust_checkpoint, allow_onnx=True))
+    click.echo(json.dumps(info, indent=2) if as_json else render_inspect(info))
+
+
+# ----------------------------------------------------------------------------------------------- convert
+@click.command()
+@model_options
+@pass_options
+@click.option("--target", default="cpu", show_default=True, help="Target name (hwact/targets/*.toml).")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir, force):
+    """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
+    from hwact.convert import convert as run_convert
+    from hwact.passes.base import resolve
+    from hwact.targets import load_target
+
+    names = resolve(passes, recipe)
+    the_target = load_target(target)
+    if Path(outdir).exists() and not force:
+        raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
+    loaded = _load(model, arch, input_shapes, trust_checkpoint)
+    click.echo(f"hwact: {loaded.source} ({loaded.format}) -> {outdir} for {the_target.name}")
+    report = run_convert(loaded, names, _pass_options(only, skip, helu_alpha), the_target, Path(outdir), force,
+                         calib=calib, log=click.echo)
+    _print_convert_summary(report, outdir)
+
+
+def _print_convert_summary(report: dict, outdir) -> None:
+    if "onnx" in report:
+        onnx = report["onnx"]
+        click.echo(f"  onnxruntime vs torch: max|err| {onnx['ort_max_abs_err']:.3g}, cosine {onnx['ort_cosine']:.6f}")
+    support = report.get("target_support")
+    if support and not support["deployable"]:
+        blockers = ", ".join(f"{op} x{v['count']}" for op, v in support["not_native"].items())
+        click.echo(f"  not yet deployable on {support['target']}: {blockers} (see report.md)")
+    click.echo(f"wrote {', '.join(str(Path(outdir) / a) for a in report['artifacts'])}")
+
+
+# ------------------------------------------------------------------------------------------- export-onnx
+@click.command("export-onnx")
+@model_options
+@pass_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Path of the .onnx file.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, output, force):
+    """Export MODEL (optionally after passes) to one ONNX file, verified with onnxruntime."""
+    from hwact.backends.onnx import export_onnx, verify
+    from hwact.convert import calibration
+    from hwact.passes.base import resolve
+    from hwact.passes.manager import run_passes
+    from hwact.convert import _pass_line
+
+    names = resolve(passes, recipe)
+    if Path(output).exists() and not force:
+        raise InputError(f"{output}: already exists", hint="pass --force to replace it")
+    loaded = _load(model, arch, input_shapes, trust_checkpoint)
+    batches = calibration(loaded.graph, calib)
+    graph, _ = run_passes(loaded.graph, names, _pass_options(only, skip, helu_alpha), batches,
+                          log=lambda r: click.echo(_pass_line(r)))
+    path = export_onnx(graph, Path(output))
+    metrics = verify(graph, path, batches)
+    click.echo(f"wrote {path} ({path.stat().st_size} bytes); onnxruntime vs torch max|err| {metrics['max_abs_err']:.3g}")
+
+
+# ------------------------------------------------------------------------------------------------- bench
+@click.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--compare", "other", type=click.Path(), help="A second artifact, run interleaved; prints the ratio.")
+@click.option("--warmup", default=10, show_default=True, help="Warm-up runs.")
+@click.option("--iterations", type=int, default=None, help="Timed runs (default: as many as --duration allows).")
+@click.option("--duration", type=float, default=3.0, show_default=True, help="Seconds to run when --iterations is not given.")
+@click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON with machine and library versions.")
+def bench(artifact, other, warmup, iterations, duration, threads, batch, as_json):
+    """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder)."""
+    from hwact.bench.ort_runner import make_runner, measure
+    from hwact.report import machine, versions
+
+    if batch < 1 or warmup < 0 or (iterations is not None and iterations < 1) or duration <= 0 or threads < 0:
+        raise InputError("--batch and --iterations must be >= 1, --warmup and --threads >= 0, --duration > 0")
+    paths = [_onnx_of(artifact)] + ([_onnx_of(other)] if other else [])
+    runners = [make_runner(p, batch, threads) for p in paths]
+    results = measure(runners, warmup, iterations, None if iterations else duration, batch)
+    out = {"batch": batch, "threads": threads, "results": [{"artifact": str(p), **r} for p, r in zip(paths, results)]}
+    if other:
+        out["ratio_p50"] = results[0]["p50_ms"] / results[1]["p50_ms"]
+    if as_json:
+        click.echo(json.dumps({**out, "machine": machine(), "versions": versions()}, indent=2))
+        return
+    for r in out["results"]:
+        click.echo(f"{r['artifact']}: p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
+                   f"mean {r['mean_ms']:.3f}  min {r['min_ms']:.3f}  ({r['iterations']} runs, "
+                   f"{r['throughput_per_s']:.1f} samples/s at batch {batch})")
+    if other:
+        click.echo(f"latency ratio (p50) {paths[0]} / {paths[1]}: {out['ratio_p50']:.3f} "
+                   f"(interleaved in one process)")
+
+
+def _onnx_of(artifact: str) -> Path:
+    path = Path(artifact)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.exists():
+        raise InputError(f"{artifact}: no such ONNX file or convert folder with model.onnx")
+    if path.stat().st_size == 0:
+        raise InputError(f"{artifact}: empty file")
+    return path
+
+
+# -------------------------------------------------------------------------------------------------- demo
+@click.command()
+@click.option("-o", "--output", "outdir", default=_DEMO_DIR, show_default=True, type=click.Path(file_okay=False))
+def demo(outdir):
+    """Built-in default: zoo ViT -> gelu-to-relu + fold-bn -> ONNX -> benchmark original vs converted."""
+    from hwact.backends.onnx import export_onnx, verify
+    from hwact.bench.ort_runner import make_runner, measure
+    from hwact.convert import calibration, convert as run_convert
+    from hwact.load import load
+    from hwact.targets import load_target
+
+    out = Path(outdir)
+    start = time.perf_counter()
+    click.echo("hwact demo: the zoo ViT (vit-tiny, random weights), GELU -> ReLU, BatchNorm folding, ONNX, benchmark\n")
+    out.mkdir(parents=True, exist_ok=True)
+    original_graph = load("zoo:vit-tiny").graph
+    original = export_onnx(original_graph, out / "original.onnx")
+    verify(original_graph, original, calibration(original_graph, None))
+    converted = out / "converted"
+    report = run_convert(load("zoo:vit-tiny"), ["gelu-to-relu", "fold-bn", "cleanup"], {}, load_target("cpu"),
+                         converted, force=True, log=click.echo)
+    _print_convert_summary(report, converted)
+    click.echo(f"\nbenchmark (onnxruntime, batch 1, interleaved A/B):")
+    runners = [make_runner(original, 1, 0), make_runner(converted / "model.onnx", 1, 0)]
+    first, second = measure(runners, warmup=20, iterations=300, duration=None, batch=1)
+    click.echo(f"  original  p50 {first['p50_ms']:.3f} ms   converted p50 {second['p50_ms']:.3f} ms   "
+               f"ratio converted/original {second['p50_ms'] / first['p50_ms']:.3f}")
+    click.echo(f"\ndone in {time.perf_counter() - start:.1f} s. Wrote:\n  {original}\n  "
+               + "\n  ".join(str(converted / a) for a in report["artifacts"]))
+    click.echo("\nNext:\n"
+               f"  hwact inspect zoo:vit-s16                      # op census, activation sites, target support\n"
+               f"  hwact bench {converted} --compare {original}\n"
+               f"  hwact convert MODEL.pt2 --recipe relu -o OUT   # your own checkpoint")
+
+
+COMMANDS = [inspect, convert, export_onnx_command, bench, demo]

@@ -1,0 +1,119 @@
+"""`hwact convert`: load -> passes (verified) -> backend artifacts -> report, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwact import flows
+from hwact.backends.onnx import export_onnx, verify
+from hwact.errors import InputError, UnsupportedError
+from hwact.ir import activations
+from hwact.ir.graph import Graph
+from hwact.ir.summary import op_census, target_support
+from hwact.load import Loaded
+from hwact.passes.manager import load_calibration, random_batches, run_passes
+from hwact.report import versions, write_report
+from hwact.targets import Target
+
+
+@contextlib.contextmanager
+def atomic_dir(outdir: Path, force: bool):
+    """Yield a temporary folder beside `outdir`; on success it becomes `outdir`, on failure it vanishes."""
+    outdir = Path(outdir)
+    if outdir.exists() and not force:
+        raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.tmp-"))
+    try:
+        yield tmp
+        if outdir.exists():
+            old = outdir.parent / f".{outdir.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            outdir.rename(old)
+            tmp.rename(outdir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(outdir)
+        outdir.chmod(0o755)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def calibration(graph: Graph, calib: str | None, samples: int = 16, batch: int = 8) -> list[tuple]:
+    if calib:
+        return load_calibration(calib, graph.inputs, batch=batch, limit=max(samples, 64))
+    return random_batches(graph.inputs, samples, batch)
+
+
+def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float | None:
+    """Top-1 accuracy on the calibration file's `y` labels, when it has them."""
+    if not calib:
+        return None
+    with np.load(calib, allow_pickle=False) as archive:
+        if "y" not in archive.files:
+            return None
+        labels = torch.from_numpy(archive["y"]).long()
+    batches = load_calibration(calib, graph.inputs, batch=batch)
+    correct = seen = 0
+    with torch.no_grad():
+        for args in batches:
+            predicted = graph.module(*args)
+            predicted = predicted[0] if isinstance(predicted, (tuple, list)) else predicted
+            truth = labels[seen:seen + predicted.shape[0]]
+            correct += int((predicted.argmax(dim=1) == truth).sum())
+            seen += predicted.shape[0]
+    return correct / seen if seen else None
+
+
+def convert(loaded: Loaded, pass_names: list[str], options: dict, target: Target, outdir: Path, force: bool,
+            calib: str | None = None, log=print) -> dict:
+    graph = loaded.graph
+    flow = flows.find_flow(graph)
+    with atomic_dir(outdir, force) as tmp:
+        if flow is not None:
+            if target.name not in flow.TARGETS:
+                raise UnsupportedError(f"{loaded.source}: a {flow.NAME} model converts to targets "
+                                       f"{', '.join(flow.TARGETS)}, not '{target.name}'")
+            body = flow.convert(graph, target, tmp, options)
+        else:
+            body = _convert_generic(graph, pass_names, options, target, tmp, calib, log)
+        report = {"input": loaded.describe(), "target": target.name, **body, "versions": versions()}
+        report["artifacts"] = sorted(set(body.get("artifacts", [])) | {"report.json", "report.md"})
+        write_report(tmp, report)
+    return report
+
+
+def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target: Target, tmp: Path,
+                     calib: str | None, log) -> dict:
+    batches = calibration(graph, calib)
+    body: dict = {"ops_before": op_census(graph),
+                  "activations_before": [s.describe() for s in activations.find_sites(graph)]}
+    accuracy_before = labelled_accuracy(graph, calib)
+    graph, records = run_passes(graph, pass_names, options, batches, log=lambda r: log(_pass_line(r)))
+    body["passes"] = [r.as_dict() for r in records]
+    body["ops_after"] = op_census(graph)
+    body["activations_after"] = [s.describe() for s in activations.find_sites(graph)]
+    if accuracy_before is not None:
+        body["accuracy"] = {"before": accuracy_before, "after": labelled_accuracy(graph, calib)}
+    model_path = export_onnx(graph, tmp / "model.onnx")
+    metrics = verify(graph, model_path, batches)
+    body["onnx"] = {"path": "model.onnx", "opset": 20, "bytes": model_path.stat().st_size,
+                    "ort_max_abs_err": metrics["max_abs_err"], "ort_cosine": metrics["cosine"],
+                    "ort_top1_agreement": metrics["top1_agreement"]}
+    body["target_support"] = target_support(graph, target)
+    body["artifacts"] = ["model.onnx"]
+    return body
+
+
+def _pass_line(record) -> str:
+    if not record.changed:
+        return f"  {record.name:16s} {record.note}"
+    top1 = "" if record.top1_agreement is None else f"  top1 {record.top1_agreement:.3f}"
+    return (f"  {record.name:16s} changed {record.changed:4d}  max|err| {record.max_abs_err:.3g}  "
+            f"cos {record.cosine:.6f}{top1}  {record.seconds:.2f}s")
