@@ -95,8 +95,13 @@ def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target:
     body: dict = {"ops_before": op_census(graph),
                   "activations_before": [s.describe() for s in activations.find_sites(graph)]}
     accuracy_before = labelled_accuracy(graph, calib)
+    teacher = graph.copy() if options.get("recover") else None
     graph, records = run_passes(graph, pass_names, options, batches, log=lambda r: log(_pass_line(r)))
     body["passes"] = [r.as_dict() for r in records]
+    if teacher is not None:
+        from hwact.train.recover import recover_accuracy
+
+        graph, body["recovery"] = recover_accuracy(graph, teacher, options["data"], options, log)
     body["ops_after"] = op_census(graph)
     body["activations_after"] = [s.describe() for s in activations.find_sites(graph)]
     if accuracy_before is not None:

@@ -63,7 +63,10 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--target", default="cpu", show_default=True, help="Target name (hwact/targets/*.toml).")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
-def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir, force):
+@click.option("--recover", type=click.Choice(["kd"]), help="Recover accuracy after the passes by distilling from the original.")
+@click.option("--data", help="Training data for --recover: digits, an .npz (x[, y]) or an ImageFolder directory.")
+def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir,
+            force, recover, data):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
     from hwact.convert import convert as run_convert
     from hwact.passes.base import resolve
@@ -71,12 +74,14 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
 
     names = resolve(passes, recipe)
     the_target = load_target(target)
+    if recover and not data:
+        raise InputError("--recover kd needs --data (digits, an .npz or an image folder)")
     if Path(outdir).exists() and not force:
         raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
     click.echo(f"hwact: {loaded.source} ({loaded.format}) -> {outdir} for {the_target.name}")
-    report = run_convert(loaded, names, _pass_options(only, skip, helu_alpha), the_target, Path(outdir), force,
-                         calib=calib, log=click.echo)
+    options = {**_pass_options(only, skip, helu_alpha), "recover": recover, "data": data}
+    report = run_convert(loaded, names, options, the_target, Path(outdir), force, calib=calib, log=click.echo)
     _print_convert_summary(report, outdir)
 
 
