@@ -113,14 +113,26 @@ def _match_erf_formula(erf: torch.fx.Node):
     return (out, x) if out is not None else None
 
 
-def _is_cube_of(node, x) -> bool:
-    if _is_op(node, aten.pow.Tensor_Scalar) and node.args[0] is x and _const(node.args[1], 3.0):
-        return True
+def _monomial(node, depth: int = 0):
+    """(coefficient, {node: power}) of a product of scalars, nodes and integer powers, else None."""
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        return float(node), {}
+    if depth > 6 or not isinstance(node, torch.fx.Node):
+        return None
     if _is_op(node, aten.mul.Tensor):
-        a, b = node.args[0], node.args[1]
-        square = b if a is x else a if b is x else None
-        return _is_op(square, aten.mul.Tensor) and square.args[0] is x and square.args[1] is x
-    return False
+        left, right = _monomial(node.args[0], depth + 1), _monomial(node.args[1], depth + 1)
+        if left is None or right is None:
+            return None
+        powers = dict(left[1])
+        for base, power in right[1].items():
+            powers[base] = powers.get(base, 0) + power
+        return left[0] * right[0], powers
+    if _is_op(node, aten.pow.Tensor_Scalar) and isinstance(node.args[1], (int, float)) and float(node.args[1]).is_integer():
+        inner = _monomial(node.args[0], depth + 1)
+        if inner is None or inner[0] != 1.0:
+            return None
+        return 1.0, {base: power * int(node.args[1]) for base, power in inner[1].items()}
+    return 1.0, {node: 1}
 
 
 def _match_tanh_formula(tanh: torch.fx.Node):
@@ -130,8 +142,8 @@ def _match_tanh_formula(tanh: torch.fx.Node):
     for x, cubic in ((inner.args[0], inner.args[1]), (inner.args[1], inner.args[0])):
         if not isinstance(x, torch.fx.Node) or not isinstance(cubic, torch.fx.Node):
             continue
-        cube = _scaled_input(cubic, 0.044715)
-        if cube is not None and _is_cube_of(cube, x):
+        term = _monomial(cubic)
+        if term is not None and _const(term[0], 0.044715) and term[1] == {x: 3}:
             one_plus = _one_plus(tanh)
             out = _half_product(one_plus, x) if one_plus is not None else None
             return (out, x) if out is not None else None
