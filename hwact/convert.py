@@ -47,8 +47,8 @@ def atomic_dir(outdir: Path, force: bool):
 
 def calibration(graph: Graph, calib: str | None, samples: int = 16, batch: int = 8) -> list[tuple]:
     if calib:
-        return load_calibration(calib, graph.inputs, batch=batch, limit=max(samples, 64))
-    return random_batches(graph.inputs, samples, batch)
+        return load_calibration(calib, graph.inputs, batch=batch, limit=max(samples, 64), fixed_batch=graph.fixed_batch)
+    return random_batches(graph.inputs, samples, batch, fixed_batch=graph.fixed_batch)
 
 
 def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float | None:
@@ -59,7 +59,7 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
         if "y" not in archive.files:
             return None
         labels = torch.from_numpy(archive["y"]).long()
-    batches = load_calibration(calib, graph.inputs, batch=batch)
+    batches = load_calibration(calib, graph.inputs, batch=batch, fixed_batch=graph.fixed_batch)
     correct = seen = 0
     with torch.no_grad():
         for args in batches:

@@ -229,6 +229,8 @@ def _load_state_dict(path: Path, digest: str, state: dict, arch: str | None, sha
     if not arch:
         raise InputError(f"{path}: a state_dict holds weights only", hint="name its architecture with --arch "
                          "(one of " + ", ".join(models.names()) + ")")
+    if arch not in models.ZOO:
+        raise InputError(f"{path}: unknown architecture '{arch}'", hint="known: " + ", ".join(models.names()))
     module, specs = models.build(arch)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))

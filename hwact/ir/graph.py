@@ -45,6 +45,7 @@ class Graph:
     module: torch.fx.GraphModule
     inputs: list[InputSpec]
     meta: dict = field(default_factory=dict)
+    fixed_batch: int | None = None  # set when the traced graph only runs at one batch size
 
     # ----- running -------------------------------------------------------------------------
     def __call__(self, *args: torch.Tensor):
@@ -52,11 +53,12 @@ class Graph:
             return self.module(*args)
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        batch = self.fixed_batch or batch
         generator = torch.Generator().manual_seed(seed)
         return tuple(spec.random(batch, generator) for spec in self.inputs)
 
     def copy(self) -> "Graph":
-        return Graph(copy.deepcopy(self.module), list(self.inputs), dict(self.meta))
+        return Graph(copy.deepcopy(self.module), list(self.inputs), dict(self.meta), self.fixed_batch)
 
     # ----- graph access --------------------------------------------------------------------
     @property
@@ -78,12 +80,9 @@ class Graph:
         if dynamic_batch:
             batch = torch.export.Dim("batch", min=1, max=4096)
             dynamic_shapes = tuple({0: batch} for _ in args)
-        try:
-            return torch.export.export(self.module, args, dynamic_shapes=dynamic_shapes)
-        except Exception:
-            if not dynamic_batch:
-                raise
+        if self.fixed_batch or not dynamic_batch:
             return torch.export.export(self.module, args)
+        return torch.export.export(self.module, args, dynamic_shapes=dynamic_shapes)
 
 
 def module_path(node: torch.fx.Node) -> str:
@@ -139,7 +138,11 @@ def trace(module: torch.nn.Module, inputs: list[InputSpec], source: str = "model
 def from_exported(ep: torch.export.ExportedProgram, inputs: list[InputSpec]) -> Graph:
     gm = ep.module()
     _drop_guard_calls(gm)
-    return Graph(module=gm, inputs=inputs)
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user = placeholders[-len(inputs):] if inputs else []
+    batch_dims = [n.meta["val"].shape[0] for n in user if isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].dim()]
+    fixed = next((int(d) for d in batch_dims if isinstance(d, int)), None)
+    return Graph(module=gm, inputs=inputs, fixed_batch=fixed)
 
 
 def _drop_guard_calls(gm: torch.fx.GraphModule) -> None:

@@ -40,13 +40,19 @@ class PassRecord:
         return asdict(self)
 
 
-def random_batches(inputs: list[InputSpec], samples: int = 16, batch: int = 8, seed: int = 0) -> list[tuple]:
+def random_batches(inputs: list[InputSpec], samples: int = 16, batch: int = 8, seed: int = 0,
+                   fixed_batch: int | None = None) -> list[tuple]:
+    """Seeded random inputs; a graph traced at one batch size (`fixed_batch`) gets only full batches of it."""
     generator = torch.Generator().manual_seed(seed)
+    if fixed_batch:
+        return [tuple(spec.random(fixed_batch, generator) for spec in inputs)
+                for _ in range(max(1, samples // fixed_batch))]
     return [tuple(spec.random(min(batch, samples - start), generator) for spec in inputs)
             for start in range(0, samples, batch)]
 
 
-def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: int | None = None) -> list[tuple]:
+def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: int | None = None,
+                     fixed_batch: int | None = None) -> list[tuple]:
     """Batches of user calibration data from an .npz (no pickles are ever loaded)."""
     try:
         archive = np.load(path, allow_pickle=False)
@@ -72,6 +78,10 @@ def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: 
     count = min(c.shape[0] for c in columns)
     if limit:
         count = min(count, limit)
+    if fixed_batch:
+        if count < fixed_batch:
+            raise InputError(f"{path}: {count} samples, but the model was traced at a fixed batch of {fixed_batch}")
+        batch, count = fixed_batch, count - count % fixed_batch
     return [tuple(c[s:s + batch] for c in columns) for s in range(0, count, batch)]
 
 
