@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 
+from hwact.backends.onnx_stream import inline_external_data
 from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.graph import Graph, first_line
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
@@ -47,33 +48,37 @@ def export_onnx(graph: Graph, path: Path, opset: int = OPSET) -> Path:
         raise UnsupportedError(f"ONNX export failed: {first_line(exc)}",
                                hint="run `hwact inspect` to see which ops the cpu target lacks") from exc
     weights = sum(t.numel() * t.element_size() for t in graph.module.state_dict().values())
-    external = weights >= _TWO_GB
+    program.model.producer_name, program.model.producer_version = "hwact", __import__("hwact").__version__
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
+        staged = Path(work) / path.name
         with redirect_stdout(io.StringIO()):
-            program.save(tmp, external_data=external)
-        model = onnx.load(tmp, load_external_data=False)
-        model.producer_name, model.producer_version = "hwact", __import__("hwact").__version__
-        if external:
-            onnx.save(model, tmp, save_as_external_data=True, location=path.name + ".data")
+            program.save(staged, external_data=True)  # streams each weight to a side file
+        del program
+        if weights < _TWO_GB:
+            single = Path(work) / "single.onnx"
+            inline_external_data(staged, single)
+            staged.unlink()
+            single.rename(staged)
+            onnx.checker.check_model(str(staged))
+            os.chmod(staged, 0o644)
+            os.replace(staged, path)
         else:
-            onnx.save(model, tmp)
-        onnx.checker.check_model(tmp if external else model)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            onnx.checker.check_model(str(staged))
+            for produced in Path(work).iterdir():
+                os.replace(produced, path.parent / produced.name)
     return path
 
 
-def ort_session(path: Path, threads: int = 0):
+def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
+    """An onnxruntime CPU session; `low_memory` skips weight pre-packing and the arena (for checks, not speed)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if low_memory:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -97,7 +102,7 @@ def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | No
     """Compare onnxruntime on `path` with the torch graph; raise when the max abs error exceeds
     tolerance·max(1, max|y_torch|) (relative to the output's magnitude, so large logits are fair)."""
     reference = run_outputs(graph, batches)
-    metrics = compare(reference, run_onnx(ort_session(path), batches))
+    metrics = compare(reference, run_onnx(ort_session(path, low_memory=True), batches))
     limit = None if tolerance is None else tolerance * max(1.0, float(reference.flat.abs().max()))
     if limit is not None and metrics["max_abs_err"] > limit:
         raise VerificationError(f"{path}: onnxruntime differs from the torch graph by {metrics['max_abs_err']:.3g} "
