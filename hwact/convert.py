@@ -80,7 +80,7 @@ def convert(loaded: Loaded, pass_names: list[str], options: dict, target: Target
             if target.name not in flow.TARGETS:
                 raise UnsupportedError(f"{loaded.source}: a {flow.NAME} model converts to targets "
                                        f"{', '.join(flow.TARGETS)}, not '{target.name}'")
-            body = flow.convert(graph, target, tmp, options)
+            body = {"flow": flow.NAME, **flow.convert(graph, target, tmp, options)}
         else:
             body = _convert_generic(graph, pass_names, options, target, tmp, calib, log)
         report = {"input": loaded.describe(), "target": target.name, **body, "versions": versions()}

@@ -131,14 +131,22 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
 @click.option("--duration", type=float, default=3.0, show_default=True, help="Seconds to run when --iterations is not given.")
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
+@click.option("--stream", type=click.Path(dir_okay=False), help="Frame sequence (.npz) for a delta-model folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with machine and library versions.")
-def bench(artifact, other, warmup, iterations, duration, threads, batch, as_json):
-    """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder)."""
+def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, as_json):
+    """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder).
+
+    A convert folder of a logic-gate or delta model is benchmarked by its own flow (compiled kernels)."""
     from hwact.bench.ort_runner import make_runner, measure
     from hwact.report import machine, versions
 
     if batch < 1 or warmup < 0 or (iterations is not None and iterations < 1) or duration <= 0 or threads < 0:
         raise InputError("--batch and --iterations must be >= 1, --warmup and --threads >= 0, --duration > 0")
+    flow_result = _bench_flow(Path(artifact), stream, batch, iterations, duration)
+    if flow_result is not None:
+        click.echo(json.dumps({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
+                              indent=2, default=str))
+        return
     paths = [_onnx_of(artifact)] + ([_onnx_of(other)] if other else [])
     runners = [make_runner(p, batch, threads) for p in paths]
     results = measure(runners, warmup, iterations, None if iterations else duration, batch)
@@ -155,6 +163,23 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, as_json
     if other:
         click.echo(f"latency ratio (p50) {paths[0]} / {paths[1]}: {out['ratio_p50']:.3f} "
                    f"(interleaved in one process)")
+
+
+def _bench_flow(folder: Path, stream: str | None, batch: int, iterations: int | None, duration: float) -> dict | None:
+    """Benchmark a convert folder written by a flow (hwact/flows.py) with that flow's `bench`."""
+    import importlib
+
+    from hwact import flows
+    from hwact.load import read_json
+
+    report_path = folder / "report.json"
+    if not folder.is_dir() or not report_path.exists():
+        return None
+    flow_name = read_json(report_path).get("flow")
+    module = next((importlib.import_module(m) for m in flows.FLOW_MODULES if m.endswith(f".{flow_name}_flow")), None)
+    if module is None or not hasattr(module, "bench"):
+        return None
+    return module.bench(folder, {"stream": stream, "batch": batch, "iterations": iterations, "duration": duration})
 
 
 def _onnx_of(artifact: str) -> Path:
