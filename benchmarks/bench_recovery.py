@@ -31,7 +31,7 @@ from hwact.train.data import load_dataset, split
 from hwact.train.distill import evaluate
 from hwact.train.recover import recover, swap
 
-BASELINE = dict(epochs=40, lr=3e-3, batch_size=64, patience=10, weight_decay=0.01)
+BASELINE = dict(epochs=100, lr=3e-3, batch_size=64, patience=20, weight_decay=0.01)
 KD = dict(epochs=20, lr=1e-3, batch_size=64, patience=6, weight_decay=0.01, temperature=4.0, ce_weight=0.0)
 RUNS = [("relu-kd", "relu", "all"), ("helu-kd", "helu", "all"), ("helu-kd-staged", "helu", "staged")]
 

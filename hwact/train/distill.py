@@ -315,21 +315,22 @@ def train(student: Graph, teacher: Graph | None, train_data: Dataset, val_data: 
                 loss = loss + config.kd_weight * kd_loss(logits, t_logits, config.temperature)
                 if feats:
                     loss = loss + config.feature_weight * feature_loss(feats, t_feats)
-            if use_ce:
+            if labeled:
                 y = train_data.y[index].to(device)
-                loss = loss + (config.ce_weight if teacher is not None else 1.0) * F.cross_entropy(logits, y)
                 correct += int((logits.argmax(1) == y).sum())
+                if use_ce:
+                    loss = loss + (config.ce_weight if teacher is not None else 1.0) * F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += len(index)
             loss_sum += float(loss.detach()) * len(index)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}" if use_ce else "-")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}" if labeled else "-")
         val = evaluate(module, val_data, val_teacher, device)
         metric = val[metric_name]
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                  "train_accuracy": correct / seen if use_ce and seen else None,
+                  "train_accuracy": correct / seen if labeled and seen else None,
                   "val_accuracy": val["accuracy"], "val_teacher_agreement": val["teacher_agreement"]}
         state["history"].append(record)
         improved = metric > state["best_metric"]
