@@ -1,0 +1,132 @@
+"""hwact::delta_act and hwact::delta_linear — temporal-sparsity (delta) layers (ALGORITHMS.md §6).
+
+hwact::delta_act(x, step, levels) -> y                     (the trained model's marker op)
+    k = clamp(round_half_even(x / step), -levels, levels)   # integer activation code per neuron
+    y = k * step
+  `step` (float32, one per channel of the last axis, or one for the layer) is the learned
+  quantization step. This is what a DeltaActivation computes frame by frame; the temporal delta is
+  implied and made explicit by the `lower-delta` pass.
+
+hwact::delta_linear(x, step, levels, weight, scale, bias_acc, threshold, key_interval,
+                    state, acc, frame) -> (y, state', acc', frame')
+  A delta_act followed by a Linear layer, as one stateful op over a sequence x (B, T, N_in):
+    k_t      = clamp(round(x_t / step), -levels, levels)                  int32 codes
+    t_j      = max(1, ceil(threshold / step_j))                           per-neuron code threshold
+    key      = key_interval > 0 and (frame + t) % key_interval == 0       periodic full update
+    d_t      = k_t - state;   fire = (d_t != 0) if key else (|d_t| >= t_j)
+    d_t      = where(fire, d_t, 0);   state += d_t                        last transmitted code
+    acc     += d_t @ weight.T      (int32; only the columns j with d_t[j] != 0 contribute)
+    y_t      = float32(acc) * scale                                       (B, N_out)
+  `weight` holds int8 values (stored int32) with the input step folded in: step_j * W[o, j] ~
+  scale_o * weight[o, j]. The accumulator starts at bias_acc = round(b_o / scale_o): the bias is
+  added once, in the state's initial value, never per delta. Integer addition is associative, so
+  threshold 0 (t_j = 1: every change is sent) gives exactly the dense result float32(weight @ k) *
+  scale at every frame, and a key frame re-synchronises every neuron.
+  State: state (B, N_in) int32, acc (B, N_out) int32, frame (1,) int64. Passing None starts a stream
+  (state 0, acc = bias_acc, frame 0). The op returns the new state, so the graph stays functional
+  and exports to ONNX with the state as explicit inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from onnxscript import INT32, INT64, FLOAT
+from onnxscript import opset20 as op
+
+from hwact.ir.ops import onnx_translation
+
+
+# ----- delta_act -------------------------------------------------------------------------------
+def quantize_codes(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / step), -levels, levels).to(torch.int32)
+
+
+@torch.library.custom_op("hwact::delta_act", mutates_args=())
+def delta_act(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
+    return quantize_codes(x, step, levels).to(x.dtype) * step
+
+
+@delta_act.register_fake
+def _(x, step, levels):
+    return torch.empty_like(x)
+
+
+@onnx_translation(torch.ops.hwact.delta_act.default)
+def delta_act_onnx(x: FLOAT, step: FLOAT, levels: int) -> FLOAT:
+    low = op.Constant(value_float=-float(levels))
+    high = op.Constant(value_float=float(levels))
+    return op.Mul(op.Clip(op.Round(op.Div(x, step)), low, high), step)
+
+
+# ----- delta_linear ----------------------------------------------------------------------------
+def code_thresholds(threshold: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """t_j = max(1, ceil(threshold / step_j)) as int32 (float32 division, like every backend)."""
+    t = torch.ceil(threshold.to(torch.float32).reshape(()) / step.to(torch.float32))
+    return torch.clamp(t, min=1.0).to(torch.int32)
+
+
+def initial_state(batch: int, n_in: int, bias_acc: torch.Tensor):
+    return (torch.zeros(batch, n_in, dtype=torch.int32),
+            bias_acc.to(torch.int32).expand(batch, -1).clone(),
+            torch.zeros(1, dtype=torch.int64))
+
+
+@torch.library.custom_op("hwact::delta_linear", mutates_args=())
+def delta_linear(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch.Tensor,
+                 scale: torch.Tensor, bias_acc: torch.Tensor, threshold: torch.Tensor, key_interval: int,
+                 state: Optional[torch.Tensor] = None, acc: Optional[torch.Tensor] = None,
+                 frame: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, steps, n_in = x.shape
+    if state is None or acc is None or frame is None:
+        state, acc, frame = initial_state(batch, n_in, bias_acc)
+    state, acc = state.to(torch.int32).clone(), acc.to(torch.int32).clone()
+    codes = quantize_codes(x, step, levels)
+    limits = code_thresholds(threshold, step)
+    weight_t = weight.to(torch.int64).t()
+    first = int(frame.reshape(-1)[0])
+    outputs = []
+    for t in range(steps):
+        change = codes[:, t] - state
+        key = key_interval > 0 and (first + t) % key_interval == 0
+        fire = change != 0 if key else change.abs() >= limits
+        change = torch.where(fire, change, torch.zeros_like(change))
+        state = state + change
+        acc = (acc.to(torch.int64) + change.to(torch.int64) @ weight_t).to(torch.int32)
+        outputs.append(acc.to(torch.float32) * scale)
+    y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(batch, 0, weight.shape[0])
+    return y, state, acc, (frame.reshape(1) + steps).to(torch.int64)
+
+
+@delta_linear.register_fake
+def _(x, step, levels, weight, scale, bias_acc, threshold, key_interval, state=None, acc=None, frame=None):
+    batch, steps, n_in = x.shape
+    n_out = weight.shape[0]
+    return (x.new_empty(batch, steps, n_out), x.new_empty(batch, n_in, dtype=torch.int32),
+            x.new_empty(batch, n_out, dtype=torch.int32), x.new_empty(1, dtype=torch.int64))
+
+
+@onnx_translation(torch.ops.hwact.delta_linear.default)
+def delta_linear_onnx(x: FLOAT, step: FLOAT, levels: int, weight: INT32, scale: FLOAT, bias_acc: INT32,
+                      threshold: FLOAT, key_interval: int, state: INT32, acc: INT32, frame: INT64):
+    """One frame (T = 1) of hwact::delta_linear in standard ONNX integer ops (the streaming step)."""
+    low = op.Constant(value_float=-float(levels))
+    high = op.Constant(value_float=float(levels))
+    axis = op.Constant(value_ints=[1])
+    codes = op.Cast(op.Clip(op.Round(op.Div(op.Squeeze(x, axis), step)), low, high), to=6)
+    one = op.Constant(value_float=1.0)
+    limits = op.Cast(op.Max(op.Ceil(op.Div(op.Reshape(threshold, op.Constant(value_ints=[1])), step)), one), to=6)
+    change = op.Sub(codes, state)
+    zero = op.Constant(value_int=0)
+    interval = op.Constant(value_int=key_interval)
+    zero64 = op.Constant(value_ints=[0])
+    interval64 = op.Constant(value_ints=[max(key_interval, 1)])
+    is_key = op.And(op.Greater(interval, zero), op.Equal(op.Mod(frame, interval64), zero64))
+    fire = op.Where(is_key, op.Not(op.Equal(change, zero)), op.GreaterOrEqual(op.Abs(change), limits))
+    sent = op.Where(fire, change, zero)
+    new_state = op.Add(state, sent)
+    new_acc = op.Add(acc, op.MatMul(sent, op.Transpose(weight, perm=[1, 0])))
+    y = op.Unsqueeze(op.Mul(op.Cast(new_acc, to=1), scale), axis)
+    new_frame = op.Add(frame, op.Constant(value_ints=[1]))
+    return y, new_state, new_acc, new_frame
