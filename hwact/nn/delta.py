@@ -64,14 +64,12 @@ class DeltaActivation(nn.Module):
         if self.training and y.dim() >= 3 and y.shape[1] > 1:
             neurons = y[0, 0].numel()
             self.last_penalty = neurons * (y[:, 1:] - y[:, :-1]).abs().mean()
-        else:
-            self.last_penalty = y.new_zeros(())
         return y
 
 
 def delta_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of the temporal-change L1 penalties of every DeltaActivation in `model` (last forward)."""
-    terms = [m.last_penalty for m in model.modules() if isinstance(m, DeltaActivation)]
+    terms = [m.last_penalty for m in model.modules() if isinstance(m, DeltaActivation) and m.last_penalty.dim() == 0]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -1,0 +1,185 @@
+/* hwact delta-network runtime (see delta.h). Build without -ffast-math and with -ffp-contract=off:
+ * the float steps (x / step, rint, acc * scale) must round exactly like the PyTorch reference. */
+#include "delta.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+/* acc[o] += d * col[o] for o < n. |d| <= 254 and |col| <= 127, so every product fits int16. */
+static void column_update(int32_t *acc, const int8_t *col, int32_t d, int32_t n) {
+    int32_t o = 0;
+#if defined(__AVX2__)
+    const __m256i dv = _mm256_set1_epi16((int16_t)d);
+    for (; o + 16 <= n; o += 16) {
+        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(col + o)));
+        __m256i p = _mm256_mullo_epi16(w, dv);
+        __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p));
+        __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1));
+        _mm256_storeu_si256((__m256i *)(acc + o), _mm256_add_epi32(_mm256_loadu_si256((__m256i *)(acc + o)), lo));
+        _mm256_storeu_si256((__m256i *)(acc + o + 8), _mm256_add_epi32(_mm256_loadu_si256((__m256i *)(acc + o + 8)), hi));
+    }
+#elif defined(__ARM_NEON)
+    const int16_t d16 = (int16_t)d;
+    for (; o + 8 <= n; o += 8) {
+        int16x8_t w = vmovl_s8(vld1_s8(col + o));
+        vst1q_s32(acc + o, vmlal_n_s16(vld1q_s32(acc + o), vget_low_s16(w), d16));
+        vst1q_s32(acc + o + 4, vmlal_n_s16(vld1q_s32(acc + o + 4), vget_high_s16(w), d16));
+    }
+#endif
+    for (; o < n; o++) acc[o] += d * (int32_t)col[o];
+}
+
+const char *dl_kernel_name(void) {
+#if defined(__AVX2__)
+    return "avx2";
+#elif defined(__ARM_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
+static int32_t code_of(float x, float step, int32_t levels) {
+    float r = rintf(x / step);               /* round half to even, like torch.round */
+    if (r > (float)levels) r = (float)levels;
+    if (r < -(float)levels) r = -(float)levels;
+    if (r != r) r = 0.0f;                    /* NaN input: code 0 */
+    return (int32_t)r;
+}
+
+static int32_t read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
+
+dl_net *dl_load(const uint8_t *blob, size_t size) {
+    const uint8_t *p = blob, *end = blob + size;
+    if (size < 16 || memcmp(p, "HWDL", 4) != 0) return NULL;
+    p += 4;
+    if (read_i32(&p) != 1) return NULL;
+    int32_t n_layers = read_i32(&p), key_interval = read_i32(&p);
+    if (n_layers <= 0 || n_layers > 1024 || key_interval < 0) return NULL;
+    dl_net *net = calloc(1, sizeof(dl_net));
+    net->layers = calloc((size_t)n_layers, sizeof(dl_layer));
+    net->n_layers = n_layers;
+    net->key_interval = key_interval;
+    for (int32_t l = 0; l < n_layers; l++) {
+        dl_layer *L = &net->layers[l];
+        if (end - p < 20) goto bad;
+        L->n_in = read_i32(&p); L->n_out = read_i32(&p); L->levels = read_i32(&p); L->relu = read_i32(&p);
+        memcpy(&L->threshold, p, 4); p += 4;
+        if (L->n_in <= 0 || L->n_out <= 0 || L->levels <= 0 || L->levels > 127) goto bad;
+        if (l > 0 && L->n_in != net->layers[l - 1].n_out) goto bad;
+        size_t need = 4 * (size_t)L->n_in + 8 * (size_t)L->n_out + (size_t)L->n_in * L->n_out;
+        if ((size_t)(end - p) < need) goto bad;
+        L->step = (const float *)p; p += 4 * (size_t)L->n_in;
+        L->scale = (const float *)p; p += 4 * (size_t)L->n_out;
+        L->bias_acc = (const int32_t *)p; p += 4 * (size_t)L->n_out;
+        L->wt = (const int8_t *)p; p += (size_t)L->n_in * L->n_out;
+        p += (4 - ((p - blob) & 3)) & 3;     /* next layer 4-byte aligned */
+        L->limit = malloc(4 * (size_t)L->n_in);
+        if (L->n_in > net->max_width) net->max_width = L->n_in;
+        if (L->n_out > net->max_width) net->max_width = L->n_out;
+        net->state_len += L->n_in + L->n_out;
+        dl_set_threshold(net, l, L->threshold);
+    }
+    net->scratch = malloc(2 * sizeof(float) * (size_t)net->max_width);
+    return net;
+bad:
+    dl_free(net);
+    return NULL;
+}
+
+void dl_free(dl_net *net) {
+    if (!net) return;
+    for (int32_t l = 0; l < net->n_layers; l++) free(net->layers[l].limit);
+    free(net->layers);
+    free(net->scratch);
+    free(net);
+}
+
+int64_t dl_state_len(const dl_net *net) { return net->state_len; }
+int32_t dl_input_size(const dl_net *net) { return net->layers[0].n_in; }
+int32_t dl_output_size(const dl_net *net) { return net->layers[net->n_layers - 1].n_out; }
+void dl_set_key_interval(dl_net *net, int32_t key_interval) { net->key_interval = key_interval < 0 ? 0 : key_interval; }
+
+int dl_set_threshold(dl_net *net, int32_t layer, float threshold) {
+    if (!(threshold >= 0.0f)) return -1;
+    for (int32_t l = 0; l < net->n_layers; l++) {
+        if (layer >= 0 && l != layer) continue;
+        dl_layer *L = &net->layers[l];
+        L->threshold = threshold;
+        for (int32_t j = 0; j < L->n_in; j++) {
+            float t = ceilf(threshold / L->step[j]);
+            L->limit[j] = t < 1.0f ? 1 : (t > 1e9f ? 1000000000 : (int32_t)t);
+        }
+    }
+    return 0;
+}
+
+void dl_reset(const dl_net *net, int32_t batch, int32_t *state, int64_t *frame) {
+    for (int32_t b = 0; b < batch; b++) {
+        int32_t *s = state + (size_t)b * net->state_len;
+        for (int32_t l = 0; l < net->n_layers; l++) {
+            const dl_layer *L = &net->layers[l];
+            memset(s, 0, 4 * (size_t)L->n_in);
+            memcpy(s + L->n_in, L->bias_acc, 4 * (size_t)L->n_out);
+            s += L->n_in + L->n_out;
+        }
+        frame[b] = 0;
+    }
+}
+
+/* One frame of one layer: in (n_in floats) -> out (n_out floats); codes/acc are the layer's state. */
+static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_t *codes, int32_t *acc, int key, int dense) {
+    int64_t used = 0;
+    if (dense) {
+        memcpy(acc, L->bias_acc, 4 * (size_t)L->n_out);
+        for (int32_t j = 0; j < L->n_in; j++) {
+            column_update(acc, L->wt + (size_t)j * L->n_out, code_of(in[j], L->step[j], L->levels), L->n_out);
+        }
+        used = L->n_in;
+    } else {
+        for (int32_t j = 0; j < L->n_in; j++) {
+            int32_t d = code_of(in[j], L->step[j], L->levels) - codes[j];
+            int fire = key ? d != 0 : (d >= L->limit[j] || -d >= L->limit[j]);
+            if (!fire) continue;
+            codes[j] += d;
+            column_update(acc, L->wt + (size_t)j * L->n_out, d, L->n_out);
+            used++;
+        }
+    }
+    for (int32_t o = 0; o < L->n_out; o++) {
+        float v = (float)acc[o] * L->scale[o];
+        out[o] = (L->relu && !(v > 0.0f)) ? 0.0f : v;
+    }
+    return used;
+}
+
+void dl_run(const dl_net *net, int32_t steps, int32_t batch, const float *x, float *y,
+            int32_t *state, int64_t *frame, int32_t dense, int64_t *fired) {
+    const int32_t n_in = net->layers[0].n_in, n_out = net->layers[net->n_layers - 1].n_out;
+    int32_t *dense_acc = dense ? malloc(4 * (size_t)net->max_width) : NULL;
+    for (int32_t b = 0; b < batch; b++) {
+        int32_t *s = state + (size_t)b * net->state_len;
+        for (int32_t t = 0; t < steps; t++) {
+            int key = net->key_interval > 0 && (frame[b] % net->key_interval) == 0;
+            const float *in = x + ((size_t)b * steps + t) * n_in;
+            float *bufs[2] = {net->scratch, net->scratch + net->max_width};
+            int32_t *ls = s;
+            for (int32_t l = 0; l < net->n_layers; l++) {
+                const dl_layer *L = &net->layers[l];
+                float *out = l == net->n_layers - 1 ? y + ((size_t)b * steps + t) * n_out : bufs[l & 1];
+                fired[l] += layer_step(L, in, out, ls, dense ? dense_acc : ls + L->n_in, key, dense);
+                ls += L->n_in + L->n_out;
+                in = out;
+            }
+            if (!dense) frame[b] += 1;
+        }
+    }
+    free(dense_acc);
+}

@@ -1,0 +1,42 @@
+/* Stand-alone runner (used for the aarch64 build under qemu-user): delta_main NET IN OUT [dense]
+ * IN: int32 batch, steps, n_in, then float32 x; OUT: float32 y (batch, steps, n_out), then int64
+ * fired[n_layers], then int32 state (batch x state_len). */
+#include <stdio.h>
+#include <stdlib.h>
+#include "delta.h"
+
+static uint8_t *slurp(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END); *size = (size_t)ftell(f); fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(*size + 1);
+    if (fread(buf, 1, *size, f) != *size) { fclose(f); free(buf); return NULL; }
+    fclose(f);
+    return buf;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense]\n", argv[0]); return 2; }
+    size_t net_size, in_size;
+    uint8_t *blob = slurp(argv[1], &net_size), *input = slurp(argv[2], &in_size);
+    if (!blob || !input) { fprintf(stderr, "cannot read inputs\n"); return 2; }
+    dl_net *net = dl_load(blob, net_size);
+    if (!net) { fprintf(stderr, "malformed net\n"); return 2; }
+    int32_t *head = (int32_t *)input, batch = head[0], steps = head[1], n_in = head[2];
+    if (n_in != dl_input_size(net)) { fprintf(stderr, "input size %d != %d\n", n_in, dl_input_size(net)); return 2; }
+    int dense = argc > 4 && argv[4][0] == '1';
+    int32_t n_out = dl_output_size(net);
+    float *y = calloc((size_t)batch * steps * n_out, 4);
+    int32_t *state = malloc(4 * (size_t)batch * dl_state_len(net));
+    int64_t *frame = malloc(8 * (size_t)batch), *fired = calloc((size_t)net->n_layers, 8);
+    dl_reset(net, batch, state, frame);
+    dl_run(net, steps, batch, (const float *)(head + 3), y, state, frame, dense, fired);
+    FILE *f = fopen(argv[3], "wb");
+    fwrite(y, 4, (size_t)batch * steps * n_out, f);
+    fwrite(fired, 8, (size_t)net->n_layers, f);
+    fwrite(state, 4, (size_t)batch * dl_state_len(net), f);
+    fclose(f);
+    printf("%s\n", dl_kernel_name());
+    dl_free(net);
+    return 0;
+}
