@@ -25,6 +25,7 @@ import operator
 import torch
 import torch.fx
 
+import hwact.ir.delta_ops  # noqa: F401  (registers the delta ops)
 from hwact.errors import InputError, PreconditionError
 from hwact.ir.graph import Graph
 from hwact.passes.base import Pass, register
