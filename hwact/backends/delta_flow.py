@@ -1,12 +1,208 @@
-"""Conversion flow for delta models (see hwact/flows.py for the contract). Filled in by its issue."""
+"""Conversion flow for delta models (the contract is in hwact/flows.py).
+
+`hwact convert delta_model.pt2 --target cpu -o OUT` reaches `convert` when the graph holds
+hwact::delta_act (a trained model) or hwact::delta_linear (already lowered) nodes. It lowers the
+graph (lower-delta), writes into OUT
+    delta_net.bin                  the net for the C runtime (format: hwact/backends/delta_c.py)
+    delta.c delta.h delta_main.c   the runtime sources, and libhwact_delta.so built for this machine
+    delta_step.onnx                streaming step model with state inputs/outputs (hwact/backends/delta_onnx.py)
+    dense.onnx                     the same weights as a dense float MLP (onnxruntime baseline)
+and checks the C runtime and the ONNX step model bit-exact against the PyTorch reference over
+random-walk sequences (and reports the int8 lowering error against the trained model).
+
+`hwact bench OUT --stream DATA.npz` calls `bench(OUT, options)` -> `bench_stream(OUT, DATA.npz, ...)`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hwact.errors import InputError, VerificationError
+from hwact.ir.graph import Graph
 
 NAME = "delta"
-TARGETS: tuple[str, ...] = ()
+TARGETS: tuple[str, ...] = ("cpu",)
+ARTIFACTS = ["delta_net.bin", "delta.c", "delta.h", "delta_main.c", "libhwact_delta.so", "delta_step.onnx", "dense.onnx"]
+
+
+def _ops():
+    import hwact.ir.delta_ops  # noqa: F401
+
+    return torch.ops.hwact.delta_act.default, torch.ops.hwact.delta_linear.default
 
 
 def matches(graph) -> bool:
-    return False
+    delta_act, delta_linear = _ops()
+    return any(node.target in (delta_act, delta_linear) for node in graph.call_nodes())
 
 
-def convert(graph, target, outdir, options) -> dict:  # pragma: no cover - placeholder
-    raise NotImplementedError
+def random_walk(batch: int, steps: int, features: int, seed: int = 0) -> torch.Tensor:
+    """Smooth test sequences: a Gaussian random walk (real streams change little between frames)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, steps, features, generator=generator) * 0.3).cumsum(dim=1)
+
+
+def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
+    from hwact.backends import delta_c, delta_onnx
+    from hwact.passes.lower_delta import LowerDelta
+
+    outdir = Path(outdir)
+    threshold = float(options.get("delta_threshold") or 0.0)
+    key_interval = int(options.get("key_interval") or 0)
+    delta_act, _ = _ops()
+    original = graph
+    lowered = graph.copy()
+    lowering = {"lowered_layers": 0}
+    if any(n.target is delta_act for n in lowered.call_nodes()):
+        lowered, count = LowerDelta(threshold=threshold, key_interval=key_interval)(lowered)
+        lowering["lowered_layers"] = count
+    layers = delta_c.chain(lowered)
+    n_in = int(layers[0]["weight"].shape[1])
+    blob = delta_c.net_blob(lowered)
+    (outdir / "delta_net.bin").write_bytes(blob)
+    library = delta_c.build_library(outdir)
+    runtime = delta_c.DeltaRuntime(blob, library)
+
+    steps = int(original.inputs[0].shape[1]) if len(original.inputs[0].shape) == 3 else 32
+    x = random_walk(2, steps, n_in)
+    reference, fired = delta_c.reference_stream(lowered, x)
+    y, c_fired = runtime.run(x.numpy())
+    if not np.array_equal(y, reference.numpy()) or list(c_fired) != fired:
+        raise VerificationError(f"C delta runtime differs from the reference in {int((y != reference.numpy()).sum())} "
+                                f"values (columns used {list(c_fired)} vs {fired})")
+    delta_onnx.export_step(lowered, outdir / "delta_step.onnx")
+    onnx_check = delta_onnx.verify_step(outdir / "delta_step.onnx", lowered, x.numpy(), reference.numpy())
+    delta_onnx.export_dense(lowered, outdir / "dense.onnx")
+    if any(n.target is delta_act for n in original.call_nodes()) and threshold == 0.0:
+        trained = original(x)
+        trained = trained[0] if isinstance(trained, (tuple, list)) else trained
+        lowering["int8_max_abs_err_vs_trained"] = float((trained - reference).abs().max())
+        lowering["trained_max_abs"] = float(trained.abs().max())
+    return {
+        "delta": {
+            "layers": [{"n_in": int(l["weight"].shape[1]), "n_out": int(l["weight"].shape[0]), "relu": l["relu"],
+                        "levels": l["levels"]} for l in layers],
+            "threshold": threshold, "key_interval": key_interval, "kernel": runtime.kernel, **lowering,
+            "verification": {"c_bit_exact": True, "onnx_step": onnx_check,
+                             "random_walk_sparsity": [1 - f / (x.shape[0] * x.shape[1] * l["weight"].shape[1])
+                                                      for f, l in zip(fired, layers)]},
+        },
+        "artifacts": list(ARTIFACTS),
+    }
+
+
+def load_stream(path, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such stream file")
+    try:
+        archive = np.load(path)
+        x = np.asarray(archive["x"], np.float32)
+        y = np.asarray(archive["y"]) if "y" in archive.files else None
+    except Exception as exc:
+        raise InputError(f"{path}: not a stream .npz with an 'x' array ({type(exc).__name__})") from exc
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[2] != n_in:
+        raise InputError(f"{path}: frames of shape {tuple(x.shape)}, this model takes (sequences, time, {n_in})",
+                         hint="x must be float32 (sequences, time, features)")
+    if not np.isfinite(x).all():
+        raise InputError(f"{path}: the frames hold NaN or inf values")
+    return x, y
+
+
+def _timed(run, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: int = 5,
+                 max_sequences: int | None = 64, onnxruntime: bool = True) -> dict:
+    """Per-layer temporal sparsity, MACs skipped and per-frame latency (delta C kernel vs the same
+    kernel dense vs onnxruntime on the dense model) over the sequences in `stream_npz`."""
+    from hwact.backends import delta_c, delta_onnx
+
+    outdir = Path(outdir)
+    if not (outdir / "delta_net.bin").exists():
+        raise InputError(f"{outdir}: not a delta convert folder (no delta_net.bin)")
+    runtime = delta_c.DeltaRuntime.open(outdir)
+    if threshold is not None:
+        runtime.set_threshold(threshold)
+    x, labels = load_stream(stream_npz, runtime.n_in)
+    if max_sequences:
+        x = x[:max_sequences]
+        labels = labels[:max_sequences] if labels is not None else None
+    sequences, steps, _ = x.shape
+    frames = sequences * steps
+
+    def run_all(dense: bool):
+        outputs, fired = [], np.zeros(runtime.n_layers, np.int64)
+        for i in range(sequences):
+            runtime.reset(1)
+            y, f = runtime.run(x[i:i + 1], dense=dense)
+            outputs.append(y[0])
+            fired += f
+        return np.stack(outputs), fired
+
+    delta_y, fired = run_all(False)
+    dense_y, _ = run_all(True)
+    delta_s = _timed(lambda: run_all(False), repeats)
+    dense_s = _timed(lambda: run_all(True), repeats)
+    result = {"sequences": sequences, "frames_per_sequence": steps, "kernel": runtime.kernel,
+              "threshold": threshold, "layers": []}
+    macs_total = macs_skipped = 0
+    for (n_in, n_out), used in zip(runtime.shapes, fired):
+        columns = frames * n_in
+        skipped = columns - int(used)
+        macs_total += columns * n_out
+        macs_skipped += skipped * n_out
+        result["layers"].append({"n_in": n_in, "n_out": n_out, "temporal_sparsity": skipped / columns,
+                                 "columns_used": int(used), "macs": columns * n_out, "macs_skipped": skipped * n_out})
+    sparsity = macs_skipped / macs_total
+    result["mac_sparsity"] = sparsity
+    result["ideal_speedup"] = 1.0 / max(1.0 - sparsity, 1e-9)
+    latency = {"delta_c_us": 1e6 * delta_s / frames, "dense_c_us": 1e6 * dense_s / frames}
+    if onnxruntime and (outdir / "dense.onnx").exists():
+        sess = delta_onnx.session(outdir / "dense.onnx", threads=1)
+        frames_list = [np.ascontiguousarray(x[i, t:t + 1]) for i in range(sequences) for t in range(steps)]
+        ort_y = None
+
+        def run_ort():
+            nonlocal ort_y
+            ort_y = [sess.run(None, {"x": f})[0] for f in frames_list]
+
+        latency["onnxruntime_dense_us"] = 1e6 * _timed(run_ort, repeats) / frames
+        ort_logits = np.concatenate(ort_y).reshape(sequences, steps, -1)
+    else:
+        ort_logits = None
+    result["latency_per_frame"] = latency
+    result["speedup_vs_dense_c"] = latency["dense_c_us"] / latency["delta_c_us"]
+    result["speedup_fraction_of_ideal"] = result["speedup_vs_dense_c"] / result["ideal_speedup"]
+    if "onnxruntime_dense_us" in latency:
+        result["speedup_vs_onnxruntime"] = latency["onnxruntime_dense_us"] / latency["delta_c_us"]
+    if labels is not None:
+        result["accuracy"] = {"delta_c": float((delta_y.mean(axis=1).argmax(axis=1) == labels).mean()),
+                              "dense_c": float((dense_y.mean(axis=1).argmax(axis=1) == labels).mean())}
+        if ort_logits is not None:
+            result["accuracy"]["onnxruntime_dense_float"] = float((ort_logits.mean(axis=1).argmax(axis=1) == labels).mean())
+    return result
+
+
+def bench(outdir, options: dict) -> dict:
+    """`hwact bench OUT --stream DATA.npz` on a folder this flow wrote."""
+    stream = options.get("stream")
+    if not stream:
+        raise InputError(f"{outdir}: a delta model is benchmarked on a frame sequence",
+                         hint="pass --stream DATA.npz (x: float32 (sequences, time, features), optional y labels)")
+    threshold = options.get("threshold")
+    if threshold is not None and not threshold >= 0:
+        raise InputError(f"delta threshold must be >= 0, got {threshold}")
+    return bench_stream(outdir, stream, threshold=threshold, repeats=max(1, min(int(options.get("iterations") or 5), 50)))
