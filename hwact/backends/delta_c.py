@@ -78,9 +78,26 @@ def net_blob(graph: Graph) -> bytes:
     return b"".join(parts)
 
 
+def layer_offsets(blob: bytes) -> list[int]:
+    """Byte offset of every layer header in a net blob."""
+    (count,) = struct.unpack("<i", blob[8:12])
+    offsets, offset = [], 16
+    for _ in range(count):
+        n_in, n_out = struct.unpack("<ii", blob[offset:offset + 8])
+        offsets.append(offset)
+        offset += 20 + 4 * n_in + 8 * n_out + n_in * n_out
+        offset += (4 - offset % 4) % 4
+    return offsets
+
+
 def fingerprint(blob: bytes) -> str:
-    """Identity of a net for its state files: the layer shapes and weights, not the thresholds."""
-    return hashlib.sha256(blob[:12] + blob[16:]).hexdigest()[:16]
+    """Identity of a net for its state files: layer shapes and weights, not the run-time settings
+    (thresholds, key-frame interval)."""
+    data = bytearray(blob)
+    data[12:16] = bytes(4)
+    for offset in layer_offsets(blob):
+        data[offset + 16:offset + 20] = bytes(4)
+    return hashlib.sha256(bytes(data)).hexdigest()[:16]
 
 
 def _compiler(name: str) -> str:
@@ -153,13 +170,8 @@ class DeltaRuntime:
     def __init__(self, blob: bytes, library: Path | None):
         self.blob = bytes(blob)
         self.fingerprint = fingerprint(self.blob)
-        self.n_layers, key_interval = struct.unpack("<ii", self.blob[8:16])
-        self.shapes, offset = [], 16
-        for _ in range(self.n_layers):
-            n_in, n_out, _levels, _relu = struct.unpack("<iiii", self.blob[offset:offset + 16])
-            self.shapes.append((n_in, n_out))
-            offset += 20 + 4 * n_in + 8 * n_out + n_in * n_out
-            offset += (4 - offset % 4) % 4
+        self.n_layers, _key_interval = struct.unpack("<ii", self.blob[8:16])
+        self.shapes = [struct.unpack("<ii", self.blob[o:o + 8]) for o in layer_offsets(self.blob)]
         self.n_in, self.n_out = self.shapes[0][0], self.shapes[-1][1]
         self.state_len = sum(a + b for a, b in self.shapes)
         self.lib = None
