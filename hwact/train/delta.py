@@ -76,7 +76,7 @@ def _fit(model, x, y, epochs, lr, batch, seed, penalty_weight=0.0, log=None, tag
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         schedule.step()
         history.append({"phase": tag, "epoch": epoch, "loss": total / len(x)})
         if log and (epoch % 10 == 9 or epoch == epochs - 1):

@@ -1,0 +1,67 @@
+"""train-delta -> convert -> bench --stream through the CLI, and its bad-input errors (exit 2)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hwact.backends import delta_flow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from hwact.cli import main
+
+    out = tmp_path_factory.mktemp("delta") / "model"
+    result = CliRunner().invoke(main, ["train-delta", "-o", str(out), "--per-word", "4", "--hidden", "32,32",
+                                       "--epochs", "4", "--delta-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_convert_bench(cli, trained, tmp_path):
+    summary = json.loads((trained / "train.json").read_text())
+    assert len(summary["temporal_sparsity"]) == 3 and all(0 <= s <= 1 for s in summary["temporal_sparsity"])
+    assert sorted(p.name for p in trained.iterdir()) == ["delta_model.pt2", "dense_model.pt2", "stream.npz", "train.json"]
+    code, out, err = cli("convert", trained / "delta_model.pt2", "--target", "cpu", "-o", tmp_path / "conv")
+    assert code == 0, err
+    report = json.loads((tmp_path / "conv" / "report.json").read_text())
+    assert report["flow"] == "delta"
+    assert [l["n_in"] for l in report["delta"]["layers"]] == [24, 32, 32]
+    assert report["delta"]["verification"]["c_bit_exact"] and report["delta"]["verification"]["onnx_step"]["bit_exact"]
+    for name in ("delta_net.bin", "libhwact_delta.so", "delta_step.onnx", "dense.onnx"):
+        assert (tmp_path / "conv" / name).is_file()
+
+    result = delta_flow.bench_stream(tmp_path / "conv", trained / "stream.npz", repeats=1, max_sequences=4)
+    stream = np.load(trained / "stream.npz")["x"][:4]
+    for layer in result["layers"]:
+        frames = stream.shape[0] * stream.shape[1]
+        assert layer["columns_used"] + layer["temporal_sparsity"] * frames * layer["n_in"] == pytest.approx(frames * layer["n_in"])
+        assert layer["macs_skipped"] == (frames * layer["n_in"] - layer["columns_used"]) * layer["n_out"]
+    assert result["accuracy"]["delta_c"] == result["accuracy"]["dense_c"]   # threshold 0: same outputs
+    higher = delta_flow.bench_stream(tmp_path / "conv", trained / "stream.npz", threshold=1.0, repeats=1,
+                                     max_sequences=4, onnxruntime=False)
+    assert higher["mac_sparsity"] > result["mac_sparsity"]
+
+    code, out, err = cli("bench", tmp_path / "conv", "--stream", trained / "stream.npz", "--iterations", "1")
+    assert code == 0, err
+    assert "latency_per_frame" in out and "temporal_sparsity" in out
+
+
+def test_bad_inputs_exit_2(cli, trained, tmp_path):
+    code, out, err = cli("convert", trained / "delta_model.pt2", "--target", "fpga-lut6", "-o", tmp_path / "x")
+    assert code == 2 and "converts to targets cpu" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = cli("convert", trained / "delta_model.pt2", "-o", tmp_path / "conv")
+    assert code == 0, err
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((2, 10, 23), np.float32))
+    code, _, err = cli("bench", tmp_path / "conv", "--stream", tmp_path / "wrong.npz")
+    assert code == 2 and "this model takes (sequences, time, 24)" in err
+    code, _, err = cli("bench", tmp_path / "conv")
+    assert code == 2 and "--stream" in err
+    with pytest.raises(Exception, match="threshold must be >= 0"):
+        delta_flow.bench(tmp_path / "conv", {"stream": str(trained / "stream.npz"), "threshold": -1.0})
+    code, _, err = cli("train-delta", "-o", tmp_path / "t", "--hidden", "a,b")
+    assert code == 2 and "--hidden" in err
