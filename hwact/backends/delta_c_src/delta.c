@@ -46,14 +46,6 @@ const char *dl_kernel_name(void) {
 #endif
 }
 
-static int32_t code_of(float x, float step, int32_t levels) {
-    float r = rintf(x / step);               /* round half to even, like torch.round */
-    if (r > (float)levels) r = (float)levels;
-    if (r < -(float)levels) r = -(float)levels;
-    if (r != r) r = 0.0f;                    /* NaN input: code 0 */
-    return (int32_t)r;
-}
-
 static int32_t read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
 
 dl_net *dl_load(const uint8_t *blob, size_t size) {
@@ -134,26 +126,40 @@ void dl_reset(const dl_net *net, int32_t batch, int32_t *state, int64_t *frame) 
     }
 }
 
-/* One frame of one layer: in (n_in floats) -> out (n_out floats); codes/acc are the layer's state. */
-static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_t *codes, int32_t *acc, int key, int dense) {
-    int64_t used = 0;
+/* One frame of one layer: in (n_in floats) -> out (n_out floats); codes/acc are the layer's state.
+ * Three passes: quantize every input (vectorizable), compact the inputs that fire into (index, delta)
+ * lists without branches, then add only those weight columns. */
+static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_t *codes, int32_t *acc,
+                          int32_t *kbuf, int32_t *list, int key, int dense) {
+    const int32_t n_in = L->n_in, n_out = L->n_out;
+    const float levels = (float)L->levels;
+    for (int32_t j = 0; j < n_in; j++) {
+        float r = rintf(in[j] / L->step[j]);      /* round half to even, like torch.round */
+        r = r > levels ? levels : r;
+        r = r < -levels ? -levels : r;
+        kbuf[j] = (int32_t)(r == r ? r : 0.0f);   /* NaN input: code 0 */
+    }
+    int32_t used = 0;
     if (dense) {
-        memcpy(acc, L->bias_acc, 4 * (size_t)L->n_out);
-        for (int32_t j = 0; j < L->n_in; j++) {
-            column_update(acc, L->wt + (size_t)j * L->n_out, code_of(in[j], L->step[j], L->levels), L->n_out);
-        }
-        used = L->n_in;
+        memcpy(acc, L->bias_acc, 4 * (size_t)n_out);
+        for (int32_t j = 0; j < n_in; j++) column_update(acc, L->wt + (size_t)j * n_out, kbuf[j], n_out);
+        used = n_in;
     } else {
-        for (int32_t j = 0; j < L->n_in; j++) {
-            int32_t d = code_of(in[j], L->step[j], L->levels) - codes[j];
-            int fire = key ? d != 0 : (d >= L->limit[j] || -d >= L->limit[j]);
-            if (!fire) continue;
-            codes[j] += d;
-            column_update(acc, L->wt + (size_t)j * L->n_out, d, L->n_out);
-            used++;
+        int32_t *deltas = list + n_in;
+        for (int32_t j = 0; j < n_in; j++) {
+            int32_t d = kbuf[j] - codes[j];
+            int32_t magnitude = d < 0 ? -d : d;
+            int32_t fire = key ? d != 0 : magnitude >= L->limit[j];
+            list[used] = j;
+            deltas[used] = d;
+            used += fire;
+        }
+        for (int32_t i = 0; i < used; i++) {
+            codes[list[i]] += deltas[i];
+            column_update(acc, L->wt + (size_t)list[i] * n_out, deltas[i], n_out);
         }
     }
-    for (int32_t o = 0; o < L->n_out; o++) {
+    for (int32_t o = 0; o < n_out; o++) {
         float v = (float)acc[o] * L->scale[o];
         out[o] = (L->relu && !(v > 0.0f)) ? 0.0f : v;
     }
@@ -163,7 +169,8 @@ static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_
 void dl_run(const dl_net *net, int32_t steps, int32_t batch, const float *x, float *y,
             int32_t *state, int64_t *frame, int32_t dense, int64_t *fired) {
     const int32_t n_in = net->layers[0].n_in, n_out = net->layers[net->n_layers - 1].n_out;
-    int32_t *dense_acc = dense ? malloc(4 * (size_t)net->max_width) : NULL;
+    int32_t *dense_acc = malloc(4 * (size_t)net->max_width);
+    int32_t *kbuf = malloc(4 * (size_t)net->max_width), *list = malloc(8 * (size_t)net->max_width);
     for (int32_t b = 0; b < batch; b++) {
         int32_t *s = state + (size_t)b * net->state_len;
         for (int32_t t = 0; t < steps; t++) {
@@ -174,7 +181,7 @@ void dl_run(const dl_net *net, int32_t steps, int32_t batch, const float *x, flo
             for (int32_t l = 0; l < net->n_layers; l++) {
                 const dl_layer *L = &net->layers[l];
                 float *out = l == net->n_layers - 1 ? y + ((size_t)b * steps + t) * n_out : bufs[l & 1];
-                fired[l] += layer_step(L, in, out, ls, dense ? dense_acc : ls + L->n_in, key, dense);
+                fired[l] += layer_step(L, in, out, ls, dense ? dense_acc : ls + L->n_in, kbuf, list, key, dense);
                 ls += L->n_in + L->n_out;
                 in = out;
             }
@@ -182,4 +189,6 @@ void dl_run(const dl_net *net, int32_t steps, int32_t batch, const float *x, flo
         }
     }
     free(dense_acc);
+    free(kbuf);
+    free(list);
 }
