@@ -19,8 +19,8 @@ def exe(tmp_path_factory):
 @needs_nvcc
 def test_nvcc_builds_the_kernel_for_every_arch(exe):
     assert exe.is_file() and exe.stat().st_size > 0
-    listing = __import__("subprocess").run(["cuobjdump", "--list-elf", str(exe)], capture_output=True, text=True)
-    if listing.returncode == 0:
+    if shutil.which("cuobjdump"):
+        listing = __import__("subprocess").run(["cuobjdump", "--list-elf", str(exe)], capture_output=True, text=True)
         for arch in delta_cuda.ARCHS:
             assert f"sm_{arch}" in listing.stdout
 
