@@ -10,7 +10,7 @@ converts the graph instead of the generic pass+ONNX path. A flow module defines:
         # writes artifacts into `outdir` (a temporary folder renamed by the caller on success) and
         # returns a dict merged into report.json; it must contain "artifacts": [relative paths].
     def bench(outdir, options) -> dict           # optional: `hwact bench OUTDIR` on a folder it wrote;
-        # options: stream (.npz path or None), batch, iterations, duration. Returns printable JSON.
+        # options: stream (.npz path or None), threshold, batch, iterations, duration. Returns printable JSON.
 `hwact convert` records the flow's NAME as "flow" in report.json, which is how `hwact bench` finds it.
 """
 

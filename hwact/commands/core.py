@@ -65,8 +65,16 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
 @click.option("--recover", type=click.Choice(["kd"]), help="Recover accuracy after the passes by distilling from the original.")
 @click.option("--data", help="Training data for --recover: digits, an .npz (x[, y]) or an ImageFolder directory.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Distillation epochs per stage for --recover.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
+              help="Activation range estimator for integer recipes (default: minmax).")
+@click.option("--delta-threshold", type=float, default=None, help="Delta models: run-time threshold (>= 0).")
+@click.option("--key-interval", type=click.IntRange(min=0), default=None,
+              help="Delta models: full update every N frames (0 = never).")
+@click.option("--pipeline-every", type=click.IntRange(min=0), default=None,
+              help="Logic models on FPGA targets: a register stage every K gate layers (0 = combinational).")
 def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir,
-            force, recover, data):
+            force, recover, data, epochs, calib_method, delta_threshold, key_interval, pipeline_every):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
     from hwact.convert import convert as run_convert
     from hwact.passes.base import resolve
@@ -80,7 +88,11 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
         raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
     click.echo(f"hwact: {loaded.source} ({loaded.format}) -> {outdir} for {the_target.name}")
-    options = {**_pass_options(only, skip, helu_alpha), "recover": recover, "data": data}
+    if delta_threshold is not None and delta_threshold < 0:
+        raise InputError(f"--delta-threshold must be >= 0, got {delta_threshold}")
+    options = {**_pass_options(only, skip, helu_alpha), "recover": recover, "data": data, "epochs": epochs,
+               "calib_method": calib_method, "delta_threshold": delta_threshold, "key_interval": key_interval,
+               "pipeline_every": pipeline_every}
     report = run_convert(loaded, names, options, the_target, Path(outdir), force, calib=calib, log=click.echo)
     _print_convert_summary(report, outdir)
 
@@ -132,8 +144,9 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
 @click.option("--stream", type=click.Path(dir_okay=False), help="Frame sequence (.npz) for a delta-model folder.")
+@click.option("--threshold", type=float, default=None, help="Delta-model folder: run-time threshold to bench at.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with machine and library versions.")
-def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, as_json):
+def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, threshold, as_json):
     """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder).
 
     A convert folder of a logic-gate or delta model is benchmarked by its own flow (compiled kernels)."""
@@ -142,7 +155,7 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
     if batch < 1 or warmup < 0 or (iterations is not None and iterations < 1) or duration <= 0 or threads < 0:
         raise InputError("--batch and --iterations must be >= 1, --warmup and --threads >= 0, --duration > 0")
-    flow_result = _bench_flow(Path(artifact), stream, batch, iterations, duration)
+    flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration)
     if flow_result is not None:
         click.echo(json.dumps({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
                               indent=2, default=str))
@@ -165,7 +178,8 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
                    f"(interleaved in one process)")
 
 
-def _bench_flow(folder: Path, stream: str | None, batch: int, iterations: int | None, duration: float) -> dict | None:
+def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch: int, iterations: int | None,
+                duration: float) -> dict | None:
     """Benchmark a convert folder written by a flow (hwact/flows.py) with that flow's `bench`."""
     import importlib
 
@@ -179,7 +193,8 @@ def _bench_flow(folder: Path, stream: str | None, batch: int, iterations: int | 
     module = next((importlib.import_module(m) for m in flows.FLOW_MODULES if m.endswith(f".{flow_name}_flow")), None)
     if module is None or not hasattr(module, "bench"):
         return None
-    return module.bench(folder, {"stream": stream, "batch": batch, "iterations": iterations, "duration": duration})
+    return module.bench(folder, {"stream": stream, "threshold": threshold, "batch": batch, "iterations": iterations,
+                                 "duration": duration})
 
 
 def _onnx_of(artifact: str) -> Path:

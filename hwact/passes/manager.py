@@ -7,7 +7,8 @@ compared on all floating-point outputs:
     top1_agreement = share of samples whose argmax class is unchanged (when the first output is (N, C>1))
 A pass with a declared `tolerance` that exceeds it fails with an error naming it and the passes before it.
 Calibration batches are random (seeded) by default, or come from a user .npz whose arrays are named after
-the model inputs (or `x` for a single-input model).
+the model inputs (or `x` for a single-input model). A pass whose constructor takes `calibration_batches`
+(e.g. one that collects activation ranges) receives these same batches.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
     before_outputs = run_outputs(graph, batches)
     for index, name in enumerate(names):
         done = ", ".join(names[:index]) or "none"
-        the_pass = make_pass(name, options)
+        the_pass = make_pass(name, {**options, "calibration_batches": batches})
         violations = the_pass.check(graph)
         if violations:
             shown = "; ".join(violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
