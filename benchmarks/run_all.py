@@ -1,0 +1,41 @@
+"""Run every benchmark script with its defaults, then assemble BENCHMARKS.md (`make bench`).
+
+    python benchmarks/run_all.py [--only NAME ...]
+
+Takes a long time on a 2-core machine (tens of minutes): each script trains or converts real models.
+A script that fails is reported and the others still run; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ("bench_convert", "bench_recovery", "bench_int", "bench_int_gelu", "bench_cle", "bench_delta",
+           "bench_logic", "bench_logic_fpga")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help="script names, e.g. bench_delta")
+    args = parser.parse_args()
+    failed = []
+    for name in args.only or SCRIPTS:
+        script = ROOT / "benchmarks" / f"{name}.py"
+        if not script.exists():
+            print(f"skip {name}: no such script")
+            continue
+        print(f"== {name}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=ROOT).returncode != 0:
+            failed.append(name)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "assemble.py")], check=True)
+    if failed:
+        print("failed: " + ", ".join(failed))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
