@@ -11,6 +11,7 @@ node can be traced back to the module path that produced it.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +59,10 @@ class Graph:
         return tuple(spec.random(batch, generator) for spec in self.inputs)
 
     def copy(self) -> "Graph":
-        return Graph(copy.deepcopy(self.module), list(self.inputs), dict(self.meta), self.fixed_batch)
+        with warnings.catch_warnings():  # torch's own pytree specs warn about a deprecated isinstance when copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            module = copy.deepcopy(self.module)
+        return Graph(module, list(self.inputs), dict(self.meta), self.fixed_batch)
 
     # ----- graph access --------------------------------------------------------------------
     @property
