@@ -1,0 +1,115 @@
+"""calibrate: record the value range of every floating tensor the graph computes.
+
+The float graph is run on the calibration batches, node by node (torch.fx.Interpreter). Every
+placeholder and every call_function node whose output is a floating tensor gets a streaming observer
+(hwact.quant.observers; memory does not grow with the number of batches) and, at the end,
+
+    node.meta["hwact_range"] = (lo, hi)          python floats, real units
+
+    calib_method = minmax      lo = min x, hi = max x over all batches
+                 = percentile  lo, hi = the 0.01-th and 99.99-th percentiles (histogram, ±1 bin)
+                 = mse         the observed range clipped to ±c, c minimising E[(x − Q_c(x))²] for int8
+                               (uint8 when the tensor is never negative)
+
+The graph itself is not changed (outputs are bit-identical: tolerance 0); the pass returns the number of
+nodes annotated. graph.meta["hwact_calibration"] records the method and the number of samples.
+
+Before:                                     After (same nodes, meta added):
+    %x = placeholder                            %x     meta hwact_range=(-2.9, 3.1)
+    %fc1 = aten.linear(%x, %w1, %b1)            %fc1   meta hwact_range=(-4.2, 5.0)
+    %relu = aten.relu(%fc1)                     %relu  meta hwact_range=(0.0, 5.0)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from hwact.errors import InputError
+from hwact.ir.graph import Graph
+from hwact.passes.base import Pass, register
+from hwact.quant.observers import METHODS, make_observer
+
+RANGE_KEY = "hwact_range"
+
+
+def float_nodes(graph: Graph) -> list[torch.fx.Node]:
+    """Placeholders and call_function nodes whose traced value (meta "val") is a floating tensor."""
+    nodes = []
+    for node in graph.fx.nodes:
+        if node.op not in ("placeholder", "call_function"):
+            continue
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            nodes.append(node)
+    return nodes
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the module; every placeholder/call_function output that is a floating tensor is observed."""
+
+    def __init__(self, module: torch.fx.GraphModule, method: str):
+        super().__init__(module)
+        self.method = method
+        self.observers: dict[torch.fx.Node, object] = {}
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        if node.op in ("placeholder", "call_function") and isinstance(result, torch.Tensor) \
+                and result.is_floating_point():
+            observer = self.observers.get(node)
+            if observer is None:
+                observer = self.observers[node] = make_observer(self.method)
+            try:
+                observer.observe(result)
+            except InputError as exc:
+                raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
+        return result
+
+
+@register
+class Calibrate(Pass):
+    name = "calibrate"
+    preconditions = ("calibration batches are given",)
+    tolerance = 0.0
+
+    def __init__(self, calibration_batches: list[tuple] | None = None, calib_method: str = "minmax"):
+        if calib_method not in METHODS:
+            raise InputError(f"unknown calibration method '{calib_method}'", hint="known: " + ", ".join(METHODS))
+        self.batches = list(calibration_batches or [])
+        self.method = calib_method
+
+    def check(self, graph: Graph) -> list[str]:
+        return [] if self.batches else ["graph: no calibration batches were given"]
+
+    def _validate(self, graph: Graph) -> None:
+        if not self.batches:
+            raise InputError("calibrate: no calibration batches", hint="give --calib FILE.npz or random batches")
+        for index, batch in enumerate(self.batches):
+            if not isinstance(batch, (tuple, list)) or len(batch) != len(graph.inputs):
+                count = len(batch) if isinstance(batch, (tuple, list)) else 1
+                raise InputError(f"calibrate: batch {index} has {count} inputs, the model takes {len(graph.inputs)}")
+            for tensor, spec in zip(batch, graph.inputs):
+                if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape[1:]) != tuple(spec.shape[1:]):
+                    shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                    raise InputError(f"calibrate: batch {index} input '{spec.name}' has shape {shape}, "
+                                     f"the model expects (N, {', '.join(map(str, spec.shape[1:]))})")
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise InputError(f"calibrate: batch {index} input '{spec.name}' holds NaN or infinite values")
+
+    def __call__(self, graph: Graph) -> tuple[Graph, int]:
+        self._validate(graph)
+        recorder = _Recorder(graph.module, self.method)
+        samples = 0
+        with torch.no_grad():
+            for batch in self.batches:
+                recorder.run(*batch)
+                samples += batch[0].shape[0] if batch and batch[0].dim() else 1
+        annotated = 0
+        for node, observer in recorder.observers.items():
+            if observer.count == 0:
+                continue
+            node.meta[RANGE_KEY] = observer.range()
+            annotated += 1
+        graph.meta["hwact_calibration"] = {"method": self.method, "samples": samples, "nodes": annotated}
+        return graph, annotated
