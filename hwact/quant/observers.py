@@ -104,6 +104,43 @@ class MinMaxObserver(Observer):
         return 0 if self.lo is None else 2 * self.lo.numel()
 
 
+class ChannelStatsObserver(Observer):
+    """Per-channel count, sum, sum of squares and minimum along `axis` (float64): mean, std, min."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.minimum: torch.Tensor | None = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = _checked(x)
+        if x.numel() == 0:
+            return
+        channels = x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1).double()
+        total, squares, minimum = channels.sum(1), (channels ** 2).sum(1), channels.min(1).values
+        if self.total is None:
+            self.total, self.squares, self.minimum = total, squares, minimum
+        else:
+            self.total += total
+            self.squares += squares
+            self.minimum = torch.minimum(self.minimum, minimum)
+        self.count += channels.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    def std(self) -> torch.Tensor:
+        return (self.squares / self.count - self.mean() ** 2).clamp_min(0).sqrt()
+
+    def range(self) -> tuple[float, float]:
+        raise InputError("ChannelStatsObserver gives per-channel statistics, not a range")
+
+    def state_size(self) -> int:
+        return 0 if self.total is None else 3 * self.total.numel()
+
+
 class HistogramObserver(Observer):
     """Fixed-size symmetric histogram with exact pairwise re-binning; percentile or MSE range."""
 

@@ -130,3 +130,20 @@ def test_bad_inputs():
         MinMaxObserver().range()
     with pytest.raises(InputError, match="multiple of 4"):
         HistogramObserver(bins=10)
+
+
+def test_channel_stats_match_numpy_and_stay_bounded():
+    from hwact.quant.observers import ChannelStatsObserver
+
+    generator = torch.Generator().manual_seed(2)
+    data = [torch.randn(8, 5, 7, generator=generator) + torch.arange(5.0).reshape(1, 5, 1) for _ in range(6)]
+    observer = ChannelStatsObserver(axis=1)
+    sizes = []
+    for x in data:
+        observer.observe(x)
+        sizes.append(observer.state_size())
+    whole = torch.cat(data).double()
+    torch.testing.assert_close(observer.mean(), whole.mean((0, 2)))
+    torch.testing.assert_close(observer.std(), whole.std((0, 2), unbiased=False))
+    torch.testing.assert_close(observer.minimum, whole.amin((0, 2)))
+    assert set(sizes) == {15}
