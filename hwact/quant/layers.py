@@ -140,3 +140,13 @@ def set_parameters(graph: Graph, layer: Layer, weight: torch.Tensor | None, bias
     if bias is not None:
         args[2] = add_constant(graph, f"{stem}_bias", bias, layer.node)
     layer.node.args = tuple(args)
+
+
+def weight_quantized(graph: Graph, bits: int = 8) -> Graph:
+    """A copy of `graph` whose layer weights are fake-quantized (int8 per output channel by default)."""
+    result = graph.copy()
+    for layer in layers(result):
+        weight = layer.weight(result)
+        set_parameters(result, layer, fake_quantize_weight(weight.detach(), bits), None, "fake_quant")
+    result.recompile()
+    return result
