@@ -9,7 +9,8 @@ bias, so that the weight-quantized layer has the float layer's output mean:
     b ← b − E[ε x]          (then E[W̃ x + b_new] = E[W x + b])
 
 Q is the lowering's weight quantization: symmetric per output channel, scale_c = max|W_c|/127,
-q = clamp(round(W/scale), −127, 127) (hwact.quant.layers.fake_quantize_weight). The weights themselves
+q = clamp(round(W/scale), −127, 127) (hwact.quant.layers.fake_quantize_weight); options weight_bits
+(default 8) and per_channel_weights (default True; False = one scale per tensor). The weights themselves
 stay float; fold-quant-scales quantizes them afterwards. Each layer is corrected with the float inputs
 of the original graph (all layers in one run), not with the inputs of an already-quantized prefix.
 The float graph's own outputs move by E[ε x] per layer (lossy by design: no tolerance is declared);
@@ -61,11 +62,13 @@ class BiasCorrection(Pass):
     preconditions = ("calibration batches are given",)
     tolerance = None
 
-    def __init__(self, calibration_batches: list[tuple] | None = None, weight_bits: int = 8):
+    def __init__(self, calibration_batches: list[tuple] | None = None, weight_bits: int = 8,
+                 per_channel_weights: bool = True):
         if not 2 <= weight_bits <= 16:
             raise InputError(f"bias-correction: weight_bits must lie in [2, 16], got {weight_bits}")
         self.batches = list(calibration_batches or [])
         self.bits = weight_bits
+        self.per_channel = per_channel_weights
 
     def check(self, graph: Graph) -> list[str]:
         return [] if self.batches else ["graph: no calibration batches were given"]
@@ -76,7 +79,7 @@ class BiasCorrection(Pass):
         targets: dict[torch.fx.Node, tuple[Layer, torch.Tensor]] = {}
         for layer in layers(graph):
             weight = layer.weight(graph).detach()
-            targets[layer.node] = (layer, fake_quantize_weight(weight, self.bits) - weight)
+            targets[layer.node] = (layer, fake_quantize_weight(weight, self.bits, self.per_channel) - weight)
         if not targets:
             return graph, 0
         runner = _ErrorMeans(graph.module, targets)

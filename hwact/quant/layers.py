@@ -123,10 +123,13 @@ def range_spread(ranges: torch.Tensor) -> float:
     return float(live.max() / live.min()) if live.numel() else 1.0
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Symmetric per-output-channel quantize-dequantize: scale_c = max|W_c|/(2^(b-1)-1)."""
+def fake_quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """Symmetric quantize-dequantize: scale_c = max|W_c|/(2^(b-1)-1) per output channel (the lowering's
+    rule), or one scale max|W|/(2^(b-1)-1) for the whole tensor when per_channel is False."""
     qmax = 2 ** (bits - 1) - 1
     ranges = output_ranges(weight).clamp_min(1e-30)
+    if not per_channel:
+        ranges = torch.full_like(ranges, float(ranges.max()))
     scale = (ranges / qmax).reshape(-1, *([1] * (weight.dim() - 1)))
     return torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
 
@@ -142,11 +145,11 @@ def set_parameters(graph: Graph, layer: Layer, weight: torch.Tensor | None, bias
     layer.node.args = tuple(args)
 
 
-def weight_quantized(graph: Graph, bits: int = 8) -> Graph:
+def weight_quantized(graph: Graph, bits: int = 8, per_channel: bool = True) -> Graph:
     """A copy of `graph` whose layer weights are fake-quantized (int8 per output channel by default)."""
     result = graph.copy()
     for layer in layers(result):
         weight = layer.weight(result)
-        set_parameters(result, layer, fake_quantize_weight(weight.detach(), bits), None, "fake_quant")
+        set_parameters(result, layer, fake_quantize_weight(weight.detach(), bits, per_channel), None, "fake_quant")
     result.recompile()
     return result
