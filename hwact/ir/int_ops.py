@@ -1,0 +1,298 @@
+"""Integer core ops: quantize/dequantize, dyadic requantization, integer linear/conv/matmul/add/pool.
+
+Conventions (issue 4; ALGORITHMS.md §0, §1.2, §8.1):
+  * an integer tensor is carried as an int32 torch tensor whose values lie in its declared range
+    (int8 [-128, 127], uint8 [0, 255] after a ReLU clamp, int16 [-32768, 32767] on the residual stream);
+  * quantization is symmetric, real = q · S, S a python float fixed at compile time, no zero points;
+  * weights are int8 per output channel, symmetric in [-127, 127]; a bias is int32 at S_in · S_w,c.
+
+The one rounding rule of requantization (single rounding, round half up, arithmetic shift):
+
+    M = S_in / S_out ≈ m0 · 2^-shift          (dyadic: 2^30 <= m0 < 2^31, 0 <= shift <= 62)
+    rounding_shift(x, m0, shift) = floor((x · m0 + 2^(shift-1)) / 2^shift)      in int64
+
+x · m0 < 2^31 · 2^31 = 2^62 cannot overflow int64. Every op below has ONE reference implementation here
+(int64 intermediates; the conv reference runs in float64 on integer values, exact because every partial
+sum is an integer below 2^53) and an ONNX translation in standard ONNX integer ops (MatMulInteger,
+ConvInteger, int64 Mul/Add/Mod/Div) that onnxruntime runs bit-exactly. ONNX's integer Div truncates
+toward zero, so floor division is written exactly as (v - Mod(v, d)) / d with Mod's fmod = 0 (the
+remainder takes the divisor's sign).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from onnxscript import FLOAT, INT32, INT64
+from onnxscript import opset18 as op
+
+from hwact.errors import PreconditionError
+from hwact.ir.ops import onnx_translation
+
+INT64_TYPE, INT32_TYPE, INT8_TYPE, UINT8_TYPE, UINT64_TYPE = 7, 6, 3, 2, 13
+
+
+# ----- the dyadic rule ---------------------------------------------------------------------------
+def dyadic(real: float) -> tuple[int, int]:
+    """(m0, shift) with real ≈ m0 · 2^-shift, 2^30 <= m0 < 2^31 and 0 <= shift <= 62.
+
+    real = f · 2^e with f in [0.5, 1) (frexp); m0 = round(f · 2^31), shift = 31 - e. Reals below 2^-32
+    lose normalization (shift is capped at 62, m0 shrinks) and below 2^-63 are refused, as are
+    reals >= 2^31 (shift would be negative).
+    """
+    if not math.isfinite(real) or real <= 0:
+        raise PreconditionError(f"requantization multiplier {real!r} is not a positive finite number")
+    fraction, exponent = math.frexp(real)
+    m0, shift = round(fraction * (1 << 31)), 31 - exponent
+    if m0 == 1 << 31:
+        m0, shift = m0 >> 1, shift - 1
+    if shift < 0:
+        raise PreconditionError(f"requantization multiplier {real:.6g} >= 2^31 cannot be an int32 dyadic")
+    if shift > 62:
+        m0, shift = round(real * 2.0 ** 62), 62
+        if m0 == 0:
+            raise PreconditionError(f"requantization multiplier {real:.3g} underflows 2^-62")
+    return int(m0), int(shift)
+
+
+def dyadic_tensors(reals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel dyadic(): int64 tensors (m0, shift) of the shape of `reals`."""
+    pairs = [dyadic(float(r)) for r in reals.reshape(-1).tolist()]
+    m0 = torch.tensor([p[0] for p in pairs], dtype=torch.int64).reshape(reals.shape)
+    shift = torch.tensor([p[1] for p in pairs], dtype=torch.int64).reshape(reals.shape)
+    return m0, shift
+
+
+def rounding_shift(x: torch.Tensor, m0, shift) -> torch.Tensor:
+    """floor((x · m0 + 2^(shift-1)) / 2^shift) in int64; m0/shift python ints or broadcastable tensors."""
+    x = x.to(torch.int64)
+    if isinstance(shift, int):
+        product = x * m0
+        return (product + ((1 << shift) >> 1)) >> shift
+    m0, shift = m0.to(torch.int64), shift.to(torch.int64)
+    half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(shift), shift), 1)
+    return torch.bitwise_right_shift(x * m0 + half, shift)
+
+
+def requantize_values(acc: torch.Tensor, multiplier: float, qmin: int, qmax: int) -> torch.Tensor:
+    m0, shift = dyadic(multiplier)
+    return torch.clamp(rounding_shift(acc, m0, shift), qmin, qmax).to(torch.int32)
+
+
+# ----- ONNX helpers (used inside translations, which torch.onnx traces as plain Python) -------------
+def onnx_int64(value: int):
+    return op.Constant(value_int=int(value))
+
+
+def onnx_rounding_shift(value, m0, shift):
+    """rounding_shift() on an INT64 ONNX value; m0 and shift are python ints or INT64 ONNX values."""
+    if isinstance(shift, int):
+        product = op.Mul(value, onnx_int64(m0))
+        if shift == 0:
+            return product
+        divisor = onnx_int64(1 << shift)
+        nudged = op.Add(product, onnx_int64(1 << (shift - 1)))
+    else:
+        one = op.Cast(op.Constant(value_int=1), to=UINT64_TYPE)
+        divisor = op.Cast(op.BitShift(one, op.Cast(shift, to=UINT64_TYPE), direction="LEFT"), to=INT64_TYPE)
+        half = op.Div(divisor, onnx_int64(2))
+        nudged = op.Add(op.Mul(value, m0), half)
+    return op.Div(op.Sub(nudged, op.Mod(nudged, divisor, fmod=0)), divisor)
+
+
+def onnx_clamp_int32(value, qmin: int, qmax: int):
+    return op.Cast(op.Clip(value, onnx_int64(qmin), onnx_int64(qmax)), to=INT32_TYPE)
+
+
+def onnx_8bit(value, unsigned: bool):
+    return op.Cast(value, to=UINT8_TYPE if unsigned else INT8_TYPE)
+
+
+# ----- quantize / dequantize / requantize ----------------------------------------------------------
+@torch.library.custom_op("hwact::quantize", mutates_args=())
+def quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    """q = clamp(round_half_to_even(x / S), qmin, qmax) in float32 (as ONNX Div + Round), int32 out."""
+    ratio = x.to(torch.float32) / torch.tensor(scale, dtype=torch.float32)
+    return torch.clamp(torch.round(ratio), qmin, qmax).to(torch.int32)
+
+
+@quantize.register_fake
+def _(x, scale, qmin, qmax):
+    return torch.empty(x.shape, dtype=torch.int32, device=x.device)
+
+
+@onnx_translation(torch.ops.hwact.quantize.default)
+def quantize_onnx(x: FLOAT, scale: float, qmin: int, qmax: int) -> INT32:
+    ratio = op.Round(op.Div(op.Cast(x, to=1), op.Constant(value_float=scale)))
+    clipped = op.Clip(ratio, op.Constant(value_float=float(qmin)), op.Constant(value_float=float(qmax)))
+    return op.Cast(clipped, to=INT32_TYPE)
+
+
+@torch.library.custom_op("hwact::dequantize", mutates_args=())
+def dequantize(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """x = float32(q) · S."""
+    return q.to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
+
+
+@dequantize.register_fake
+def _(q, scale):
+    return torch.empty(q.shape, dtype=torch.float32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.dequantize.default)
+def dequantize_onnx(q: INT32, scale: float) -> FLOAT:
+    return op.Mul(op.Cast(q, to=1), op.Constant(value_float=scale))
+
+
+@torch.library.custom_op("hwact::requantize", mutates_args=())
+def requantize(q: torch.Tensor, in_scale: float, out_scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    """q_out = clamp(rounding_shift(q, dyadic(S_in / S_out)), qmin, qmax); q may be int32 or int64."""
+    return requantize_values(q, in_scale / out_scale, qmin, qmax)
+
+
+@requantize.register_fake
+def _(q, in_scale, out_scale, qmin, qmax):
+    return torch.empty(q.shape, dtype=torch.int32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.requantize.default)
+def requantize_onnx(q, in_scale: float, out_scale: float, qmin: int, qmax: int) -> INT32:
+    m0, shift = dyadic(in_scale / out_scale)
+    return onnx_clamp_int32(onnx_rounding_shift(op.Cast(q, to=INT64_TYPE), m0, shift), qmin, qmax)
+
+
+# ----- linear / conv with per-output-channel requantization --------------------------------------
+def _per_channel_requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, axis: int,
+                            qmin: int, qmax: int) -> torch.Tensor:
+    view = [1] * acc.dim()
+    view[axis] = -1
+    out = rounding_shift(acc, m0.reshape(view), shift.reshape(view))
+    return torch.clamp(out, qmin, qmax).to(torch.int32)
+
+
+@torch.library.custom_op("hwact::int_linear", mutates_args=())
+def int_linear(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
+               unsigned_input: bool, qmin: int, qmax: int) -> torch.Tensor:
+    """acc_c = Σ_k q_k · W_ck + bias_c (int32 accumulate, held in int64 here); out_c = clamp(rounding_shift(
+    acc_c, m0_c, shift_c), qmin, qmax). q: 8-bit values (uint8 when unsigned_input), W: int8 [N, K]."""
+    acc = torch.matmul(q.to(torch.int64), weight.to(torch.int64).t()) + bias.to(torch.int64)
+    return _per_channel_requantize(acc, m0, shift, -1, qmin, qmax)
+
+
+@int_linear.register_fake
+def _(q, weight, bias, m0, shift, unsigned_input, qmin, qmax):
+    return torch.empty((*q.shape[:-1], weight.shape[0]), dtype=torch.int32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.int_linear.default)
+def int_linear_onnx(q: INT32, weight: INT32, bias: INT32, m0: INT64, shift: INT64, unsigned_input: bool,
+                    qmin: int, qmax: int) -> INT32:
+    acc = op.MatMulInteger(onnx_8bit(q, unsigned_input), onnx_8bit(op.Transpose(weight, perm=[1, 0]), False))
+    acc64 = op.Cast(op.Add(acc, bias), to=INT64_TYPE)
+    return onnx_clamp_int32(onnx_rounding_shift(acc64, m0, shift), qmin, qmax)
+
+
+@torch.library.custom_op("hwact::int_conv2d", mutates_args=())
+def int_conv2d(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
+               stride: list[int], padding: list[int], dilation: list[int], groups: int, unsigned_input: bool,
+               qmin: int, qmax: int) -> torch.Tensor:
+    """2-D convolution of int8/uint8 q (NCHW, zero padding = real 0) with int8 W, int32 bias, per-channel
+    requantization on axis 1. The reference convolves in float64: exact, every partial sum is an integer
+    below 2^53 (|acc| < K·255·127 with K = C_in/G·kh·kw)."""
+    acc = torch.nn.functional.conv2d(q.to(torch.float64), weight.to(torch.float64), None, stride, padding,
+                                     dilation, groups).to(torch.int64)
+    acc = acc + bias.to(torch.int64).reshape(1, -1, 1, 1)
+    return _per_channel_requantize(acc, m0, shift, 1, qmin, qmax)
+
+
+@int_conv2d.register_fake
+def _(q, weight, bias, m0, shift, stride, padding, dilation, groups, unsigned_input, qmin, qmax):
+    n, _, h, w = q.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return torch.empty((n, weight.shape[0], oh, ow), dtype=torch.int32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.int_conv2d.default)
+def int_conv2d_onnx(q: INT32, weight: INT32, bias: INT32, m0: INT64, shift: INT64, stride: list[int],
+                    padding: list[int], dilation: list[int], groups: int, unsigned_input: bool,
+                    qmin: int, qmax: int) -> INT32:
+    acc = op.ConvInteger(onnx_8bit(q, unsigned_input), onnx_8bit(weight, False), strides=list(stride),
+                         pads=[padding[0], padding[1], padding[0], padding[1]], dilations=list(dilation),
+                         group=groups)
+    channel = op.Constant(value_ints=[1, -1, 1, 1])
+    acc64 = op.Cast(op.Add(acc, op.Reshape(bias, channel)), to=INT64_TYPE)
+    out = onnx_rounding_shift(acc64, op.Reshape(m0, channel), op.Reshape(shift, channel))
+    return onnx_clamp_int32(out, qmin, qmax)
+
+
+# ----- activation x activation matmul, residual add, pooling --------------------------------------
+@torch.library.custom_op("hwact::int_matmul", mutates_args=())
+def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, b_unsigned: bool, multiplier: float,
+               qmin: int, qmax: int) -> torch.Tensor:
+    """out = clamp(rounding_shift(a @ b, dyadic(S_a·S_b / S_out)), qmin, qmax), a and b 8-bit values."""
+    acc = torch.matmul(a.to(torch.int64), b.to(torch.int64))
+    return requantize_values(acc, multiplier, qmin, qmax)
+
+
+@int_matmul.register_fake
+def _(a, b, a_unsigned, b_unsigned, multiplier, qmin, qmax):
+    return torch.empty(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
+                       dtype=torch.int32, device=a.device)
+
+
+@onnx_translation(torch.ops.hwact.int_matmul.default)
+def int_matmul_onnx(a: INT32, b: INT32, a_unsigned: bool, b_unsigned: bool, multiplier: float,
+                    qmin: int, qmax: int) -> INT32:
+    acc = op.MatMulInteger(onnx_8bit(a, a_unsigned), onnx_8bit(b, b_unsigned))
+    m0, shift = dyadic(multiplier)
+    return onnx_clamp_int32(onnx_rounding_shift(op.Cast(acc, to=INT64_TYPE), m0, shift), qmin, qmax)
+
+
+@torch.library.custom_op("hwact::int_add", mutates_args=())
+def int_add(a: torch.Tensor, b: torch.Tensor, a_multiplier: float, b_multiplier: float,
+            qmin: int, qmax: int) -> torch.Tensor:
+    """Residual add at a common scale (I-ViT): out = clamp(rounding_shift(a, dyadic(S_a/S_out)) +
+    rounding_shift(b, dyadic(S_b/S_out)), qmin, qmax) — each branch rounded once, then an integer add."""
+    total = rounding_shift(a, *dyadic(a_multiplier)) + rounding_shift(b, *dyadic(b_multiplier))
+    return torch.clamp(total, qmin, qmax).to(torch.int32)
+
+
+@int_add.register_fake
+def _(a, b, a_multiplier, b_multiplier, qmin, qmax):
+    return torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.int32, device=a.device)
+
+
+@onnx_translation(torch.ops.hwact.int_add.default)
+def int_add_onnx(a: INT32, b: INT32, a_multiplier: float, b_multiplier: float, qmin: int, qmax: int) -> INT32:
+    left = onnx_rounding_shift(op.Cast(a, to=INT64_TYPE), *dyadic(a_multiplier))
+    right = onnx_rounding_shift(op.Cast(b, to=INT64_TYPE), *dyadic(b_multiplier))
+    return onnx_clamp_int32(op.Add(left, right), qmin, qmax)
+
+
+@torch.library.custom_op("hwact::int_max_pool2d", mutates_args=())
+def int_max_pool2d(q: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
+                   unsigned_input: bool) -> torch.Tensor:
+    """Max pooling of 8-bit values (scale unchanged; padding never wins: it is -inf). Reference: float64
+    max pool, exact on integers."""
+    return torch.nn.functional.max_pool2d(q.to(torch.float64), kernel, stride, padding).to(torch.int32)
+
+
+@int_max_pool2d.register_fake
+def _(q, kernel, stride, padding, unsigned_input):
+    n, c, h, w = q.shape
+    oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return torch.empty((n, c, oh, ow), dtype=torch.int32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.int_max_pool2d.default)
+def int_max_pool2d_onnx(q: INT32, kernel: list[int], stride: list[int], padding: list[int],
+                        unsigned_input: bool) -> INT32:
+    pooled = op.MaxPool(onnx_8bit(q, unsigned_input), kernel_shape=list(kernel), strides=list(stride),
+                        pads=[padding[0], padding[1], padding[0], padding[1]])
+    if isinstance(pooled, (tuple, list)):  # traced MaxPool yields (values, indices)
+        pooled = pooled[0]
+    return op.Cast(pooled, to=INT32_TYPE)
