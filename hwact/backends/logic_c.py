@@ -418,9 +418,9 @@ def throughput(kernel: LogicCKernel, samples: int = 1 << 20, repeat: int = 5, se
 
 # ------------------------------------------------------------------------------------------ aarch64 runner
 def run_runner(runner: Path, bits: np.ndarray, netlist: Netlist, workdir: Path,
-               emulator: list[str] | None = None) -> dict:
+               emulator: list[str] | None = None, extra_args: tuple[str, ...] = ()) -> dict:
     """Run a runner built by build_c(arch="aarch64") (under qemu-aarch64 on x86 hosts) on bits;
-    returns {"counts": (N, C) int32, "bits": (N, O) uint8, "kernel": name}."""
+    returns {"counts": (N, C) int32, "bits": (N, O) uint8, "kernel": what the runner printed}."""
     bits = np.asarray(bits)
     pack_bits(bits, netlist.num_inputs)                      # validates shape and values
     if emulator is None:
@@ -436,7 +436,7 @@ def run_runner(runner: Path, bits: np.ndarray, netlist: Netlist, workdir: Path,
     n = bits.shape[0]
     header = np.array([n, netlist.num_inputs], dtype="<i8").tobytes()
     (workdir / "in.bin").write_bytes(header + np.ascontiguousarray(bits, dtype=np.uint8).tobytes())
-    done = subprocess.run([*emulator, str(runner), str(workdir / "in.bin"), str(workdir / "out.bin")],
+    done = subprocess.run([*emulator, str(runner), str(workdir / "in.bin"), str(workdir / "out.bin"), *extra_args],
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise VerificationError(f"logic runner failed: {done.stderr.strip()[:200]}")
