@@ -170,7 +170,7 @@ def verilog_source(netlist: Netlist, top: str = "logic_net", pipeline_every: int
     roots = []
     for c in range(n_classes):
         root, _ = _adder_tree(tree_input, list(range(c * group, (c + 1) * group)), f"sum{c}_", lines)
-        roots.append(root if group > 1 else root)
+        roots.append(root)
     count_bus = f"{{{', '.join(reversed(roots))}}}"
     if pipelined:
         lines += [f"  reg [{n_out - 1}:0] y_q;",
