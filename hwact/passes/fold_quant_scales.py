@@ -169,12 +169,13 @@ class _Lowering:
 
     def _quantize_float(self, node: torch.fx.Node, bounds=None) -> QTensor:
         """An int version of a float value (placeholder, island output, float constant)."""
-        if node.op == "get_attr":
-            value = get_tensor(self.graph, node)
-            lo, hi = float(value.detach().min()), float(value.detach().max())
-        else:
-            lo, hi = self._range(node)
-        scale, qmin, qmax = scale_for(lo, hi, bounds)
+        if node.op == "get_attr":  # quantized offline: the graph holds the int32 constant
+            value = get_tensor(self.graph, node).detach()
+            scale, qmin, qmax = scale_for(float(value.min()), float(value.max()), bounds)
+            q = torch.ops.hwact.quantize(value, scale, qmin, qmax)
+            with self.graph.fx.inserting_after(node):
+                return QTensor(self._constant(f"{node.name}_q", q, node), scale, qmin, qmax)
+        scale, qmin, qmax = scale_for(*self._range(node), bounds)
         with self.graph.fx.inserting_after(node):
             q = self._call(hw.quantize.default, (node, scale, qmin, qmax), node)
         return QTensor(q, scale, qmin, qmax)
