@@ -29,7 +29,7 @@
 #define LN_KERNEL "u64"
 #endif
 #ifndef LN_BV
-#define LN_BV 4                                   /* vectors per block */
+#define LN_BV 2                                   /* vectors per block (2 measured best, 16k gates) */
 #endif
 #define LN_VWORDS (LN_VBYTES / 8)                 /* 64-bit words per vector */
 #define LN_BLOCK_WORDS (LN_BV * LN_VWORDS)        /* words per slot per block */
@@ -58,7 +58,7 @@ typedef uint64_t ln_vec __attribute__((vector_size(LN_VBYTES), aligned(LN_VBYTES
 #define LN_GATE(OP, V, d, a, b) do {                                                        \
         ln_vec *D_ = (V) + (size_t)(d) * LN_BV;                                            \
         const ln_vec *A_ = (V) + (size_t)(a) * LN_BV, *B_ = (V) + (size_t)(b) * LN_BV;     \
-        for (int k_ = 0; k_ < LN_BV; k_++) { ln_vec x_ = A_[k_], y_ = B_[k_]; D_[k_] = OP(x_, y_); } \
+        for (int k_ = 0; k_ < LN_BV; k_++) { ln_vec x_ = A_[k_], y_ = B_[k_]; (void)x_; (void)y_; D_[k_] = OP(x_, y_); } \
     } while (0)
 
 #ifdef LN_STYLE_TABLE
