@@ -42,7 +42,8 @@ hwact::i_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps
   β = beta_int · gamma_scale · 2^-F:
     x    = clamp(q, int16);  mean = floor((2 (Σx << P) + C) / 2C)   # mean with P fraction bits, half up
     d    = (x << P) - mean;  v = max(Σ d² + (eps_int << 2P), 1),  eps_int = round(eps · C / S_in²)
-    s    = isqrt(v): s = 2^k (k = ceil(bits(v_max)/2)), repeat k+8 times: s = min(s, (s + v // s) >> 1)
+    s    = isqrt(v): k = floor(log4 v) by a 5-step binary search on a table of 4^i, s = 2^(k+1) > sqrt(v),
+           then 8 times: s = min(s, (s + v // s) >> 1)
     z    = floor((2 d K + s) / 2 s),  K = round(sqrt(C) · 2^F)    # z ≈ (x-mean)/std · 2^F, round half up
   P = floor((61 - bits(C · 2^34 + eps_int)) / 2): the input is carried with P fraction bits, so neither
   the mean's rounding (I-ViT rounds it to an integer: up to 0.3 output LSB measured) nor isqrt's
@@ -51,7 +52,9 @@ hwact::i_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps
     out  = clamp(rounding_shift(acc, dyadic(gamma_scale · 2^-F / S_out)), qmin, qmax)
   F = 15 - ceil(log2(sqrt(C))) keeps |z| <= 2^15 so |z · gamma_int| <= 2^30 (gamma_int in ±(2^15-1));
   beta_int must fit int32. The Newton square root from above decreases monotonically to floor(sqrt(v))
-  and the min() keeps it there, so the fixed iteration count gives exactly math.isqrt(v).
+  and the min() keeps it there; from a start within a factor 2 of sqrt(v) the relative error squares
+  each step (1/2, 1/8, 2^-7, 2^-15, 2^-31, ...), so 8 steps give exactly math.isqrt(v) for v < 2^62
+  (tested against math.isqrt).
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ PROB_BITS = 16                                      # Shiftmax's internal probab
 FACTOR_BITS = 62                                    # Shiftmax: factor = floor(2^62 / sum)
 SOFTMAX_SUM_LIMIT_BITS = 42                         # Shiftmax guard: C · |x0| · 2^n <= 2^42
 GAMMA_BITS = 15                                     # I-LayerNorm: |gamma_int| <= 2^15 - 1
-ISQRT_EXTRA_STEPS = 8
+ISQRT_STEPS = 8                                     # Newton steps after the 2^(floor(log4 v)+1) start
+POWERS_OF_4 = [4**i for i in range(32)]
 SHIFT_GELU_LAMBDA = 1.702
 
 
@@ -135,7 +139,7 @@ def layernorm_fraction_bits(channels: int) -> int:
 
 
 def layernorm_constants(channels: int, in_scale: float, out_scale: float, gamma_scale: float, eps: float):
-    """(K, eps_int, P, start_exp, iterations, m0, shift) of I-LayerNorm for C = channels."""
+    """(K, eps_int, P, m0, shift) of I-LayerNorm for C = channels."""
     if channels < 1:
         raise PreconditionError("i_layernorm: the normalized dimension is empty")
     frac = layernorm_fraction_bits(channels)
@@ -146,9 +150,8 @@ def layernorm_constants(channels: int, in_scale: float, out_scale: float, gamma_
         raise PreconditionError(f"i_layernorm: eps · C / S_in² = {eps_int} overflows int64 (in_scale {in_scale:.3g})",
                                 hint="use a coarser input scale")
     precision = (61 - v_max.bit_length()) // 2
-    start_exp = ((v_max << 2 * precision).bit_length() + 1) // 2
     m0, shift = dyadic(gamma_scale * 2.0 ** -frac / out_scale)
-    return k, eps_int, precision, start_exp, start_exp + ISQRT_EXTRA_STEPS, m0, shift
+    return k, eps_int, precision, m0, shift
 
 
 def layernorm_parameters(gamma: torch.Tensor | None, beta: torch.Tensor | None, channels: int):
@@ -186,10 +189,14 @@ def shift_exp(x: torch.Tensor, x0: int, n: int) -> torch.Tensor:
     return torch.bitwise_left_shift(e, n - q)
 
 
-def isqrt_newton(v: torch.Tensor, start_exp: int, iterations: int) -> torch.Tensor:
-    """floor(sqrt(v)) for 1 <= v < 2^(2·start_exp): Newton from 2^start_exp, fixed iteration count."""
-    s = torch.full_like(v, 1 << start_exp)
-    for _ in range(iterations):
+def isqrt_newton(v: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(v)) for 1 <= v < 2^62: start 2^(floor(log4 v) + 1), then ISQRT_STEPS Newton steps."""
+    powers = torch.tensor(POWERS_OF_4, dtype=torch.int64)
+    k = torch.zeros_like(v)
+    for bit in (16, 8, 4, 2, 1):
+        k = k + bit * (v >= powers[torch.clamp(k + bit, max=31)]).to(torch.int64)
+    s = torch.bitwise_left_shift(torch.ones_like(v), k + 1)
+    for _ in range(ISQRT_STEPS):
         s = torch.minimum(s, (s + torch.div(v, s, rounding_mode="floor")) >> 1)
     return s
 
@@ -310,13 +317,13 @@ def i_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tensor
                 out_scale: float, gamma_scale: float, eps: float, qmin: int, qmax: int) -> torch.Tensor:
     """I-LayerNorm over the last dim with integer Newton square root (module docstring)."""
     channels = q.shape[-1]
-    k, eps_int, precision, start_exp, iterations, m0, shift = layernorm_constants(channels, in_scale, out_scale,
+    k, eps_int, precision, m0, shift = layernorm_constants(channels, in_scale, out_scale,
                                                                        gamma_scale, eps)
     x = _saturate(q) << precision
     mean = torch.div(2 * x.sum(dim=-1, keepdim=True) + channels, 2 * channels, rounding_mode="floor")
     d = x - mean
     v = torch.clamp((d * d).sum(dim=-1, keepdim=True) + (eps_int << 2 * precision), min=1)
-    s = isqrt_newton(v, start_exp, iterations)
+    s = isqrt_newton(v)
     z = torch.div(2 * k * d + s, 2 * s, rounding_mode="floor")
     acc = z * gamma_int.to(torch.int64) + beta_int.to(torch.int64)
     return torch.clamp(rounding_shift(acc, m0, shift), qmin, qmax).to(torch.int32)
@@ -331,7 +338,7 @@ def _(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, qmin, qmax)
 def i_layernorm_onnx(q: INT32, gamma_int: INT32, beta_int: INT32, in_scale: float, out_scale: float,
                      gamma_scale: float, eps: float, qmin: int, qmax: int) -> INT32:
     channels = int(gamma_int.shape[0])
-    k, eps_int, precision, start_exp, iterations, m0, shift = layernorm_constants(channels, in_scale, out_scale,
+    k, eps_int, precision, m0, shift = layernorm_constants(channels, in_scale, out_scale,
                                                                        gamma_scale, eps)
     x = op.Mul(_onnx_saturate(q), onnx_int64(1 << precision))
     last = _axes(-1)
@@ -340,8 +347,14 @@ def i_layernorm_onnx(q: INT32, gamma_int: INT32, beta_int: INT32, in_scale: floa
     d = op.Sub(x, mean)
     v = op.Max(op.Add(op.ReduceSum(op.Mul(d, d), last, keepdims=1), onnx_int64(eps_int << 2 * precision)),
                onnx_int64(1))
-    s = op.Mul(op.Div(v, v), onnx_int64(1 << start_exp))
-    for _ in range(iterations):
+    powers = op.Constant(value_ints=POWERS_OF_4)
+    log4 = op.Mul(v, onnx_int64(0))
+    for bit in (16, 8, 4, 2, 1):
+        candidate = op.Min(op.Add(log4, onnx_int64(bit)), onnx_int64(31))
+        above = op.Cast(op.GreaterOrEqual(v, op.Gather(powers, candidate, axis=0)), to=INT64_TYPE)
+        log4 = op.Add(log4, op.Mul(above, onnx_int64(bit)))
+    s = op.Gather(op.Constant(value_ints=[1 << i for i in range(33)]), op.Add(log4, onnx_int64(1)), axis=0)
+    for _ in range(ISQRT_STEPS):
         s = op.Min(s, op.Div(op.Add(s, op.Div(v, s)), onnx_int64(2)))
     two_s = op.Mul(s, onnx_int64(2))
     numerator = op.Add(op.Mul(d, onnx_int64(2 * k)), s)

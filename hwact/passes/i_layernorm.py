@@ -78,11 +78,10 @@ class ILayerNorm(Pass):
             replace_island(graph, island, hw.i_layernorm.default,
                            (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
                             island.qmin, island.qmax))
-            k, eps_int, precision, start_exp, iterations, _, _ = layernorm_constants(
+            k, eps_int, precision, _, _ = layernorm_constants(
                 channels, island.in_scale, island.out_scale, gamma_scale, eps)
             record(graph, {"pass": self.name, "node": island.name, "module": island.module, "channels": channels,
                            "gamma_scale": gamma_scale, "eps_int": eps_int, "input_fraction_bits": precision,
-                           "sqrt_iterations": iterations,
                            "input_range": (island.in_bounds[0] * island.in_scale, island.in_bounds[1] * island.in_scale),
                            "input_bounds_known": island.in_bounds_known})
         if islands:

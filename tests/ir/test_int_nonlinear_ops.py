@@ -48,8 +48,9 @@ def test_isqrt_newton_is_exact():
                         torch.randint(1, 2**44, (20000,), generator=generator, dtype=torch.int64),
                         torch.tensor([k * k for k in (2**21, 2**22 - 1, 123456)] +
                                      [k * k - 1 for k in (2**21, 2**22 - 1, 123456)], dtype=torch.int64)])
-    start = (values.max().item().bit_length() + 1) // 2
-    got = nl.isqrt_newton(values, start, start + nl.ISQRT_EXTRA_STEPS)
+    values = torch.cat([values, torch.randint(1, 2**62, (20000,), generator=generator, dtype=torch.int64),
+                        torch.tensor([4**k for k in range(31)] + [4**k - 1 for k in range(1, 32)], dtype=torch.int64)])
+    got = nl.isqrt_newton(values)
     assert got.tolist() == [math.isqrt(v) for v in values.tolist()]
 
 

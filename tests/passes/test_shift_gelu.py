@@ -117,7 +117,7 @@ def test_vit_digits_int8_shiftgelu_recipe_is_integer_only_and_onnx_bit_exact(tmp
     all_passes()
     module, inputs = models.build("vit-digits")
     graph = trace(module, inputs)
-    batches = random_batches(graph.inputs, samples=32, batch=16)
+    batches = random_batches(graph.inputs, samples=16, batch=16)
     graph, records = run_passes(graph, RECIPES["int8-shiftgelu"], {}, batches)
     changed = {r.name: r.changed for r in records}
     assert changed["shift-gelu"] == 4 and changed["i-layernorm"] == 9 and changed["shiftmax"] == 4
