@@ -205,7 +205,8 @@ def main() -> None:
 
     command = "python benchmarks/bench_logic.py " + " ".join(sys.argv[1:])
     lines = ["# Logic-gate netlists: bit-sliced C kernel throughput and compile time (hwact issue 5)", "",
-             f"Machine: {machine()}. Command: `{command.strip()}`.",
+             f"Machine: {machine()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end of the "
+             f"run), so compare the ratios, which are measured in the same run. Command: `{command.strip()}`.",
              f"Netlist: digits-shaped LogicNet, 192 input bits -> logic layers {' -> '.join(map(str, args.widths))} "
              f"-> GroupSum(10), seeded Gaussian init (seed 0) discretized by `LogicNet.to_netlist()` (not trained, "
              f"not simplified): {netlist.num_gates} gates, depth {netlist.depth()}. All engines checked bit-exact "
