@@ -20,14 +20,18 @@ hwact::lambda_shift_gelu(q, in_scale, out_scale, qmin, qmax, n, lam)  the same w
     x   = clamp(q, int16);  m = max(max_lastdim(x), 0)
     S_g = lam · S_in  (lam = 1.702 for shift_gelu)
     e1  = exp(x - m),  e2 = exp(-m)               # σ(a) = e^(a-m) / (e^(a-m) + e^(-m))
-    sig = floor(e1 · 2^15 / (e1 + e2))            # σ at scale 2^-15, one exact division per element
+    e1, e2 = e1 >> t, e2 >> t                     # t = max(0, bits(|x0|) + n + 15 - 62): e1 · 2^15 < 2^62
+    sig = floor(e1 · 2^15 / max(e1 + e2, 1))      # σ at scale 2^-15, one exact division per element
     out = clamp(rounding_shift(x · sig, dyadic(S_in · 2^-15 / S_out)), qmin, qmax)
   Differences from the I-ViT code, all within int64: the row max m is taken as max(row max, 0) so both
   exponents are <= 0 (I-ViT's e^(-xmax) has a positive exponent when a row is all negative; the maths is
   the same for any m), and σ keeps 15 bits (I-ViT: 7) through an exact division instead of
   floor((2^31-1)/sum). The exponent clamp n is per layer (the pass picks it from the calibrated range;
   I-ViT fixes n = 23, which saturates σ to 0.5 once a row max exceeds ≈ 9.4, the "cliff").
-  Overflow guard: e1 · 2^15 <= |x0| · 2^(n+15) must stay below 2^63, else PreconditionError.
+  Overflow: exp < |x0| · 2^n, so bits(|x0|) + n <= 62 is required (else PreconditionError); the drop t
+  then keeps the division's numerator below 2^62 for any n up to 62. Terms dropped to 0 are below
+  2^(n-47)·|x0|^-1 of the largest possible one, i.e. σ loses nothing at its 2^-15 resolution, except
+  that σ = 0 when both terms vanish (x far below a large m, where σ(λx) < 2^-15 anyway).
 
 hwact::shiftmax(q, in_scale, out_scale, dim, qmin, qmax, n)          softmax along `dim`
     x   = clamp(q, int16) - max_dim(q);  e = exp(x)  (scale S_in, clamp n)
@@ -93,24 +97,26 @@ def check_exp_clamp(n: int) -> None:
         raise PreconditionError(f"integer exp: clamp n = {n} is outside [0, 62]")
 
 
-def gelu_constants(in_scale: float, out_scale: float, n: int, lam: float) -> tuple[int, int, int]:
-    """(x0, m0, shift) of (lambda-)ShiftGELU; raises PreconditionError when int64 would overflow."""
+def gelu_constants(in_scale: float, out_scale: float, n: int, lam: float) -> tuple[int, int, int, int]:
+    """(x0, drop, m0, shift) of (lambda-)ShiftGELU; raises PreconditionError when int64 would overflow."""
     check_exp_clamp(n)
     if not lam > 0:
         raise PreconditionError(f"shift_gelu: gate slope lambda = {lam!r} must be positive")
     x0 = exp_zero_point(lam * in_scale)
-    if (-x0) << (n + SIGMOID_BITS) >= 1 << 63:
+    bits = (-x0).bit_length()
+    if bits + n > 62:
         raise PreconditionError(
-            f"shift_gelu: |x0| · 2^(n+15) = {-x0} · 2^{n + SIGMOID_BITS} overflows int64 "
+            f"shift_gelu: |x0| · 2^n = {-x0} · 2^{n} overflows int64 "
             f"(in_scale {in_scale:.3g} too small for n = {n})", hint="lower n or use a coarser input scale")
+    drop = max(0, bits + n + SIGMOID_BITS - 62)
     m0, shift = dyadic(in_scale * 2.0 ** -SIGMOID_BITS / out_scale)
-    return x0, m0, shift
+    return x0, drop, m0, shift
 
 
 def gelu_max_n(in_scale: float, lam: float = SHIFT_GELU_LAMBDA) -> int:
     """The largest exponent clamp n that passes gelu_constants' overflow guard."""
     x0 = exp_zero_point(lam * in_scale)
-    return min(62, 63 - SIGMOID_BITS - (-x0).bit_length())
+    return min(62, 62 - (-x0).bit_length())
 
 
 def softmax_constants(in_scale: float, out_scale: float, n: int, channels: int) -> tuple[int, int, int]:
@@ -227,22 +233,23 @@ def _axes(dim: int):
 
 # ----- hwact::shift_gelu / hwact::lambda_shift_gelu ------------------------------------------------
 def _gelu_reference(q, in_scale, out_scale, qmin, qmax, n, lam):
-    x0, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
+    x0, drop, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
     x = _saturate(q)
     m = torch.clamp(x.amax(dim=-1, keepdim=True), min=0) if x.dim() else torch.clamp(x, min=0)
-    e1 = shift_exp(x - m, x0, n)
-    e2 = shift_exp(-m, x0, n)
-    sig = torch.div(e1 << SIGMOID_BITS, e1 + e2, rounding_mode="floor")
+    e1 = shift_exp(x - m, x0, n) >> drop
+    e2 = shift_exp(-m, x0, n) >> drop
+    sig = torch.div(e1 << SIGMOID_BITS, torch.clamp(e1 + e2, min=1), rounding_mode="floor")
     return torch.clamp(rounding_shift(x * sig, m0, shift), qmin, qmax).to(torch.int32)
 
 
 def _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, lam):
-    x0, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
+    x0, drop, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
     x = _onnx_saturate(q)
     m = op.Max(op.ReduceMax(x, _axes(-1), keepdims=1), onnx_int64(0))
-    e1 = _onnx_shift_exp(op.Sub(x, m), x0, n)
-    e2 = _onnx_shift_exp(op.Neg(m), x0, n)
-    sig = op.Div(op.Mul(e1, onnx_int64(1 << SIGMOID_BITS)), op.Add(e1, e2))   # both >= 0: trunc = floor
+    e1 = _onnx_floor_div(_onnx_shift_exp(op.Sub(x, m), x0, n), 1 << drop)
+    e2 = _onnx_floor_div(_onnx_shift_exp(op.Neg(m), x0, n), 1 << drop)
+    total = op.Max(op.Add(e1, e2), onnx_int64(1))
+    sig = op.Div(op.Mul(e1, onnx_int64(1 << SIGMOID_BITS)), total)   # both >= 0: truncation = floor
     return onnx_clamp_int32(onnx_rounding_shift(op.Mul(x, sig), m0, shift), qmin, qmax)
 
 
