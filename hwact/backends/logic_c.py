@@ -9,8 +9,9 @@ The netlist is compiled into two straight programs over a scratch array of value
   * bits   - the gates the raw outputs depend on (dead gates dropped); results = output planes;
   * counts - the same gates plus GroupSum as a carry-save adder tree per class: a full adder turns three
     planes of weight 2^w into a sum plane (x ^ y ^ z, weight 2^w) and a carry plane (maj(x, y, z),
-    weight 2^(w+1)), a half adder two planes into x ^ y and x & y; per class this leaves one plane per
-    count bit, i.e. popcount(group) = sum_d plane_d * 2^d, ~5 bitwise ops per output bit (the ripple
+    weight 2^(w+1)) - two 3-input kernel instructions, XOR3 and MAJ - and a half adder two planes into
+    x ^ y and x & y; per class this leaves one plane per count bit, i.e. popcount(group) =
+    sum_d plane_d * 2^d, about 2 instructions (5 bitwise ops) per output bit (the ripple
     counter of difflogic costs 2 * ceil(log2(k+1)) per output bit). The planes are unpacked to int32
     per sample in C.
 Gates are ordered by (logic level, gate id) and a slot is reused as soon as its value is dead.
@@ -49,7 +50,8 @@ STYLES = ("table", "straight")
 DEFAULT_STYLE = "table"
 C_FLAGS = ["-O2", "-std=c11", "-Wall", "-Wno-unused-function"]
 STRAIGHT_CHUNK = 2000
-AND, XOR, OR, ZERO = 1, 6, 7, 0
+AND, XOR, ZERO = 1, 6, 0
+XOR3, MAJ = 16, 17      # kernel-only 3-input instructions (full adder sum / carry); never in a Netlist
 
 
 def source_dir() -> Path:
@@ -66,15 +68,18 @@ class Program:
     dst: np.ndarray        # (G,) uint32
     a: np.ndarray          # (G,) uint32
     b: np.ndarray          # (G,) uint32
+    c: np.ndarray          # (G,) uint32 third operand of XOR3/MAJ (= a for the two-input gates)
     run_ops: np.ndarray    # (R,) uint8
     run_lens: np.ndarray   # (R,) uint32
     results: np.ndarray    # (K,) uint32 slots holding the result planes at the end
 
 
-def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], np.ndarray, int]:
+def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], list[int], np.ndarray, int]:
     """Carry-save adder tree per class over the output nodes, as extra gates numbered after the net's.
+    A full adder is two kernel instructions, XOR3(x, y, z) (sum) and MAJ(x, y, z) (carry); a half adder
+    is XOR(x, y) and AND(x, y).
 
-    Returns (ops, a, b) of the new gates, planes (num_classes, count_bits) node ids with
+    Returns (ops, a, b, c) of the new gates (c: third operand, = a for two-input gates), planes (num_classes, count_bits) node ids with
     popcount(group c) = sum_d value(planes[c, d]) << d, and count_bits = bit length of the group size.
     A count bit that is always 0 points at a constant-0 gate."""
     k = netlist.outputs.size // netlist.num_classes
@@ -82,12 +87,14 @@ def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], 
     ops: list[int] = []
     ga: list[int] = []
     gb: list[int] = []
+    gc: list[int] = []
     next_node = [netlist.num_nodes]
 
-    def gate(op: int, x: int, y: int) -> int:
+    def gate(op: int, x: int, y: int, z: int | None = None) -> int:
         ops.append(op)
         ga.append(x)
         gb.append(y)
+        gc.append(x if z is None else z)
         next_node[0] += 1
         return next_node[0] - 1
 
@@ -102,9 +109,8 @@ def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], 
             while len(queue) - head >= 3:                                 # full adder
                 x, y, z = queue[head], queue[head + 1], queue[head + 2]
                 head += 3
-                t = gate(XOR, x, y)
-                queue.append(gate(XOR, t, z))
-                carries.append(gate(OR, gate(AND, x, y), gate(AND, t, z)))
+                queue.append(gate(XOR3, x, y, z))
+                carries.append(gate(MAJ, x, y, z))
             if len(queue) - head == 2:                                    # half adder
                 x, y = queue[head], queue[head + 1]
                 head += 2
@@ -119,36 +125,39 @@ def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], 
             column, carries = carries, []
         if column:
             raise AssertionError("GroupSum adder tree left carries beyond the count width")
-    return ops, ga, gb, planes, count_bits
+    return ops, ga, gb, gc, planes, count_bits
 
 
-def compile_program(num_inputs: int, ops: np.ndarray, a: np.ndarray, b: np.ndarray, results: np.ndarray) -> Program:
-    """Drop gates no result needs, order the rest by (level, gate id), assign slots with reuse."""
+def compile_program(num_inputs: int, ops: np.ndarray, a: np.ndarray, b: np.ndarray, results: np.ndarray,
+                    c: np.ndarray | None = None) -> Program:
+    """Drop gates no result needs, order the rest by (level, gate id), assign slots with reuse.
+    `c` is the third operand of XOR3/MAJ instructions (default: a, i.e. two-input gates only)."""
     ops = np.asarray(ops, dtype=np.uint8)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
+    c = a if c is None else np.asarray(c, dtype=np.int64)
     results = np.asarray(results, dtype=np.int64)
     num_gates = ops.size
     needed = np.zeros(num_inputs + num_gates, dtype=bool)
     needed[results] = True
-    a_list, b_list = a.tolist(), b.tolist()
+    a_list, b_list, c_list = a.tolist(), b.tolist(), c.tolist()
     for g in range(num_gates - 1, -1, -1):
         if needed[num_inputs + g]:
             needed[a_list[g]] = True
             needed[b_list[g]] = True
+            needed[c_list[g]] = True
     kept = np.flatnonzero(needed[num_inputs:])
     level = np.zeros(num_inputs + num_gates, dtype=np.int64)
     level_list = level.tolist()
     for g in kept.tolist():
-        level_list[num_inputs + g] = 1 + max(level_list[a_list[g]], level_list[b_list[g]])
+        level_list[num_inputs + g] = 1 + max(level_list[a_list[g]], level_list[b_list[g]], level_list[c_list[g]])
     level = np.asarray(level_list, dtype=np.int64)
     order = kept[np.lexsort((ops[kept], level[num_inputs + kept]))]   # by level, then gate id
 
-    position = np.full(num_inputs + num_gates, -1, dtype=np.int64)
-    position[num_inputs + order] = np.arange(order.size)
     last_use = np.full(num_inputs + num_gates, -1, dtype=np.int64)
     np.maximum.at(last_use, a[order], np.arange(order.size))
     np.maximum.at(last_use, b[order], np.arange(order.size))
+    np.maximum.at(last_use, c[order], np.arange(order.size))
     last_use[results] = np.iinfo(np.int64).max                        # results stay live to the end
 
     slot = np.full(num_inputs + num_gates, -1, dtype=np.int64)
@@ -167,7 +176,7 @@ def compile_program(num_inputs: int, ops: np.ndarray, a: np.ndarray, b: np.ndarr
             num_slots += 1
         slot_list[node] = s
         dst.append(s)
-        for operand in {a_list[g], b_list[g]}:
+        for operand in {a_list[g], b_list[g], c_list[g]}:
             if operand >= num_inputs and last_list[operand] == i:
                 free.append(slot_list[operand])
     slot = np.asarray(slot_list, dtype=np.int64)
@@ -178,7 +187,7 @@ def compile_program(num_inputs: int, ops: np.ndarray, a: np.ndarray, b: np.ndarr
     else:
         starts = run_lens = np.zeros(0, dtype=np.int64)
     return Program(num_inputs, num_slots, sorted_ops, np.asarray(dst, dtype=np.uint32),
-                   slot[a[order]].astype(np.uint32), slot[b[order]].astype(np.uint32),
+                   slot[a[order]].astype(np.uint32), slot[b[order]].astype(np.uint32), slot[c[order]].astype(np.uint32),
                    sorted_ops[starts].astype(np.uint8), run_lens.astype(np.uint32),
                    slot[results].astype(np.uint32))
 
@@ -187,11 +196,12 @@ def compile_netlist(netlist: Netlist) -> dict:
     """Both programs of a net: {"bits": Program, "counts": Program, "count_bits": int}."""
     if netlist.num_inputs < 1:
         raise UnsupportedError("logic C kernel: the netlist has no inputs")
-    extra_ops, extra_a, extra_b, planes, count_bits = group_sum_gates(netlist)
+    extra_ops, extra_a, extra_b, extra_c, planes, count_bits = group_sum_gates(netlist)
     bits = compile_program(netlist.num_inputs, netlist.ops, netlist.a, netlist.b, netlist.outputs)
     counts = compile_program(netlist.num_inputs, np.r_[netlist.ops, np.asarray(extra_ops, dtype=np.uint8)],
                              np.r_[netlist.a, np.asarray(extra_a, dtype=np.int64)],
-                             np.r_[netlist.b, np.asarray(extra_b, dtype=np.int64)], planes.reshape(-1))
+                             np.r_[netlist.b, np.asarray(extra_b, dtype=np.int64)], planes.reshape(-1),
+                             np.r_[netlist.a, np.asarray(extra_c, dtype=np.int64)])
     return {"bits": bits, "counts": counts, "count_bits": count_bits}
 
 
@@ -213,17 +223,20 @@ def _program_tables(tag: str, program: Program) -> str:
                     _c_array("uint32_t", f"ln_{tag}_dst", program.dst),
                     _c_array("uint32_t", f"ln_{tag}_a", program.a),
                     _c_array("uint32_t", f"ln_{tag}_b", program.b),
+                    _c_array("uint32_t", f"ln_{tag}_c", program.c),
                     _c_array("uint32_t", f"ln_{tag}_results", program.results)])
 
 
 def _program_straight(tag: str, program: Program) -> str:
     lines = [f"#define LN_{tag}_SLOTS {program.num_slots}\n", _c_array("uint32_t", f"ln_{tag}_results", program.results)]
     parts = []
-    ops, dst, a, b = program.ops.tolist(), program.dst.tolist(), program.a.tolist(), program.b.tolist()
+    ops, dst, a, b, c = (program.ops.tolist(), program.dst.tolist(), program.a.tolist(), program.b.tolist(),
+                         program.c.tolist())
     for start in range(0, len(ops), STRAIGHT_CHUNK):
         name = f"ln_{tag}_part{len(parts)}"
         parts.append(name)
-        body = "\n".join(f"    LN_GATE(LN_G{ops[g]}, V, {dst[g]}, {a[g]}, {b[g]});"
+        body = "\n".join(f"    LN_GATE3(LN_G{ops[g]}, V, {dst[g]}, {a[g]}, {b[g]}, {c[g]});" if ops[g] >= XOR3 else
+                         f"    LN_GATE(LN_G{ops[g]}, V, {dst[g]}, {a[g]}, {b[g]});"
                          for g in range(start, min(start + STRAIGHT_CHUNK, len(ops))))
         lines.append(f"__attribute__((noinline)) static void {name}(ln_vec *V) {{\n{body}\n}}\n")
     calls = "".join(f"    {p}(V);\n" for p in parts)

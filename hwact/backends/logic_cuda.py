@@ -41,7 +41,7 @@ def nvcc() -> str:
 
 def _device_tables(tag: str, program) -> str:
     arrays = [("uint8_t", "op", program.ops), ("uint32_t", "dst", program.dst), ("uint32_t", "a", program.a),
-              ("uint32_t", "b", program.b), ("uint32_t", "results", program.results)]
+              ("uint32_t", "b", program.b), ("uint32_t", "c", program.c), ("uint32_t", "results", program.results)]
     text = [f"#define LN_{tag}_SLOTS {program.num_slots}\n#define LN_{tag}_GATES {program.ops.size}\n"]
     for ctype, field, values in arrays:
         text.append("__device__ " + _c_array(ctype, f"ln_{tag}_{field}", values))

@@ -103,6 +103,10 @@ def test_adder_tree_width_and_dead_gates(tmp_path):
     programs = logic_c.compile_netlist(netlist)
     assert programs["count_bits"] == 4                            # groups of 10 -> counts 0..10
     assert programs["counts"].results.size == 5 * 4
+    ops = programs["counts"].ops
+    full_adders = int((ops == logic_c.XOR3).sum())
+    assert full_adders == int((ops == logic_c.MAJ).sum()) > 0    # each full adder: one sum, one carry
+    assert not (programs["bits"].ops >= 16).any()                 # 3-input instructions only in GroupSum
     reachable = logic_c.compile_program(netlist.num_inputs, netlist.ops, netlist.a, netlist.b, netlist.outputs)
     assert reachable.ops.size == programs["bits"].ops.size < 400   # gates no output reads are dropped
     assert programs["bits"].num_slots < netlist.num_nodes          # slots are reused

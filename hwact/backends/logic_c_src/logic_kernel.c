@@ -4,7 +4,8 @@
  * so one bitwise instruction evaluates one gate for 64 samples (uint64), 128 (NEON) or 256 (AVX2) at once.
  * The net is compiled (hwact/backends/logic_c.py) into two programs over a scratch array of value slots:
  *   LN_BITS    the gates the raw outputs need; its results are the output bit planes;
- *   LN_COUNTS  the same gates plus GroupSum as a carry-save adder tree of XOR/AND/OR gates per class;
+ *   LN_COUNTS  the same gates plus GroupSum as a carry-save adder tree per class (full adders as the
+ *              3-input instructions XOR3 and MAJ, half adders as XOR and AND);
  *              its results are the count bit planes (class c, bit d) = bit d of popcount(group c).
  * Gates are sorted by (logic level, gate id), so a program is a list of runs of one gate id; slots are
  * reused once their value is dead, which keeps the scratch array small enough for the cache.
@@ -36,50 +37,64 @@
 
 typedef uint64_t ln_vec __attribute__((vector_size(LN_VBYTES), aligned(LN_VBYTES)));
 
-/* the 16 difflogic gates, out(a, b) = (id >> (3 - (2a + b))) & 1, on whole vectors */
-#define LN_G0(x, y) ((x) ^ (x))
-#define LN_G1(x, y) ((x) & (y))
-#define LN_G2(x, y) ((x) & ~(y))
-#define LN_G3(x, y) (x)
-#define LN_G4(x, y) (~(x) & (y))
-#define LN_G5(x, y) (y)
-#define LN_G6(x, y) ((x) ^ (y))
-#define LN_G7(x, y) ((x) | (y))
-#define LN_G8(x, y) (~((x) | (y)))
-#define LN_G9(x, y) (~((x) ^ (y)))
-#define LN_G10(x, y) (~(y))
-#define LN_G11(x, y) ((x) | ~(y))
-#define LN_G12(x, y) (~(x))
-#define LN_G13(x, y) (~(x) | (y))
-#define LN_G14(x, y) (~((x) & (y)))
-#define LN_G15(x, y) (~((x) ^ (x)))
+/* the 16 difflogic gates, out(a, b) = (id >> (3 - (2a + b))) & 1, on whole vectors, and the two 3-input
+ * instructions of the GroupSum adder tree: 16 = XOR3 (full adder sum), 17 = MAJ (full adder carry) */
+#define LN_G0(x, y, z) ((x) ^ (x))
+#define LN_G1(x, y, z) ((x) & (y))
+#define LN_G2(x, y, z) ((x) & ~(y))
+#define LN_G3(x, y, z) (x)
+#define LN_G4(x, y, z) (~(x) & (y))
+#define LN_G5(x, y, z) (y)
+#define LN_G6(x, y, z) ((x) ^ (y))
+#define LN_G7(x, y, z) ((x) | (y))
+#define LN_G8(x, y, z) (~((x) | (y)))
+#define LN_G9(x, y, z) (~((x) ^ (y)))
+#define LN_G10(x, y, z) (~(y))
+#define LN_G11(x, y, z) ((x) | ~(y))
+#define LN_G12(x, y, z) (~(x))
+#define LN_G13(x, y, z) (~(x) | (y))
+#define LN_G14(x, y, z) (~((x) & (y)))
+#define LN_G15(x, y, z) (~((x) ^ (x)))
+#define LN_G16(x, y, z) ((x) ^ (y) ^ (z))
+#define LN_G17(x, y, z) (((x) & (y)) | ((z) & ((x) ^ (y))))
 
 /* one gate on one block: V[d] = op(V[a], V[b]) for each of the LN_BV vectors */
 #define LN_GATE(OP, V, d, a, b) do {                                                        \
         ln_vec *D_ = (V) + (size_t)(d) * LN_BV;                                            \
         const ln_vec *A_ = (V) + (size_t)(a) * LN_BV, *B_ = (V) + (size_t)(b) * LN_BV;     \
-        for (int k_ = 0; k_ < LN_BV; k_++) { ln_vec x_ = A_[k_], y_ = B_[k_]; (void)x_; (void)y_; D_[k_] = OP(x_, y_); } \
+        for (int k_ = 0; k_ < LN_BV; k_++) {                                                \
+            ln_vec x_ = A_[k_], y_ = B_[k_]; (void)x_; (void)y_; D_[k_] = OP(x_, y_, x_);  \
+        }                                                                                   \
+    } while (0)
+/* one 3-input instruction on one block: V[d] = op(V[a], V[b], V[c]) */
+#define LN_GATE3(OP, V, d, a, b, c) do {                                                    \
+        ln_vec *D_ = (V) + (size_t)(d) * LN_BV;                                            \
+        const ln_vec *A_ = (V) + (size_t)(a) * LN_BV, *B_ = (V) + (size_t)(b) * LN_BV,     \
+                     *C_ = (V) + (size_t)(c) * LN_BV;                                      \
+        for (int k_ = 0; k_ < LN_BV; k_++) D_[k_] = OP(A_[k_], B_[k_], C_[k_]);            \
     } while (0)
 
 #ifdef LN_STYLE_TABLE
-/* run r applies gate id op[r] to len[r] consecutive entries of (dst, a, b) */
+/* run r applies gate id op[r] to len[r] consecutive entries of (dst, a, b[, c]) */
 #define LN_CASE(ID) case ID: for (uint32_t g = 0; g < n; g++) LN_GATE(LN_G##ID, V, d[g], a[g], b[g]); break;
+#define LN_CASE3(ID) case ID: for (uint32_t g = 0; g < n; g++) LN_GATE3(LN_G##ID, V, d[g], a[g], b[g], c[g]); break;
 static void ln_walk(ln_vec *V, uint32_t runs, const uint8_t *op, const uint32_t *len,
-                    const uint32_t *d, const uint32_t *a, const uint32_t *b) {
+                    const uint32_t *d, const uint32_t *a, const uint32_t *b, const uint32_t *c) {
     for (uint32_t r = 0; r < runs; r++) {
         uint32_t n = len[r];
         switch (op[r]) {
             LN_CASE(0) LN_CASE(1) LN_CASE(2) LN_CASE(3) LN_CASE(4) LN_CASE(5) LN_CASE(6) LN_CASE(7)
             LN_CASE(8) LN_CASE(9) LN_CASE(10) LN_CASE(11) LN_CASE(12) LN_CASE(13) LN_CASE(14) LN_CASE(15)
+            LN_CASE3(16) LN_CASE3(17)
         }
-        d += n; a += n; b += n;
+        d += n; a += n; b += n; c += n;
     }
 }
 static void ln_BITS_gates(ln_vec *V) {
-    ln_walk(V, LN_BITS_RUNS, ln_BITS_op, ln_BITS_len, ln_BITS_dst, ln_BITS_a, ln_BITS_b);
+    ln_walk(V, LN_BITS_RUNS, ln_BITS_op, ln_BITS_len, ln_BITS_dst, ln_BITS_a, ln_BITS_b, ln_BITS_c);
 }
 static void ln_COUNTS_gates(ln_vec *V) {
-    ln_walk(V, LN_COUNTS_RUNS, ln_COUNTS_op, ln_COUNTS_len, ln_COUNTS_dst, ln_COUNTS_a, ln_COUNTS_b);
+    ln_walk(V, LN_COUNTS_RUNS, ln_COUNTS_op, ln_COUNTS_len, ln_COUNTS_dst, ln_COUNTS_a, ln_COUNTS_b, ln_COUNTS_c);
 }
 #endif
 

@@ -8,7 +8,7 @@
  *
  * The emitted file defines, before this text: LN_NUM_INPUTS, LN_NUM_OUTPUTS, LN_NUM_CLASSES,
  * LN_COUNT_BITS and per program P in {BITS, COUNTS}: LN_P_SLOTS, LN_P_GATES and the device arrays
- * ln_P_op[], ln_P_dst[], ln_P_a[], ln_P_b[], ln_P_results[].
+ * ln_P_op[], ln_P_dst[], ln_P_a[], ln_P_b[], ln_P_c[], ln_P_results[].
  *
  * Host runner (LN_RUNNER): RUNNER IN OUT [REPEAT]; same files as the C runner (logic_kernel.c): IN = int64
  * n_samples, int64 n_inputs, uint8 bits[n][inputs]; OUT = int32 counts[n][classes], uint8 bits[n][outputs].
@@ -16,8 +16,8 @@
  * "samples_per_s <value>". */
 #include <stdint.h>
 
-__device__ __forceinline__ uint64_t ln_gate(uint8_t op, uint64_t x, uint64_t y) {
-    switch (op) {   /* out(a, b) = (op >> (3 - (2a + b))) & 1 */
+__device__ __forceinline__ uint64_t ln_gate(uint8_t op, uint64_t x, uint64_t y, uint64_t z) {
+    switch (op) {   /* out(a, b) = (op >> (3 - (2a + b))) & 1; 16, 17: full adder sum and carry of x, y, z */
         case 0: return 0;
         case 1: return x & y;
         case 2: return x & ~y;
@@ -33,14 +33,19 @@ __device__ __forceinline__ uint64_t ln_gate(uint8_t op, uint64_t x, uint64_t y) 
         case 12: return ~x;
         case 13: return ~x | y;
         case 14: return ~(x & y);
-        default: return ~(uint64_t)0;
+        case 15: return ~(uint64_t)0;
+        case 16: return x ^ y ^ z;
+        default: return (x & y) | (z & (x ^ y));
     }
 }
 
 __device__ void ln_walk(uint64_t *V, int64_t stride, int64_t t, uint32_t gates, const uint8_t *op,
-                        const uint32_t *dst, const uint32_t *a, const uint32_t *b) {
-    for (uint32_t g = 0; g < gates; g++)
-        V[dst[g] * stride + t] = ln_gate(op[g], V[a[g] * stride + t], V[b[g] * stride + t]);
+                        const uint32_t *dst, const uint32_t *a, const uint32_t *b, const uint32_t *c) {
+    for (uint32_t g = 0; g < gates; g++) {
+        uint64_t x = V[a[g] * stride + t], y = V[b[g] * stride + t];
+        uint64_t z = op[g] >= 16 ? V[c[g] * stride + t] : x;
+        V[dst[g] * stride + t] = ln_gate(op[g], x, y, z);
+    }
 }
 
 __device__ void ln_load(uint64_t *V, int64_t stride, int64_t t, const uint64_t *x, int64_t nwords, int64_t w) {
@@ -54,7 +59,7 @@ extern "C" __global__ void ln_output_bits_kernel(const uint64_t *x, int64_t nwor
     if (t >= stride) return;
     for (int64_t w = t; w < nwords; w += stride) {
         ln_load(V, stride, t, x, nwords, w);
-        ln_walk(V, stride, t, LN_BITS_GATES, ln_BITS_op, ln_BITS_dst, ln_BITS_a, ln_BITS_b);
+        ln_walk(V, stride, t, LN_BITS_GATES, ln_BITS_op, ln_BITS_dst, ln_BITS_a, ln_BITS_b, ln_BITS_c);
         for (int o = 0; o < LN_NUM_OUTPUTS; o++) y[o * nwords + w] = V[ln_BITS_results[o] * stride + t];
     }
 }
@@ -66,7 +71,7 @@ extern "C" __global__ void ln_class_counts_kernel(const uint64_t *x, int64_t nwo
     if (t >= stride) return;
     for (int64_t w = t; w < nwords; w += stride) {
         ln_load(V, stride, t, x, nwords, w);
-        ln_walk(V, stride, t, LN_COUNTS_GATES, ln_COUNTS_op, ln_COUNTS_dst, ln_COUNTS_a, ln_COUNTS_b);
+        ln_walk(V, stride, t, LN_COUNTS_GATES, ln_COUNTS_op, ln_COUNTS_dst, ln_COUNTS_a, ln_COUNTS_b, ln_COUNTS_c);
         for (int c = 0; c < LN_NUM_CLASSES; c++) {
             uint64_t plane[LN_COUNT_BITS];
             for (int d = 0; d < LN_COUNT_BITS; d++) plane[d] = V[ln_COUNTS_results[c * LN_COUNT_BITS + d] * stride + t];
