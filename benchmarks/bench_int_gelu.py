@@ -123,7 +123,16 @@ def render(results: list[dict], command: str) -> str:
         p = r["n_pass"]
         lines.append(f"| ±{r['amax']:g} | {p['n']} | {p['covered']} | {p['n_cover']} | {p['n_max']} | "
                      f"{r['lambda']:.3f} | {r['n_lambda']} |")
-    lines.append("")
+    lines += ["", "Notes:",
+              "* ShiftGELU n=23 is I-ViT's fixed exponent clamp: once |x − row max| passes ≈ 9.4 the exponent "
+              "saturates and σ goes wrong (the cliff). 'pass n' is the clamp the shift-gelu pass picks from the "
+              "input range (n_cover, capped at the int64 guard n_max; 'covered' False means capped).",
+              "* lambda-ShiftGELU: λ fitted by the lambda-shift-gelu pass (mean error at fine output). λ acts only "
+              "through x0 = floor(−1/(λ·S)), so at coarse scales several λ give the same op (ties go to 1.702).",
+              "* I-BERT i-GELU: erf ≈ second-order polynomial (a = −0.2888, b = −1.769), integer form of "
+              "`IntGELU`. Its code shifts the polynomial right by 14 bits, sized for int32-scale inputs "
+              "(S ≈ 1e-4); at 8-bit input scales that leaves 0-1 bits (row '>> 14, as coded'), so the "
+              "comparison row uses a shift keeping ≈16 bits.", ""]
     return "\n".join(lines)
 
 
