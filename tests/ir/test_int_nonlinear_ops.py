@@ -291,6 +291,9 @@ def test_onnx_shiftmax_bit_exact(tmp_path):
     module = _Op(lambda self, x: torch.cat([hw.shiftmax(x, 8 / 127, 1 / 255, -1, 0, 255, 24),
                                             hw.shiftmax(x, 0.02, 2.0**-15, 2, -32768, 32767, 15)], dim=-1))
     _assert_onnx_bit_exact(module, q, tmp_path, "shiftmax")
+    wide = edge_int8((6, 33), generator, -32768, 32767)  # int16 logits (x0 = -1000)
+    module16 = _Op(lambda self, x: hw.shiftmax(x, 1e-3, 2.0**-15, -1, -32768, 32767, 20))
+    _assert_onnx_bit_exact(module16, wide, tmp_path, "shiftmax16")
 
 
 def test_onnx_i_layernorm_bit_exact(tmp_path):
