@@ -135,3 +135,21 @@ def test_netlist_module_exports_and_runs():
     assert torch.equal(program.module()(x), module(x))
     assert torch.equal((net(x) * net.group_sum.tau).round().to(torch.int32), module(x))
     assert program.state_dict["logic_accuracy"].tolist() == [0.5, 0.25]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_training_step_and_netlist_op_on_gpu():
+    net = LogicNet(32, (256, 200), 4, parametrization="iwp", seed=0, init="gaussian").cuda()
+    x = torch.randint(0, 2, (128, 32), device="cuda").float()
+    y = torch.randint(0, 4, (128,), device="cuda")
+    loss = torch.nn.functional.cross_entropy(net.train()(x), y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    netlist = net.eval().to_netlist()
+    with torch.no_grad():
+        scores = net(x)
+    expected = netlist.class_counts(x.cpu().numpy().astype(np.uint8))
+    assert np.array_equal(scores.cpu().round().numpy().astype(np.int64), expected)
+    tensors = [torch.as_tensor(t).cuda() for t in (netlist.ops.astype(np.int64), netlist.a, netlist.b, netlist.outputs)]
+    counts = LOGIC_NETLIST(x.to(torch.uint8), *tensors, 4)
+    assert counts.is_cuda and np.array_equal(counts.cpu().numpy(), expected)
