@@ -29,9 +29,10 @@ hwact::lambda_shift_gelu(q, in_scale, out_scale, qmin, qmax, n, lam)  the same w
   floor((2^31-1)/sum). The exponent clamp n is per layer (the pass picks it from the calibrated range;
   I-ViT fixes n = 23, which saturates σ to 0.5 once a row max exceeds ≈ 9.4, the "cliff").
   Overflow: exp < |x0| · 2^n, so bits(|x0|) + n <= 62 is required (else PreconditionError); the drop t
-  then keeps the division's numerator below 2^62 for any n up to 62. Terms dropped to 0 are below
-  2^(n-47)·|x0|^-1 of the largest possible one, i.e. σ loses nothing at its 2^-15 resolution, except
-  that σ = 0 when both terms vanish (x far below a large m, where σ(λx) < 2^-15 anyway).
+  then keeps the division's numerator below 2^62 for any n up to 62. t > 0 only when n > 47 - bits(|x0|):
+  exp(0) keeps 47 bits after the drop, a term 2^-k keeps 47 - k, so σ keeps its 15 bits while the
+  larger of e1, e2 is above 2^-31; below that (m and m - x both large, e.g. a row max of 16 and x near
+  0) σ's precision shrinks, down to σ = 0 when both terms vanish.
 
 hwact::shiftmax(q, in_scale, out_scale, dim, qmin, qmax, n)          softmax along `dim`
     x   = clamp(q, int16) - max_dim(q);  e = exp(x)  (scale S_in, clamp n)
@@ -49,11 +50,11 @@ hwact::i_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps
     s    = isqrt(v): k = floor(log4 v) by a 5-step binary search on a table of 4^i, s = 2^(k+1) > sqrt(v),
            then 8 times: s = min(s, (s + v // s) >> 1)
     z    = floor((2 d K + s) / 2 s),  K = round(sqrt(C) · 2^F)    # z ≈ (x-mean)/std · 2^F, round half up
-  P = floor((61 - bits(C · 2^34 + eps_int)) / 2): the input is carried with P fraction bits, so neither
-  the mean's rounding (I-ViT rounds it to an integer: up to 0.3 output LSB measured) nor isqrt's
-  truncation (isqrt(2) = 1 would turn a ±1 row into ±1.41) costs more than 2^-P relative.
     acc  = z · gamma_int + beta_int                                  # at scale gamma_scale · 2^-F
     out  = clamp(rounding_shift(acc, dyadic(gamma_scale · 2^-F / S_out)), qmin, qmax)
+  P = floor((61 - bits(C · 2^34 + eps_int)) / 2): the input is carried with P fraction bits, so neither
+  the mean's rounding (I-ViT rounds it to an integer: +0.3 output step measured at C = 192) nor isqrt's
+  truncation (isqrt(2) = 1 would turn a ±1 row into ±1.41) costs more than 2^-P relative.
   F = 15 - ceil(log2(sqrt(C))) keeps |z| <= 2^15 so |z · gamma_int| <= 2^30 (gamma_int in ±(2^15-1));
   beta_int must fit int32. The Newton square root from above decreases monotonically to floor(sqrt(v))
   and the min() keeps it there; from a start within a factor 2 of sqrt(v) the relative error squares
