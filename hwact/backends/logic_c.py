@@ -79,8 +79,9 @@ def group_sum_gates(netlist: Netlist) -> tuple[list[int], list[int], list[int], 
     A full adder is two kernel instructions, XOR3(x, y, z) (sum) and MAJ(x, y, z) (carry); a half adder
     is XOR(x, y) and AND(x, y).
 
-    Returns (ops, a, b, c) of the new gates (c: third operand, = a for two-input gates), planes (num_classes, count_bits) node ids with
-    popcount(group c) = sum_d value(planes[c, d]) << d, and count_bits = bit length of the group size.
+    Returns (ops, a, b, c) of the new gates (c: third operand, = a for two-input gates), planes
+    (num_classes, count_bits) node ids with popcount(group c) = sum_d value(planes[c, d]) << d, and
+    count_bits = bit length of the group size.
     A count bit that is always 0 points at a constant-0 gate."""
     k = netlist.outputs.size // netlist.num_classes
     count_bits = max(1, int(k).bit_length())
@@ -186,10 +187,9 @@ def compile_program(num_inputs: int, ops: np.ndarray, a: np.ndarray, b: np.ndarr
         run_lens = np.diff(np.r_[starts, sorted_ops.size])
     else:
         starts = run_lens = np.zeros(0, dtype=np.int64)
-    return Program(num_inputs, num_slots, sorted_ops, np.asarray(dst, dtype=np.uint32),
-                   slot[a[order]].astype(np.uint32), slot[b[order]].astype(np.uint32), slot[c[order]].astype(np.uint32),
-                   sorted_ops[starts].astype(np.uint8), run_lens.astype(np.uint32),
-                   slot[results].astype(np.uint32))
+    operand_slots = [slot[x[order]].astype(np.uint32) for x in (a, b, c)]
+    return Program(num_inputs, num_slots, sorted_ops, np.asarray(dst, dtype=np.uint32), *operand_slots,
+                   sorted_ops[starts].astype(np.uint8), run_lens.astype(np.uint32), slot[results].astype(np.uint32))
 
 
 def compile_netlist(netlist: Netlist) -> dict:
