@@ -35,7 +35,7 @@ from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA
 from hwact.passes._islands import Island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
-from hwact.passes.shift_gelu import GELU_OPS, choose_clamp
+from hwact.passes.shift_gelu import GELU_OPS, ShiftGelu, choose_clamp
 
 hw = torch.ops.hwact
 FINE_OUTPUT = 256          # evaluate at S_out = S_in / 256
@@ -72,7 +72,7 @@ class LambdaShiftGelu(Pass):
                      "(run fold-quant-scales first)",)
 
     def check(self, graph: Graph) -> list[str]:
-        return find_islands(graph, GELU_OPS)[1]
+        return ShiftGelu().check(graph)  # same islands, same guards (checked at λ = 1.702)
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
         islands, _ = find_islands(graph, GELU_OPS)

@@ -31,7 +31,8 @@ import math
 import torch
 
 from hwact.ir.graph import Graph
-from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_max_n
+from hwact.errors import PreconditionError
+from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, gelu_max_n
 from hwact.passes._islands import Island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
 
@@ -61,7 +62,14 @@ class ShiftGelu(Pass):
                      "(run fold-quant-scales first)",)
 
     def check(self, graph: Graph) -> list[str]:
-        return find_islands(graph, GELU_OPS)[1]
+        islands, violations = find_islands(graph, GELU_OPS)
+        for island in islands:
+            try:  # the op's own guards, with the n the pass would pick
+                gelu_constants(island.in_scale, island.out_scale, choose_clamp(island, SHIFT_GELU_LAMBDA)["n"],
+                               SHIFT_GELU_LAMBDA)
+            except PreconditionError as exc:
+                violations.append(f"{island.name}: {exc.message}")
+        return violations
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
         islands, _ = find_islands(graph, GELU_OPS)

@@ -27,7 +27,8 @@ import math
 import torch
 
 from hwact.ir.graph import Graph
-from hwact.ir.int_nonlinear_ops import softmax_max_n
+from hwact.errors import PreconditionError
+from hwact.ir.int_nonlinear_ops import softmax_constants, softmax_max_n
 from hwact.passes._islands import Island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
 from hwact.passes.shift_gelu import LOG2E_SHIFT
@@ -62,7 +63,15 @@ class Shiftmax(Pass):
                      "(run fold-quant-scales first)",)
 
     def check(self, graph: Graph) -> list[str]:
-        return find_islands(graph, SOFTMAX_OPS)[1]
+        islands, violations = find_islands(graph, SOFTMAX_OPS)
+        for island in islands:
+            dim = softmax_dim(island.op)
+            try:  # the op's own guards, with the n the pass would pick
+                softmax_constants(island.in_scale, island.out_scale,
+                                  choose_clamp(island, row_length(island.op, dim))["n"], row_length(island.op, dim))
+            except PreconditionError as exc:
+                violations.append(f"{island.name}: {exc.message}")
+        return violations
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
         islands, _ = find_islands(graph, SOFTMAX_OPS)

@@ -132,3 +132,10 @@ def test_vit_digits_int8_shiftgelu_recipe_is_integer_only_and_onnx_bit_exact(tmp
     path = export_onnx(graph, tmp_path / "vit.onnx")
     got = ort_session(path).run(None, {inputs[0].name: x.numpy()})[0]
     assert np.array_equal(got, graph(x).numpy())
+
+
+def test_precondition_reports_the_op_guard_before_running():
+    graph = island_graph(127e-19)  # S = 1e-19: |x0| = 5.9e18 has 63 bits, beyond int64 for any n >= 0
+    (violation,) = ShiftGelu().check(graph)
+    assert "overflows int64" in violation and "gelu" in violation
+    assert LambdaShiftGelu().check(graph) == [violation]

@@ -93,3 +93,10 @@ def test_vit_digits_int8_relu_recipe_is_integer_only():
     assert "aten.softmax.int" not in ops and "hwact.shift_gelu.default" not in ops
     # the integer softmax/LayerNorm keep the lowered model's classes on most samples
     assert records[-2].top1_agreement >= 0.8 and records[-3].top1_agreement >= 0.8
+
+
+def test_precondition_reports_the_op_guard_before_running():
+    # 1024 logits at S = 1e-10: even n = 1 gives C · |x0| · 2 = 2·10^13 > 2^42
+    graph = trace(SoftmaxIsland(127e-10), [InputSpec("x", (2, 1024))])
+    (violation,) = Shiftmax().check(graph)
+    assert "row sum" in violation and "softmax" in violation
