@@ -117,7 +117,8 @@ def render(results: list[dict], command: str) -> str:
             cells = [f"{r['rows'][label][method][0]:.4f} / {r['rows'][label][method][1]:.4f}" for r in results]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## What each layer got", "", "| range | n (shift-gelu pass) | covered | n_cover | n_max | fitted λ | n (λ) |",
+    lines += ["## What each layer got", "",
+              "| range | n (shift-gelu pass) | covered | n_cover | n_max | fitted λ | n (λ) |",
               "|---|---|---|---|---|---|---|"]
     for r in results:
         p = r["n_pass"]

@@ -126,7 +126,8 @@ def softmax_constants(in_scale: float, out_scale: float, n: int, channels: int) 
     x0 = exp_zero_point(in_scale)
     if channels * (-x0) << n > 1 << SOFTMAX_SUM_LIMIT_BITS:
         raise PreconditionError(
-            f"shiftmax: row sum bound C · |x0| · 2^n = {channels} · {-x0} · 2^{n} exceeds 2^{SOFTMAX_SUM_LIMIT_BITS}",
+            f"shiftmax: row sum bound C · |x0| · 2^n = {channels} · {-x0} · 2^{n} "
+            f"exceeds 2^{SOFTMAX_SUM_LIMIT_BITS}",
             hint="lower n or use a coarser input scale")
     m0, shift = dyadic(2.0 ** -PROB_BITS / out_scale)
     return x0, m0, shift

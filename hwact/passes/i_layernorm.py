@@ -78,11 +78,12 @@ class ILayerNorm(Pass):
             replace_island(graph, island, hw.i_layernorm.default,
                            (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
                             island.qmin, island.qmax))
-            k, eps_int, precision, _, _ = layernorm_constants(
+            _, eps_int, precision, _, _ = layernorm_constants(
                 channels, island.in_scale, island.out_scale, gamma_scale, eps)
             record(graph, {"pass": self.name, "node": island.name, "module": island.module, "channels": channels,
                            "gamma_scale": gamma_scale, "eps_int": eps_int, "input_fraction_bits": precision,
-                           "input_range": (island.in_bounds[0] * island.in_scale, island.in_bounds[1] * island.in_scale),
+                           "input_range": (island.in_bounds[0] * island.in_scale,
+                                           island.in_bounds[1] * island.in_scale),
                            "input_bounds_known": island.in_bounds_known})
         if islands:
             graph.recompile()
