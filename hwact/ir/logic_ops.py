@@ -6,8 +6,8 @@ hwact::logic_netlist(bits, ops, a, b, outputs, num_classes) -> counts
     counts   (N, num_classes) int32: class c = popcount of outputs[c·O/k : (c+1)·O/k]
 Nodes 0..num_inputs-1 are the input bits, node num_inputs + g is gate g:
     value[num_inputs + g] = (ops[g] >> (3 - (2·value[a[g]] + value[b[g]]))) & 1
-This is exactly `Netlist.class_counts`. The reference evaluates the gates level by level (all gates
-whose operands are ready at once), so it is vectorized over gates and samples.
+This is exactly `Netlist.class_counts`. The reference packs 64 samples per int64 word and evaluates the
+gates level by level (all gates whose operands are ready at once), so it is vectorized over gates and samples.
 
 A netlist with no gates is allowed (outputs are input bits). There is no ONNX translation: a logic
 model is deployed through the logic flow's C/CUDA/Verilog backends, not through ONNX.
@@ -30,21 +30,48 @@ def gate_levels(num_inputs: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return level[num_inputs:]
 
 
+_SHIFTS = torch.arange(64, dtype=torch.int64)
+
+
+def pack_samples(bits: torch.Tensor) -> torch.Tensor:
+    """(N, K) 0/1 -> (K, ceil(N/64)) int64 words, sample s at bit s % 64 of word s // 64."""
+    n, k = bits.shape
+    words = (n + 63) // 64
+    padded = torch.zeros(words * 64, k, dtype=torch.int64, device=bits.device)
+    padded[:n] = bits.to(torch.int64)
+    # distinct bits, so the (wrapping) int64 sum is the bitwise OR
+    return (padded.reshape(words, 64, k) << _SHIFTS.to(bits.device)[None, :, None]).sum(dim=1).t().contiguous()
+
+
+def unpack_samples(words: torch.Tensor, n: int) -> torch.Tensor:
+    """(K, W) int64 words -> (n, K) bool."""
+    bits = (words[:, :, None] >> _SHIFTS.to(words.device)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :n].t().to(torch.bool)
+
+
 def evaluate_torch(bits: torch.Tensor, ops: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                    outputs: torch.Tensor) -> torch.Tensor:
-    """(N, num_inputs) {0,1} -> (N, O) int64 output bits, level-vectorized."""
+    """(N, num_inputs) {0,1} -> (N, O) bool output bits; samples bit-packed 64 per int64 word, gates
+    evaluated level by level. For the gates of one level, with A, B their operand words:
+        out = M00 & ~A & ~B | M01 & ~A & B | M10 & A & ~B | M11 & A & B,   M_xy = -((op >> (3 - 2x - y)) & 1)
+    i.e. (op >> (3 - (2a + b))) & 1 for each of the 64 samples of a word."""
     num_inputs = bits.shape[1]
     num_gates = ops.shape[0]
-    values = torch.zeros(num_inputs + num_gates, bits.shape[0], dtype=torch.int64, device=bits.device)
-    values[:num_inputs] = bits.t().to(torch.int64)
+    packed = pack_samples(bits)
+    values = torch.zeros(num_inputs + num_gates, packed.shape[1], dtype=torch.int64, device=bits.device)
+    values[:num_inputs] = packed
     ops64, a64, b64 = ops.to(torch.int64), a.to(torch.int64), b.to(torch.int64)
+    masks = torch.stack([-((ops64 >> (3 - k)) & 1) for k in range(4)], dim=1)  # (G, 4): M00 M01 M10 M11
     if num_gates:
         levels = torch.as_tensor(gate_levels(num_inputs, a64.cpu().numpy(), b64.cpu().numpy()), device=bits.device)
         for level in range(1, int(levels.max()) + 1):
             gates = torch.nonzero(levels == level).flatten()
-            shift = 3 - (2 * values[a64[gates]] + values[b64[gates]])
-            values[num_inputs + gates] = (ops64[gates, None] >> shift) & 1
-    return values[outputs.to(torch.int64)].t()
+            va, vb = values[a64[gates]], values[b64[gates]]
+            m = masks[gates]
+            na, nb = ~va, ~vb
+            values[num_inputs + gates] = ((m[:, 0:1] & na & nb) | (m[:, 1:2] & na & vb)
+                                          | (m[:, 2:3] & va & nb) | (m[:, 3:4] & va & vb))
+    return unpack_samples(values[outputs.to(torch.int64)], bits.shape[0])
 
 
 def check_binary(bits: torch.Tensor, num_inputs: int) -> None:
@@ -60,7 +87,7 @@ def logic_netlist(bits: torch.Tensor, ops: torch.Tensor, a: torch.Tensor, b: tor
                   num_classes: int) -> torch.Tensor:
     check_binary(bits, bits.shape[1] if bits.ndim == 2 else -1)
     out = evaluate_torch(bits, ops, a, b, outputs)
-    counts = out.reshape(out.shape[0], num_classes, -1).sum(dim=2)
+    counts = out.reshape(out.shape[0], num_classes, -1).sum(dim=2, dtype=torch.int32)
     return counts.to(torch.int32)
 
 
