@@ -1,14 +1,13 @@
 """train-logic -> convert (cpu, fpga-lut6, xc7, cuda-sm80) -> bench through the CLI, and bad input (exit 2)."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from hwact.backends import logic_flow
-from hwact.errors import UnsupportedError
+from hwact.errors import ToolMissingError, UnsupportedError
 from hwact.ir.logic_ops import LogicNetlistModule
 from hwact.ir.netlist import Netlist
 
@@ -98,7 +97,17 @@ def test_convert_fpga(cli, small_model, tmp_path, target, pipeline):
     assert (out / "logic_net.v").is_file() and (out / fpga["flavor"].join(["logic_net_", "_yosys.log"])).is_file()
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def _have_nvcc() -> bool:
+    from hwact.backends.logic_cuda import nvcc
+
+    try:
+        nvcc()
+        return True
+    except ToolMissingError:
+        return False
+
+
+@pytest.mark.skipif(not _have_nvcc(), reason="nvcc is not installed")
 def test_convert_cuda_compiles(cli, small_model, tmp_path):
     out = tmp_path / "cuda"
     code, _, err = cli("convert", small_model / "logic_model.pt2", "--target", "cuda-sm80", "-o", out)
