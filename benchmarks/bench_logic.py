@@ -1,5 +1,5 @@
 """Logic-gate netlist inference on this CPU: hwact's bit-sliced C kernel vs a difflogic-style straight-line
-64-bit C rendering (the anchor) vs the discretized model in PyTorch (hwact::logic_netlist, level-vectorized);
+64-bit C rendering (the anchor) vs the discretized model in PyTorch (the hwact::logic_netlist op, and torch bool ops over the levels);
 samples/s and compile time of each. Writes benchmarks/results/logic.md.
 
 Netlist: the digits-shaped LogicNet (8x8 pixels x 3 thermometer levels = 192 input bits, logic layers
@@ -143,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[8000, 8000])
     parser.add_argument("--samples", type=int, default=1 << 20)
-    parser.add_argument("--torch-samples", type=int, default=2048)
+    parser.add_argument("--torch-samples", type=int, default=8192)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--style-widths", type=int, nargs="+", default=[1000, 1000],
                         help="netlist on which hwact's two C styles (table, straight) are compared; the straight "
@@ -198,7 +198,7 @@ def main() -> None:
         assert np.array_equal(got, expected), "PyTorch op not bit-exact"
         assert np.array_equal(torch_bool_counts(netlist, torch.as_tensor(check_bits)).numpy(), expected)
         sample_bits = torch.as_tensor(rng.integers(0, 2, (args.torch_samples, netlist.num_inputs)).astype(np.uint8))
-        for name, function in (("PyTorch hwact::logic_netlist op (int64, level-vectorized), 1 thread",
+        for name, function in (("PyTorch hwact::logic_netlist op (the graph's reference op), 1 thread",
                                 lambda: torch.ops.hwact.logic_netlist(sample_bits, *tensors, 10)),
                                ("PyTorch bool ops over the levels (truth-table minterms), 1 thread",
                                 lambda: torch_bool_counts(netlist, sample_bits))):
