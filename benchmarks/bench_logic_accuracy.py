@@ -61,7 +61,7 @@ def markdown(rows: list[dict], command: str) -> str:
     out = ["# Logic-gate networks: accuracy soft vs discrete, netlist size before/after lower-logic\n",
            f"Command: `{command}`  ",
            f"Machine: {machine()['cpu']}, {machine()['cores']} cores ({platform.system()}), torch {torch.__version__}, "
-           "CPU training. Held-out split: 25% stratified, per seed. Thermometer encoding, 3 levels per feature "
+           "CPU training (train s is wall time on a machine shared with other jobs: not a speed measurement). Held-out split: 25% stratified, per seed. Thermometer encoding, 3 levels per feature "
            "(digits: evenly spaced, breast cancer: training quantiles). Gaussian init, Adam lr 0.01, batch 100.\n",
            "Soft = train-mode relaxation; discrete = argmax gate / thresholded truth table (the exported netlist; "
            "the simplified netlist gives identical class counts, checked). Gates/depth: the netlist before and "
