@@ -106,11 +106,20 @@ def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target:
     body["activations_after"] = [s.describe() for s in activations.find_sites(graph)]
     if accuracy_before is not None:
         body["accuracy"] = {"before": accuracy_before, "after": labelled_accuracy(graph, calib)}
+    integer = "hwact_integer" in graph.meta
     model_path = export_onnx(graph, tmp / "model.onnx")
-    metrics = verify(graph, model_path, batches)
+    # an integer graph must match its reference bit for bit (only the output dequantize is float)
+    metrics = verify(graph, model_path, batches, tolerance=0.0 if integer else 1e-4)
     body["onnx"] = {"path": "model.onnx", "opset": 20, "bytes": model_path.stat().st_size,
                     "ort_max_abs_err": metrics["max_abs_err"], "ort_cosine": metrics["cosine"],
                     "ort_top1_agreement": metrics["top1_agreement"]}
+    if integer:
+        from hwact.passes.assert_integer_only import float_compute_nodes
+
+        body["onnx"]["bit_exact"] = metrics["max_abs_err"] == 0.0
+        body["integer"] = {"float_nodes": [n.name for n in float_compute_nodes(graph)],
+                           "layers": graph.meta["hwact_integer"],
+                           "nonlinear": graph.meta.get("hwact_nonlinear", [])}
     body["target_support"] = target_support(graph, target)
     body["artifacts"] = ["model.onnx"]
     return body

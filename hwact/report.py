@@ -87,9 +87,16 @@ def render_markdown(report: dict) -> str:
         out.append(f"## Target `{support['target']}`: {'deployable' if support['deployable'] else 'NOT deployable'}\n")
         out.append(table([{"op": op, "count": v["count"], "reason": v["reason"]}
                           for op, v in support["not_native"].items()]))
+    if "integer" in report:
+        integer = report["integer"]
+        floats = integer["float_nodes"]
+        out.append(f"## Integer lowering: {'integer-only' if not floats else 'float nodes left: ' + ', '.join(floats)}\n")
+        out.append(table(integer["layers"]))
+        if integer["nonlinear"]:
+            out.append(table(integer["nonlinear"]))
     extra = {k: v for k, v in report.items() if k not in {"input", "target", "passes", "ops_before", "ops_after",
                                                           "activations_before", "activations_after", "onnx",
-                                                          "target_support", "artifacts", "versions"}}
+                                                          "target_support", "artifacts", "versions", "integer"}}
     for key, value in extra.items():
         out.append(f"## {key}\n")
         out.append(table(value) if isinstance(value, list) and value and isinstance(value[0], dict)

@@ -4,7 +4,8 @@ Conventions (issue 4; ALGORITHMS.md §0, §1.2, §8.1):
   * an integer tensor is carried as an int32 torch tensor whose values lie in its declared range
     (int8 [-128, 127], uint8 [0, 255] after a ReLU clamp, int16 [-32768, 32767] on the residual stream);
   * quantization is symmetric, real = q · S, S a python float fixed at compile time, no zero points;
-  * weights are int8 per output channel, symmetric in [-127, 127]; a bias is int32 at S_in · S_w,c.
+  * weights are int8 tensors (stored as int8: the ONNX file holds one byte per weight), per output
+    channel, symmetric in [-127, 127]; a bias is int32 at S_in · S_w,c.
 
 The one rounding rule of requantization (single rounding, round half up, arithmetic shift):
 
@@ -14,7 +15,7 @@ The one rounding rule of requantization (single rounding, round half up, arithme
 x · m0 < 2^31 · 2^31 = 2^62 cannot overflow int64. Every op below has ONE reference implementation here
 (int64 intermediates; the conv reference runs in float64 on integer values, exact because every partial
 sum is an integer below 2^53) and an ONNX translation in standard ONNX integer ops (MatMulInteger,
-ConvInteger, int64 Mul/Add/Mod/Div) that onnxruntime runs bit-exactly. ONNX's integer Div truncates
+ConvInteger with uint8 operands and zero points, int64 Mul/Add/Mod/Div) that onnxruntime runs bit-exactly. ONNX's integer Div truncates
 toward zero, so floor division is written exactly as (v - Mod(v, d)) / d with Mod's fmod = 0 (the
 remainder takes the divisor's sign).
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
-from onnxscript import FLOAT, INT32, INT64
+from onnxscript import FLOAT, INT8, INT32, INT64
 from onnxscript import opset18 as op
 
 from hwact.errors import PreconditionError
@@ -109,6 +110,24 @@ def onnx_8bit(value, unsigned: bool):
     return op.Cast(value, to=UINT8_TYPE if unsigned else INT8_TYPE)
 
 
+def onnx_uint8_operand(value, unsigned: bool):
+    """An 8-bit operand of MatMulInteger/ConvInteger as (uint8 tensor, uint8 zero point): uint8 values pass
+    as they are (zero point 0), int8 values are offset by +128 (zero point 128). Feeding both operands as
+    uint8 keeps onnxruntime on its exact u8u8 kernels: its u8s8 kernel on AVX2 without VNNI sums pairs of
+    products in saturating int16 (vpmaddubsw), which is not bit-exact for 255 · 127 · 2 > 32767."""
+    if unsigned:
+        return op.Cast(value, to=UINT8_TYPE), op.Cast(op.Constant(value_int=0), to=UINT8_TYPE)
+    shifted = op.Add(op.Cast(value, to=INT64_TYPE), onnx_int64(128))
+    return op.Cast(shifted, to=UINT8_TYPE), op.Cast(op.Constant(value_int=128), to=UINT8_TYPE)
+
+
+def onnx_matmul_integer(a, b, a_unsigned: bool, b_unsigned: bool):
+    """Σ a·b in int32 with both operands fed as uint8 plus zero points (see onnx_uint8_operand)."""
+    a_u8, a_zero = onnx_uint8_operand(a, a_unsigned)
+    b_u8, b_zero = onnx_uint8_operand(b, b_unsigned)
+    return op.MatMulInteger(a_u8, b_u8, a_zero, b_zero)
+
+
 # ----- quantize / dequantize / requantize ----------------------------------------------------------
 @torch.library.custom_op("hwact::quantize", mutates_args=())
 def quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
@@ -186,9 +205,9 @@ def _(q, weight, bias, m0, shift, unsigned_input, qmin, qmax):
 
 
 @onnx_translation(torch.ops.hwact.int_linear.default)
-def int_linear_onnx(q: INT32, weight: INT32, bias: INT32, m0: INT64, shift: INT64, unsigned_input: bool,
+def int_linear_onnx(q: INT32, weight: INT8, bias: INT32, m0: INT64, shift: INT64, unsigned_input: bool,
                     qmin: int, qmax: int) -> INT32:
-    acc = op.MatMulInteger(onnx_8bit(q, unsigned_input), onnx_8bit(op.Transpose(weight, perm=[1, 0]), False))
+    acc = onnx_matmul_integer(q, op.Transpose(weight, perm=[1, 0]), unsigned_input, False)
     acc64 = op.Cast(op.Add(acc, bias), to=INT64_TYPE)
     return onnx_clamp_int32(onnx_rounding_shift(acc64, m0, shift), qmin, qmax)
 
@@ -216,10 +235,12 @@ def _(q, weight, bias, m0, shift, stride, padding, dilation, groups, unsigned_in
 
 
 @onnx_translation(torch.ops.hwact.int_conv2d.default)
-def int_conv2d_onnx(q: INT32, weight: INT32, bias: INT32, m0: INT64, shift: INT64, stride: list[int],
+def int_conv2d_onnx(q: INT32, weight: INT8, bias: INT32, m0: INT64, shift: INT64, stride: list[int],
                     padding: list[int], dilation: list[int], groups: int, unsigned_input: bool,
                     qmin: int, qmax: int) -> INT32:
-    acc = op.ConvInteger(onnx_8bit(q, unsigned_input), onnx_8bit(weight, False), strides=list(stride),
+    q_u8, q_zero = onnx_uint8_operand(q, unsigned_input)  # padding takes the zero point = real 0
+    w_u8, w_zero = onnx_uint8_operand(weight, False)
+    acc = op.ConvInteger(q_u8, w_u8, q_zero, w_zero, strides=list(stride),
                          pads=[padding[0], padding[1], padding[0], padding[1]], dilations=list(dilation),
                          group=groups)
     channel = op.Constant(value_ints=[1, -1, 1, 1])
@@ -246,7 +267,7 @@ def _(a, b, a_unsigned, b_unsigned, multiplier, qmin, qmax):
 @onnx_translation(torch.ops.hwact.int_matmul.default)
 def int_matmul_onnx(a: INT32, b: INT32, a_unsigned: bool, b_unsigned: bool, multiplier: float,
                     qmin: int, qmax: int) -> INT32:
-    acc = op.MatMulInteger(onnx_8bit(a, a_unsigned), onnx_8bit(b, b_unsigned))
+    acc = onnx_matmul_integer(a, b, a_unsigned, b_unsigned)
     m0, shift = dyadic(multiplier)
     return onnx_clamp_int32(onnx_rounding_shift(op.Cast(acc, to=INT64_TYPE), m0, shift), qmin, qmax)
 

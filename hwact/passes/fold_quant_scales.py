@@ -115,12 +115,12 @@ def scale_for(lo: float, hi: float, bounds: tuple[int, int] | None = None) -> tu
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel: (W_q int32, S_w float64 per channel); zero channels get S = 1."""
+    """Symmetric int8 per output channel: (W_q int8, S_w float64 per channel); zero channels get S = 1."""
     magnitude = weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1).to(torch.float64)
     scales = torch.where(magnitude > 0, magnitude / 127, torch.ones_like(magnitude))
     view = (-1,) + (1,) * (weight.dim() - 1)
     q = torch.clamp(torch.round(weight.detach().to(torch.float64) / scales.reshape(view)), -127, 127)
-    return q.to(torch.int32), scales
+    return q.to(torch.int8), scales
 
 
 @register

@@ -61,7 +61,7 @@ def test_quantize_rounds_half_to_even_and_clamps():
 
 def test_int_linear_hand_computed():
     q = torch.tensor([[1, 2, 3]], dtype=torch.int32)
-    w = torch.tensor([[1, 0, -1], [2, 2, 2]], dtype=torch.int32)
+    w = torch.tensor([[1, 0, -1], [2, 2, 2]], dtype=torch.int8)
     bias = torch.tensor([10, -1], dtype=torch.int32)
     m0, shift = int_ops.dyadic_tensors(torch.tensor([0.5, 0.25]))
     # acc = [1 - 3 + 10, 12 - 1] = [8, 11]; * [0.5, 0.25] = [4, 2.75] -> [4, 3]
@@ -114,24 +114,37 @@ def _check_onnx(module, inputs, tmp_path):
         assert g.dtype == e.numpy().dtype and np.array_equal(g, e.numpy())
 
 
+def _worst_case(q: torch.Tensor, w: torch.Tensor, low: int, high: int) -> None:
+    """Plant the largest products: sample 0 all at the input extreme, weight rows 0/1 all ±127. Adjacent
+    products then sum to 2 · 255 · 127 > 2^15 (the int16 saturation of onnxruntime's u8s8 AVX2 kernel)."""
+    q.reshape(q.shape[0], -1)[0] = high
+    q.reshape(q.shape[0], -1)[1] = low
+    w[0] = 127
+    w[1] = -127
+
+
 @pytest.mark.parametrize("unsigned", [False, True])
 def test_int_linear_onnx_bit_exact(tmp_path, unsigned):
     gen = torch.Generator().manual_seed(1)
-    w = edge_int8((24, 48), gen, -127, 127)
+    w = edge_int8((24, 48), gen, -127, 127).to(torch.int8)
     bias = torch.randint(-5000, 5000, (24,), generator=gen, dtype=torch.int32)
     m0, shift = int_ops.dyadic_tensors(torch.rand(24, generator=gen) * 0.01 + 1e-4)
     low, high = (0, 255) if unsigned else (-128, 127)
     q = edge_int8((64, 5, 48), gen, low, high)
-    _check_onnx(_Linear(w, bias, m0, shift, unsigned, -128, 127), (q,), tmp_path)
+    _worst_case(q, w, low, high)
+    _check_onnx(_Linear(w, bias, m0, shift, unsigned, -32768, 32767), (q,), tmp_path)
 
 
-def test_int_conv2d_onnx_bit_exact(tmp_path):
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_int_conv2d_onnx_bit_exact(tmp_path, unsigned):
     gen = torch.Generator().manual_seed(2)
-    w = edge_int8((6, 2, 3, 3), gen, -127, 127)
+    w = edge_int8((6, 2, 3, 3), gen, -127, 127).to(torch.int8)
     bias = torch.randint(-3000, 3000, (6,), generator=gen, dtype=torch.int32)
     m0, shift = int_ops.dyadic_tensors(torch.rand(6, generator=gen) * 0.02 + 1e-4)
-    q = edge_int8((16, 4, 9, 7), gen, 0, 255)
-    _check_onnx(_Conv(w, bias, m0, shift, True, 0, 255), (q,), tmp_path)
+    low, high = (0, 255) if unsigned else (-128, 127)
+    q = edge_int8((16, 4, 9, 7), gen, low, high)
+    _worst_case(q, w, low, high)
+    _check_onnx(_Conv(w, bias, m0, shift, unsigned, -32768, 32767), (q,), tmp_path)
 
 
 def test_per_tensor_ops_onnx_bit_exact(tmp_path):
@@ -140,4 +153,5 @@ def test_per_tensor_ops_onnx_bit_exact(tmp_path):
     x.view(-1)[:6] = torch.tensor([1e6, -1e6, 0.037 * 2.5, -0.037 * 2.5, 0.037 * 0.5, 0.0])
     a = edge_int8((32, 4, 6), gen)
     b = edge_int8((32, 4, 6), gen, 0, 255)
+    a[0], b[0] = -128, 255  # int_matmul's largest products (int8 x uint8)
     _check_onnx(_Ops(), (x, a, b), tmp_path)
