@@ -128,3 +128,27 @@ def test_non_deployable_target_is_reported_per_op(tmp_path, cli):
     assert support["not_native"]["aten.softmax.int"]["count"] == 2
     assert "shiftmax" in support["not_native"]["aten.softmax.int"]["reason"]
     assert "not yet deployable on npu-int8" in stdout
+
+
+def test_integer_recipe_makes_vit_deployable_on_the_npu_and_bit_exact(tmp_path, cli):
+    x = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x, y=np.arange(16) % 10)
+    code, stdout, stderr = cli("convert", "zoo:vit-tiny", "--recipe", "int8-shiftgelu", "--target", "npu-int8",
+                               "--calib", tmp_path / "calib.npz", "-o", tmp_path / "out")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [p["name"] for p in report["passes"]][-1] == "assert-integer-only"
+    assert report["integer"]["float_nodes"] == []
+    assert report["onnx"]["bit_exact"] is True and report["onnx"]["ort_max_abs_err"] == 0.0
+    assert report["target_support"]["deployable"] is True
+    assert len(report["integer"]["layers"]) > 0 and len(report["integer"]["nonlinear"]) > 0
+    assert "accuracy" in report and 0 <= report["accuracy"]["after"] <= 1
+    model = onnx.load(tmp_path / "out" / "model.onnx")
+    ops = {n.op_type for n in model.graph.node}
+    assert {"MatMulInteger", "ConvInteger"} <= ops and "Erf" not in ops and "Softmax" not in ops
+    assert "Integer lowering: integer-only" in (tmp_path / "out" / "report.md").read_text()
+    np.savez(tmp_path / "nan.npz", x=np.full_like(x, np.nan))
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--recipe", "int8-shiftgelu", "--calib", tmp_path / "nan.npz",
+                          "-o", tmp_path / "out2")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "holds NaN or infinite values" in stderr
+    assert not (tmp_path / "out2").exists()
