@@ -49,6 +49,7 @@ def export_onnx(graph: Graph, path: Path, opset: int = OPSET) -> Path:
                                hint="run `hwact inspect` to see which ops the cpu target lacks") from exc
     weights = sum(t.numel() * t.element_size() for t in graph.module.state_dict().values())
     program.model.producer_name, program.model.producer_version = "hwact", __import__("hwact").__version__
+    _keep_only_namespaces(program.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work:
         staged = Path(work) / path.name
@@ -68,6 +69,15 @@ def export_onnx(graph: Graph, path: Path, opset: int = OPSET) -> Path:
             for produced in Path(work).iterdir():
                 os.replace(produced, path.parent / produced.name)
     return path
+
+
+def _keep_only_namespaces(model) -> None:
+    """Drop the exporter's per-node debug metadata (Python stack traces with this machine's paths, FX node
+    text): it made files path-dependent and, for integer graphs of many small nodes, 90 % of the bytes.
+    The module path of each node ("namespace") stays."""
+    for node in model.graph.all_nodes():
+        for key in [k for k in node.metadata_props if k != "namespace"]:
+            del node.metadata_props[key]
 
 
 def ort_session(path: Path, threads: int = 0, low_memory: bool = False):

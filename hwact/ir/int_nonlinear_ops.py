@@ -71,7 +71,8 @@ from onnxscript import INT32
 from onnxscript import opset18 as op
 
 from hwact.errors import PreconditionError
-from hwact.ir.int_ops import INT64_TYPE, dyadic, onnx_clamp_int32, onnx_int64, onnx_rounding_shift, rounding_shift
+from hwact.ir.int_ops import (INT64_TYPE, dyadic, onnx_clamp_int32, onnx_floor_shift, onnx_int64, onnx_rounding_shift,
+                              rounding_shift)
 from hwact.ir.ops import onnx_translation
 
 INPUT_MIN, INPUT_MAX = -(1 << 15), (1 << 15) - 1   # inputs are saturated to int16
@@ -211,6 +212,9 @@ def isqrt_newton(v: torch.Tensor) -> torch.Tensor:
 
 # ----- ONNX building blocks (int64 values) ---------------------------------------------------------
 def _onnx_floor_div(value, divisor: int):
+    """floor(value / divisor), divisor > 0: a floor shift for powers of two, else (v − Mod(v, d)) / d."""
+    if divisor & (divisor - 1) == 0:
+        return onnx_floor_shift(value, divisor.bit_length() - 1)
     d = onnx_int64(divisor)
     return op.Div(op.Sub(value, op.Mod(value, d, fmod=0)), d)
 

@@ -15,9 +15,9 @@ The one rounding rule of requantization (single rounding, round half up, arithme
 x · m0 < 2^31 · 2^31 = 2^62 cannot overflow int64. Every op below has ONE reference implementation here
 (int64 intermediates; the conv reference runs in float64 on integer values, exact because every partial
 sum is an integer below 2^53) and an ONNX translation in standard ONNX integer ops (MatMulInteger,
-ConvInteger with uint8 operands and zero points, int64 Mul/Add/Mod/Div) that onnxruntime runs bit-exactly. ONNX's integer Div truncates
-toward zero, so floor division is written exactly as (v - Mod(v, d)) / d with Mod's fmod = 0 (the
-remainder takes the divisor's sign).
+ConvInteger with uint8 operands and zero points, int64 Mul/Add, the floor shift through uint64 BitShift)
+that onnxruntime runs bit-exactly (onnx_floor_shift: ONNX's integer Div truncates and its BitShift is
+unsigned only).
 """
 
 from __future__ import annotations
@@ -86,20 +86,30 @@ def onnx_int64(value: int):
     return op.Constant(value_int=int(value))
 
 
+def onnx_floor_shift(value, shift, addend=0):
+    """floor((value + addend) / 2^shift) on an INT64 ONNX value, exact whenever value + addend fits int64;
+    shift is a python int or an INT64 ONNX value in 0..62, addend a python int >= 0 or an INT64 ONNX value.
+    ONNX's BitShift is unsigned only and its Div truncates, so the value goes to offset binary:
+    u = uint64(value) + 2^63 + addend (wrapping) is value + addend + 2^63 in [0, 2^64), and
+    (u >> shift) − (2^63 >> shift) = the floor, taken back to int64 by a wrapping cast: cheap element-wise
+    ops instead of Mod + Sub + Div (58 % of an integer ViT's onnxruntime time before)."""
+    top = op.Cast(op.Constant(value_int=-(1 << 63)), to=UINT64_TYPE)  # bit pattern 2^63
+    bias = top if isinstance(addend, int) and addend == 0 else op.Add(
+        top, op.Cast(onnx_int64(addend) if isinstance(addend, int) else addend, to=UINT64_TYPE))
+    amount = op.Cast(onnx_int64(shift) if isinstance(shift, int) else shift, to=UINT64_TYPE)
+    shifted = op.BitShift(op.Add(op.Cast(value, to=UINT64_TYPE), bias), amount, direction="RIGHT")
+    return op.Cast(op.Sub(shifted, op.BitShift(top, amount, direction="RIGHT")), to=INT64_TYPE)
+
+
 def onnx_rounding_shift(value, m0, shift):
     """rounding_shift() on an INT64 ONNX value; m0 and shift are python ints or INT64 ONNX values."""
     if isinstance(shift, int):
         product = op.Mul(value, onnx_int64(m0))
-        if shift == 0:
-            return product
-        divisor = onnx_int64(1 << shift)
-        nudged = op.Add(product, onnx_int64(1 << (shift - 1)))
-    else:
-        one = op.Cast(op.Constant(value_int=1), to=UINT64_TYPE)
-        divisor = op.Cast(op.BitShift(one, op.Cast(shift, to=UINT64_TYPE), direction="LEFT"), to=INT64_TYPE)
-        half = op.Div(divisor, onnx_int64(2))
-        nudged = op.Add(op.Mul(value, m0), half)
-    return op.Div(op.Sub(nudged, op.Mod(nudged, divisor, fmod=0)), divisor)
+        return product if shift == 0 else onnx_floor_shift(product, shift, 1 << (shift - 1))
+    one = op.Cast(op.Constant(value_int=1), to=UINT64_TYPE)
+    half = op.Cast(op.BitShift(op.BitShift(one, op.Cast(shift, to=UINT64_TYPE), direction="LEFT"), one,
+                               direction="RIGHT"), to=INT64_TYPE)
+    return onnx_floor_shift(op.Mul(value, m0), shift, half)
 
 
 def onnx_clamp_int32(value, qmin: int, qmax: int):

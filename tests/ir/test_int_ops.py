@@ -155,3 +155,15 @@ def test_per_tensor_ops_onnx_bit_exact(tmp_path):
     b = edge_int8((32, 4, 6), gen, 0, 255)
     a[0], b[0] = -128, 255  # int_matmul's largest products (int8 x uint8)
     _check_onnx(_Ops(), (x, a, b), tmp_path)
+
+
+def test_onnx_floor_shift_is_exact_over_the_whole_int64_range():
+    """onnx_floor_shift run by onnxruntime (onnxscript eager mode) equals Python's >> on the extremes."""
+    values = [-(1 << 63), -(1 << 63) + 1, -(1 << 40) - 1, -5, -4, -3, -1, 0, 1, 3, (1 << 62) + 7, (1 << 63) - 1]
+    v = np.array(values, dtype=np.int64)
+    for shift in (0, 1, 2, 5, 31, 62):
+        got = np.asarray(int_ops.onnx_floor_shift(v, shift).value)
+        assert got.tolist() == [x >> shift for x in values], shift
+    shifts = np.arange(63, dtype=np.int64)
+    got = np.asarray(int_ops.onnx_floor_shift(np.full(63, -12345678901, dtype=np.int64), shifts).value)
+    assert got.tolist() == [-12345678901 >> s for s in range(63)]
