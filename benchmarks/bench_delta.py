@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,18 +30,9 @@ sys.path.insert(0, str(ROOT))
 from hwact.backends import delta_flow  # noqa: E402
 from hwact.data import speech  # noqa: E402
 from hwact.load import load  # noqa: E402
+from hwact.report import machine  # noqa: E402
 from hwact.targets import load_target  # noqa: E402
 from hwact.train.delta import export_delta_model, numpy_stream, train_delta  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
@@ -85,7 +75,7 @@ def main() -> None:
         sweep.append({"threshold": threshold, "mac_sparsity": row["mac_sparsity"], "ideal": row["ideal_speedup"],
                       "speedup": row["speedup_vs_dense_c"], "accuracy": row["accuracy"]["delta_c"],
                       "sparsity_per_layer": [l["temporal_sparsity"] for l in row["layers"]]})
-    summary = {"machine": cpu_name(), "python": platform.python_version(), "torch": torch.__version__,
+    summary = {"machine": machine()["cpu"], "python": platform.python_version(), "torch": torch.__version__,
                "command": "python benchmarks/bench_delta.py " + " ".join(sys.argv[1:]),
                "dataset": {"keywords": data["words"], "train": int(len(train["y"])), "test": int(len(test["y"])),
                            "frames": int(data["x"].shape[1]), "mels": int(data["x"].shape[2])},

@@ -51,7 +51,7 @@ def baseline_source(netlist: Netlist) -> str:
         return f"inp[{node}]" if node < ni else f"v{node - ni}"
 
     lines = ["#include <stdint.h>", "#include <string.h>",
-             f"static void logic_gate_net(const uint64_t *inp, uint64_t *out) {{"]
+             "static void logic_gate_net(const uint64_t *inp, uint64_t *out) {"]
     for g, (op, a, b) in enumerate(zip(netlist.ops.tolist(), netlist.a.tolist(), netlist.b.tolist())):
         lines.append(f"  const uint64_t v{g} = {BASELINE_EXPR[op].format(a=operand(a), b=operand(b))};")
     for o, node in enumerate(netlist.outputs.tolist()):

@@ -42,34 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwact.backends.verilog import emit_verilog, simulate, synthesize  # noqa: E402
-from hwact.ir.netlist import Netlist  # noqa: E402
+from hwact.ir.netlist import Netlist, random_layered  # noqa: E402
 from hwact.nn.logic import LogicNet, ThermometerEncoder  # noqa: E402
 from hwact.passes.lower_logic import simplify  # noqa: E402
+from hwact.report import machine  # noqa: E402
 
 WIRE_LIKE_GATES = (0, 3, 5, 10, 12, 15)   # constants, pass-through A/B, NOT A/B
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def layered_netlist(num_inputs: int, width: int, layers: int, num_classes: int, seed: int) -> Netlist:
-    rng = np.random.default_rng(seed)
-    ops, a, b = [], [], []
-    previous, start = np.arange(num_inputs), num_inputs
-    for _ in range(layers):
-        a.append(rng.choice(previous, width))
-        b.append(rng.choice(previous, width))
-        ops.append(rng.integers(0, 16, width))
-        previous = start + np.arange(width)
-        start += width
-    return Netlist(num_inputs, np.concatenate(ops), np.concatenate(a), np.concatenate(b), previous, num_classes)
 
 
 def live_gates(net: Netlist) -> np.ndarray:
@@ -146,7 +124,7 @@ def measure(name: str, net: Netlist, workdir: Path, simulate_samples: int = 0) -
 def markdown(rows: list[dict], accuracy: dict | None, args, command: str) -> str:
     yosys = subprocess.run(["yosys", "-V"], capture_output=True, text=True).stdout.strip()
     lines = ["# Logic-gate networks on FPGA fabric: LUT6 vs gates (hwact issue 5)", "",
-             f"Machine: {cpu_name()}, {yosys}, Python {platform.python_version()}. Command: `{command}`.", "",
+             f"Machine: {machine()['cpu']}, {yosys}, Python {platform.python_version()}. Command: `{command}`.", "",
              "Random nets: 64 input bits, layers of W random-wired gates with uniformly random gate ids, "
              "10 classes (seed 0). `digits` is trained here on scikit-learn digits (192 thermometer bits, "
              f"widths {args.trained_widths}, {args.epochs} epochs) and discretized with LogicNet.to_netlist(); "
@@ -198,7 +176,7 @@ def main() -> None:
         workdir = Path(tmp)
         for size in filter(None, args.sizes.split(",")):
             width, layers = (int(v) for v in size.split("x"))
-            rows.append(measure(f"random {width}x{layers}", layered_netlist(64, width, layers, 10, 0), workdir))
+            rows.append(measure(f"random {width}x{layers}", random_layered(64, width, layers, 10, 0), workdir))
         if args.trained_widths:
             start = time.perf_counter()
             widths = tuple(int(v) for v in args.trained_widths.split(","))

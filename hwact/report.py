@@ -61,7 +61,7 @@ def census_table(before: dict, after: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     """A readable rendering of a convert report: input, passes, op changes, activations, ONNX check."""
-    out = [f"# hwact convert report\n"]
+    out = ["# hwact convert report\n"]
     src = report["input"]
     out.append(f"Input: `{src['path']}` ({src['format']}), inputs "
                + ", ".join(f"{k}: {v}" for k, v in src["input_shapes"].items())

@@ -230,7 +230,7 @@ def demo(outdir):
     report = run_convert(load("zoo:vit-tiny"), ["gelu-to-relu", "fold-bn", "cleanup"], {}, load_target("cpu"),
                          converted, force=True, log=click.echo)
     _print_convert_summary(report, converted)
-    click.echo(f"\nbenchmark (onnxruntime, batch 1, interleaved A/B):")
+    click.echo("\nbenchmark (onnxruntime, batch 1, interleaved A/B):")
     runners = [make_runner(original, 1, 0), make_runner(converted / "model.onnx", 1, 0)]
     first, second = measure(runners, warmup=20, iterations=300, duration=None, batch=1)
     click.echo(f"  original  p50 {first['p50_ms']:.3f} ms   converted p50 {second['p50_ms']:.3f} ms   "

@@ -10,12 +10,11 @@ Writes into OUT (built in a temporary folder, renamed when complete):
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
+from hwact.convert import atomic_dir
 from hwact.errors import InputError
 
 
@@ -55,9 +54,7 @@ def train_delta_command(outdir, force, per_word, hidden, epochs, delta_epochs, p
     train, test = speech.split(data, seed=seed)
     result = train_delta(train, test, hidden=widths, epochs=epochs, delta_epochs=delta_epochs,
                          penalty_weight=penalty, step_scale=step_scale, seed=seed, log=click.echo)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, force) as tmp:  # written completely or not at all
         example = torch.as_tensor(test["x"][:2])
         export_delta_model(result.delta, example, tmp / "delta_model.pt2")
         export_delta_model(result.dense, example, tmp / "dense_model.pt2")
@@ -67,12 +64,6 @@ def train_delta_command(outdir, force, per_word, hidden, epochs, delta_epochs, p
                    "test_sequences": int(len(test["y"])), "frames": int(data["x"].shape[1]),
                    "features": int(data["x"].shape[2]), "hidden": list(widths), "penalty": penalty, "seed": seed}
         (tmp / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     click.echo(f"wrote {target}/delta_model.pt2 (dense accuracy {result.dense_accuracy:.3f}, delta accuracy "
                f"{result.delta_accuracy:.3f}, temporal sparsity {', '.join(f'{s:.3f}' for s in result.sparsity)})")
 

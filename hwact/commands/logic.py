@@ -11,12 +11,11 @@ Writes into OUT (built in a temporary folder, renamed when complete):
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
+from hwact.convert import atomic_dir
 from hwact.errors import InputError
 
 
@@ -97,9 +96,7 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
               "discrete_accuracy": result.discrete_accuracy, "train_discrete_accuracy": result.train_discrete_accuracy,
               "gates": netlist.num_gates, "depth": netlist.depth(), "wall_seconds": result.seconds,
               "history": result.history}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, force) as tmp:  # written completely or not at all
         example = torch.as_tensor(x_test[:2])
         module = export_logic_model(result.model, example, tmp / "logic_model.pt2",
                                     (result.soft_accuracy, result.discrete_accuracy))
@@ -111,12 +108,6 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
         np.savez(tmp / "test.npz", x=x_test.astype(np.float32), y=y_test.astype(np.int64))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(_markdown(report))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     click.echo(f"wrote {target}/logic_model.pt2 (soft accuracy {result.soft_accuracy:.4f}, discrete accuracy "
                f"{result.discrete_accuracy:.4f}, {netlist.num_gates} gates, depth {netlist.depth()})")
 

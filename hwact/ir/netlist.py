@@ -129,3 +129,19 @@ class Netlist:
                            int(z["num_classes"]), float(z["tau"]))
         except (ValueError, KeyError, OSError) as error:
             raise InputError(f"netlist: not a valid netlist archive ({error})") from None
+
+
+def random_layered(num_inputs: int, width: int, layers: int, num_classes: int, seed: int) -> Netlist:
+    """A seeded difflogic-shaped netlist for tests and benchmarks: `layers` layers of `width` gates with
+    uniformly random gate ids, each gate reading two random nodes of the previous layer; the last layer
+    is the output."""
+    rng = np.random.default_rng(seed)
+    ops, a, b = [], [], []
+    previous, start = np.arange(num_inputs), num_inputs
+    for _ in range(layers):
+        a.append(rng.choice(previous, width))
+        b.append(rng.choice(previous, width))
+        ops.append(rng.integers(0, 16, width))
+        previous = start + np.arange(width)
+        start += width
+    return Netlist(num_inputs, np.concatenate(ops), np.concatenate(a), np.concatenate(b), previous, num_classes)

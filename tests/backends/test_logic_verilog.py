@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hwact.backends.verilog import (bits_to_hex, check_lut_budget, emit_verilog, hex_to_bits, read_header,
                                     simulate, synthesize, input_vectors)
 from hwact.errors import InputError, ToolMissingError, UnsupportedError
-from hwact.ir.netlist import Netlist
+from hwact.ir.netlist import Netlist, random_layered
 
 
 def random_netlist(num_inputs: int, num_gates: int, num_outputs: int, num_classes: int, seed: int) -> Netlist:
@@ -24,21 +24,6 @@ def random_netlist(num_inputs: int, num_gates: int, num_outputs: int, num_classe
     b = (rng.random(num_gates) * earlier).astype(np.int64)
     outputs = rng.integers(0, num_inputs + num_gates, num_outputs)
     return Netlist(num_inputs, rng.integers(0, 16, num_gates), a, b, outputs, num_classes)
-
-
-def layered_netlist(num_inputs: int, width: int, layers: int, num_classes: int, seed: int) -> Netlist:
-    """difflogic-shaped: `layers` layers of `width` gates, each reading two nodes of the previous layer."""
-    rng = np.random.default_rng(seed)
-    ops, a, b = [], [], []
-    previous = np.arange(num_inputs)
-    start = num_inputs
-    for _ in range(layers):
-        a.append(rng.choice(previous, width))
-        b.append(rng.choice(previous, width))
-        ops.append(rng.integers(0, 16, width))
-        previous = start + np.arange(width)
-        start += width
-    return Netlist(num_inputs, np.concatenate(ops), np.concatenate(a), np.concatenate(b), previous, num_classes)
 
 
 def all_gates_netlist() -> Netlist:
@@ -139,7 +124,7 @@ def test_random_netlists_property_iverilog(tmp_path_factory, num_inputs, num_gat
 
 
 def test_corrupted_gate_is_caught_iverilog(tmp_path):
-    net = layered_netlist(8, 16, 3, 2, seed=4)
+    net = random_layered(8, 16, 3, 2, seed=4)
     emit_verilog(net, tmp_path)
     verilog_file = tmp_path / "logic_net.v"
     text = verilog_file.read_text()
@@ -163,7 +148,7 @@ def test_simulate_rejects_missing_or_foreign_rtl(tmp_path):
 
 # ----------------------------------------------------------------------------- verilator simulation
 def test_verilator_10k_samples_combinational(tmp_path):
-    net = layered_netlist(64, 48, 4, 6, seed=7)     # wide input bus (VlWide), 48 outputs, 6 classes
+    net = random_layered(64, 48, 4, 6, seed=7)     # wide input bus (VlWide), 48 outputs, 6 classes
     emit_verilog(net, tmp_path)
     result = simulate(net, tmp_path, "logic_net", samples=10000, seed=11, simulator="verilator")
     assert result["samples"] == 10000 and result["mismatches"] == 0 and result["simulator"] == "verilator"
