@@ -2,10 +2,13 @@
 64-bit C rendering (the anchor) vs the discretized model in PyTorch (the hwact::logic_netlist op, and torch bool ops over the levels);
 samples/s and compile time of each. Writes benchmarks/results/logic.md.
 
-Netlist: the digits-shaped LogicNet (8x8 pixels x 3 thermometer levels = 192 input bits, logic layers
-8000 -> 8000, GroupSum over 10 classes), weights from the seeded Gaussian init (difflogic's default, so all
-16 gates occur), discretized with LogicNet.to_netlist(): a seeded random netlist of the trained model's shape,
-not a trained one. Every engine is checked bit-exact against Netlist.class_counts before it is timed.
+Netlist (default): a LogicNet trained here on scikit-learn digits (8x8 pixels x 3 thermometer levels =
+192 input bits, logic layers 8000 -> 8000, GroupSum over 10 classes, Gaussian init, 40 epochs of
+`hwact.train.logic.train_logic`), discretized with LogicNet.to_netlist(). The anchor, hwact's C and PyTorch all run that same
+discretized netlist; one more row runs hwact's C on the netlist after the lower-logic simplification (what
+`hwact convert` deploys). Every engine is checked bit-exact against Netlist.class_counts on the held-out
+digits before it is timed, and the held-out accuracy of those counts is reported. `--untrained` uses the
+seeded Gaussian init instead (all 16 gates occur, nothing simplifies away).
 
 Throughput is single-threaded on pre-packed bit-sliced input for both C engines (packing excluded); both
 produce int32 class counts per sample. PyTorch runs with one thread on (N, 192) uint8 bits.
@@ -37,6 +40,8 @@ from hwact.backends import logic_c
 from hwact.ir import logic_ops  # noqa: F401 - registers hwact::logic_netlist
 from hwact.ir.netlist import Netlist
 from hwact.nn.logic import LogicNet
+from hwact.passes.lower_logic import simplify
+from hwact.train.logic import load_logic_data, split, train_logic
 
 BASELINE_EXPR = {0: "0", 1: "{a} & {b}", 2: "{a} & ~{b}", 3: "{a}", 4: "~{a} & {b}", 5: "{b}", 6: "{a} ^ {b}",
                  7: "{a} | {b}", 8: "~({a} | {b})", 9: "~({a} ^ {b})", 10: "~{b}", 11: "{a} | ~{b}", 12: "~{a}",
@@ -142,6 +147,8 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[8000, 8000])
+    parser.add_argument("--epochs", type=int, default=40, help="training epochs of the digits model")
+    parser.add_argument("--untrained", action="store_true", help="seeded Gaussian init instead of a trained model")
     parser.add_argument("--samples", type=int, default=1 << 20)
     parser.add_argument("--torch-samples", type=int, default=8192)
     parser.add_argument("--repeat", type=int, default=5)
@@ -150,13 +157,30 @@ def main() -> None:
                              "style compiles too slowly (~5 ms per gate at -O2) to build it on the full net")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "logic.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-
-    model = LogicNet(192, tuple(args.widths), 10, init="gaussian", seed=0)
-    netlist = model.to_netlist()
     rng = np.random.default_rng(0)
-    check_bits = rng.integers(0, 2, (1000, netlist.num_inputs)).astype(np.uint8)
+    if args.untrained:
+        model = LogicNet(192, tuple(args.widths), 10, init="gaussian", seed=0)
+        check_bits = rng.integers(0, 2, (1000, model.num_bits)).astype(np.uint8)
+        labels, origin = None, "seeded Gaussian init (seed 0), not trained"
+    else:
+        data = load_logic_data("digits")
+        x_train, y_train, x_test, labels = split(data, 0.25, 0)
+        result = train_logic(x_train, y_train, x_test, labels, data.num_classes, tuple(args.widths),
+                             init="gaussian", encoding=data.encoding, epochs=args.epochs, progress=False,
+                             log=print)
+        model = result.model
+        with torch.no_grad():
+            check_bits = model.bits(torch.as_tensor(x_test)).numpy().astype(np.uint8)
+        origin = (f"trained on digits ({len(y_train)} train images, {args.epochs} epochs, "
+                  f"{result.seconds:.0f} s), held-out discrete accuracy {result.discrete_accuracy:.4f}")
+    torch.set_num_threads(1)
+    netlist = model.to_netlist()
+    simplified, simplify_stats = simplify(netlist)
     expected = netlist.class_counts(check_bits).astype(np.int32)
+    checked = len(check_bits)
+
+    def accuracy_of(counts: np.ndarray) -> str:
+        return "-" if labels is None else f"{float((counts.argmax(1) == labels).mean()):.4f}"
     planes = rng.integers(0, 1 << 63, size=(netlist.num_inputs, (args.samples + 63) // 64), dtype=np.uint64,
                           endpoint=True)
     print(f"netlist: {netlist.num_inputs} inputs, {netlist.num_gates} gates, {netlist.outputs.size} outputs, "
@@ -166,19 +190,24 @@ def main() -> None:
         tmp = Path(tmp)
         lib, baseline_compile = build_baseline(netlist, tmp)
         check_planes, _ = logic_c.pack_bits(check_bits, netlist.num_inputs)
-        assert np.array_equal(baseline_counts(lib, check_planes, 1000, 10), expected), "baseline not bit-exact"
+        counts = baseline_counts(lib, check_planes, checked, 10)
+        assert np.array_equal(counts, expected), "baseline not bit-exact"
         seconds = best_time(lambda: baseline_counts(lib, planes, args.samples, 10), args.repeat)
         baseline_rate = args.samples / seconds
-        rows.append(("difflogic-style straight-line C, 64-bit, gcc -O1 (anchor)", baseline_rate, baseline_compile))
+        rows.append(("difflogic-style straight-line C, 64-bit, gcc -O1 (anchor)", baseline_rate, baseline_compile,
+                     accuracy_of(counts)))
         print(f"baseline: {baseline_rate:.4g} samples/s, compile {baseline_compile:.2f} s", flush=True)
 
-        folder = tmp / "table"
-        info = logic_c.build_c(netlist, folder, style="table")
-        kernel = logic_c.LogicCKernel(folder / info["library"], netlist)
-        assert np.array_equal(kernel.class_counts(check_bits), expected), "hwact table style not bit-exact"
-        rate = logic_c.throughput(kernel, samples=args.samples, repeat=args.repeat)
-        rows.append((f"hwact C, table style, {kernel.kernel}, gcc -O2", rate, info["compile_s"]))
-        print(f"hwact table: {rate:.4g} samples/s, compile {info['compile_s']:.2f} s", flush=True)
+        for label, net in (("", netlist), (", after lower-logic", simplified)):
+            folder = tmp / f"table{len(label)}"
+            info = logic_c.build_c(net, folder, style="table")
+            kernel = logic_c.LogicCKernel(folder / info["library"], net)
+            counts = kernel.class_counts(check_bits)
+            assert np.array_equal(counts, expected), f"hwact table style{label} not bit-exact"
+            rate = logic_c.throughput(kernel, samples=args.samples, repeat=args.repeat)
+            rows.append((f"hwact C, table style, {kernel.kernel}, gcc -O2{label}", rate, info["compile_s"],
+                         accuracy_of(counts)))
+            print(f"hwact table{label}: {rate:.4g} samples/s, compile {info['compile_s']:.2f} s", flush=True)
 
         small = LogicNet(192, tuple(args.style_widths), 10, init="gaussian", seed=0).to_netlist()
         small_expected = small.class_counts(check_bits).astype(np.int32)
@@ -197,13 +226,14 @@ def main() -> None:
         got = torch.ops.hwact.logic_netlist(torch.as_tensor(check_bits), *tensors, 10).numpy()
         assert np.array_equal(got, expected), "PyTorch op not bit-exact"
         assert np.array_equal(torch_bool_counts(netlist, torch.as_tensor(check_bits)).numpy(), expected)
+        torch_accuracy = accuracy_of(got)
         sample_bits = torch.as_tensor(rng.integers(0, 2, (args.torch_samples, netlist.num_inputs)).astype(np.uint8))
         for name, function in (("PyTorch hwact::logic_netlist op (the graph's reference op), 1 thread",
                                 lambda: torch.ops.hwact.logic_netlist(sample_bits, *tensors, 10)),
                                ("PyTorch bool ops over the levels (truth-table minterms), 1 thread",
                                 lambda: torch_bool_counts(netlist, sample_bits))):
             seconds = best_time(function, max(1, args.repeat // 2))
-            rows.append((name, args.torch_samples / seconds, 0.0))
+            rows.append((name, args.torch_samples / seconds, 0.0, torch_accuracy))
             print(f"{name}: {args.torch_samples / seconds:.4g} samples/s", flush=True)
 
     command = "python benchmarks/bench_logic.py " + " ".join(sys.argv[1:])
@@ -211,17 +241,17 @@ def main() -> None:
              f"Machine: {machine()}; shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end of the "
              f"run), so compare the ratios, which are measured in the same run. Command: `{command.strip()}`.",
              f"Netlist: digits-shaped LogicNet, 192 input bits -> logic layers {' -> '.join(map(str, args.widths))} "
-             f"-> GroupSum(10), seeded Gaussian init (seed 0) discretized by `LogicNet.to_netlist()` (not trained, "
-             f"not simplified): {netlist.num_gates} gates, depth {netlist.depth()}. All engines checked bit-exact "
-             "against `Netlist.class_counts` on 1000 random inputs before timing.",
+             f"-> GroupSum(10), {origin}; discretized by `LogicNet.to_netlist()`: {netlist.num_gates} gates, depth "
+             f"{netlist.depth()}; after lower-logic {simplified.num_gates} gates, depth {simplified.depth()} "
+             f"({simplify_stats}). All engines checked bit-exact against `Netlist.class_counts` on {checked} "
+             f"{'held-out digits' if labels is not None else 'random inputs'} before timing.",
              f"C engines: {args.samples} samples, pre-packed bit-sliced input (packing excluded), int32 class counts "
              f"out, best of {args.repeat}, one thread. PyTorch: {args.torch_samples} samples of uint8 bits.", "",
-             "| engine | samples/s | vs anchor | compile s | compile speedup vs anchor |", "|---|---|---|---|---|"]
-    for name, rate, compile_s in rows:
-        compile_ratio = f"{baseline_compile / compile_s:.1f}x" if compile_s > 0 else "-"
-        lines.append(f"| {name} | {rate:.4g} | {rate / baseline_rate:.3g}x | "
-                     f"{compile_s:.2f} | {compile_ratio} |" if compile_s > 0 else
-                     f"| {name} | {rate:.4g} | {rate / baseline_rate:.3g}x | - | - |")
+             "| engine | samples/s | vs anchor | compile s | compile speedup vs anchor | held-out accuracy |",
+             "|---|---|---|---|---|---|"]
+    for name, rate, compile_s, accuracy_text in rows:
+        compile_cells = f"{compile_s:.2f} | {baseline_compile / compile_s:.1f}x" if compile_s > 0 else "- | -"
+        lines.append(f"| {name} | {rate:.4g} | {rate / baseline_rate:.3g}x | {compile_cells} | {accuracy_text} |")
     table_rate, table_compile = rows[1][1], rows[1][2]
     programs = logic_c.compile_netlist(netlist)
     counts_ops = programs["counts"].ops
@@ -237,9 +267,11 @@ def main() -> None:
               "| style | kernel | samples/s | compile s |", "|---|---|---|---|"]
     lines += [f"| {style} | {kernel_name} | {rate:.4g} | {compile_s:.2f} |"
               for style, kernel_name, rate, compile_s in style_rows]
+    speeds = {style: rate for style, _, rate, _ in style_rows}
     lines += ["", "The table style (the default) keeps the net as data, so gcc compiles the same small loop "
               "for any net; the straight style emits one block-wide statement per gate, so its code and gcc's "
-              "time grow with the net (it also ran slower in this run)."]
+              f"time grow with the net (in this run it ran {speeds['straight'] / speeds['table']:.2f}x the table "
+              "style's samples/s)."]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
