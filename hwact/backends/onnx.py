@@ -3,7 +3,7 @@
 * opset 20 (GELU stays one `Gelu` op), dynamic batch dimension, one self-contained file below 2 GB
   (weights inside the protobuf), external data beside it above that.
 * hwact ops are written through the translations registered in hwact.ir.ops.ONNX_TRANSLATIONS.
-* `onnx.checker.check_model` must pass; `verify` runs onnxruntime against the torch graph on the same
+* `onnx.checker.check_model` must pass (run before the weights are inlined); `verify` runs onnxruntime against the torch graph on the same
   inputs (max abs error, cosine, top-1 agreement).
 """
 
@@ -56,16 +56,18 @@ def export_onnx(graph: Graph, path: Path, opset: int = OPSET) -> Path:
         with redirect_stdout(io.StringIO()):
             program.save(staged, external_data=True)  # streams each weight to a side file
         del program
+        # checked in its external-data form: the checker then parses the graph, not a second copy of
+        # every weight (on the single file it doubled the export's peak memory); the single file holds
+        # the same graph and tensors byte for byte, and onnxruntime parses all of it in `verify`
+        onnx.checker.check_model(str(staged))
         if weights < _TWO_GB:
             single = Path(work) / "single.onnx"
             inline_external_data(staged, single)
             staged.unlink()
             single.rename(staged)
-            onnx.checker.check_model(str(staged))
             os.chmod(staged, 0o644)
             os.replace(staged, path)
         else:
-            onnx.checker.check_model(str(staged))
             for produced in Path(work).iterdir():
                 os.replace(produced, path.parent / produced.name)
     return path
