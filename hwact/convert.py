@@ -28,8 +28,11 @@ def atomic_dir(outdir: Path, force: bool):
     outdir = Path(outdir)
     if outdir.exists() and not force:
         raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.tmp-"))
+    try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.tmp-"))
+    except OSError as exc:
+        raise InputError(f"{outdir}: cannot create the output folder ({exc.strerror or type(exc).__name__})") from exc
     try:
         yield tmp
         if outdir.exists():
@@ -112,6 +115,7 @@ def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target:
     # an integer graph must match its reference bit for bit (only the output dequantize is float)
     metrics = verify(graph, model_path, batches, tolerance=0.0 if integer else 1e-4)
     body["onnx"] = {"path": "model.onnx", "opset": 20, "bytes": model_path.stat().st_size,
+                    "batch": graph.fixed_batch or "dynamic",
                     "ort_max_abs_err": metrics["max_abs_err"], "ort_cosine": metrics["cosine"],
                     "ort_top1_agreement": metrics["top1_agreement"]}
     if integer:

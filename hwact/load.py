@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 import re
 import struct
@@ -110,7 +111,7 @@ def detect_format(path: Path) -> str:
         raise InputError(f"{path}: a zip archive that is neither a torch.export, TorchScript nor torch.save file")
     if len(head) >= 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
-        if 0 < header_len < path.stat().st_size:
+        if 0 < header_len < 100 * 2**20:  # a JSON header of plausible size: safetensors (maybe truncated)
             return "safetensors"
     if head[:1] == b"\x80":
         return "torch-pickle"
@@ -131,10 +132,15 @@ def _looks_like_onnx(path: Path) -> bool:
 
 
 def _load_pt2(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)  # torch.export.load logs a traceback before it raises
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
         raise InputError(f"{path}: corrupt or truncated .pt2 archive ({first_line(exc)})") from exc
+    finally:
+        torch_log.setLevel(level)
     names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     if not shapes:
         example = ep.example_inputs[0] if ep.example_inputs else None
@@ -142,8 +148,15 @@ def _load_pt2(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
             raise InputError(f"{path}: the archive has no example inputs", hint="pass --input-shape")
         shapes = [_spec_from_tensor(name, t) for name, t in zip(names, example)]
     else:
+        if len(shapes) != len(names):
+            raise InputError(f"{path}: {len(shapes)} --input-shape values for a model with {len(names)} inputs "
+                             f"({', '.join(names)})")
         shapes = [InputSpec(n, s.shape, s.dtype, s.high) for n, s in zip(names, shapes)]
     graph = from_exported(ep, shapes)
+    if graph.fixed_batch and any(s.shape and s.shape[0] != graph.fixed_batch for s in shapes):
+        raise InputError(f"{path}: exported with a fixed batch of {graph.fixed_batch}, not "
+                         f"{', '.join(s.describe() for s in shapes)}",
+                         hint="export with dynamic_shapes for a dynamic batch, or give that batch")
     _check_runs(graph, str(path))
     return Loaded(str(path), "pt2", digest, shapes, graph, graph.module)
 
@@ -186,8 +199,9 @@ def _load_torch_pickle(path: Path, digest: str, arch: str | None, shapes: list[I
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc).lower() and "weights only" not in str(exc).lower():
-            raise InputError(f"{path}: corrupt or truncated torch.save file ({first_line(exc)})") from exc
+        # torch names weights_only in every unpickling error; only "Unsupported global" means objects
+        if "unsupported global" not in str(exc).lower():
+            raise InputError(f"{path}: corrupt or truncated torch.save file ({_unpickler_cause(exc)})") from exc
         if not trust:
             raise InputError(f"{path}: holds pickled Python objects (a full nn.Module?); unpickling runs code from "
                              "the file, so it is refused", hint="save a state_dict or .pt2 instead, or pass "
@@ -196,6 +210,14 @@ def _load_torch_pickle(path: Path, digest: str, arch: str | None, shapes: list[I
     except Exception as exc:
         raise InputError(f"{path}: corrupt or truncated torch.save file ({first_line(exc)})") from exc
     return _load_state_dict(path, digest, _unwrap_state_dict(obj, path), arch, shapes, "state_dict")
+
+
+def _unpickler_cause(exc: Exception) -> str:
+    """The line after torch's 'WeightsUnpickler error:' (its own first line is boilerplate)."""
+    text = str(exc)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    cause = next((line.strip() for line in rest.splitlines() if line.strip()), "") if marker else ""
+    return cause[:200] or first_line(exc)
 
 
 def _load_trusted_module(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:

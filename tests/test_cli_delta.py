@@ -61,6 +61,14 @@ def test_bad_inputs_exit_2(cli, trained, tmp_path):
     assert code == 2 and "this model takes (sequences, time, 24)" in err
     code, _, err = cli("bench", tmp_path / "conv")
     assert code == 2 and "--stream" in err
+    for shape in [(0, 5, 24), (2, 0, 24)]:
+        np.savez(tmp_path / "empty.npz", x=np.zeros(shape, np.float32))
+        code, _, err = cli("bench", tmp_path / "conv", "--stream", tmp_path / "empty.npz")
+        assert code == 2 and "the stream is empty" in err, err
+    for labels in [np.array([1]), np.array(["a", "b"])]:
+        np.savez(tmp_path / "labels.npz", x=np.zeros((2, 5, 24), np.float32), y=labels)
+        code, _, err = cli("bench", tmp_path / "conv", "--stream", tmp_path / "labels.npz")
+        assert code == 2 and "one integer class per sequence" in err, err
     with pytest.raises(Exception, match="threshold must be >= 0"):
         delta_flow.bench(tmp_path / "conv", {"stream": str(trained / "stream.npz"), "threshold": -1.0})
     code, _, err = cli("train-delta", "-o", tmp_path / "t", "--hidden", "a,b")

@@ -124,9 +124,13 @@ def test_non_deployable_target_is_reported_per_op(tmp_path, cli):
     assert code == 0
     support = json.loads((tmp_path / "o" / "report.json").read_text())["target_support"]
     assert support["deployable"] is False
-    assert set(support["not_native"]) == {"aten.layer_norm.default", "aten.softmax.int"}
+    assert {"aten.layer_norm.default", "aten.softmax.int", "aten.linear.default"} <= set(support["not_native"])
     assert support["not_native"]["aten.softmax.int"]["count"] == 2
     assert "shiftmax" in support["not_native"]["aten.softmax.int"]["reason"]
+    # the NPU has an integer datapath for linear and relu, but this graph still feeds them float32
+    assert "no float units" in support["not_native"]["aten.linear.default"]["reason"]
+    assert "no float units" in support["not_native"]["aten.relu.default"]["reason"]
+    assert "aten.linear.default" not in support["native"]
     assert "not yet deployable on npu-int8" in stdout
 
 
@@ -152,3 +156,26 @@ def test_integer_recipe_makes_vit_deployable_on_the_npu_and_bit_exact(tmp_path, 
                           "-o", tmp_path / "out2")
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "holds NaN or infinite values" in stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_calibration_data_the_model_cannot_take_is_exit_2(tmp_path, cli):
+    np.savez(tmp_path / "nan.npz", x=np.full((4, 3, 32, 32), np.nan, np.float32))
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--passes", "fold-bn", "--calib", tmp_path / "nan.npz",
+                          "-o", tmp_path / "o1")
+    assert code == 2 and "holds NaN or infinite values" in stderr and not (tmp_path / "o1").exists()
+    np.savez(tmp_path / "ids.npz", input_ids=np.full((4, 16), 5000, np.int64))   # beyond bert-tiny's vocabulary
+    code, _, stderr = cli("convert", "zoo:bert-tiny", "--passes", "gelu-to-relu", "--calib", tmp_path / "ids.npz",
+                          "-o", tmp_path / "o2")
+    assert code == 2 and "rejects the calibration inputs" in stderr and not (tmp_path / "o2").exists()
+
+
+def test_static_batch_onnx_benches_only_at_its_batch(tmp_path, cli):
+    module, _ = models.build("cnn-tiny")
+    torch.export.save(torch.export.export(module, (torch.randn(2, 3, 32, 32),)), tmp_path / "static.pt2")
+    code, _, stderr = cli("convert", tmp_path / "static.pt2", "--recipe", "fold-bn", "-o", tmp_path / "o")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["onnx"]["batch"] == 2
+    code, _, stderr = cli("bench", tmp_path / "o", "--iterations", "2")
+    assert code == 2 and "fixed batch of 2" in stderr and "--batch 2" in stderr
+    code, stdout, stderr = cli("bench", tmp_path / "o", "--iterations", "2", "--batch", "2", "--json")
+    assert code == 0, stderr

@@ -20,6 +20,15 @@ def test_inspect_json_reports_census_sites_params_and_targets(cli):
     assert info["targets"]["fpga-lut6"]["not_native"]["aten.tanh.default"]["count"] == 1
 
 
+def test_symbolic_batch_arithmetic_does_not_block_the_cpu(cli):
+    # Swin's window partition multiplies the dynamic batch (a Python operator.mul on a SymInt)
+    code, stdout, _ = cli("inspect", "zoo:swin-tiny", "--json")
+    assert code == 0
+    info = json.loads(stdout)
+    assert info["ops"].get("mul", 0) > 0
+    assert info["targets"]["cpu"]["deployable"] is True and "mul" not in info["targets"]["cpu"]["native"]
+
+
 def test_inspect_text_lists_blockers(cli):
     code, stdout, _ = cli("inspect", "zoo:cnn-tiny")
     assert code == 0 and "aten.batch_norm.default x4" in stdout and "fold-bn" in stdout

@@ -45,6 +45,15 @@ def files(tmp_path_factory):
     sd = dict(module.state_dict())
     sd["head.weight"] = torch.zeros(7, 64)
     torch.save(sd, paths["wrong_shape"])
+    paths["corrupt_pt2"] = root / "corrupt.pt2"  # zip directory intact, member bytes scrambled
+    scrambled = bytearray(data)
+    for i in range(2000, min(60000, len(scrambled) - 1000)):
+        scrambled[i] ^= 0x5A
+    paths["corrupt_pt2"].write_bytes(bytes(scrambled))
+    paths["pickle_garbage"] = root / "garbage_pickle.pt"
+    paths["pickle_garbage"].write_bytes(b"\x80\x02" + bytes((i * 97 + 13) % 256 for i in range(2000)))
+    paths["truncated_st"] = root / "truncated.safetensors"
+    paths["truncated_st"].write_bytes(paths["st"].read_bytes()[:300])
     paths["zip"] = root / "other.zip"
     with zipfile.ZipFile(paths["zip"], "w") as z:
         z.writestr("readme.txt", "hello")
@@ -113,6 +122,11 @@ def test_format_is_detected_from_bytes_not_extension(files, tmp_path):
     ("ts", [], "--input-shape"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3x48x48"], "could not trace"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3xbad"], "bad --input-shape"),
+    ("corrupt_pt2", [], "corrupt or truncated .pt2 archive"),
+    ("pickle_garbage", [], "corrupt or truncated torch.save file"),
+    ("truncated_st", ["--arch", "vit-tiny"], "corrupt or truncated safetensors file"),
+    ("pt2", ["--input-shape", "2x3x32x32", "--input-shape", "2x3x32x32"], "2 --input-shape values for a model with 1"),
+    ("pt2", ["--input-shape", "1x3x32x32"], "exported with a fixed batch of 2"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, cli, kind, args, message):
     path = files.get(kind, tmp_path / "does-not-exist.pt2")
@@ -140,6 +154,17 @@ def test_real_process_prints_no_traceback_and_debug_shows_it(files, cli_process)
     assert code == 2 and "Traceback" not in stderr and stderr.count("\n") == 1
     code, _, stderr = cli_process("--debug", "inspect", files["truncated"])
     assert code != 0 and "Traceback" in stderr
+    code, _, stderr = cli_process("inspect", files["corrupt_pt2"])  # torch.export.load logs a traceback itself
+    assert code == 2 and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_unusable_output_path_is_exit_2(files, tmp_path, cli):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "-o", blocker / "out")
+    assert code == 2 and "cannot create the output folder" in stderr
+    code, _, stderr = cli("export-onnx", "zoo:cnn-tiny", "-o", blocker / "m.onnx")
+    assert code == 2 and "cannot create its folder" in stderr
 
 
 def test_onnx_only_for_inspect_and_bench(tmp_path, cli):

@@ -236,6 +236,8 @@ class DeltaRuntime:
     def set_threshold(self, threshold: float, layer: int = -1) -> None:
         if not threshold >= 0:
             raise InputError(f"delta threshold must be >= 0, got {threshold}")
+        if not -1 <= layer < self.n_layers:
+            raise InputError(f"delta layer {layer} does not exist (this net has {self.n_layers}; -1 = all)")
         self.lib.dl_set_threshold(self.net, layer, float(threshold))
 
     def set_key_interval(self, interval: int) -> None:

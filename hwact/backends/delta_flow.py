@@ -110,9 +110,25 @@ def load_stream(path, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
     if x.ndim != 3 or x.shape[2] != n_in:
         raise InputError(f"{path}: frames of shape {tuple(x.shape)}, this model takes (sequences, time, {n_in})",
                          hint="x must be float32 (sequences, time, features)")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"{path}: the stream is empty (x of shape {tuple(x.shape)})",
+                         hint="x must hold at least one sequence of at least one frame")
     if not np.isfinite(x).all():
         raise InputError(f"{path}: the frames hold NaN or inf values")
+    if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
+        raise InputError(f"{path}: labels y of shape {tuple(y.shape)} and dtype {y.dtype}; "
+                         f"expected one integer class per sequence, shape ({x.shape[0]},)")
     return x, y
+
+
+def converted_threshold(outdir: Path) -> float | None:
+    """The run-time threshold `hwact convert` stored for this folder (None when report.json is gone)."""
+    import json
+
+    try:
+        return float(json.loads((outdir / "report.json").read_text())["delta"]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _timed(run, repeats: int) -> float:
@@ -136,6 +152,8 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
     runtime = delta_c.DeltaRuntime.open(outdir)
     if threshold is not None:
         runtime.set_threshold(threshold)
+    else:  # the threshold the folder was converted with is the one in effect
+        threshold = converted_threshold(outdir)
     x, labels = load_stream(stream_npz, runtime.n_in)
     if max_sequences:
         x = x[:max_sequences]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hwact.backends.delta_c import chain
-from hwact.errors import VerificationError
+from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
 
@@ -63,6 +63,8 @@ def io_names(count: int) -> tuple[list[str], list[str]]:
 
 def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> dict[str, np.ndarray]:
     """Start values of every state input (and the thresholds) for `batch` streams."""
+    if threshold is not None and not threshold >= 0:
+        raise InputError(f"delta threshold must be >= 0, got {threshold}")
     layers = chain(graph)
     feeds = {}
     for i, layer in enumerate(layers):

@@ -42,6 +42,10 @@ def make_runner(path: Path, batch: int, threads: int, seed: int = 0) -> Runner:
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in session.get_inputs():
+        fixed = value.shape[0] if value.shape and isinstance(value.shape[0], int) else None
+        if fixed is not None and fixed != batch:
+            raise InputError(f"{path}: input '{value.name}' has a fixed batch of {fixed} (the model was exported "
+                             f"without a dynamic batch), not {batch}", hint=f"pass --batch {fixed}")
         dims = [batch if i == 0 else d for i, d in enumerate(value.shape)]
         if any(not isinstance(d, int) for d in dims):
             raise InputError(f"{path}: input '{value.name}' has a symbolic dimension besides the batch: {value.shape}")

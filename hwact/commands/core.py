@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -129,8 +130,18 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
     batches = calibration(loaded.graph, calib)
     graph, _ = run_passes(loaded.graph, names, _pass_options(only, skip, helu_alpha), batches,
                           log=lambda r: click.echo(_pass_line(r)))
-    path = export_onnx(graph, Path(output))
-    metrics = verify(graph, path, batches)
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{output}: cannot create its folder ({exc.strerror or type(exc).__name__})") from exc
+    staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:  # verified before it takes the output's place: a failed check leaves the old file (or none)
+        export_onnx(graph, staged)
+        metrics = verify(graph, staged, batches)
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes); onnxruntime vs torch max|err| {metrics['max_abs_err']:.3g}")
 
 

@@ -76,6 +76,8 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
         raise InputError(f"--test-fraction must be in (0, 1), got {test_fraction}")
     if not lr > 0:
         raise InputError(f"--lr must be > 0, got {lr}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device {device}: logic layers train on cpu or cuda[:N]", hint="use --device cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here", hint="use --device cpu")
     target = Path(outdir)
@@ -97,7 +99,8 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
               "gates": netlist.num_gates, "depth": netlist.depth(), "wall_seconds": result.seconds,
               "history": result.history}
     with atomic_dir(target, force) as tmp:  # written completely or not at all
-        example = torch.as_tensor(x_test[:2])
+        # two rows (batch 1 would specialize the exported batch dimension), from either split
+        example = torch.as_tensor(np.concatenate([x_test, x_train, x_test])[:2])
         module = export_logic_model(result.model, example, tmp / "logic_model.pt2",
                                     (result.soft_accuracy, result.discrete_accuracy))
         with torch.no_grad():  # the exported op must reproduce the discrete accuracy exactly

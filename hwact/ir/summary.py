@@ -14,6 +14,15 @@ from hwact.targets import Target
 _BOOKKEEPING = ("getitem", "_operator.getitem", "aten.sym_size.int")
 
 
+def is_bookkeeping(node: torch.fx.Node) -> bool:
+    """getitem/sym_size, and Python arithmetic on symbolic sizes (operator.mul of a dynamic batch)."""
+    return op_name(node) in _BOOKKEEPING or getattr(node.target, "__module__", None) == "_operator"
+
+
+def has_float_units(target: Target) -> bool:
+    return any(fmt.startswith(("float", "bfloat")) for fmt in target.numeric_formats)
+
+
 def op_census(graph: Graph) -> dict[str, int]:
     return dict(sorted(Counter(op_name(n) for n in graph.call_nodes()).items()))
 
@@ -38,11 +47,19 @@ def target_support(graph: Graph, target: Target) -> dict:
     """Per op: native or not, with the reason and (for blockers) the first nodes and module paths."""
     native: dict[str, int] = {}
     blocked: dict[str, dict] = {}
+    float_nodes = set()
+    if not has_float_units(target):  # an op the target has a datapath for still needs integer operands
+        from hwact.passes.assert_integer_only import float_compute_nodes
+
+        float_nodes = set(float_compute_nodes(graph))
     for node in graph.call_nodes():
         name = op_name(node)
-        if name in _BOOKKEEPING:
+        if is_bookkeeping(node):
             continue
         ok, reason = target.support(name)
+        if ok and node in float_nodes:
+            ok, reason = False, (f"computes in float: {target.name} has no float units "
+                                 "(lower it with --recipe int8-relu or int8-shiftgelu)")
         if ok:
             native[name] = native.get(name, 0) + 1
             continue

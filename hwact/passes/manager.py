@@ -21,7 +21,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
-from hwact.ir.graph import Graph, InputSpec
+from hwact.ir.graph import Graph, InputSpec, first_line
 from hwact.passes.base import make_pass
 
 
@@ -74,6 +74,8 @@ def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: 
             raise InputError(f"{path}: array '{key}' is empty")
         if spec.dtype.is_floating_point and not np.issubdtype(array.dtype, np.number):
             raise InputError(f"{path}: array '{key}' has dtype {array.dtype}, expected numbers")
+        if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
+            raise InputError(f"{path}: array '{key}' holds NaN or infinite values")
         columns.append(torch.from_numpy(np.ascontiguousarray(array)).to(spec.dtype))
     count = min(c.shape[0] for c in columns)
     if limit:
@@ -119,7 +121,11 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
                log=lambda message: None) -> tuple[Graph, list[PassRecord]]:
     """Run `names` in order on `graph` (mutated), verifying each; returns the graph and one record per pass."""
     records: list[PassRecord] = []
-    before_outputs = run_outputs(graph, batches)
+    try:
+        before_outputs = run_outputs(graph, batches)
+    except Exception as exc:  # e.g. token ids beyond the embedding table
+        raise InputError(f"the model rejects the calibration inputs ({first_line(exc)})",
+                         hint="check the --calib arrays' values (token ids must be below the vocabulary size)") from exc
     for index, name in enumerate(names):
         done = ", ".join(names[:index]) or "none"
         the_pass = make_pass(name, {**options, "calibration_batches": batches})
@@ -137,7 +143,7 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
             after_outputs = run_outputs(graph, batches)
             metrics = compare(before_outputs, after_outputs)
             record = PassRecord(name, changed, **metrics, seconds=round(time.perf_counter() - start, 4))
-            if the_pass.tolerance is not None and metrics["max_abs_err"] > the_pass.tolerance:
+            if the_pass.tolerance is not None and not metrics["max_abs_err"] <= the_pass.tolerance:  # NaN fails
                 raise VerificationError(f"pass {name} (after: {done}) changed outputs by {metrics['max_abs_err']:.3g}, "
                                         f"over its tolerance {the_pass.tolerance:g}")
             before_outputs = after_outputs
