@@ -62,13 +62,21 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
     with np.load(calib, allow_pickle=False) as archive:
         if "y" not in archive.files:
             return None
-        labels = torch.from_numpy(archive["y"]).long()
+        labels = archive["y"]
+        samples = min(archive[k].shape[0] for k in archive.files if k != "y")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != samples:
+        raise InputError(f"{calib}: labels 'y' of shape {labels.shape} and dtype {labels.dtype}; expected one "
+                         f"integer class per sample, shape ({samples},)")
+    labels = torch.from_numpy(labels).long()
     batches = load_calibration(calib, graph.inputs, batch=batch, fixed_batch=graph.fixed_batch)
     correct = seen = 0
     with torch.no_grad():
         for args in batches:
             predicted = graph.module(*args)
             predicted = predicted[0] if isinstance(predicted, (tuple, list)) else predicted
+            if predicted.dim() != 2 or not 0 <= int(labels.min()) <= int(labels.max()) < predicted.shape[1]:
+                raise InputError(f"{calib}: labels 'y' span {int(labels.min())}..{int(labels.max())}, the model's "
+                                 f"output {tuple(predicted.shape)} is not (N, classes) over that range")
             truth = labels[seen:seen + predicted.shape[0]]
             correct += int((predicted.argmax(dim=1) == truth).sum())
             seen += predicted.shape[0]
@@ -95,6 +103,11 @@ def convert(loaded: Loaded, pass_names: list[str], options: dict, target: Target
 
 def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target: Target, tmp: Path,
                      calib: str | None, log) -> dict:
+    integer_passes = [n for n in pass_names if n in ("calibrate", "fold-quant-scales")]
+    if options.get("recover") and integer_passes:
+        raise InputError(f"--recover {options['recover']} fine-tunes a float graph; the recipe lowers it to "
+                         f"integers ({', '.join(integer_passes)}), which has no gradients",
+                         hint="recover with --recipe relu|helu first, then convert that output with the integer recipe")
     batches = calibration(graph, calib)
     body: dict = {"ops_before": op_census(graph),
                   "activations_before": [s.describe() for s in activations.find_sites(graph)]}

@@ -111,13 +111,22 @@ def test_bad_input_is_one_line_and_exit_2(cli_process, tmp_path):
         ([_non_classifier(tmp_path), "--data", tmp_path / "y.npz", "--ce-weight", "0.5"], "no classification output"),
         (["zoo:vit-digits", "--data", "nosuch.npz"], "no such dataset"),
         (["zoo:vit-digits", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1"),
+        (["zoo:vit-digits", "--data", tmp_path / "unlabeled.npz", "--ce-weight", "1"], "the data has no labels"),
+        (["zoo:vit-digits", "--data", "digits", "--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
     ]
+    np.savez(tmp_path / "unlabeled.npz", x=np.zeros((8, 1, 8, 8), np.float32))
     for args, message in cases:
         code, stdout, stderr = cli_process("finetune", *args, "-o", tmp_path / "never", "--no-progress")
         lines = stderr.strip().splitlines()
         assert code == 2, (args, stderr)
         assert len(lines) == 1 and lines[0].startswith("hwact: error:") and message in lines[0], (args, stderr)
         assert "Traceback" not in stderr and not (tmp_path / "never").exists()
+
+
+def test_convert_recover_kd_refuses_integer_recipes(cli, tmp_path):
+    code, _, stderr = cli("convert", "zoo:vit-digits", "--recipe", "int8-relu", "--recover", "kd", "--data", "digits",
+                          "-o", tmp_path / "never")
+    assert code == 2 and "fine-tunes a float graph" in stderr and not (tmp_path / "never").exists()
 
 
 def test_convert_recover_kd(cli, tmp_path):

@@ -167,6 +167,13 @@ def test_calibration_data_the_model_cannot_take_is_exit_2(tmp_path, cli):
     code, _, stderr = cli("convert", "zoo:bert-tiny", "--passes", "gelu-to-relu", "--calib", tmp_path / "ids.npz",
                           "-o", tmp_path / "o2")
     assert code == 2 and "rejects the calibration inputs" in stderr and not (tmp_path / "o2").exists()
+    x = np.zeros((8, 3, 32, 32), np.float32)
+    for labels, message in [(np.arange(4), "expected one integer class per sample, shape (8,)"),
+                            (np.full(8, 10), "labels 'y' span 10..10")]:
+        np.savez(tmp_path / "y.npz", x=x, y=labels)
+        code, _, stderr = cli("convert", "zoo:cnn-tiny", "--recipe", "fold-bn", "--calib", tmp_path / "y.npz",
+                              "-o", tmp_path / "o3")
+        assert code == 2 and message in stderr and not (tmp_path / "o3").exists(), stderr
 
 
 def test_static_batch_onnx_benches_only_at_its_batch(tmp_path, cli):

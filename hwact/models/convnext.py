@@ -32,16 +32,22 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXt(nn.Module):
+    """Stem, then one `stages.i` Sequential per resolution (downsampling first, then its blocks), so a
+    module path such as `stages.2.4.act` names its stage (staged distillation swaps stage by stage)."""
+
     def __init__(self, in_chans=3, num_classes=1000, dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), gelu="module"):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_chans, dims[0], 4, stride=4), ChannelsFirstLayerNorm(dims[0], eps=1e-6)]
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), ChannelsFirstLayerNorm(dims[0], eps=1e-6))
+        stages = []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            if i > 0:
-                layers += [ChannelsFirstLayerNorm(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, stride=2)]
-            layers += [ConvNeXtBlock(dim, gelu) for _ in range(depth)]
-        self.features = nn.Sequential(*layers)
+            downsample = [ChannelsFirstLayerNorm(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, stride=2)] if i else []
+            stages.append(nn.Sequential(*downsample, *[ConvNeXtBlock(dim, gelu) for _ in range(depth)]))
+        self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
 
     def forward(self, x):
-        return self.head(self.norm(self.features(x).mean(dim=(2, 3))))
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(self.norm(x.mean(dim=(2, 3))))

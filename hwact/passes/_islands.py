@@ -102,6 +102,17 @@ def find_islands(graph: Graph, targets: set) -> tuple[list[Island], list[str]]:
     return islands, violations
 
 
+def each_island(graph: Graph, targets: set):
+    """The islands around ops in `targets`, each found again after the one before was replaced: an
+    island's output quantize can be the next island's input (Swin: two LayerNorms back to back), and
+    replacing it erases that node."""
+    while True:
+        islands, _ = find_islands(graph, targets)
+        if not islands:
+            return
+        yield islands[0]
+
+
 def replace_island(graph: Graph, island: Island, target, args: tuple) -> torch.fx.Node:
     """Insert `target(*args)` in place of the island; the dequantize stays only if something else uses it."""
     with graph.fx.inserting_before(island.quantize):

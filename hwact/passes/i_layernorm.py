@@ -27,7 +27,7 @@ from hwact.errors import PreconditionError
 from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import layernorm_constants, layernorm_parameters
 from hwact.ir.params import add_constant, get_tensor
-from hwact.passes._islands import Island, find_islands, record, replace_island
+from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
 
 hw = torch.ops.hwact
@@ -70,8 +70,9 @@ class ILayerNorm(Pass):
         return violations
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        islands, _ = find_islands(graph, LAYERNORM_OPS)
-        for island in islands:
+        replaced = 0
+        for island in each_island(graph, LAYERNORM_OPS):
+            replaced += 1
             channels, gamma_int, beta_int, gamma_scale, eps = _integer_parameters(graph, island)
             gamma_node = add_constant(graph, f"{island.name}_gamma_int", gamma_int, island.quantize, trainable=False)
             beta_node = add_constant(graph, f"{island.name}_beta_int", beta_int, island.quantize, trainable=False)
@@ -85,6 +86,6 @@ class ILayerNorm(Pass):
                            "input_range": (island.in_bounds[0] * island.in_scale,
                                            island.in_bounds[1] * island.in_scale),
                            "input_bounds_known": island.in_bounds_known})
-        if islands:
+        if replaced:
             graph.recompile()
-        return graph, len(islands)
+        return graph, replaced

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA
-from hwact.passes._islands import Island, find_islands, record, replace_island
+from hwact.passes._islands import Island, each_island, record, replace_island
 from hwact.passes.base import Pass, register
 from hwact.passes.shift_gelu import GELU_OPS, ShiftGelu, choose_clamp
 
@@ -75,8 +75,9 @@ class LambdaShiftGelu(Pass):
         return ShiftGelu().check(graph)  # same islands, same guards (checked at λ = 1.702)
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        islands, _ = find_islands(graph, GELU_OPS)
-        for island in islands:
+        replaced = 0
+        for island in each_island(graph, GELU_OPS):
+            replaced += 1
             approximate = island.op.kwargs.get("approximate", island.op.args[1] if len(island.op.args) > 1 else "none")
             lam, err = fit_lambda(island, approximate)
             choice = choose_clamp(island, lam)
@@ -86,6 +87,6 @@ class LambdaShiftGelu(Pass):
             record(graph, {"pass": self.name, "node": island.name, "module": island.module, "lambda": lam,
                            "fit_mean_abs_err": err,
                            "mean_abs_err_at_1.702": gate_error(island, SHIFT_GELU_LAMBDA, approximate), **choice})
-        if islands:
+        if replaced:
             graph.recompile()
-        return graph, len(islands)
+        return graph, replaced

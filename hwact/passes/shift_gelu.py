@@ -33,7 +33,7 @@ import torch
 from hwact.ir.graph import Graph
 from hwact.errors import PreconditionError
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, gelu_max_n
-from hwact.passes._islands import Island, find_islands, record, replace_island
+from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
 
 hw = torch.ops.hwact
@@ -72,12 +72,13 @@ class ShiftGelu(Pass):
         return violations
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        islands, _ = find_islands(graph, GELU_OPS)
-        for island in islands:
+        replaced = 0
+        for island in each_island(graph, GELU_OPS):
+            replaced += 1
             choice = choose_clamp(island, SHIFT_GELU_LAMBDA)
             replace_island(graph, island, hw.shift_gelu.default,
                            (island.q_in, island.in_scale, island.out_scale, island.qmin, island.qmax, choice["n"]))
             record(graph, {"pass": self.name, "node": island.name, "module": island.module, **choice})
-        if islands:
+        if replaced:
             graph.recompile()
-        return graph, len(islands)
+        return graph, replaced

@@ -29,7 +29,7 @@ import torch
 from hwact.ir.graph import Graph
 from hwact.errors import PreconditionError
 from hwact.ir.int_nonlinear_ops import softmax_constants, softmax_max_n
-from hwact.passes._islands import Island, find_islands, record, replace_island
+from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
 from hwact.passes.base import Pass, register
 from hwact.passes.shift_gelu import LOG2E_SHIFT
 
@@ -74,14 +74,15 @@ class Shiftmax(Pass):
         return violations
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        islands, _ = find_islands(graph, SOFTMAX_OPS)
-        for island in islands:
+        replaced = 0
+        for island in each_island(graph, SOFTMAX_OPS):
+            replaced += 1
             dim = softmax_dim(island.op)
             choice = choose_clamp(island, row_length(island.op, dim))
             replace_island(graph, island, hw.shiftmax.default,
                            (island.q_in, island.in_scale, island.out_scale, dim, island.qmin, island.qmax,
                             choice["n"]))
             record(graph, {"pass": self.name, "node": island.name, "module": island.module, **choice})
-        if islands:
+        if replaced:
             graph.recompile()
-        return graph, len(islands)
+        return graph, replaced

@@ -8,7 +8,7 @@ Two schedules:
 
 Stages: a site's natural stage is its module path up to and including the first numeric component
 (`blocks.3.mlp.act` -> `blocks.3`, `stages.1.0.mlp.act` -> `stages.1`, `layers.0.ffn.act` ->
-`layers.0`), i.e. one transformer block for ViT/BERT, one stage for Swin, one block for ConvNeXt.
+`layers.0`), i.e. one transformer block for ViT/BERT, one stage for Swin and ConvNeXt.
 `stages=N` merges consecutive natural stages into N groups; `stage_globs` names the groups explicitly
 (one glob on module paths per group).
 
@@ -158,7 +158,10 @@ def recover(teacher: Graph, kind: str | None, data, options: dict, log=print, st
     config = config_from(options)
     torch.manual_seed(config.seed)
     schedule = options.get("schedule") or "staged"
-    val_fraction = options.get("val_fraction") or 0.2
+    val_fraction = 0.2 if options.get("val_fraction") is None else float(options["val_fraction"])
+    if not 0 < val_fraction < 1:
+        raise InputError(f"--val-fraction must be in (0, 1), got {val_fraction}",
+                         hint="early stopping needs a validation split")
     split_seed = options.get("split_seed", 0)
     input_shape = teacher.inputs[0].shape
     if len(teacher.inputs) != 1 or not teacher.inputs[0].dtype.is_floating_point:
@@ -169,6 +172,9 @@ def recover(teacher: Graph, kind: str | None, data, options: dict, log=print, st
         dataset = datasets.load_dataset(data)
     probe = dataset[0] if isinstance(dataset, tuple) else dataset
     datasets.check_dataset(probe, input_shape, None)
+    if config.ce_weight > 0 and probe.y is None:
+        raise InputError(f"{probe.name}: --ce-weight {config.ce_weight:g} asks for cross-entropy, but the data has "
+                         "no labels", hint="add a 'y' array, or drop --ce-weight for pure distillation")
     needs_classes = kind == "none" or (probe.y is not None and config.ce_weight > 0)
     num_classes = check_classifier(teacher, probe, needs_classes, probe.name)
     train_data, val_data = prepare_data(dataset, input_shape, num_classes, val_fraction, split_seed)
@@ -188,12 +194,15 @@ def recover(teacher: Graph, kind: str | None, data, options: dict, log=print, st
     section: dict = {"data": {"source": probe.name, "train": len(train_data), "val": len(val_data),
                               "labeled": train_data.y is not None, "val_fraction": val_fraction},
                      "seeds": {"split": split_seed, "train": config.seed}, "swap": kind, "schedule": schedule,
-                     "helu_alpha": (options.get("helu_alpha") or DEFAULT_HELU_ALPHA) if kind == "helu" else None,
+                     "helu_alpha": _helu_alpha(options) if kind == "helu" else None,
                      "config": config.describe(), "world_size": world.size}
     section["original"] = _metrics(teacher, val_data, teacher_classes, None)
     log(f"  original            {_fmt(section['original'])}")
 
     if kind is None:        # convert hook: the student arrives swapped
+        if config.feature_weight > 0:
+            raise InputError("--feature-weight needs the swap done here (block taps are set up per stage); "
+                             "the given student arrived already swapped", hint="pass the original model and --swap")
         plan = [Stage("all", [], tuple(s.output.name for s in activations.find_sites(student)))]
         section["swap"] = "given"
         section["swapped_untuned"] = _metrics(student, val_data, teacher_classes, None)
@@ -273,6 +282,11 @@ def recover(teacher: Graph, kind: str | None, data, options: dict, log=print, st
     section["weights_sha256"] = world.gather(weights_digest(student.module))
     section["seconds"] = round(time.perf_counter() - started, 3)
     return student, section
+
+
+def _helu_alpha(options: dict) -> float:
+    alpha = options.get("helu_alpha")
+    return DEFAULT_HELU_ALPHA if alpha is None else float(alpha)
 
 
 def _save(path: Path, obj) -> None:

@@ -65,6 +65,32 @@ def test_island_becomes_one_i_layernorm_with_int32_parameters():
     assert (graph(x) - exact).abs().max() <= 0.55 * 4 / 127
 
 
+class TwoNormIslands(torch.nn.Module):
+    """LayerNorm straight into LayerNorm (Swin: patch-embed norm, then the block's norm1): the first
+    island's output quantize is the second island's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.LayerNorm(16), torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        q = hw.quantize(x, 4 / 127, -128, 127)
+        q = hw.quantize(self.first(hw.dequantize(q, 4 / 127)), 4 / 127, -128, 127)
+        q = hw.quantize(self.second(hw.dequantize(q, 4 / 127)), 4 / 127, -128, 127)
+        return hw.dequantize(q, 4 / 127)
+
+
+def test_back_to_back_islands_both_lower():
+    graph = trace(TwoNormIslands(), [InputSpec("x", (2, 16))])
+    x = graph.example_inputs(batch=4, seed=3)[0]
+    expected = graph(x)
+    graph, changed = ILayerNorm()(graph)
+    assert changed == 2 and census(graph)["hwact.i_layernorm.default"] == 2
+    first, second = [n for n in graph.fx.nodes if n.target is hw.i_layernorm.default]
+    assert second.args[0] is first          # the second reads the first's integer output directly
+    assert (graph(x) - expected).abs().max() <= 4 * 4 / 127
+
+
 def test_layernorm_without_affine():
     graph = trace(NormIsland(shape=(16,), affine=False, in_bits=8), [InputSpec("x", (2, 16))])
     x = graph.example_inputs(batch=8, seed=2)[0]
