@@ -138,6 +138,8 @@ def _convert_generic(graph: Graph, pass_names: list[str], options: dict, target:
         body["integer"] = {"float_nodes": [n.name for n in float_compute_nodes(graph)],
                            "layers": graph.meta["hwact_integer"],
                            "nonlinear": graph.meta.get("hwact_nonlinear", [])}
+    if "hwact_cle" in graph.meta:
+        body["cle"] = graph.meta["hwact_cle"]
     body["target_support"] = target_support(graph, target)
     body["artifacts"] = ["model.onnx"]
     return body

@@ -33,8 +33,10 @@ Before (after gelu-to-relu and fold-bn):   After:
     %relu = aten.relu(%fc1)                   %relu = aten.relu(%fc1)                    b1_eq = S⁻¹b1 − c
     %fc2 = aten.linear(%relu, %w2, %b2)       %fc2 = aten.linear(%relu, %w2_eq, %b2_eq)  w2_eq = w2·S
                                                                                          b2_eq = b2 + w2_eq·c
-Precondition: a layer pair joined by an activation that is not positively homogeneous (GELU, SiLU,
-ReLU6, ...) is reported by `check()` and the pass refuses to run: run gelu-to-relu first.
+Precondition: a layer pair joined by a GELU is reported by `check()` and the pass refuses to run (run
+gelu-to-relu first: that is the swap that unlocks cle). A pair joined by another activation that is not
+positively homogeneous (tanh, SiLU, ReLU6, ...) is a part of the model no pass here swaps: it is left
+unequalized, and listed with the reason in graph.meta["hwact_cle"]["skipped"] (and convert's report).
 """
 
 from __future__ import annotations
@@ -186,12 +188,14 @@ class CrossLayerEqualization(Pass):
         self.absorb_bias = absorb_bias
 
     def check(self, graph: Graph) -> list[str]:
-        return [pair.describe() for pair in find_pairs(graph) if pair.blocked]
+        return [pair.describe() for pair in find_pairs(graph) if pair.blocked == GELU_REASON]
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        pairs = [pair for pair in find_pairs(graph) if not pair.blocked]
+        found = find_pairs(graph)
+        pairs = [pair for pair in found if not pair.blocked]
+        skipped = [pair.describe() for pair in found if pair.blocked]
         if not pairs:
-            graph.meta["hwact_cle"] = {"pairs": 0, "sweeps": 0, "absorbed_channels": 0}
+            graph.meta["hwact_cle"] = {"pairs": 0, "sweeps": 0, "absorbed_channels": 0, "skipped": skipped}
             return graph, 0
         params = {}
         for pair in pairs:
@@ -212,7 +216,8 @@ class CrossLayerEqualization(Pass):
             set_parameters(graph, layer, weight.to(dtype), None if bias is None else bias.to(dtype), "equalized")
         absorbed = self._absorb(graph, pairs) if self.absorb_bias and self.batches else 0
         graph.recompile()
-        graph.meta["hwact_cle"] = {"pairs": len(pairs), "sweeps": sweeps, "absorbed_channels": absorbed}
+        graph.meta["hwact_cle"] = {"pairs": len(pairs), "sweeps": sweeps, "absorbed_channels": absorbed,
+                                   "skipped": skipped}
         return graph, len(pairs)
 
     @staticmethod
