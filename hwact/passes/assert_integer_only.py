@@ -21,10 +21,10 @@ import torch.fx
 from hwact.ir.graph import Graph, module_path, op_name
 from hwact.passes.base import RECIPES, Pass, register
 
-RECIPES["int8-relu"] = ["gelu-to-relu", "fold-bn", "cle", "calibrate", "fold-quant-scales", "i-layernorm",
-                        "shiftmax", "assert-integer-only"]
-RECIPES["int8-shiftgelu"] = ["fold-bn", "calibrate", "fold-quant-scales", "shift-gelu", "i-layernorm", "shiftmax",
-                             "assert-integer-only"]
+RECIPES["int8-relu"] = ["gelu-to-relu", "fold-bn", "fold-layer-scale", "cle", "calibrate", "fold-quant-scales",
+                        "i-layernorm", "shiftmax", "assert-integer-only"]
+RECIPES["int8-shiftgelu"] = ["fold-bn", "fold-layer-scale", "calibrate", "fold-quant-scales", "shift-gelu",
+                             "i-layernorm", "shiftmax", "assert-integer-only"]
 
 
 class _DtypeRecorder(torch.fx.Interpreter):
