@@ -94,6 +94,9 @@ def test_convert_fpga(cli, small_model, tmp_path, target, pipeline):
     assert fpga["simulation"]["samples"] == 10000 and fpga["simulation"]["mismatches"] == 0
     assert fpga["luts"] > 0 and fpga["lut_budget"] in (53200, 63400)
     assert (fpga["ffs"] > 0) == (pipeline > 0) and fpga["latency_cycles"] >= (1 if pipeline else 0)
+    estimate = fpga["throughput_estimate"]
+    assert estimate["clock_mhz"] == 200 and estimate["samples_per_s"] == 200e6
+    assert estimate["latency_ns"] == fpga["latency_cycles"] * 5.0
     assert (out / "logic_net.v").is_file() and (out / fpga["flavor"].join(["logic_net_", "_yosys.log"])).is_file()
 
 

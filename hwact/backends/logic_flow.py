@@ -25,6 +25,7 @@ folder was written for another target) next to the PyTorch reference op.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -168,7 +169,9 @@ def _fpga(netlist, target, outdir: Path, report: dict, pipeline_every: int) -> l
     budget = target.raw.get("lut_budget")
     if budget is not None:
         verilog.check_lut_budget(synthesis["luts"], int(budget), target.name)
-    simulation = verilog.simulate(netlist, outdir, TOP, samples=SIM_SAMPLES, seed=0)
+    # verilator is the faster simulator; Icarus runs the same testbench when only it is installed
+    simulator = "iverilog" if shutil.which("verilator") is None and shutil.which("iverilog") else "verilator"
+    simulation = verilog.simulate(netlist, outdir, TOP, samples=SIM_SAMPLES, seed=0, simulator=simulator)
     if simulation["mismatches"]:
         raise VerificationError(f"RTL simulation ({simulation['simulator']}) differs from the netlist reference "
                                 f"on {simulation['mismatches']} of {simulation['samples']} samples")
@@ -176,8 +179,19 @@ def _fpga(netlist, target, outdir: Path, report: dict, pipeline_every: int) -> l
                       "luts": synthesis["luts"], "ffs": synthesis["ffs"], "srls": synthesis.get("srls", 0),
                       "lut_depth": synthesis["lut_depth"], "lut_budget": budget,
                       "luts_per_gate": synthesis["luts"] / max(netlist.num_gates, 1),
-                      "synthesis_s": synthesis.get("seconds"), "simulation": simulation}
+                      "synthesis_s": synthesis.get("seconds"), "simulation": simulation,
+                      "throughput_estimate": fabric_throughput(target, emitted["latency_cycles"], pipeline_every)}
     return [*emitted["files"], synthesis["log"]]
+
+
+def fabric_throughput(target, latency_cycles: int, pipeline_every: int) -> dict:
+    """One sample per clock at the target's nominal clock (an estimate: yosys does no timing analysis,
+    so whether the LUT path between registers meets that clock is not checked)."""
+    clock_hz = float(target.clock_mhz or 0) * 1e6
+    return {"clock_mhz": target.clock_mhz, "samples_per_s": clock_hz,
+            "latency_ns": latency_cycles * 1e9 / clock_hz if clock_hz else None,
+            "assumes": ("the registered stages meet the nominal clock" if pipeline_every
+                        else "the whole combinational path meets the nominal clock (use --pipeline-every k)")}
 
 
 def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
