@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from hwact.backends import delta_flow
 
@@ -73,3 +74,39 @@ def test_bad_inputs_exit_2(cli, trained, tmp_path):
         delta_flow.bench(tmp_path / "conv", {"stream": str(trained / "stream.npz"), "threshold": -1.0})
     code, _, err = cli("train-delta", "-o", tmp_path / "t", "--hidden", "a,b")
     assert code == 2 and "--hidden" in err
+
+
+def test_convert_a_delta_cnn(cli, tmp_path):
+    from hwact.nn.delta import FrameCNN
+
+    torch.manual_seed(0)
+    model = FrameCNN(2, (6, 6), (4,), 3, delta=True).eval()
+    example = torch.randn(2, 5, 2, 6, 6)
+    torch.export.save(torch.export.export(model, (example,)), tmp_path / "cnn.pt2")
+    code, _, err = cli("convert", tmp_path / "cnn.pt2", "--target", "cpu", "--delta-threshold", "0.1",
+                       "-o", tmp_path / "conv")
+    assert code == 0, err
+    delta = json.loads((tmp_path / "conv" / "report.json").read_text())["delta"]
+    assert delta["model"] == "conv" and delta["bit_exact"] == {"c": True, "onnx": True}
+    assert delta["lowered_layers"] == 2 and [l["out_channels"] for l in delta["layers"]] == [4]
+    assert 0 <= delta["layers"][0]["temporal_sparsity"] <= 1 and delta["threshold"] == 0.1
+    for name in ("delta_conv_net.bin", "libhwact_delta_conv.so", "delta_conv_step.onnx"):
+        assert (tmp_path / "conv" / name).is_file()
+    np.savez(tmp_path / "s.npz", x=np.zeros((1, 5, 2, 6, 6), np.float32))
+    code, _, err = cli("bench", tmp_path / "conv", "--stream", tmp_path / "s.npz")
+    assert code == 2 and "a delta conv model" in err
+
+
+def test_convert_a_delta_gru(cli, tmp_path):
+    from hwact.nn.delta import DeltaGRU
+
+    torch.manual_seed(0)
+    model = DeltaGRU(6, 8).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(2, 7, 6),)), tmp_path / "gru.pt2")
+    code, _, err = cli("convert", tmp_path / "gru.pt2", "--target", "cpu", "-o", tmp_path / "gru")
+    assert code == 0, err
+    delta = json.loads((tmp_path / "gru" / "report.json").read_text())["delta"]
+    assert delta["model"] == "gru" and delta["lowered_layers"] == 1
+    assert delta["max_abs_error"] == {"c": 0.0, "onnx": 0.0} and delta["layers"][0]["hidden"] == 8
+    for name in ("delta_gru_net.bin", "delta_gru_step.onnx"):
+        assert (tmp_path / "gru" / name).is_file()

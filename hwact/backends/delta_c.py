@@ -31,7 +31,7 @@ from hwact.errors import InputError, ToolMissingError, UnsupportedError, Verific
 from hwact.ir.graph import Graph
 from hwact.passes.lower_delta import delta_layers
 
-SOURCES = ("delta.c", "delta.h", "delta_main.c")
+SOURCES = ("delta.c", "delta.h", "delta_simd.h", "delta_main.c")
 C_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-Wall"]
 
 
@@ -41,23 +41,27 @@ def source_dir() -> Path:
 
 def chain(graph: Graph) -> list[dict]:
     """The lowered layers, checked to form one chain input -> delta_linear (-> relu) -> ... -> output."""
-    layers = delta_layers(graph)
+    return check_chain(graph, delta_layers(graph), "delta_linear", "delta")
+
+
+def check_chain(graph: Graph, layers: list[dict], op: str, what: str) -> list[dict]:
+    """`layers` (dicts with node, input, output, key_interval), checked to form the whole graph as one
+    chain: the single model input -> layer -> ... -> the model output, one key-frame interval."""
     if not layers:
-        raise UnsupportedError("the graph has no hwact.delta_linear layer", hint="run the lower-delta pass first")
+        raise UnsupportedError(f"the graph has no hwact.{op} layer", hint="run the lower-delta pass first")
     placeholders = [n for n in graph.fx.nodes if n.op == "placeholder"]
     if len(placeholders) != 1 or layers[0]["input"] is not placeholders[0]:
-        raise UnsupportedError("the first delta layer must read the (single) model input")
+        raise UnsupportedError(f"the first {what} layer must read the (single) model input")
     for previous, layer in zip(layers[:-1], layers[1:]):
         if layer["input"] is not previous["output"]:
             raise UnsupportedError(f"{layer['node'].name} does not read {previous['node'].name}'s output: "
-                                   "the C/CUDA runtime runs chains of delta layers (ReLU between them)")
+                                   f"the C runtime runs chains of {what} layers")
     output = next(n for n in graph.fx.nodes if n.op == "output")
     returned = output.args[0][0] if isinstance(output.args[0], (tuple, list)) else output.args[0]
     if returned is not layers[-1]["output"]:
-        raise UnsupportedError("the model output must be the last delta layer's output")
-    intervals = {layer["key_interval"] for layer in layers}
-    if len(intervals) != 1:
-        raise UnsupportedError("all delta layers of a net must share one key-frame interval")
+        raise UnsupportedError(f"the model output must be the last {what} layer's output")
+    if len({layer["key_interval"] for layer in layers}) != 1:
+        raise UnsupportedError(f"all {what} layers of a net must share one key-frame interval")
     return layers
 
 
@@ -113,25 +117,35 @@ def host_arch_flags() -> list[str]:
     return []
 
 
+def compile_shared(outdir: Path, sources: tuple[str, ...], library: str, arch_flags: list[str] | None = None) -> Path:
+    """Copy `sources` (package files: the first is the .c compiled, the rest what it includes or a reader
+    needs) into outdir and build outdir/`library` for this machine (AVX2 where the CPU has it)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name in sources:
+        shutil.copyfile(source_dir() / name, outdir / name)
+    path = outdir / library
+    flags = host_arch_flags() if arch_flags is None else arch_flags
+    _run([_compiler("gcc"), *C_FLAGS, *flags, "-shared", "-fPIC", str(outdir / sources[0]), "-o", str(path), "-lm"])
+    return path
+
+
+def cross_compile_aarch64(outdir: Path, c_files: tuple[str, ...], exe: str, defines: tuple[str, ...] = ()) -> Path:
+    """Static aarch64 build (NEON kernels) of package .c files, to run under qemu-aarch64."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / exe
+    _run([_compiler("aarch64-linux-gnu-gcc"), *C_FLAGS, *defines, "-static",
+          *(str(source_dir() / name) for name in c_files), "-o", str(path), "-lm"])
+    return path
+
+
 def build_library(outdir: Path, arch_flags: list[str] | None = None) -> Path:
     """Compile the runtime into outdir/libhwact_delta.so for this machine (copies the sources)."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    for name in SOURCES:
-        shutil.copyfile(source_dir() / name, outdir / name)
-    library = outdir / "libhwact_delta.so"
-    flags = host_arch_flags() if arch_flags is None else arch_flags
-    _run([_compiler("gcc"), *C_FLAGS, *flags, "-shared", "-fPIC",
-          str(outdir / "delta.c"), "-o", str(library), "-lm"])
-    return library
+    return compile_shared(outdir, SOURCES, "libhwact_delta.so", arch_flags)
 
 
 def build_aarch64(outdir: Path) -> Path:
     """Cross-compile the stand-alone runner for aarch64 (NEON kernel); run it with qemu-aarch64."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    exe = outdir / "delta_main_aarch64"
-    _run([_compiler("aarch64-linux-gnu-gcc"), *C_FLAGS, "-static", str(source_dir() / "delta.c"), str(source_dir() / "delta_main.c"),
-          "-o", str(exe), "-lm"])
-    return exe
+    return cross_compile_aarch64(outdir, ("delta.c", "delta_main.c"), "delta_main_aarch64")
 
 
 def _run(command: list[str]) -> None:

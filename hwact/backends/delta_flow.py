@@ -35,9 +35,22 @@ def _ops():
     return torch.ops.hwact.delta_act.default, torch.ops.hwact.delta_linear.default
 
 
+def _conv_op():
+    import hwact.ir.delta_conv_ops  # noqa: F401
+
+    return torch.ops.hwact.delta_conv2d.default
+
+
+def _gru_ops():
+    import hwact.ir.delta_gru_ops  # noqa: F401
+
+    return torch.ops.hwact.delta_gru_float.default, torch.ops.hwact.delta_gru.default
+
+
 def matches(graph) -> bool:
     delta_act, delta_linear = _ops()
-    return any(node.target in (delta_act, delta_linear) for node in graph.call_nodes())
+    ops = (delta_act, delta_linear, _conv_op(), *_gru_ops())
+    return any(node.target in ops for node in graph.call_nodes())
 
 
 def random_walk(batch: int, steps: int, features: int, seed: int = 0) -> torch.Tensor:
@@ -57,9 +70,14 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
     original = graph
     lowered = graph.copy()
     lowering = {"lowered_layers": 0}
-    if any(n.target is delta_act for n in lowered.call_nodes()):
+    gru_float, gru = _gru_ops()
+    if any(n.target in (delta_act, gru_float) for n in lowered.call_nodes()):
         lowered, count = LowerDelta(threshold=threshold, key_interval=key_interval)(lowered)
         lowering["lowered_layers"] = count
+    if any(n.target is _conv_op() for n in lowered.call_nodes()):
+        return _convert_conv(lowered, outdir, threshold, key_interval, lowering)
+    if any(n.target is gru for n in lowered.call_nodes()):
+        return _convert_gru(lowered, outdir, threshold, key_interval, lowering)
     layers = delta_c.chain(lowered)
     n_in = int(layers[0]["weight"].shape[1])
     blob = delta_c.net_blob(lowered)
@@ -93,6 +111,26 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
         },
         "artifacts": list(ARTIFACTS),
     }
+
+
+def _convert_conv(lowered: Graph, outdir: Path, threshold: float, key_interval: int, lowering: dict) -> dict:
+    """A per-frame CNN: delta_conv2d layers in the C scatter kernel, checked with the ONNX step model."""
+    from hwact.backends import delta_conv_c
+
+    body = delta_conv_c.convert_conv(lowered, outdir)
+    artifacts = body.pop("artifacts")
+    return {"delta": {"model": "conv", "threshold": threshold, "key_interval": key_interval, **lowering, **body},
+            "artifacts": artifacts}
+
+
+def _convert_gru(lowered: Graph, outdir: Path, threshold: float, key_interval: int, lowering: dict) -> dict:
+    """A chain of delta GRUs: the C kernel and the ONNX step model, checked against the reference op."""
+    from hwact.backends import delta_gru_c
+
+    body = delta_gru_c.convert_gru(lowered, outdir)
+    artifacts = body.pop("files")
+    return {"delta": {"model": "gru", "threshold": threshold, "key_interval": key_interval, **lowering, **body},
+            "artifacts": artifacts}
 
 
 def load_stream(path, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,6 +185,10 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
     from hwact.backends import delta_c, delta_onnx
 
     outdir = Path(outdir)
+    for net, kind in (("delta_conv_net.bin", "conv"), ("delta_gru_net.bin", "GRU")):
+        if (outdir / net).exists():
+            raise InputError(f"{outdir}: a delta {kind} model; `bench --stream` times per-frame MLP delta models",
+                             hint="its C kernel and ONNX step model were checked by convert (report.json)")
     if not (outdir / "delta_net.bin").exists():
         raise InputError(f"{outdir}: not a delta convert folder (no delta_net.bin)")
     runtime = delta_c.DeltaRuntime.open(outdir)

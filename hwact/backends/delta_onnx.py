@@ -129,7 +129,13 @@ def session(path: Path, threads: int = 1):
 
 def run_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Step the ONNX model over x (batch, steps, n_in), feeding state outputs back; y (batch, steps, n_out)."""
-    feeds = initial_state(graph, x.shape[0], threshold)
+    return step_frames(sess, initial_state(graph, x.shape[0], threshold), x)
+
+
+def step_frames(sess, feeds: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Run a one-frame step model over x (batch, steps, ...): each frame goes in as input 'x', every output
+    'NAME_out' comes back as input 'NAME' of the next frame; returns the stacked 'y' (batch, steps, ...)."""
+    feeds = dict(feeds)
     names = [i.name for i in sess.get_inputs()]
     outs = [o.name for o in sess.get_outputs()]
     ys = []

@@ -13,10 +13,15 @@ Between consecutive frames of a sequence only the neurons whose code k changed s
 Exported (eval mode) the layer is one `hwact::delta_act` node, which is how hwact recognises a delta
 model in a .pt2 file.
 
-DeltaGRU is the recurrent form (DeltaRNN's DeltaGRU): thresholded deltas of the input and of the
-hidden state drive running pre-activation memories (biases in their initial values; the candidate's
-x and h parts kept apart because n = tanh(M_nx + r * M_nh)). It trains and evaluates in PyTorch;
-`lower-delta` lowers Linear layers (the C/CUDA/ONNX kernels do not cover the GRU yet).
+FrameCNN is the per-frame conv model for (batch, time, C, H, W) sequences: a DeltaActivation with one
+step per channel (channel_dim=2) before every Conv2d and before the flattened Linear classifier;
+`lower-delta` makes each delta_act + Conv2d one hwact::delta_conv2d (hwact/ir/delta_conv_ops.py).
+
+DeltaGRU is the recurrent form (DeltaRNN's DeltaGRU): thresholded deltas of the quantized input and
+hidden state (learned steps, like DeltaActivation's) drive running pre-activation memories (biases in
+their initial values; the candidate's x and h parts kept apart because n = tanh(M_nx + r * M_nh)).
+Exported it is one `hwact::delta_gru_float` node; `lower-delta` makes it the int8 `hwact::delta_gru`
+(C kernel and ONNX step model: hwact/backends/delta_gru_c.py).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import torch
 from torch import nn
 
 import hwact.ir.delta_ops  # noqa: F401  (registers hwact::delta_act)
+from hwact.ir.delta_conv_ops import output_size
+from hwact.ir.delta_gru_ops import float_gru  # (and registers hwact::delta_gru_float)
 
 
 class DeltaActivation(nn.Module):
@@ -68,8 +75,9 @@ class DeltaActivation(nn.Module):
 
 
 def delta_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of the temporal-change L1 penalties of every DeltaActivation in `model` (last forward)."""
-    terms = [m.last_penalty for m in model.modules() if isinstance(m, DeltaActivation) and m.last_penalty.dim() == 0]
+    """Sum of the temporal-change L1 penalties of every DeltaActivation and DeltaGRU in `model` (last forward)."""
+    terms = [m.last_penalty for m in model.modules()
+             if isinstance(m, (DeltaActivation, DeltaGRU)) and m.last_penalty.dim() == 0]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
@@ -110,46 +118,105 @@ class FrameMLP(nn.Module):
 
 
 class DeltaGRU(nn.Module):
-    """GRU over (batch, time, features) with thresholded input/hidden deltas (DeltaRNN, §6.2).
+    """GRU over (batch, time, features) with thresholded deltas of quantized inputs and hidden state
+    (DeltaRNN's DeltaGRU, §6.2; exact maths in hwact/ir/delta_gru_ops.py, hwact::delta_gru_float).
 
-    theta_x = theta_h = 0 is exactly a GRU. `last_penalty` is mean |Δh| (the L1 on hidden deltas)."""
+    The input x and the hidden state h are quantized to learned steps (per feature, or one per layer;
+    stored as |raw|): k = clamp(round(v / step), -levels, levels), straight-through in training. A
+    code is sent when it moved by at least max(1, ceil(threshold / step)) codes since it was last
+    sent; the running pre-activation memories M_x = b_ih + W_ih (step_x * sent_x) and
+    M_h = b_hh + W_hh (step_h * sent_h) see only the sent changes, and r, z, n are torch.nn.GRU's
+    gates on them (n = tanh(M_nx + r * M_nh)). `last_penalty` = F * mean_t |Δ(k_x step_x)| +
+    H * mean_t |Δ(k_h step_h)|, the L1 on temporal changes of the codes (counted by delta_penalty()).
+    `last_sparsity` = fraction of x and h codes not sent per frame (training forward).
+    Threshold 0 with fine steps is a GRU. Eval mode is one hwact::delta_gru_float node (export-able);
+    `lower-delta` turns it into the int8 hwact::delta_gru."""
 
-    def __init__(self, features: int, hidden: int, theta_x: float = 0.0, theta_h: float = 0.0):
+    def __init__(self, features: int, hidden: int, theta_x: float = 0.0, theta_h: float = 0.0,
+                 granularity: str = "feature", init_step_x: float = 0.05, init_step_h: float = 1 / 64,
+                 levels: int = 127):
         super().__init__()
+        if granularity not in ("feature", "layer"):
+            raise ValueError(f"granularity must be feature or layer, not {granularity!r}")
         self.cell = nn.GRUCell(features, hidden)
-        self.hidden, self.theta_x, self.theta_h = hidden, theta_x, theta_h
+        self.features, self.hidden, self.levels, self.granularity = features, hidden, levels, granularity
+        self.theta_x, self.theta_h = float(theta_x), float(theta_h)
+        self.raw_step_x = nn.Parameter(torch.full((features if granularity == "feature" else 1,), float(init_step_x)))
+        self.raw_step_h = nn.Parameter(torch.full((hidden if granularity == "feature" else 1,), float(init_step_h)))
         self.last_penalty = torch.zeros(())
         self.last_sparsity = (0.0, 0.0)
 
-    @staticmethod
-    def _delta(value, memory, theta):
-        change = value - memory
-        fire = change.abs() >= theta if theta > 0 else change != 0
-        change = torch.where(fire, change, torch.zeros_like(change))
-        return change, memory + change
+    def steps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positive steps of x (F,) and h (H,)."""
+        step_x = (self.raw_step_x.abs() + 1e-6).expand(self.features)
+        step_h = (self.raw_step_h.abs() + 1e-6).expand(self.hidden)
+        return step_x, step_h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, steps, _ = x.shape
-        H = self.hidden
-        w_ih, w_hh, b_ih, b_hh = self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh
-        h = x.new_zeros(batch, H)
-        x_p, h_p = x.new_zeros(batch, x.shape[2]), x.new_zeros(batch, H)
-        m_x = b_ih.expand(batch, -1)                      # running W_ih x memory, bias added once
-        m_h = b_hh.expand(batch, -1)
-        outputs, penalty, zeros_x, zeros_h = [], x.new_zeros(()), 0, 0
-        for t in range(steps):
-            dx, x_p = self._delta(x[:, t], x_p, self.theta_x)
-            dh, h_p = self._delta(h, h_p, self.theta_h)
-            zeros_x += int((dx == 0).sum())
-            zeros_h += int((dh == 0).sum())
-            penalty = penalty + dh.abs().mean()
-            m_x = m_x + dx @ w_ih.t()
-            m_h = m_h + dh @ w_hh.t()
-            r = torch.sigmoid(m_x[:, :H] + m_h[:, :H])
-            z = torch.sigmoid(m_x[:, H:2 * H] + m_h[:, H:2 * H])
-            n = torch.tanh(m_x[:, 2 * H:] + r * m_h[:, 2 * H:])
-            h = (1 - z) * n + z * h
-            outputs.append(h)
-        self.last_penalty = penalty / max(steps, 1)
-        self.last_sparsity = (zeros_x / max(x.numel(), 1), zeros_h / max(batch * H * steps, 1))
-        return torch.stack(outputs, dim=1)
+        step_x, step_h = self.steps()
+        c = self.cell
+        if not self.training:
+            return torch.ops.hwact.delta_gru_float(x, step_x, step_h, self.levels, c.weight_ih, c.weight_hh,
+                                                   c.bias_ih, c.bias_hh, self.theta_x, self.theta_h)
+        y, qx, qh, fired_x, fired_h = float_gru(x, step_x, step_h, self.levels, c.weight_ih, c.weight_hh, c.bias_ih,
+                                                c.bias_hh, self.theta_x, self.theta_h)
+        penalty = x.new_zeros(())
+        if x.shape[1] > 1:
+            penalty = (self.features * (qx[:, 1:] - qx[:, :-1]).abs().mean()
+                       + self.hidden * (qh[:, 1:] - qh[:, :-1]).abs().mean())
+        self.last_penalty = penalty
+        frames = max(x.shape[0] * x.shape[1], 1)
+        self.last_sparsity = (1 - float(fired_x) / (frames * self.features),
+                              1 - float(fired_h) / (frames * self.hidden))
+        return y
+
+
+class FrameCNN(nn.Module):
+    """Per-frame CNN on image / feature-map sequences (batch, time, C, H, W) -> logits (batch, time, classes).
+
+    Each frame goes through Conv2d + ReLU layers (frames folded into the batch: (batch * time, C, H, W)
+    for the conv, unfolded after it) and a Linear classifier on the flattened last map. With
+    `delta=True` a DeltaActivation (one step per channel C, channel_dim=2) sits before every Conv2d and
+    before the flatten of the Linear, so every conv and the classifier read quantized values.
+    """
+
+    def __init__(self, in_channels: int, size: tuple[int, int], channels: tuple[int, ...], classes: int,
+                 kernel_size: int = 3, stride: int = 1, padding: int = 1, delta: bool = False,
+                 init_steps: tuple[float, ...] | None = None, granularity: str = "channel"):
+        super().__init__()
+        widths = (in_channels, *channels)
+        init_steps = init_steps or (0.05,) * len(widths)
+        height, width = size
+        self.convs, self.deltas = nn.ModuleList(), nn.ModuleList()
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if delta:
+                self.deltas.append(DeltaActivation((a, height, width), granularity, channel_dim=2,
+                                                   init_step=init_steps[i]))
+            self.convs.append(nn.Conv2d(a, b, kernel_size, stride=stride, padding=padding))
+            height = output_size(height, kernel_size, stride, padding, 1)
+            width = output_size(width, kernel_size, stride, padding, 1)
+        self.head_delta = (DeltaActivation((widths[-1], height, width), granularity, channel_dim=2,
+                                           init_step=init_steps[len(widths) - 1]) if delta else None)
+        self.linear = nn.Linear(widths[-1] * height * width, classes)
+        self.delta = delta
+        self.config = dict(in_channels=in_channels, size=tuple(size), channels=tuple(channels), classes=classes,
+                           kernel_size=kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps = x.shape[0], x.shape[1]
+        for i, conv in enumerate(self.convs):
+            if self.delta:
+                x = self.deltas[i](x)
+            x = conv(x.flatten(0, 1))
+            x = torch.relu(x.unflatten(0, (batch, steps)))
+        if self.head_delta is not None:
+            x = self.head_delta(x)
+        return self.linear(x.flatten(2))
+
+    def to_delta(self, init_steps: tuple[float, ...] | None = None, granularity: str = "channel") -> "FrameCNN":
+        """A delta copy of this dense model with the same weights (the fine-tuning start)."""
+        model = FrameCNN(**self.config, delta=True, init_steps=init_steps, granularity=granularity)
+        for target, source in zip(model.convs, self.convs):
+            target.load_state_dict(source.state_dict())
+        model.linear.load_state_dict(self.linear.state_dict())
+        return model

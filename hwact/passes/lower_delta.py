@@ -9,6 +9,10 @@ and the layer becomes M_t = M_{t-1} + Wq @ Δk_t (int32, M_0 = bias_acc: the bia
 out_t = s * M_t, with Δk_t the thresholded code changes. `threshold` (>= 0, in the activation's
 units; 0 = exact) and `key_interval` (0 = never; n = a full update every n frames) are stored as
 buffers/arguments of each op, so they can be changed without re-lowering (`set_threshold`).
+A DeltaGRU (hwact.delta_gru_float) becomes the int8 hwact.delta_gru the same way (its levels must be
+<= 127; threshold used for both θx and θh): hwact/ir/delta_gru_ops.py, lower_delta_gru.
+A delta_act feeding a Conv2d (frames folded into the batch) becomes hwact::delta_conv2d first
+(`lower_delta_conv`, hwact/ir/delta_conv_ops.py).
 
 Before:
     %act  = hwact.delta_act(%relu, %step, 127)
@@ -26,6 +30,7 @@ import torch
 import torch.fx
 
 import hwact.ir.delta_ops  # noqa: F401  (registers the delta ops)
+from hwact.ir.delta_conv_ops import conv_handled, conv_violations, lower_delta_conv
 from hwact.errors import InputError, PreconditionError
 from hwact.ir.graph import Graph
 from hwact.passes.base import Pass, register
@@ -78,9 +83,9 @@ class LowerDelta(Pass):
         self.threshold, self.key_interval = float(threshold), int(key_interval)
 
     def check(self, graph: Graph) -> list[str]:
-        problems = []
+        problems = conv_violations(graph)
         for node in graph.call_nodes():
-            if node.target is not DELTA_ACT:
+            if node.target is not DELTA_ACT or conv_handled(node):
                 continue
             for user in node.users:
                 if user.target is not LINEAR or user.args[0] is not node:
@@ -100,7 +105,7 @@ class LowerDelta(Pass):
         problems = self.check(graph)
         if problems:
             raise PreconditionError("lower-delta: " + "; ".join(problems[:3]))
-        changed = 0
+        changed = lower_delta_conv(graph, self.threshold, self.key_interval)
         for node in list(graph.call_nodes()):
             if node.target is not DELTA_ACT:
                 continue
@@ -128,6 +133,8 @@ class LowerDelta(Pass):
                 changed += 1
             if not node.users:
                 graph.fx.erase_node(node)
+        from hwact.ir.delta_gru_ops import lower_delta_gru   # DeltaGRU layers (delta_gru_float)
+        changed += lower_delta_gru(graph, self.threshold, self.key_interval)
         graph.recompile()
         return graph, changed
 

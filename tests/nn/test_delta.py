@@ -1,11 +1,11 @@
-"""DeltaActivation / DeltaGRU layers and the espeak-ng keyword data."""
+"""DeltaActivation layers and the espeak-ng keyword data (DeltaGRU: tests/nn/test_delta_gru.py)."""
 
 import numpy as np
 import pytest
 import torch
 
 from hwact.data import speech
-from hwact.nn.delta import DeltaActivation, DeltaGRU, FrameMLP, delta_penalty
+from hwact.nn.delta import DeltaActivation, FrameMLP, delta_penalty
 from hwact.train.delta import temporal_sparsity
 
 
@@ -56,22 +56,6 @@ def test_temporal_sparsity_counts_unchanged_codes():
     x = torch.tensor([[[0.0, 3.0], [0.0, 3.2], [2.0, 3.0], [2.0, 3.0]]])
     # input codes: (0,3) (0,3) (2,3) (2,3); previous: (0,0) (0,3) (0,3) (2,3) -> 6 of 8 unchanged
     assert temporal_sparsity(model, x)[0] == pytest.approx(6 / 8)
-
-
-def test_delta_gru_threshold_zero_is_a_gru_and_thresholds_sparsify():
-    torch.manual_seed(0)
-    gru = DeltaGRU(5, 7)
-    x = torch.randn(3, 9, 5).cumsum(1) * 0.1
-    reference = torch.nn.GRU(5, 7, batch_first=True)
-    reference.load_state_dict({"weight_ih_l0": gru.cell.weight_ih, "weight_hh_l0": gru.cell.weight_hh,
-                               "bias_ih_l0": gru.cell.bias_ih, "bias_hh_l0": gru.cell.bias_hh})
-    expected, _ = reference(x)
-    assert torch.allclose(gru(x), expected, atol=1e-5)
-    sparse = DeltaGRU(5, 7, theta_x=0.05, theta_h=0.05)
-    sparse.load_state_dict(gru.state_dict())
-    out = sparse(x)
-    assert sparse.last_sparsity[0] > gru.last_sparsity[0] and sparse.last_sparsity[1] > gru.last_sparsity[1]
-    assert (out - expected).abs().max() < 0.5
 
 
 def test_espeak_keywords_are_real_speech():

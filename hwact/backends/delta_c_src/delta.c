@@ -6,45 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#elif defined(__ARM_NEON)
-#include <arm_neon.h>
-#endif
+#include "delta_simd.h"
 
-/* acc[o] += d * col[o] for o < n. |d| <= 254 and |col| <= 127, so every product fits int16. */
-static void column_update(int32_t *acc, const int8_t *col, int32_t d, int32_t n) {
-    int32_t o = 0;
-#if defined(__AVX2__)
-    const __m256i dv = _mm256_set1_epi16((int16_t)d);
-    for (; o + 16 <= n; o += 16) {
-        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(col + o)));
-        __m256i p = _mm256_mullo_epi16(w, dv);
-        __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p));
-        __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1));
-        _mm256_storeu_si256((__m256i *)(acc + o), _mm256_add_epi32(_mm256_loadu_si256((__m256i *)(acc + o)), lo));
-        _mm256_storeu_si256((__m256i *)(acc + o + 8), _mm256_add_epi32(_mm256_loadu_si256((__m256i *)(acc + o + 8)), hi));
-    }
-#elif defined(__ARM_NEON)
-    const int16_t d16 = (int16_t)d;
-    for (; o + 8 <= n; o += 8) {
-        int16x8_t w = vmovl_s8(vld1_s8(col + o));
-        vst1q_s32(acc + o, vmlal_n_s16(vld1q_s32(acc + o), vget_low_s16(w), d16));
-        vst1q_s32(acc + o + 4, vmlal_n_s16(vld1q_s32(acc + o + 4), vget_high_s16(w), d16));
-    }
-#endif
-    for (; o < n; o++) acc[o] += d * (int32_t)col[o];
-}
 
-const char *dl_kernel_name(void) {
-#if defined(__AVX2__)
-    return "avx2";
-#elif defined(__ARM_NEON)
-    return "neon";
-#else
-    return "scalar";
-#endif
-}
+const char *dl_kernel_name(void) { return delta_simd_name(); }
 
 static int32_t read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
 
@@ -142,7 +107,7 @@ static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_
     int32_t used = 0;
     if (dense) {
         memcpy(acc, L->bias_acc, 4 * (size_t)n_out);
-        for (int32_t j = 0; j < n_in; j++) column_update(acc, L->wt + (size_t)j * n_out, kbuf[j], n_out);
+        for (int32_t j = 0; j < n_in; j++) delta_column_update(acc, L->wt + (size_t)j * n_out, kbuf[j], n_out);
         used = n_in;
     } else {
         int32_t *deltas = list + n_in;
@@ -156,7 +121,7 @@ static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_
         }
         for (int32_t i = 0; i < used; i++) {
             codes[list[i]] += deltas[i];
-            column_update(acc, L->wt + (size_t)list[i] * n_out, deltas[i], n_out);
+            delta_column_update(acc, L->wt + (size_t)list[i] * n_out, deltas[i], n_out);
         }
     }
     for (int32_t o = 0; o < n_out; o++) {

@@ -1,0 +1,51 @@
+/* Stand-alone delta-GRU runner (used for the aarch64 build under qemu-user).
+ * usage: delta_gru_main NET.bin IN.bin OUT.bin
+ *   IN.bin : int32 batch, steps, n_in; float32 x[batch][steps][n_in]
+ *   OUT.bin: float32 y[batch][steps][hidden_last]; int64 fired[2 * n_layers]
+ * prints the kernel name. Streams start from the reset state. */
+#include "delta_gru.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static uint8_t *read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *data = malloc((size_t)n);
+    if (fread(data, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(data); return NULL; }
+    fclose(f);
+    *size = (size_t)n;
+    return data;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) { fprintf(stderr, "usage: %s NET.bin IN.bin OUT.bin\n", argv[0]); return 2; }
+    size_t net_size, in_size;
+    uint8_t *blob = read_file(argv[1], &net_size), *input = read_file(argv[2], &in_size);
+    if (!blob || !input || in_size < 12) { fprintf(stderr, "cannot read the inputs\n"); return 2; }
+    dg_net *net = dg_load(blob, net_size);
+    if (!net) { fprintf(stderr, "malformed delta GRU net\n"); return 2; }
+    const int32_t *dims = (const int32_t *)input;
+    int32_t batch = dims[0], steps = dims[1];
+    int32_t n_out = net->layers[net->n_layers - 1].hidden;
+    if (dims[2] != net->layers[0].n_in || in_size != 12 + 4 * (size_t)batch * steps * dims[2]) {
+        fprintf(stderr, "input does not fit the net\n");
+        return 2;
+    }
+    int32_t *state = malloc(4 * (size_t)batch * net->state_len);
+    float *hidden = malloc(4 * (size_t)batch * net->hidden_len), *y = malloc(4 * (size_t)batch * steps * n_out);
+    int64_t *frame = malloc(8 * (size_t)batch), *fired = calloc(2 * (size_t)net->n_layers, 8);
+    dg_reset(net, batch, state, hidden, frame);
+    dg_run(net, steps, batch, (const float *)(input + 12), y, state, hidden, frame, fired);
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) return 2;
+    fwrite(y, 4, (size_t)batch * steps * n_out, out);
+    fwrite(fired, 8, 2 * (size_t)net->n_layers, out);
+    fclose(out);
+    printf("%s\n", dg_kernel_name());
+    dg_free(net);
+    return 0;
+}

@@ -1,0 +1,49 @@
+/* Shared by the delta kernels (delta.c, delta_conv.c, delta_gru.c): the one SIMD inner loop they all
+ * run, acc[o] += d * col[o] over a contiguous int8 weight column, and the name of the flavour built. */
+#ifndef HWACT_DELTA_SIMD_H
+#define HWACT_DELTA_SIMD_H
+
+#include <stdint.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+/* acc[o] += d * col[o] for o < n. |d| <= 254 and |col| <= 127, so every product fits int16. */
+static inline void delta_column_update(int32_t *acc, const int8_t *col, int32_t d, int32_t n) {
+    int32_t o = 0;
+#if defined(__AVX2__)
+    const __m256i dv = _mm256_set1_epi16((int16_t)d);
+    for (; o + 16 <= n; o += 16) {
+        __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(col + o)));
+        __m256i p = _mm256_mullo_epi16(w, dv);
+        __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p));
+        __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1));
+        __m256i *low = (__m256i *)(acc + o), *high = (__m256i *)(acc + o + 8);
+        _mm256_storeu_si256(low, _mm256_add_epi32(_mm256_loadu_si256(low), lo));
+        _mm256_storeu_si256(high, _mm256_add_epi32(_mm256_loadu_si256(high), hi));
+    }
+#elif defined(__ARM_NEON)
+    const int16_t d16 = (int16_t)d;
+    for (; o + 8 <= n; o += 8) {
+        int16x8_t w = vmovl_s8(vld1_s8(col + o));
+        vst1q_s32(acc + o, vmlal_n_s16(vld1q_s32(acc + o), vget_low_s16(w), d16));
+        vst1q_s32(acc + o + 4, vmlal_n_s16(vld1q_s32(acc + o + 4), vget_high_s16(w), d16));
+    }
+#endif
+    for (; o < n; o++) acc[o] += d * (int32_t)col[o];
+}
+
+static inline const char *delta_simd_name(void) {
+#if defined(__AVX2__)
+    return "avx2";
+#elif defined(__ARM_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
+#endif
