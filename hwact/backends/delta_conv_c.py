@@ -40,7 +40,7 @@ from hwact.backends import delta_c
 from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.delta_conv_ops import output_shape
 from hwact.ir.graph import Graph
-from hwact.passes.lower_delta import constant_value
+from hwact.ir.params import constant_value
 
 DELTA_CONV2D = torch.ops.hwact.delta_conv2d.default
 DELTA_LINEAR = torch.ops.hwact.delta_linear.default

@@ -47,8 +47,10 @@ import torch.fx
 from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
-from hwact.ir.delta_ops import code_thresholds, quantize_codes
+from hwact.errors import InputError, PreconditionError
+from hwact.ir.delta_ops import code_thresholds, quantize_codes, quantize_linear
 from hwact.ir.ops import onnx_translation
+from hwact.ir.params import constant_value
 
 DELTA_ACT = torch.ops.hwact.delta_act.default
 CONV2D = torch.ops.aten.conv2d.default
@@ -245,7 +247,6 @@ def _conv_args(conv) -> tuple:
 # hwact.passes.lower_delta imports this module, so its helpers are imported where they are used.
 def _channel_step(graph, act, channels: int) -> torch.Tensor:
     """The (C,) step of a per-channel (or per-layer) delta_act on (B, T, C, H, W)."""
-    from hwact.passes.lower_delta import constant_value
 
     step = constant_value(graph, act.args[1]).to(torch.float32)
     if step.numel() == 1:
@@ -258,8 +259,6 @@ def _channel_step(graph, act, channels: int) -> torch.Tensor:
 
 def _conv_problem(graph, act, chain) -> str | None:
     """Why one delta_act -> conv2d chain cannot be lowered, or None."""
-    from hwact.errors import PreconditionError
-    from hwact.passes.lower_delta import constant_value
 
     conv = chain[1]
     try:
@@ -278,7 +277,6 @@ def _conv_problem(graph, act, chain) -> str | None:
 
 def conv_violations(graph) -> list[str]:
     """Why the delta_act nodes that feed a conv (or a flattened Linear) cannot be lowered; [] if all can."""
-    from hwact.errors import PreconditionError
 
     problems = []
     for act in graph.call_nodes():
@@ -302,7 +300,6 @@ def conv_violations(graph) -> list[str]:
 def quantize_conv(weight: torch.Tensor, bias: torch.Tensor | None, step: torch.Tensor):
     """(int8-valued int32 weight (O, C, kh, kw), float32 scale (O,), int32 bias_acc (O,)): the input
     step folded into the weight, quantized per output channel (quantize_linear on (O, C * kh * kw))."""
-    from hwact.passes.lower_delta import quantize_linear
 
     n_out, channels, kh, kw = weight.shape
     per_column = step.to(torch.float32).repeat_interleave(kh * kw)
@@ -317,7 +314,6 @@ def _register(graph, prefix: str, tensors: dict) -> dict:
 
 
 def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: int) -> None:
-    from hwact.passes.lower_delta import constant_value
 
     fold, conv, unfold = chain
     weight = constant_value(graph, conv.args[1])
@@ -342,7 +338,6 @@ def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: i
 
 def _feature_step(graph, act, shape: tuple) -> torch.Tensor:
     """The step of a delta_act on (B, T, C, H, W) (per channel, neuron or layer) as one per flattened feature."""
-    from hwact.passes.lower_delta import constant_value
 
     step = constant_value(graph, act.args[1]).to(torch.float32)
     return step.expand(*shape[2:]).reshape(-1).contiguous()
@@ -364,7 +359,6 @@ def _move_behind_flatten(graph, act, head, index: int) -> None:
 def lower_delta_conv(graph, threshold: float = 0.0, key_interval: int = 0) -> int:
     """Lower every delta_act -> fold -> conv2d -> unfold chain to hwact.delta_conv2d (and move a delta_act
     before a flattened Linear behind the flatten, for lower-delta's Linear rule); returns the convs lowered."""
-    from hwact.errors import PreconditionError
 
     problems = conv_violations(graph)
     if problems:
@@ -386,7 +380,6 @@ def lower_delta_conv(graph, threshold: float = 0.0, key_interval: int = 0) -> in
 
 def set_conv_threshold(graph, threshold: float, key_interval: int | None = None) -> None:
     """Change the run-time threshold (and key-frame interval) of every delta_conv2d in `graph`."""
-    from hwact.errors import InputError
 
     if not threshold >= 0:
         raise InputError(f"delta threshold must be >= 0, got {threshold}")

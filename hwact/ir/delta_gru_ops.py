@@ -54,7 +54,10 @@ import torch
 from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset20 as op
 
+from hwact.errors import InputError, PreconditionError
+from hwact.ir.delta_ops import quantize_linear
 from hwact.ir.ops import onnx_translation
+from hwact.ir.params import constant_value
 
 TANH_CLAMP = 7.90531110763549805
 TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
@@ -293,8 +296,6 @@ def lower_delta_gru(graph, threshold: float, key_interval: int) -> int:
     steps folded into the weights, weights quantized per output row, biases into the accumulators'
     start values; threshold (both θx and θh, activation units) and key_interval are the pass's.
     Returns how many were lowered."""
-    from hwact.errors import PreconditionError
-    from hwact.passes.lower_delta import constant_value, quantize_linear
 
     count = 0
     for node in list(graph.call_nodes()):
@@ -333,7 +334,6 @@ def lower_delta_gru(graph, threshold: float, key_interval: int) -> int:
 
 def set_gru_threshold(graph, theta_x: float, theta_h: float | None = None, key_interval: int | None = None) -> None:
     """Change the run-time thresholds (θh defaults to θx) and key-frame interval of every delta_gru."""
-    from hwact.errors import InputError
 
     theta_h = theta_x if theta_h is None else theta_h
     if not (theta_x >= 0 and theta_h >= 0):
@@ -350,7 +350,6 @@ def set_gru_threshold(graph, theta_x: float, theta_h: float | None = None, key_i
 
 def delta_gru_layers(graph) -> list[dict]:
     """The lowered delta GRU layers in graph order: their constant tensors and settings."""
-    from hwact.passes.lower_delta import constant_value
 
     names = ("step_x", "step_h", "levels", "weight_x", "weight_h", "scale_x", "scale_h", "bias_x", "bias_h",
              "threshold", "key_interval")

@@ -132,3 +132,14 @@ def delta_linear_onnx(x: FLOAT, step: FLOAT, levels: int, weight: INT32, scale: 
     y = op.Unsqueeze(op.Mul(op.Cast(new_acc, to=1), scale), axis)
     new_frame = op.Add(frame, op.Constant(value_ints=[1]))
     return y, new_state, new_acc, new_frame
+
+
+def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, step: torch.Tensor):
+    """(int8-valued int32 weight, float32 row scale, int32 bias accumulator) for W, b and input step."""
+    folded = weight.to(torch.float64) * step.to(torch.float64)[None, :]
+    scale = folded.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
+    weight_int = torch.clamp(torch.round(folded / scale.to(torch.float64)[:, None]), -127, 127).to(torch.int32)
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias
+    bias_acc = torch.clamp(torch.round(bias.to(torch.float64) / scale.to(torch.float64)), -2**30, 2**30).to(torch.int32)
+    return weight_int, scale, bias_acc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from hwact.errors import PreconditionError
 from hwact.ir.graph import Graph
 
 
@@ -35,3 +36,20 @@ def add_constant(graph: Graph, stem: str, value: torch.Tensor, before: torch.fx.
         node = graph.fx.get_attr(name)
     node.meta["val"] = value
     return node
+
+
+def constant_value(graph: Graph, node) -> torch.Tensor:
+    """Evaluate `node` when it depends only on parameters (get_attr) and literals."""
+    if not isinstance(node, torch.fx.Node):
+        return node
+    if node.op == "get_attr":
+        value = graph.module
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        return value.detach()
+    if node.op != "call_function":
+        raise PreconditionError(f"node {node.name}: a delta step must be a constant, it depends on input {node.name}")
+    args = torch.fx.node.map_arg(node.args, lambda n: constant_value(graph, n))
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: constant_value(graph, n))
+    with torch.no_grad():
+        return node.target(*args, **kwargs)

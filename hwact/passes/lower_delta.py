@@ -29,43 +29,17 @@ import operator
 import torch
 import torch.fx
 
-import hwact.ir.delta_ops  # noqa: F401  (registers the delta ops)
-from hwact.ir.delta_conv_ops import conv_handled, conv_violations, lower_delta_conv
 from hwact.errors import InputError, PreconditionError
+from hwact.ir.delta_conv_ops import conv_handled, conv_violations, lower_delta_conv
+from hwact.ir.delta_gru_ops import lower_delta_gru
+from hwact.ir.delta_ops import quantize_linear
 from hwact.ir.graph import Graph
+from hwact.ir.params import constant_value
 from hwact.passes.base import Pass, register
 
 DELTA_ACT = torch.ops.hwact.delta_act.default
 DELTA_LINEAR = torch.ops.hwact.delta_linear.default
 LINEAR = torch.ops.aten.linear.default
-
-
-def constant_value(graph: Graph, node) -> torch.Tensor:
-    """Evaluate `node` when it depends only on parameters (get_attr) and literals."""
-    if not isinstance(node, torch.fx.Node):
-        return node
-    if node.op == "get_attr":
-        value = graph.module
-        for part in node.target.split("."):
-            value = getattr(value, part)
-        return value.detach()
-    if node.op != "call_function":
-        raise PreconditionError(f"node {node.name}: a delta step must be a constant, it depends on input {node.name}")
-    args = torch.fx.node.map_arg(node.args, lambda n: constant_value(graph, n))
-    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: constant_value(graph, n))
-    with torch.no_grad():
-        return node.target(*args, **kwargs)
-
-
-def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, step: torch.Tensor):
-    """(int8-valued int32 weight, float32 row scale, int32 bias accumulator) for W, b and input step."""
-    folded = weight.to(torch.float64) * step.to(torch.float64)[None, :]
-    scale = folded.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float32)
-    weight_int = torch.clamp(torch.round(folded / scale.to(torch.float64)[:, None]), -127, 127).to(torch.int32)
-    bias = torch.zeros(weight.shape[0]) if bias is None else bias
-    bias_acc = torch.clamp(torch.round(bias.to(torch.float64) / scale.to(torch.float64)), -2**30, 2**30).to(torch.int32)
-    return weight_int, scale, bias_acc
 
 
 @register
@@ -133,7 +107,6 @@ class LowerDelta(Pass):
                 changed += 1
             if not node.users:
                 graph.fx.erase_node(node)
-        from hwact.ir.delta_gru_ops import lower_delta_gru   # DeltaGRU layers (delta_gru_float)
         changed += lower_delta_gru(graph, self.threshold, self.key_interval)
         graph.recompile()
         return graph, changed
