@@ -48,7 +48,7 @@ from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
 from hwact.errors import InputError, PreconditionError
-from hwact.ir.delta_ops import code_thresholds, quantize_codes, quantize_linear
+from hwact.ir.delta_ops import code_thresholds, quantize_codes, quantize_linear, send
 from hwact.ir.ops import onnx_translation
 from hwact.ir.params import constant_value
 
@@ -103,10 +103,7 @@ def delta_conv2d(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch
     first = int(frame.reshape(-1)[0])
     outputs = []
     for t in range(steps):
-        change = codes[:, t] - state
-        key = key_interval > 0 and (first + t) % key_interval == 0
-        fire = change != 0 if key else change.abs() >= limits
-        change = torch.where(fire, change, torch.zeros_like(change))
+        change = send(codes[:, t], state, limits, key_interval > 0 and (first + t) % key_interval == 0)
         state = state + change
         acc = (acc.to(torch.int64) + integer_conv(change, weight, stride, padding, dilation)).to(torch.int32)
         outputs.append(acc.to(torch.float32) * scale4)

@@ -55,7 +55,7 @@ from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset20 as op
 
 from hwact.errors import InputError, PreconditionError
-from hwact.ir.delta_ops import quantize_linear
+from hwact.ir.delta_ops import quantize_linear, send
 from hwact.ir.ops import onnx_translation
 from hwact.ir.params import constant_value
 
@@ -91,13 +91,6 @@ def code_limits(threshold, step: torch.Tensor) -> torch.Tensor:
     """max(1, ceil(threshold / step_j)) as int32 (float32 division, like every backend)."""
     threshold = torch.as_tensor(threshold, dtype=torch.float32).reshape(())
     return torch.clamp(torch.ceil(threshold / step.to(torch.float32)), min=1.0, max=1e9).to(torch.int32)
-
-
-def send(codes: torch.Tensor, sent: torch.Tensor, limits: torch.Tensor, key: bool = False) -> torch.Tensor:
-    """The fired code changes: codes - sent where |change| >= limit (any change on a key frame), else 0."""
-    change = codes - sent
-    fire = change != 0 if key else change.abs() >= limits
-    return torch.where(fire, change, torch.zeros_like(change))
 
 
 def gates(px: torch.Tensor, ph: torch.Tensor, h: torch.Tensor, sigmoid, tanh) -> torch.Tensor:

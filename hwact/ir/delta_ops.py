@@ -67,6 +67,13 @@ def code_thresholds(threshold: torch.Tensor, step: torch.Tensor) -> torch.Tensor
     return torch.clamp(t, min=1.0).to(torch.int32)
 
 
+def send(codes: torch.Tensor, sent: torch.Tensor, limits: torch.Tensor, key: bool = False) -> torch.Tensor:
+    """The fired code changes: codes - sent where |change| >= limit (any change on a key frame), else 0."""
+    change = codes - sent
+    fire = change != 0 if key else change.abs() >= limits
+    return torch.where(fire, change, torch.zeros_like(change))
+
+
 def initial_state(batch: int, n_in: int, bias_acc: torch.Tensor):
     return (torch.zeros(batch, n_in, dtype=torch.int32),
             bias_acc.to(torch.int32).expand(batch, -1).clone(),
@@ -88,10 +95,7 @@ def delta_linear(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch
     first = int(frame.reshape(-1)[0])
     outputs = []
     for t in range(steps):
-        change = codes[:, t] - state
-        key = key_interval > 0 and (first + t) % key_interval == 0
-        fire = change != 0 if key else change.abs() >= limits
-        change = torch.where(fire, change, torch.zeros_like(change))
+        change = send(codes[:, t], state, limits, key_interval > 0 and (first + t) % key_interval == 0)
         state = state + change
         acc = (acc.to(torch.int64) + change.to(torch.int64) @ weight_t).to(torch.int32)
         outputs.append(acc.to(torch.float32) * scale)
