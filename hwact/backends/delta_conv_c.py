@@ -37,6 +37,7 @@ import torch.fx
 
 import hwact.ir.delta_conv_ops  # noqa: F401  (registers hwact::delta_conv2d)
 from hwact.backends import delta_c
+from hwact.backends.delta_onnx import io_names, session, step_frames
 from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.delta_conv_ops import output_shape
 from hwact.ir.graph import Graph
@@ -300,13 +301,6 @@ class ConvStep(torch.nn.Module):
         return (y.squeeze(1), *state)
 
 
-def io_names(count: int) -> tuple[list[str], list[str]]:
-    inputs = ["x", *[f"threshold_{i}" for i in range(count)], *[f"state_{i}" for i in range(count)],
-              *[f"acc_{i}" for i in range(count)], "frame"]
-    outputs = ["y", *[f"state_{i}_out" for i in range(count)], *[f"acc_{i}_out" for i in range(count)], "frame_out"]
-    return inputs, outputs
-
-
 def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> dict[str, np.ndarray]:
     """Start values of every state input (and the thresholds) of delta_conv_step.onnx for `batch` streams."""
     if threshold is not None and not threshold >= 0:
@@ -351,8 +345,6 @@ def export_step(graph: Graph, path: Path) -> Path:
 
 def run_onnx_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Step the ONNX model over x (B, T, C, H, W), feeding the state outputs back; y (B, T, classes)."""
-    from hwact.backends.delta_onnx import step_frames
-
     return step_frames(sess, initial_state(graph, x.shape[0], threshold), x)
 
 
@@ -371,8 +363,6 @@ def _mismatch(name: str, got: np.ndarray, expected: np.ndarray) -> None:
 def convert_conv(graph: Graph, outdir: Path, sequences: int = 3, batch: int = 2, steps: int = 12) -> dict:
     """Write the artifacts of a lowered delta conv model into outdir and check the C kernel and the ONNX
     step model bit-exact against the reference on random-walk sequences; returns the report."""
-    from hwact.backends.delta_onnx import session
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     layers = conv_layers(graph)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from hwact.backends.delta_c import check_chain, compile_shared, cross_compile_aarch64
+from hwact.backends.delta_onnx import session, step_frames
 from hwact.errors import InputError, ToolMissingError, VerificationError
 from hwact.ir.delta_gru_ops import delta_gru_layers
 from hwact.ir.graph import Graph
@@ -292,8 +293,6 @@ def export_step(graph: Graph, path: Path) -> Path:
 
 def run_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Step the ONNX model over x (batch, steps, n_in), feeding state outputs back; y (batch, steps, hidden)."""
-    from hwact.backends.delta_onnx import step_frames
-
     return step_frames(sess, initial_state(graph, x.shape[0], threshold), x)
 
 
@@ -310,8 +309,6 @@ def max_error(a: np.ndarray, b: np.ndarray) -> float:
 def convert_gru(lowered_graph: Graph, outdir: Path, sequences: int = 4, steps: int = 40, seed: int = 0) -> dict:
     """Write delta_gru_net.bin, the C sources, libhwact_delta_gru.so and delta_gru_step.onnx to outdir,
     check C and ONNX against the reference over random-walk sequences, and return the report."""
-    from hwact.backends.delta_onnx import session
-
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     layers = gru_chain(lowered_graph)
