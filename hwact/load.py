@@ -12,12 +12,14 @@ Every failure a user can cause raises InputError naming the file and the cause; 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,20 @@ class Loaded:
     def describe(self) -> dict:
         return {"path": self.source, "format": self.format, "sha256": self.sha256,
                 "input_shapes": {s.name: s.describe() for s in self.inputs}}
+
+
+@contextlib.contextmanager
+def quiet_torch():
+    """Silence torch's warnings and log lines (the user gets hwact's one-line error instead)."""
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_log.setLevel(level)
 
 
 def parse_input_shape(text: str, index: int = 0) -> InputSpec:
@@ -132,15 +148,11 @@ def _looks_like_onnx(path: Path) -> bool:
 
 
 def _load_pt2(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
-    torch_log = logging.getLogger("torch")
-    level = torch_log.level
-    torch_log.setLevel(logging.CRITICAL)  # torch.export.load logs a traceback before it raises
     try:
-        ep = torch.export.load(str(path))
+        with quiet_torch():  # torch.export.load logs a traceback before it raises
+            ep = torch.export.load(str(path))
     except Exception as exc:
         raise InputError(f"{path}: corrupt or truncated .pt2 archive ({first_line(exc)})") from exc
-    finally:
-        torch_log.setLevel(level)
     names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     if not shapes:
         example = ep.example_inputs[0] if ep.example_inputs else None
@@ -170,14 +182,16 @@ def _load_torchscript(path: Path, digest: str, shapes: list[InputSpec]) -> Loade
     if not shapes:
         raise InputError(f"{path}: TorchScript archives carry no input shapes", hint="pass --input-shape, e.g. 1x3x224x224")
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        with quiet_torch():  # deprecation warnings and converter logs on every TorchScript load
+            scripted = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise InputError(f"{path}: corrupt or truncated TorchScript archive ({first_line(exc)})") from exc
     from torch._export.converter import TS2EPConverter
 
     args = tuple(s.random(shapes[0].shape[0], torch.Generator().manual_seed(0)) for s in shapes)
     try:
-        ep = TS2EPConverter(scripted, args).convert()
+        with quiet_torch():
+            ep = TS2EPConverter(scripted, args).convert()
     except Exception as exc:
         raise InputError(f"{path}: the TorchScript model could not be converted to torch.export with inputs "
                          f"{', '.join(s.describe() for s in shapes)} ({first_line(exc)})") from exc
