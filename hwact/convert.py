@@ -149,5 +149,6 @@ def _pass_line(record) -> str:
     if not record.changed:
         return f"  {record.name:16s} {record.note}"
     top1 = "" if record.top1_agreement is None else f"  top1 {record.top1_agreement:.3f}"
+    note = f"  ({record.note})" if record.note else ""
     return (f"  {record.name:16s} changed {record.changed:4d}  max|err| {record.max_abs_err:.3g}  "
-            f"cos {record.cosine:.6f}{top1}  {record.seconds:.2f}s")
+            f"cos {record.cosine:.6f}{top1}  {record.seconds:.2f}s{note}")

@@ -61,15 +61,18 @@ class FoldBatchNorm(Pass):
                 for n in graph.call_nodes() if n.target in _BATCH_NORMS and _bn_parts(n) is None]
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        changed = 0
+        changed, kept = 0, []
         for bn in graph.call_nodes():
             if bn.target not in _BATCH_NORMS or _bn_parts(bn) is None:
                 continue
             x, gamma, beta, mean, var, eps = _bn_parts(bn)
             if not _foldable_producer(x):
+                kept.append(bn.name)
                 continue
             self._fold(graph, x, bn, [get_tensor(graph, n) for n in (gamma, beta, mean, var)], eps)
             changed += 1
+        # a BatchNorm after something other than a single-use conv/linear stays (it is a scale and shift)
+        self.note = f"kept {len(kept)} BatchNorm not fed by a single-use conv/linear: {', '.join(kept[:5])}" if kept else ""
         if changed:
             graph.recompile()
         return graph, changed

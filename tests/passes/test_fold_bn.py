@@ -73,6 +73,7 @@ def test_bn_after_a_non_foldable_op_is_left_alone():
     graph = trace(Net().eval(), [InputSpec("x", (1, 3, 4, 4))])
     graph, records = run_passes(graph, ["fold-bn"], {}, random_batches(graph.inputs, 4, 4))
     assert records[0].changed == 0 and records[0].note.startswith("no change")
+    assert "kept 1 BatchNorm not fed by a single-use conv/linear" in records[0].note
     assert len(batch_norms(graph)) == 1
 
 
