@@ -20,9 +20,11 @@ Every number here was printed by a script in `benchmarks/`, with the machine and
 claims are ratios against an anchor measured in the same run. This file is assembled from
 `benchmarks/results/*.md` by `python benchmarks/assemble.py` (`make bench` re-runs everything).
 
-Machine for all rows unless said otherwise: the project's build machine, AMD EPYC (AVX2, no VNNI),
-2 cores (shared with other jobs while measuring), 24 GiB, Debian 12, Python 3.11.7, torch 2.13.0+cpu,
-onnxruntime 1.32.0. No GPU was available: CUDA kernels are compiled, never timed.
+Machines: the project's 2-core build machines (24 GiB, Debian 12, Python 3.11.7, torch 2.13.0+cpu,
+onnxruntime 1.32.0), an AMD EPYC (AVX2, no VNNI) for the older sections and an Intel Xeon for the ones
+rerun on 2026-12-03 (convert, delta, delta_gru); each section names its CPU. Cores were shared with
+other jobs while measuring: compare the ratios, measured in the same run. No GPU was available: CUDA
+kernels are compiled, never timed.
 """
 
 
