@@ -61,6 +61,12 @@ def library_floor() -> float:
         return run_measured(convert_cmd(FLOOR_MODEL, Path(tmp) / "out"))[1]
 
 
+def machine() -> dict:
+    from hwact.report import machine as read_machine
+
+    return read_machine()
+
+
 def measure(model: str, repeat: int) -> dict:
     """Best-of-`repeat` convert of zoo:`model` with its anchors."""
     from hwact import models
@@ -90,7 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     command = "python benchmarks/bench_convert.py " + " ".join(sys.argv[1:])
     lines = ["# Core pipeline: converting realistic zoo models end to end", "",
-             f"Command: `{command.strip()}` (best of {args.repeat} runs per model; {os.cpu_count()} cores). Each run is",
+             f"Command: `{command.strip()}` (best of {args.repeat} runs per model; {machine()['cpu']}, "
+             f"{os.cpu_count()} cores). Each run is",
              "a fresh `hwact convert zoo:MODEL --recipe relu -o OUT` process: trace, gelu-to-relu + fold-bn +",
              "cleanup each verified on 16 calibration samples, ONNX export, onnxruntime check. Anchors: a",
              "process that only imports the same libraries and builds the same model, and the library floor,",
