@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from hwact.report import machine
+
 HWACT = str(Path(sys.executable).with_name("hwact"))
 FLOOR_MODEL = "vit-tiny"
 ANCHOR = ("import torch, onnx, onnxruntime, onnxscript, hwact.convert, hwact.models as m; "
@@ -59,12 +61,6 @@ def library_floor() -> float:
     """Peak RSS (MiB) of the same convert on a model of 0.4 MiB: the libraries' own cost."""
     with tempfile.TemporaryDirectory() as tmp:
         return run_measured(convert_cmd(FLOOR_MODEL, Path(tmp) / "out"))[1]
-
-
-def machine() -> dict:
-    from hwact.report import machine as read_machine
-
-    return read_machine()
 
 
 def measure(model: str, repeat: int) -> dict:
