@@ -110,3 +110,33 @@ def test_convert_a_delta_gru(cli, tmp_path):
     assert delta["max_abs_error"] == {"c": 0.0, "onnx": 0.0} and delta["layers"][0]["hidden"] == 8
     for name in ("delta_gru_net.bin", "delta_gru_step.onnx"):
         assert (tmp_path / "gru" / name).is_file()
+
+
+class _KeywordGRU(torch.nn.Module):
+    def __init__(self, mean_over_time: bool):
+        super().__init__()
+        from hwact.nn.delta import DeltaGRU
+
+        self.gru, self.head, self.mean_over_time = DeltaGRU(6, 8), torch.nn.Linear(8, 3), mean_over_time
+
+    def forward(self, x):
+        h = self.gru(x)
+        return self.head(h.mean(dim=1, keepdim=True) if self.mean_over_time else h)
+
+
+def test_delta_gru_with_a_per_frame_head(cli, tmp_path):
+    torch.manual_seed(0)
+    for mean_over_time in (False, True):
+        model = _KeywordGRU(mean_over_time).eval()
+        torch.export.save(torch.export.export(model, (torch.randn(2, 7, 6),)), tmp_path / f"kw{mean_over_time}.pt2")
+    code, _, err = cli("convert", tmp_path / "kwFalse.pt2", "--target", "cpu", "-o", tmp_path / "kw")
+    assert code == 0, err
+    delta = json.loads((tmp_path / "kw" / "report.json").read_text())["delta"]
+    assert delta["head"] == ["aten.linear.default"] and delta["max_abs_error"]["c"] == 0.0
+    assert delta["max_abs_error"]["onnx"] <= 1e-5          # the step model's output is the head's logits
+    import onnxruntime as ort
+
+    outputs = ort.InferenceSession(str(tmp_path / "kw" / "delta_gru_step.onnx")).get_outputs()
+    assert outputs[0].name == "y" and outputs[0].shape[-1] == 3
+    code, _, err = cli("convert", tmp_path / "kwTrue.pt2", "--target", "cpu", "-o", tmp_path / "never")
+    assert code == 2 and "mix frames" in err and not (tmp_path / "never").exists()

@@ -44,9 +44,10 @@ def chain(graph: Graph) -> list[dict]:
     return check_chain(graph, delta_layers(graph), "delta_linear", "delta")
 
 
-def check_chain(graph: Graph, layers: list[dict], op: str, what: str) -> list[dict]:
+def check_chain(graph: Graph, layers: list[dict], op: str, what: str, head: bool = False) -> list[dict]:
     """`layers` (dicts with node, input, output, key_interval), checked to form the whole graph as one
-    chain: the single model input -> layer -> ... -> the model output, one key-frame interval."""
+    chain: the single model input -> layer -> ... -> the model output, one key-frame interval (with
+    `head`, ops may follow the last layer: the caller runs them)."""
     if not layers:
         raise UnsupportedError(f"the graph has no hwact.{op} layer", hint="run the lower-delta pass first")
     placeholders = [n for n in graph.fx.nodes if n.op == "placeholder"]
@@ -58,7 +59,7 @@ def check_chain(graph: Graph, layers: list[dict], op: str, what: str) -> list[di
                                    f"the C runtime runs chains of {what} layers")
     output = next(n for n in graph.fx.nodes if n.op == "output")
     returned = output.args[0][0] if isinstance(output.args[0], (tuple, list)) else output.args[0]
-    if returned is not layers[-1]["output"]:
+    if returned is not layers[-1]["output"] and not head:
         raise UnsupportedError(f"the model output must be the last {what} layer's output")
     if len({layer["key_interval"] for layer in layers}) != 1:
         raise UnsupportedError(f"all {what} layers of a net must share one key-frame interval")

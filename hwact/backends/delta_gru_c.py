@@ -35,7 +35,7 @@ import torch
 
 from hwact.backends.delta_c import check_chain, compile_shared, cross_compile_aarch64
 from hwact.backends.delta_onnx import session, step_frames
-from hwact.errors import InputError, ToolMissingError, VerificationError
+from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.delta_gru_ops import delta_gru_layers
 from hwact.ir.graph import Graph
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
@@ -43,6 +43,7 @@ from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
 SOURCES = ("delta_gru.c", "delta_gru.h", "delta_simd.h", "delta_gru_main.c")
 LIBRARY = "libhwact_delta_gru.so"
 TOLERANCE = 0.0        # max abs error allowed, C and ONNX vs the reference (bit-exact by construction)
+HEAD_TOLERANCE = 1e-5  # a float head after the GRU, in onnxruntime vs torch (relative to max |logit|)
 OPSET = 20
 STATE_NAMES = ("codes_x", "codes_h", "acc_x", "acc_h", "h")
 
@@ -50,7 +51,49 @@ STATE_NAMES = ("codes_x", "codes_h", "acc_x", "acc_h", "h")
 # ----- the lowered graph -----------------------------------------------------------------------
 def gru_chain(graph: Graph) -> list[dict]:
     """The lowered GRU layers, checked to form one chain input -> delta_gru -> ... -> output."""
-    return check_chain(graph, delta_gru_layers(graph), "delta_gru", "delta GRU")
+    return check_chain(graph, delta_gru_layers(graph), "delta_gru", "delta GRU", head=True)
+
+
+def frame_head(graph: Graph) -> torch.fx.GraphModule | None:
+    """The ops between the last GRU's output h (B, T, H) and the model output (a classifier head), as a
+    module of their own; None when h is the model output. They run after the kernel (C or ONNX step),
+    so they must be per frame: applied to each frame alone they must give what they give on the
+    sequence (a mean over time would not, and is refused)."""
+    last = gru_chain(graph)[-1]["output"]
+    output = next(n for n in graph.fx.nodes if n.op == "output")
+    returned = output.args[0][0] if isinstance(output.args[0], (tuple, list)) else output.args[0]
+    if returned is last:
+        return None
+    head = torch.fx.Graph()
+    env = {last: head.placeholder("h")}
+    for node in graph.fx.nodes:
+        if node.op in ("placeholder", "output", "get_attr") or node in env:
+            continue
+        if not any(d in env for d in node.all_input_nodes):
+            continue
+        for dep in node.all_input_nodes:
+            if dep not in env and dep.op == "get_attr":
+                env[dep] = head.get_attr(dep.target)
+            elif dep not in env:
+                raise UnsupportedError(f"{node.name}: the ops after the last delta GRU read {dep.name}, not only "
+                                       "its output h; the kernel runs the GRU chain, then a head on h")
+        env[node] = head.node_copy(node, lambda n: env[n])
+    if returned not in env:
+        raise UnsupportedError("the model output does not depend on the last delta GRU's output")
+    head.output(env[returned])
+    module = torch.fx.GraphModule(graph.module, head)
+    _check_per_frame(module, last)
+    return module
+
+
+def _check_per_frame(head: torch.fx.GraphModule, last: torch.fx.Node) -> None:
+    h = torch.randn(2, 5, *last.meta["val"].shape[2:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = head(h)
+        frames = torch.cat([head(h[:, t:t + 1]) for t in range(h.shape[1])], dim=1)
+    if whole.shape != frames.shape or not torch.allclose(whole, frames, rtol=1e-5, atol=1e-6):
+        raise UnsupportedError("the ops after the last delta GRU mix frames (e.g. a mean over time): a streaming "
+                               "step model needs a per-frame head", hint="average the per-frame logits outside")
 
 
 def net_blob(graph: Graph) -> bytes:
@@ -225,8 +268,9 @@ def reference_stream(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, list[
 class DeltaGRUStep(torch.nn.Module):
     """One frame of the chain with the state as explicit inputs and outputs (hwact::delta_gru, T = 1)."""
 
-    def __init__(self, layers: list[dict]):
+    def __init__(self, layers: list[dict], head: torch.nn.Module | None = None):
         super().__init__()
+        self.head = head
         self.specs = [(layer["levels"], layer["key_interval"]) for layer in layers]
         for i, layer in enumerate(layers):
             for key in ("step_x", "step_h", "weight_x", "weight_h", "scale_x", "scale_h", "bias_x", "bias_h"):
@@ -243,7 +287,8 @@ class DeltaGRUStep(torch.nn.Module):
                 h, b["step_x"], b["step_h"], levels, b["weight_x"], b["weight_h"], b["scale_x"], b["scale_h"],
                 b["bias_x"], b["bias_h"], threshold, key_interval, *state, frame)
             outputs += new_state
-        return (h.squeeze(1), *outputs, new_frame)
+        y = h if self.head is None else self.head(h)
+        return (y.squeeze(1), *outputs, new_frame)
 
 
 def io_names(count: int) -> tuple[list[str], list[str]]:
@@ -275,7 +320,7 @@ def export_step(graph: Graph, path: Path) -> Path:
     """delta_gru_step.onnx: one frame per call, state in and out (torch.onnx dynamo export, opset 20)."""
     load_all_ops()
     layers = gru_chain(graph)
-    module = DeltaGRUStep(layers).eval()
+    module = DeltaGRUStep(layers, frame_head(graph)).eval()
     feeds = initial_state(graph, batch=2)
     names, outputs = io_names(len(layers))
     args = (torch.zeros(2, layers[0]["weight_x"].shape[1]), *[torch.from_numpy(feeds[n]) for n in names[1:]])
@@ -319,12 +364,21 @@ def convert_gru(lowered_graph: Graph, outdir: Path, sequences: int = 4, steps: i
     x = random_walks(sequences, steps, layers[0]["weight_x"].shape[1], seed=seed)
     expected, fired = reference_stream(lowered_graph, x)
     y_c, used = runtime.run(x.numpy())
-    y_onnx = run_stream(session(step_path), lowered_graph, x.numpy())
-    errors = {"c": max_error(y_c, expected.numpy()), "onnx": max_error(y_onnx, expected.numpy())}
+    errors = {"c": max_error(y_c, expected.numpy())}
     if errors["c"] > TOLERANCE or used.tolist() != [list(f) for f in fired]:
         raise VerificationError(f"delta GRU C kernel differs from the reference (max abs {errors['c']:.3g}, "
                                 f"columns {used.tolist()} vs {fired})")
-    if errors["onnx"] > TOLERANCE:
+    head = frame_head(lowered_graph)
+    y_onnx = run_stream(session(step_path), lowered_graph, x.numpy())
+    if head is None:
+        errors["onnx"] = max_error(y_onnx, expected.numpy())
+        limit = TOLERANCE
+    else:  # the GRU part is bit-exact; the float head runs in onnxruntime: float32 rounding of a GEMM
+        with torch.no_grad():
+            logits = head(expected).numpy()
+        errors["onnx"] = max_error(y_onnx, logits)
+        limit = HEAD_TOLERANCE * max(1.0, float(np.abs(logits).max()))
+    if not errors["onnx"] <= limit:
         raise VerificationError(f"delta GRU ONNX step model differs from the reference (max abs {errors['onnx']:.3g})")
     frames = sequences * steps
     report_layers = []
@@ -332,5 +386,7 @@ def convert_gru(lowered_graph: Graph, outdir: Path, sequences: int = 4, steps: i
         report_layers.append({"n_in": n_in, "hidden": hidden, "x_sparsity": 1 - fired_x / (frames * n_in),
                               "h_sparsity": 1 - fired_h / (frames * hidden)})
     return {"layers": report_layers, "kernel": runtime.kernel, "tolerance": TOLERANCE, "max_abs_error": errors,
+            "head": None if head is None else sorted({str(n.target) for n in head.graph.nodes
+                                                      if n.op == "call_function"}),
             "frames": steps, "streams": sequences, "key_interval": layers[0]["key_interval"],
             "files": sorted(p.name for p in outdir.iterdir())}
