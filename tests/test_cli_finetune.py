@@ -158,3 +158,16 @@ def test_torchrun_two_processes_agree(small_npz, tmp_path):
     # each rank saw half the 320 training samples: 5 steps of 32 per epoch, identical on both
     assert rec["stages"][0]["epochs_run"] == 2
     assert done.stdout.count("wrote ") == 1  # only rank 0 writes
+
+
+def test_convert_recover_kd_staged_with_options(cli, tmp_path):
+    out = tmp_path / "staged"
+    code, stdout, stderr = cli("convert", "zoo:vit-digits", "--recipe", "relu", "--recover", "kd", "--data", "digits",
+                               "--epochs", "1", "--schedule", "staged", "--temperature", "2", "--ce-weight", "0.5",
+                               "-o", out)
+    assert code == 0, stdout + stderr
+    rec = json.loads((out / "report.json").read_text())["recovery"]
+    assert rec["schedule"] == "staged" and [s["stage"] for s in rec["stages"]] == [f"blocks.{i}" for i in range(4)]
+    assert rec["config"]["temperature"] == 2.0 and rec["config"]["ce_weight"] == 0.5
+    code, _, stderr = cli("convert", "zoo:vit-digits", "--recipe", "relu", "--temperature", "2", "-o", tmp_path / "x")
+    assert code == 2 and "belong to --recover kd" in stderr

@@ -67,6 +67,10 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--recover", type=click.Choice(["kd"]), help="Recover accuracy after the passes by distilling from the original.")
 @click.option("--data", help="Training data for --recover: digits, an .npz (x[, y]) or an ImageFolder directory.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Distillation epochs per stage for --recover.")
+@click.option("--schedule", type=click.Choice(["all", "staged"]), default=None,
+              help="--recover: distil the converted graph at once (default), or re-swap stage by stage.")
+@click.option("--temperature", type=float, default=None, help="--recover: distillation temperature T (default 4).")
+@click.option("--ce-weight", type=float, default=None, help="--recover: weight of hard-label cross-entropy (labels needed).")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range estimator for integer recipes (default: minmax).")
 @click.option("--delta-threshold", type=float, default=None, help="Delta models: run-time threshold (>= 0).")
@@ -75,7 +79,8 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--pipeline-every", type=click.IntRange(min=0), default=None,
               help="Logic models on FPGA targets: a register stage every K gate layers (0 = combinational).")
 def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir,
-            force, recover, data, epochs, calib_method, delta_threshold, key_interval, pipeline_every):
+            force, recover, data, epochs, schedule, temperature, ce_weight, calib_method, delta_threshold, key_interval,
+            pipeline_every):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
     from hwact.convert import convert as run_convert
     from hwact.passes.base import resolve
@@ -85,6 +90,10 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
     the_target = load_target(target)
     if recover and not data:
         raise InputError("--recover kd needs --data (digits, an .npz or an image folder)")
+    if not recover and any(v is not None for v in (data, epochs, schedule, temperature, ce_weight)):
+        raise InputError("--data, --epochs, --schedule, --temperature and --ce-weight belong to --recover kd")
+    if (temperature is not None and not temperature > 0) or (ce_weight is not None and not ce_weight >= 0):
+        raise InputError("--temperature must be > 0 and --ce-weight >= 0")
     if Path(outdir).exists() and not force:
         raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
@@ -92,6 +101,7 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
     if delta_threshold is not None and delta_threshold < 0:
         raise InputError(f"--delta-threshold must be >= 0, got {delta_threshold}")
     options = {**_pass_options(only, skip, helu_alpha), "recover": recover, "data": data, "epochs": epochs,
+               "schedule": schedule, "temperature": temperature, "ce_weight": ce_weight,
                "calib_method": calib_method, "delta_threshold": delta_threshold, "key_interval": key_interval,
                "pipeline_every": pipeline_every}
     report = run_convert(loaded, names, options, the_target, Path(outdir), force, calib=calib, log=click.echo)
