@@ -158,6 +158,19 @@ def test_integer_recipe_makes_vit_deployable_on_the_npu_and_bit_exact(tmp_path, 
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("model,recipe", [("swin-tiny", "int8-shiftgelu"), ("swin-tiny", "int8-relu"),
+                                          ("convnext-tiny", "int8-relu")])
+def test_swin_and_convnext_lower_integer_only(tmp_path, cli, model, recipe):
+    # Swin: cleanup folds the relative-position bias (a table indexed by a constant) before quantization;
+    # ConvNeXt: fold-layer-scale removes the float layer-scale multiply
+    code, _, stderr = cli("convert", f"zoo:{model}", "--recipe", recipe, "--target", "npu-int8", "-o", tmp_path / "o")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["integer"]["float_nodes"] == [] and report["onnx"]["bit_exact"] is True
+    assert report["target_support"]["deployable"] is True
+    assert "aten.index.Tensor" not in report["ops_after"] and "aten.mul.Tensor" not in report["ops_after"]
+
+
 def test_calibration_data_the_model_cannot_take_is_exit_2(tmp_path, cli):
     np.savez(tmp_path / "nan.npz", x=np.full((4, 3, 32, 32), np.nan, np.float32))
     code, _, stderr = cli("convert", "zoo:cnn-tiny", "--passes", "fold-bn", "--calib", tmp_path / "nan.npz",

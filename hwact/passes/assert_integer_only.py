@@ -21,10 +21,12 @@ import torch.fx
 from hwact.ir.graph import Graph, module_path, op_name
 from hwact.passes.base import RECIPES, Pass, register
 
-RECIPES["int8-relu"] = ["gelu-to-relu", "fold-bn", "fold-layer-scale", "cle", "calibrate", "fold-quant-scales",
-                        "i-layernorm", "shiftmax", "assert-integer-only"]
-RECIPES["int8-shiftgelu"] = ["fold-bn", "fold-layer-scale", "calibrate", "fold-quant-scales", "shift-gelu",
-                             "i-layernorm", "shiftmax", "assert-integer-only"]
+# cleanup folds constant subgraphs (Swin's relative-position bias: a table indexed by a constant) into
+# one constant, which fold-quant-scales then adds in integers
+RECIPES["int8-relu"] = ["gelu-to-relu", "fold-bn", "fold-layer-scale", "cleanup", "cle", "calibrate",
+                        "fold-quant-scales", "i-layernorm", "shiftmax", "assert-integer-only"]
+RECIPES["int8-shiftgelu"] = ["fold-bn", "fold-layer-scale", "cleanup", "calibrate", "fold-quant-scales",
+                             "shift-gelu", "i-layernorm", "shiftmax", "assert-integer-only"]
 
 
 class _DtypeRecorder(torch.fx.Interpreter):
