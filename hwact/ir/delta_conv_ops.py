@@ -241,10 +241,8 @@ def _conv_args(conv) -> tuple:
     return _pair(args[3] or 1), _pair(args[4] or 0), _pair(args[5] or 1), int(args[6] or 1)
 
 
-# hwact.passes.lower_delta imports this module, so its helpers are imported where they are used.
 def _channel_step(graph, act, channels: int) -> torch.Tensor:
     """The (C,) step of a per-channel (or per-layer) delta_act on (B, T, C, H, W)."""
-
     step = constant_value(graph, act.args[1]).to(torch.float32)
     if step.numel() == 1:
         return step.reshape(1).expand(channels).contiguous()
@@ -256,7 +254,6 @@ def _channel_step(graph, act, channels: int) -> torch.Tensor:
 
 def _conv_problem(graph, act, chain) -> str | None:
     """Why one delta_act -> conv2d chain cannot be lowered, or None."""
-
     conv = chain[1]
     try:
         _channel_step(graph, act, int(_shape(act.args[0])[2]))
@@ -274,7 +271,6 @@ def _conv_problem(graph, act, chain) -> str | None:
 
 def conv_violations(graph) -> list[str]:
     """Why the delta_act nodes that feed a conv (or a flattened Linear) cannot be lowered; [] if all can."""
-
     problems = []
     for act in graph.call_nodes():
         if act.target is not DELTA_ACT:
@@ -297,7 +293,6 @@ def conv_violations(graph) -> list[str]:
 def quantize_conv(weight: torch.Tensor, bias: torch.Tensor | None, step: torch.Tensor):
     """(int8-valued int32 weight (O, C, kh, kw), float32 scale (O,), int32 bias_acc (O,)): the input
     step folded into the weight, quantized per output channel (quantize_linear on (O, C * kh * kw))."""
-
     n_out, channels, kh, kw = weight.shape
     per_column = step.to(torch.float32).repeat_interleave(kh * kw)
     weight_int, scale, bias_acc = quantize_linear(weight.reshape(n_out, -1), bias, per_column)
@@ -311,7 +306,6 @@ def _register(graph, prefix: str, tensors: dict) -> dict:
 
 
 def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: int) -> None:
-
     fold, conv, unfold = chain
     weight = constant_value(graph, conv.args[1])
     bias = constant_value(graph, conv.args[2]) if len(conv.args) > 2 and conv.args[2] is not None else None
@@ -335,7 +329,6 @@ def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: i
 
 def _feature_step(graph, act, shape: tuple) -> torch.Tensor:
     """The step of a delta_act on (B, T, C, H, W) (per channel, neuron or layer) as one per flattened feature."""
-
     step = constant_value(graph, act.args[1]).to(torch.float32)
     return step.expand(*shape[2:]).reshape(-1).contiguous()
 
@@ -356,7 +349,6 @@ def _move_behind_flatten(graph, act, head, index: int) -> None:
 def lower_delta_conv(graph, threshold: float = 0.0, key_interval: int = 0) -> int:
     """Lower every delta_act -> fold -> conv2d -> unfold chain to hwact.delta_conv2d (and move a delta_act
     before a flattened Linear behind the flatten, for lower-delta's Linear rule); returns the convs lowered."""
-
     problems = conv_violations(graph)
     if problems:
         raise PreconditionError("lower-delta: " + "; ".join(problems[:3]))
@@ -377,7 +369,6 @@ def lower_delta_conv(graph, threshold: float = 0.0, key_interval: int = 0) -> in
 
 def set_conv_threshold(graph, threshold: float, key_interval: int | None = None) -> None:
     """Change the run-time threshold (and key-frame interval) of every delta_conv2d in `graph`."""
-
     if not threshold >= 0:
         raise InputError(f"delta threshold must be >= 0, got {threshold}")
     if key_interval is not None and key_interval < 0:

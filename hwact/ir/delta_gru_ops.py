@@ -289,7 +289,6 @@ def lower_delta_gru(graph, threshold: float, key_interval: int) -> int:
     steps folded into the weights, weights quantized per output row, biases into the accumulators'
     start values; threshold (both θx and θh, activation units) and key_interval are the pass's.
     Returns how many were lowered."""
-
     count = 0
     for node in list(graph.call_nodes()):
         if node.target is not DELTA_GRU_FLOAT:
@@ -327,7 +326,6 @@ def lower_delta_gru(graph, threshold: float, key_interval: int) -> int:
 
 def set_gru_threshold(graph, theta_x: float, theta_h: float | None = None, key_interval: int | None = None) -> None:
     """Change the run-time thresholds (θh defaults to θx) and key-frame interval of every delta_gru."""
-
     theta_h = theta_x if theta_h is None else theta_h
     if not (theta_x >= 0 and theta_h >= 0):
         raise InputError(f"delta threshold must be >= 0, got {theta_x}, {theta_h}")
@@ -343,7 +341,6 @@ def set_gru_threshold(graph, theta_x: float, theta_h: float | None = None, key_i
 
 def delta_gru_layers(graph) -> list[dict]:
     """The lowered delta GRU layers in graph order: their constant tensors and settings."""
-
     names = ("step_x", "step_h", "levels", "weight_x", "weight_h", "scale_x", "scale_h", "bias_x", "bias_h",
              "threshold", "key_interval")
     layers = []
