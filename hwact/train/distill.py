@@ -170,8 +170,9 @@ def init_world() -> World:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise InputError(f"torchrun local rank {local}, but this machine has {torch.cuda.device_count()} CUDA "
-                             "device(s)", hint="use --nproc-per-node <= the number of GPUs (or CUDA_VISIBLE_DEVICES='' for gloo on CPU)")
+            raise InputError(f"torchrun local rank {local}, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)", hint="use --nproc-per-node <= the number of GPUs, or "
+                                                    "CUDA_VISIBLE_DEVICES='' for gloo on the CPU")
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"
     else:
