@@ -131,7 +131,9 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
         the_pass = make_pass(name, {**options, "calibration_batches": batches})
         violations = the_pass.check(graph)
         if violations:
-            shown = "; ".join(violations[:5]) + (f"; and {len(violations) - 5} more" if len(violations) > 5 else "")
+            # five in full, then every other one by its first word (the node name): none is left out
+            rest = [v.split(" ", 1)[0].rstrip(":") for v in violations[5:]]
+            shown = "; ".join(violations[:5]) + (f"; and {len(rest)} more: {', '.join(rest)}" if rest else "")
             raise PreconditionError(f"pass {name} (after: {done}): precondition "
                                     f"'{' and '.join(the_pass.preconditions)}' fails at {shown}")
         start = time.perf_counter()

@@ -124,6 +124,12 @@ def test_assert_integer_only_names_the_float_node():
         run_passes(graph, ["calibrate", "fold-quant-scales", "assert-integer-only"], {}, batches)
     message = str(raised.value)
     assert "assert-integer-only" in message and "aten.gelu.default" in message and "computes in float" in message
+    # every float node is named (layer norms, GELUs, softmaxes of the 4 blocks), past the five shown in full
+    from hwact.passes.assert_integer_only import float_compute_nodes
+
+    lowered, _ = run_passes(trace(module, inputs), ["calibrate", "fold-quant-scales"], {}, batches)
+    names = [n.name for n in float_compute_nodes(lowered)]
+    assert len(names) > 5 and all(name in message for name in names)
 
 
 def test_precondition_requires_calibration():
