@@ -189,6 +189,11 @@ def test_calibration_data_the_model_cannot_take_is_exit_2(tmp_path, cli):
         assert code == 2 and message in stderr and not (tmp_path / "o3").exists(), stderr
 
 
+def test_calib_method_without_calibrate_is_refused(tmp_path, cli):
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--recipe", "relu", "--calib-method", "mse", "-o", tmp_path / "o")
+    assert code == 2 and "does not run" in stderr and not (tmp_path / "o").exists()
+
+
 def test_static_batch_onnx_benches_only_at_its_batch(tmp_path, cli):
     module, _ = models.build("cnn-tiny")
     torch.export.save(torch.export.export(module, (torch.randn(2, 3, 32, 32),)), tmp_path / "static.pt2")
