@@ -93,7 +93,8 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
     if not recover and any(v is not None for v in (data, epochs, schedule, temperature, ce_weight)):
         raise InputError("--data, --epochs, --schedule, --temperature and --ce-weight belong to --recover kd")
     if calib_method and "calibrate" not in names:
-        raise InputError(f"--calib-method {calib_method} sets the calibrate pass, which {recipe or passes or 'the default passes'} does not run",
+        chosen = recipe or passes or "the default passes"
+        raise InputError(f"--calib-method {calib_method} sets the calibrate pass, which {chosen} does not run",
                          hint="use an integer recipe (int8-relu, int8-shiftgelu) or add calibrate to --passes")
     if (temperature is not None and not temperature > 0) or (ce_weight is not None and not ce_weight >= 0):
         raise InputError("--temperature must be > 0 and --ce-weight >= 0")
