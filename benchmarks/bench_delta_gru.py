@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwact.backends import delta_gru_c  # noqa: E402
+from hwact.backends.delta_flow import best_seconds  # noqa: E402
 from hwact.backends.delta_onnx import session  # noqa: E402
 from hwact.data import speech  # noqa: E402
 from hwact.ir.graph import InputSpec, trace  # noqa: E402
@@ -106,15 +107,6 @@ def fit(model: nn.Module, x, y, epochs: int, lr: float, batch: int, seed: int, p
     return history
 
 
-def best_of(run, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def lowered_gru(gru: DeltaGRU, threshold: float):
     """The DeltaGRU alone, traced in eval mode and lowered to hwact::delta_gru at `threshold`."""
     graph = trace(gru.eval(), [InputSpec("x", (2, speech.T_FRAMES, gru.features))], source="delta GRU")
@@ -183,7 +175,7 @@ def main() -> None:
         error = float(np.abs(y_c.astype(np.float64) - reference.numpy().astype(np.float64)).max())
         assert error <= delta_gru_c.TOLERANCE and fired.tolist() == [list(f) for f in ref_fired], \
             f"threshold {threshold}: C differs from reference_stream (max abs {error}, {fired.tolist()} vs {ref_fired})"
-        seconds = best_of(run_all, args.repeats)
+        seconds = best_seconds(run_all, args.repeats)
         sent_x, sent_h = int(fired[0][0]), int(fired[0][1])
         columns = streams * frames * (features + H)
         mac_sparsity = 1 - (sent_x + sent_h) * 3 * H / (columns * 3 * H)
@@ -228,8 +220,8 @@ def main() -> None:
             rows.append(np.concatenate(outputs))
         ort_out["single"] = np.stack(rows)
 
-    ort_batched_us = 1e6 * best_of(ort_batched, args.repeats) / (streams * frames)
-    ort_single_us = 1e6 * best_of(ort_single, max(1, min(args.repeats, 3))) / (streams * frames)
+    ort_batched_us = 1e6 * best_seconds(ort_batched, args.repeats) / (streams * frames)
+    ort_single_us = 1e6 * best_seconds(ort_single, max(1, min(args.repeats, 3))) / (streams * frames)
 
     torch_gru = nn.GRU(features, H, batch_first=True)
     with torch.no_grad():
@@ -244,7 +236,7 @@ def main() -> None:
         with torch.no_grad():
             torch_out["y"] = torch_gru(xt)[0]
 
-    torch_us = 1e6 * best_of(torch_run, args.repeats) / (streams * frames)
+    torch_us = 1e6 * best_seconds(torch_run, args.repeats) / (streams * frames)
     dense_float_accuracy = head_accuracy(head, torch_out["y"].numpy(), yt)
     anchors = {"delta_c_threshold0_us": base["c_us"], "onnxruntime_batched_us": ort_batched_us,
                "onnxruntime_batch1_us": ort_single_us, "torch_gru_us": torch_us,

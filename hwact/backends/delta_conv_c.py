@@ -37,7 +37,7 @@ import torch.fx
 
 import hwact.ir.delta_conv_ops  # noqa: F401  (registers hwact::delta_conv2d)
 from hwact.backends import delta_c
-from hwact.backends.delta_onnx import io_names, session, step_frames
+from hwact.backends.delta_onnx import export_step_module, io_names, session, step_frames
 from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.delta_conv_ops import output_shape
 from hwact.ir.graph import Graph
@@ -324,23 +324,9 @@ def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> d
 
 
 def export_step(graph: Graph, path: Path) -> Path:
-    from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
-
-    load_all_ops()
-    module = ConvStep(graph).eval()
-    count = len(_stateful(graph))
-    feeds = initial_state(graph, batch=2)
-    names, outputs = io_names(count)
-    x = torch.zeros(2, *graph.inputs[0].shape[2:])
-    args = (x, *[torch.from_numpy(feeds[n]) for n in names[1:]])
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    specs = [{0: batch} if n == "x" or n.startswith(("state_", "acc_")) else None for n in names]
-    program = torch.export.export(module, args, dynamic_shapes=(specs[0], tuple(specs[1:])))
-    onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=ONNX_OPSET, input_names=names,
-                                     output_names=outputs, custom_translation_table=dict(ONNX_TRANSLATIONS),
-                                     verbose=False, optimize=True)
-    onnx_program.save(str(path), external_data=False)
-    return path
+    names, outputs = io_names(len(_stateful(graph)))
+    return export_step_module(ConvStep(graph).eval(), torch.zeros(2, *graph.inputs[0].shape[2:]),
+                              initial_state(graph, batch=2), names, outputs, path)
 
 
 def run_onnx_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -169,7 +169,8 @@ def converted_threshold(outdir: Path) -> float | None:
         return None
 
 
-def _timed(run, repeats: int) -> float:
+def best_seconds(run, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of run()."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -210,8 +211,8 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
 
     delta_y, fired = run_all(False)
     dense_y, _ = run_all(True)
-    delta_s = _timed(lambda: run_all(False), repeats)
-    dense_s = _timed(lambda: run_all(True), repeats)
+    delta_s = best_seconds(lambda: run_all(False), repeats)
+    dense_s = best_seconds(lambda: run_all(True), repeats)
     result = {"sequences": sequences, "frames_per_sequence": steps, "kernel": runtime.kernel,
               "threshold": threshold, "layers": []}
     macs_total = macs_skipped = 0
@@ -235,7 +236,7 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
             nonlocal ort_y
             ort_y = [sess.run(None, {"x": f})[0] for f in frames_list]
 
-        latency["onnxruntime_dense_us"] = 1e6 * _timed(run_ort, repeats) / frames
+        latency["onnxruntime_dense_us"] = 1e6 * best_seconds(run_ort, repeats) / frames
         ort_logits = np.concatenate(ort_y).reshape(sequences, steps, -1)
     else:
         ort_logits = None

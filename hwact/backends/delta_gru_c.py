@@ -34,11 +34,10 @@ import numpy as np
 import torch
 
 from hwact.backends.delta_c import check_chain, compile_shared, cross_compile_aarch64
-from hwact.backends.delta_onnx import session, step_frames
+from hwact.backends.delta_onnx import export_step_module, session, step_frames
 from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.delta_gru_ops import delta_gru_layers
 from hwact.ir.graph import Graph
-from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
 
 SOURCES = ("delta_gru.c", "delta_gru.h", "delta_simd.h", "delta_gru_main.c")
 LIBRARY = "libhwact_delta_gru.so"
@@ -318,22 +317,13 @@ def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> d
 
 def export_step(graph: Graph, path: Path) -> Path:
     """delta_gru_step.onnx: one frame per call, state in and out (torch.onnx dynamo export, opset 20)."""
-    load_all_ops()
     layers = gru_chain(graph)
-    module = DeltaGRUStep(layers, frame_head(graph)).eval()
-    feeds = initial_state(graph, batch=2)
     names, outputs = io_names(len(layers))
-    args = (torch.zeros(2, layers[0]["weight_x"].shape[1]), *[torch.from_numpy(feeds[n]) for n in names[1:]])
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    specs = [None if n.startswith("threshold_") or n == "frame" else {0: batch} for n in names]
-    program = torch.export.export(module, args, dynamic_shapes=(specs[0], tuple(specs[1:])))
     # optimize=False: the onnx optimizer drops Add(x, c) for |c| < 1e-8 as an identity, and the tanh
     # polynomial's high coefficients are that small (the step model would lose bit-exactness)
-    onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, input_names=names,
-                                     output_names=outputs, custom_translation_table=dict(ONNX_TRANSLATIONS),
-                                     verbose=False, optimize=False)
-    onnx_program.save(str(path), external_data=False)
-    return path
+    return export_step_module(DeltaGRUStep(layers, frame_head(graph)).eval(),
+                              torch.zeros(2, layers[0]["weight_x"].shape[1]), initial_state(graph, batch=2),
+                              names, outputs, path, optimize=False)
 
 
 def run_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -77,20 +77,25 @@ def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> d
 
 
 def export_step(graph: Graph, path: Path) -> Path:
-    load_all_ops()
     layers = chain(graph)
     module = DeltaStep(layers, layers[0]["key_interval"]).eval()
-    feeds = initial_state(graph, batch=2)
     names, outputs = io_names(len(layers))
-    x = torch.zeros(2, layers[0]["weight"].shape[1])
+    return export_step_module(module, torch.zeros(2, layers[0]["weight"].shape[1]), initial_state(graph, batch=2),
+                              names, outputs, path)
+
+
+def export_step_module(module: torch.nn.Module, x: torch.Tensor, feeds: dict[str, np.ndarray], names: list[str],
+                       outputs: list[str], path: Path, optimize: bool = True) -> Path:
+    """Export a one-frame step model module(x, *feeds[names[1:]]) to one ONNX file (opset 20): the batch
+    dimension of x and of every state input is dynamic; thresholds and the frame counter are not."""
+    load_all_ops()
     args = (x, *[torch.from_numpy(feeds[n]) for n in names[1:]])
     batch = torch.export.Dim("batch", min=1, max=4096)
-    specs = [{0: batch} if n == "x" or n.startswith(("state_", "acc_")) else None for n in names]
-    dynamic = (specs[0], tuple(specs[1:]))
-    program = torch.export.export(module, args, dynamic_shapes=dynamic)
+    specs = [None if n.startswith("threshold_") or n == "frame" else {0: batch} for n in names]
+    program = torch.export.export(module, args, dynamic_shapes=(specs[0], tuple(specs[1:])))
     onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, input_names=names,
                                      output_names=outputs, custom_translation_table=dict(ONNX_TRANSLATIONS),
-                                     verbose=False, optimize=True)
+                                     verbose=False, optimize=optimize)
     onnx_program.save(str(path), external_data=False)
     return path
 

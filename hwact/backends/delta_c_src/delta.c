@@ -97,13 +97,7 @@ void dl_reset(const dl_net *net, int32_t batch, int32_t *state, int64_t *frame) 
 static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_t *codes, int32_t *acc,
                           int32_t *kbuf, int32_t *list, int key, int dense) {
     const int32_t n_in = L->n_in, n_out = L->n_out;
-    const float levels = (float)L->levels;
-    for (int32_t j = 0; j < n_in; j++) {
-        float r = rintf(in[j] / L->step[j]);      /* round half to even, like torch.round */
-        r = r > levels ? levels : r;
-        r = r < -levels ? -levels : r;
-        kbuf[j] = (int32_t)(r == r ? r : 0.0f);   /* NaN input: code 0 */
-    }
+    delta_quantize(in, L->step, 1, L->levels, n_in, kbuf);
     int32_t used = 0;
     if (dense) {
         memcpy(acc, L->bias_acc, 4 * (size_t)n_out);
@@ -111,14 +105,7 @@ static int64_t layer_step(const dl_layer *L, const float *in, float *out, int32_
         used = n_in;
     } else {
         int32_t *deltas = list + n_in;
-        for (int32_t j = 0; j < n_in; j++) {
-            int32_t d = kbuf[j] - codes[j];
-            int32_t magnitude = d < 0 ? -d : d;
-            int32_t fire = key ? d != 0 : magnitude >= L->limit[j];
-            list[used] = j;
-            deltas[used] = d;
-            used += fire;
-        }
+        used = delta_compact(kbuf, codes, L->limit, 1, n_in, key, 0, list, deltas);
         for (int32_t i = 0; i < used; i++) {
             codes[list[i]] += deltas[i];
             delta_column_update(acc, L->wt + (size_t)list[i] * n_out, deltas[i], n_out);

@@ -61,22 +61,12 @@ static int64_t frame_step(const int32_t *dims, const float *step, const float *s
                           const int32_t *limit, const float *in, float *out, int32_t *codes, int32_t *acc,
                           int32_t *list, int key) {
     const int32_t C = dims[D_C], HW = dims[D_H] * dims[D_W], O = dims[D_O], OHW = dims[D_OH] * dims[D_OW];
-    const float levels = (float)dims[D_LEVELS];
-    int32_t *deltas = list + (size_t)C * HW;
+    int32_t *deltas = list + (size_t)C * HW, *kbuf = deltas + (size_t)C * HW;
     int32_t used = 0;
-    for (int32_t c = 0; c < C; c++) {
-        for (int32_t p = 0; p < HW; p++) {
-            int32_t j = c * HW + p;
-            float r = rintf(in[j] / step[c]);        /* round half to even, like torch.round */
-            r = r > levels ? levels : r;
-            r = r < -levels ? -levels : r;
-            int32_t d = (int32_t)(r == r ? r : 0.0f) - codes[j];   /* NaN input: code 0 */
-            int32_t magnitude = d < 0 ? -d : d;
-            int32_t fire = key ? d != 0 : magnitude >= limit[c];
-            list[used] = j;
-            deltas[used] = d;
-            used += fire;
-        }
+    for (int32_t c = 0; c < C; c++) {   /* one step and one code threshold per channel */
+        delta_quantize(in + (size_t)c * HW, step + c, 0, dims[D_LEVELS], HW, kbuf + (size_t)c * HW);
+        used += delta_compact(kbuf + (size_t)c * HW, codes + (size_t)c * HW, limit + c, 0, HW, key, c * HW,
+                              list + used, deltas + used);
     }
     for (int32_t i = 0; i < used; i++) {
         int32_t j = list[i], c = j / HW, p = j % HW;
@@ -97,7 +87,7 @@ int64_t dc_run(const int32_t *dims, const float *step, const float *scale, const
                int32_t *acc, int64_t *frame) {
     const size_t in_size = (size_t)dims[D_C] * dims[D_H] * dims[D_W];
     const size_t out_size = (size_t)dims[D_O] * dims[D_OH] * dims[D_OW];
-    int32_t *list = malloc(2 * sizeof(int32_t) * in_size);
+    int32_t *list = malloc(3 * sizeof(int32_t) * in_size);   /* fired indices, their deltas, the codes */
     int64_t fired = 0;
     for (int32_t b = 0; b < batch; b++) {
         for (int32_t t = 0; t < steps; t++) {

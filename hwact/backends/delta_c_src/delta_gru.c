@@ -138,22 +138,9 @@ void dg_reset(const dg_net *net, int32_t batch, int32_t *state, float *hidden, i
 static int64_t send_columns(const float *v, const float *step, const int32_t *limit, int32_t levels, int32_t n,
                             int32_t *codes, int32_t *acc, const int8_t *w, int32_t rows, int key,
                             int32_t *kbuf, int32_t *list) {
-    const float top = (float)levels;
-    for (int32_t j = 0; j < n; j++) {
-        float r = rintf(v[j] / step[j]);         /* round half to even, like torch.round */
-        r = r > top ? top : r;
-        r = r < -top ? -top : r;
-        kbuf[j] = (int32_t)(r == r ? r : 0.0f);  /* NaN input: code 0 */
-    }
-    int32_t *deltas = list + n, used = 0;
-    for (int32_t j = 0; j < n; j++) {
-        int32_t d = kbuf[j] - codes[j];
-        int32_t magnitude = d < 0 ? -d : d;
-        int32_t fire = key ? d != 0 : magnitude >= limit[j];
-        list[used] = j;
-        deltas[used] = d;
-        used += fire;
-    }
+    delta_quantize(v, step, 1, levels, n, kbuf);
+    int32_t *deltas = list + n;
+    const int32_t used = delta_compact(kbuf, codes, limit, 1, n, key, 0, list, deltas);
     for (int32_t i = 0; i < used; i++) {
         codes[list[i]] += deltas[i];
         delta_column_update(acc, w + (size_t)list[i] * rows, deltas[i], rows);

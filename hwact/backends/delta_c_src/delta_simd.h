@@ -1,15 +1,49 @@
-/* Shared by the delta kernels (delta.c, delta_conv.c, delta_gru.c): the one SIMD inner loop they all
- * run, acc[o] += d * col[o] over a contiguous int8 weight column, and the name of the flavour built. */
+/* Shared by the delta kernels (delta.c, delta_conv.c, delta_gru.c): the loops they all run per frame:
+ * quantize the inputs to codes, compact the codes that fire into (index, delta) lists, and the SIMD
+ * column update acc[o] += d * col[o] over a contiguous int8 weight column; and the flavour's name.
+ * Build without -ffast-math and with -ffp-contract=off: x / step and rint must round like PyTorch. */
 #ifndef HWACT_DELTA_SIMD_H
 #define HWACT_DELTA_SIMD_H
 
 #include <stdint.h>
+
+#include <math.h>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
 #elif defined(__ARM_NEON)
 #include <arm_neon.h>
 #endif
+
+/* codes[j] = clamp(round_half_even(v[j] / step[j * step_stride]), -levels, levels) for j < n (NaN: 0);
+ * step_stride 1: one step per input, 0: one step for all n. */
+static inline void delta_quantize(const float *v, const float *step, int32_t step_stride, int32_t levels, int32_t n,
+                                  int32_t *codes) {
+    const float top = (float)levels;
+    for (int32_t j = 0; j < n; j++) {
+        float r = rintf(v[j] / step[(size_t)j * step_stride]);   /* round half to even, like torch.round */
+        r = r > top ? top : r;
+        r = r < -top ? -top : r;
+        codes[j] = (int32_t)(r == r ? r : 0.0f);
+    }
+}
+
+/* The codes k that fire against the last sent ones: d = k[j] - sent[j], fired when |d| >= limit[j *
+ * limit_stride] (any d != 0 on a key frame). Appends first + j to list and d to deltas without branches;
+ * returns how many fired. */
+static inline int32_t delta_compact(const int32_t *k, const int32_t *sent, const int32_t *limit, int32_t limit_stride,
+                                    int32_t n, int key, int32_t first, int32_t *list, int32_t *deltas) {
+    int32_t used = 0;
+    for (int32_t j = 0; j < n; j++) {
+        int32_t d = k[j] - sent[j];
+        int32_t magnitude = d < 0 ? -d : d;
+        int32_t fire = key ? d != 0 : magnitude >= limit[(size_t)j * limit_stride];
+        list[used] = first + j;
+        deltas[used] = d;
+        used += fire;
+    }
+    return used;
+}
 
 /* acc[o] += d * col[o] for o < n. |d| <= 254 and |col| <= 127, so every product fits int16. */
 static inline void delta_column_update(int32_t *acc, const int8_t *col, int32_t d, int32_t n) {
