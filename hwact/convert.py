@@ -68,15 +68,16 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
         raise InputError(f"{calib}: labels 'y' of shape {labels.shape} and dtype {labels.dtype}; expected one "
                          f"integer class per sample, shape ({samples},)")
     labels = torch.from_numpy(labels).long()
+    low, high = int(labels.min()), int(labels.max())
     batches = load_calibration(calib, graph.inputs, batch=batch, fixed_batch=graph.fixed_batch)
     correct = seen = 0
     with torch.no_grad():
         for args in batches:
             predicted = graph.module(*args)
             predicted = predicted[0] if isinstance(predicted, (tuple, list)) else predicted
-            if predicted.dim() != 2 or not 0 <= int(labels.min()) <= int(labels.max()) < predicted.shape[1]:
-                raise InputError(f"{calib}: labels 'y' span {int(labels.min())}..{int(labels.max())}, the model's "
-                                 f"output {tuple(predicted.shape)} is not (N, classes) over that range")
+            if predicted.dim() != 2 or low < 0 or high >= predicted.shape[1]:
+                raise InputError(f"{calib}: labels 'y' span {low}..{high}, the model's output "
+                                 f"{tuple(predicted.shape)} is not (N, classes) over that range")
             truth = labels[seen:seen + predicted.shape[0]]
             correct += int((predicted.argmax(dim=1) == truth).sum())
             seen += predicted.shape[0]

@@ -15,6 +15,7 @@ random-walk sequences (and reports the int8 lowering error against the trained m
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -75,9 +76,9 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
         lowered, count = LowerDelta(threshold=threshold, key_interval=key_interval)(lowered)
         lowering["lowered_layers"] = count
     if any(n.target is _conv_op() for n in lowered.call_nodes()):
-        return _convert_conv(lowered, outdir, threshold, key_interval, lowering)
+        return _convert_stateful("conv", lowered, outdir, threshold, key_interval, lowering)
     if any(n.target is gru for n in lowered.call_nodes()):
-        return _convert_gru(lowered, outdir, threshold, key_interval, lowering)
+        return _convert_stateful("gru", lowered, outdir, threshold, key_interval, lowering)
     layers = delta_c.chain(lowered)
     n_in = int(layers[0]["weight"].shape[1])
     blob = delta_c.net_blob(lowered)
@@ -113,23 +114,15 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
     }
 
 
-def _convert_conv(lowered: Graph, outdir: Path, threshold: float, key_interval: int, lowering: dict) -> dict:
-    """A per-frame CNN: delta_conv2d layers in the C scatter kernel, checked with the ONNX step model."""
-    from hwact.backends import delta_conv_c
+def _convert_stateful(model: str, lowered: Graph, outdir: Path, threshold: float, key_interval: int,
+                      lowering: dict) -> dict:
+    """A per-frame CNN (delta_conv2d layers, C scatter kernel) or a DeltaGRU chain (C column kernel): its
+    backend writes the artifacts and checks the C kernel and the ONNX step model against the reference."""
+    from hwact.backends import delta_conv_c, delta_gru_c
 
-    body = delta_conv_c.convert_conv(lowered, outdir)
+    body = (delta_conv_c.convert_conv if model == "conv" else delta_gru_c.convert_gru)(lowered, outdir)
     artifacts = body.pop("artifacts")
-    return {"delta": {"model": "conv", "threshold": threshold, "key_interval": key_interval, **lowering, **body},
-            "artifacts": artifacts}
-
-
-def _convert_gru(lowered: Graph, outdir: Path, threshold: float, key_interval: int, lowering: dict) -> dict:
-    """A chain of delta GRUs: the C kernel and the ONNX step model, checked against the reference op."""
-    from hwact.backends import delta_gru_c
-
-    body = delta_gru_c.convert_gru(lowered, outdir)
-    artifacts = body.pop("files")
-    return {"delta": {"model": "gru", "threshold": threshold, "key_interval": key_interval, **lowering, **body},
+    return {"delta": {"model": model, "threshold": threshold, "key_interval": key_interval, **lowering, **body},
             "artifacts": artifacts}
 
 
@@ -161,8 +154,6 @@ def load_stream(path, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
 
 def converted_threshold(outdir: Path) -> float | None:
     """The run-time threshold `hwact convert` stored for this folder (None when report.json is gone)."""
-    import json
-
     try:
         return float(json.loads((outdir / "report.json").read_text())["delta"]["threshold"])
     except (OSError, ValueError, KeyError, TypeError):

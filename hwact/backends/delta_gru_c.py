@@ -379,4 +379,4 @@ def convert_gru(lowered_graph: Graph, outdir: Path, sequences: int = 4, steps: i
             "head": None if head is None else sorted({str(n.target) for n in head.graph.nodes
                                                       if n.op == "call_function"}),
             "frames": steps, "streams": sequences, "key_interval": layers[0]["key_interval"],
-            "files": sorted(p.name for p in outdir.iterdir())}
+            "artifacts": sorted(p.name for p in outdir.iterdir())}

@@ -37,6 +37,7 @@ class Pass:
     name: ClassVar[str] = ""
     preconditions: ClassVar[tuple[str, ...]] = ()
     tolerance: ClassVar[float | None] = None
+    note: str = ""   # set by a run that has something to say besides its count (shown in the report)
 
     def check(self, graph: Graph) -> list[str]:
         """Violations of the preconditions, one line per offending node; empty when they hold."""

@@ -72,7 +72,8 @@ class FoldBatchNorm(Pass):
             self._fold(graph, x, bn, [get_tensor(graph, n) for n in (gamma, beta, mean, var)], eps)
             changed += 1
         # a BatchNorm after something other than a single-use conv/linear stays (it is a scale and shift)
-        self.note = f"kept {len(kept)} BatchNorm not fed by a single-use conv/linear: {', '.join(kept[:5])}" if kept else ""
+        kept_names = ", ".join(kept)
+        self.note = f"kept {len(kept)} BatchNorm not fed by a single-use conv/linear: {kept_names}" if kept else ""
         if changed:
             graph.recompile()
         return graph, changed

@@ -141,12 +141,12 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
         seconds = time.perf_counter() - start
         if not changed:
             record = PassRecord(name, 0, 0.0, 0.0, 1.0, 1.0, round(seconds, 4),
-                                "; ".join(filter(None, ["no change: nothing matched", getattr(the_pass, "note", "")])))
+                                "; ".join(filter(None, ["no change: nothing matched", the_pass.note])))
         else:
             after_outputs = run_outputs(graph, batches)
             metrics = compare(before_outputs, after_outputs)
             record = PassRecord(name, changed, **metrics, seconds=round(time.perf_counter() - start, 4),
-                                note=getattr(the_pass, "note", ""))
+                                note=the_pass.note)
             if the_pass.tolerance is not None and not metrics["max_abs_err"] <= the_pass.tolerance:  # NaN fails
                 raise VerificationError(f"pass {name} (after: {done}) changed outputs by {metrics['max_abs_err']:.3g}, "
                                         f"over its tolerance {the_pass.tolerance:g}")

@@ -235,7 +235,7 @@ def test_onnx_step_model_and_convert_report(tmp_path):
     assert report["max_abs_error"] == {"c": 0.0, "onnx": 0.0} and report["tolerance"] == 0.0
     assert [(l["n_in"], l["hidden"]) for l in report["layers"]] == [(6, 16), (16, 9)]
     assert all(0 < l["h_sparsity"] < 1 for l in report["layers"])
-    assert {"delta_gru_net.bin", "delta_gru_step.onnx", "delta_gru.c", "libhwact_delta_gru.so"} <= set(report["files"])
+    assert {"delta_gru_net.bin", "delta_gru_step.onnx", "delta_gru.c", "libhwact_delta_gru.so"} <= set(report["artifacts"])
     x = saturating(2, 40, 6, seed=12)
     expected, _ = delta_gru_c.reference_stream(graph, x)
     y = delta_gru_c.run_stream(session(tmp_path / "delta_gru_step.onnx"), graph, x.numpy())
