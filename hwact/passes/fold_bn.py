@@ -50,6 +50,19 @@ def _foldable_producer(node) -> bool:
     return False
 
 
+def scale_layer_output(graph: Graph, layer, scale: torch.Tensor, offset: torch.Tensor, stem: str) -> None:
+    """Make the conv/linear `layer` compute scale_c · y_c + offset_c per output channel c of y = W·x + b:
+    W'_c = scale_c · W_c, b'_c = scale_c · b_c + offset_c (b = 0 when the layer has none)."""
+    weight = get_tensor(graph, layer.args[1])
+    bias_node = layer.args[2] if len(layer.args) > 2 else None
+    bias = get_tensor(graph, bias_node) if bias_node is not None else torch.zeros(weight.shape[0])
+    w_node = add_constant(graph, f"{stem}_weight", weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), layer)
+    b_node = add_constant(graph, f"{stem}_bias", bias * scale + offset, layer)
+    args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
+    args[1], args[2] = w_node, b_node
+    layer.args = tuple(args)
+
+
 @register
 class FoldBatchNorm(Pass):
     name = "fold-bn"
@@ -81,18 +94,9 @@ class FoldBatchNorm(Pass):
     @staticmethod
     def _fold(graph: Graph, layer, bn, stats, eps: float) -> None:
         gamma, beta, mean, var = stats
-        weight = get_tensor(graph, layer.args[1])
-        bias_node = layer.args[2] if len(layer.args) > 2 else None
-        bias = get_tensor(graph, bias_node) if bias_node is not None else torch.zeros(weight.shape[0])
         scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
         shift = beta if beta is not None else torch.zeros_like(var)
-        new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        new_bias = (bias - mean) * scale + shift
-        w_node = add_constant(graph, "folded_weight", new_weight, layer)
-        b_node = add_constant(graph, "folded_bias", new_bias, layer)
-        args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
-        args[1], args[2] = w_node, b_node
-        layer.args = tuple(args)
+        scale_layer_output(graph, layer, scale, shift - mean * scale, "folded")
         layer.meta = dict(bn.meta, nn_module_stack=layer.meta.get("nn_module_stack", {}))
         bn.replace_all_uses_with(layer)
         graph.fx.erase_node(bn)

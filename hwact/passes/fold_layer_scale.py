@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 
 from hwact.ir.graph import Graph
-from hwact.ir.params import add_constant, get_tensor
+from hwact.ir.params import get_tensor
 from hwact.passes.base import Pass, register
+from hwact.passes.fold_bn import scale_layer_output
 
 aten = torch.ops.aten
 _LAYERS = (aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
@@ -73,13 +74,6 @@ class FoldLayerScale(Pass):
 
     @staticmethod
     def _fold(graph: Graph, layer, mul, gamma: torch.Tensor) -> None:
-        weight = get_tensor(graph, layer.args[1])
-        bias_node = layer.args[2] if len(layer.args) > 2 else None
-        bias = get_tensor(graph, bias_node) if bias_node is not None else torch.zeros(weight.shape[0])
-        w_node = add_constant(graph, "scaled_weight", weight * gamma.reshape(-1, *([1] * (weight.dim() - 1))), layer)
-        b_node = add_constant(graph, "scaled_bias", bias * gamma, layer)
-        args = list(layer.args) + [None] * max(0, 3 - len(layer.args))
-        args[1], args[2] = w_node, b_node
-        layer.args = tuple(args)
+        scale_layer_output(graph, layer, gamma, torch.zeros_like(gamma), "scaled")
         mul.replace_all_uses_with(layer)
         graph.fx.erase_node(mul)
