@@ -78,3 +78,12 @@ def test_threshold_zero_with_fine_steps_is_a_gru_and_thresholds_sparsify():
     assert 1e-3 < dense_error < 0.05 and dense_error < sparse_error < 0.5
     assert sparse.last_sparsity[0] > coarse.last_sparsity[0] + 0.1
     assert sparse.last_sparsity[1] > coarse.last_sparsity[1] + 0.2
+
+
+def test_rational_gates_are_within_the_documented_error_of_tanh_and_sigmoid():
+    from hwact.ir.delta_gru_ops import rational_sigmoid, rational_tanh
+
+    v = torch.linspace(-12, 12, 200001, dtype=torch.float32)
+    tanh_err = (rational_tanh(v).double() - torch.tanh(v.double())).abs().max().item()
+    sigmoid_err = (rational_sigmoid(v).double() - torch.sigmoid(v.double())).abs().max().item()
+    assert tanh_err <= 3.6e-7 and sigmoid_err <= 2.4e-7, (tanh_err, sigmoid_err)   # docs/delta.md "GRU"
