@@ -14,7 +14,7 @@ from hwact import flows
 from hwact.backends.onnx import export_onnx, verify
 from hwact.errors import InputError, UnsupportedError
 from hwact.ir import activations
-from hwact.ir.graph import Graph
+from hwact.ir.graph import Graph, check_finite
 from hwact.ir.summary import op_census, target_support
 from hwact.load import Loaded
 from hwact.passes.manager import load_calibration, random_batches, run_passes
@@ -87,6 +87,7 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
 def convert(loaded: Loaded, pass_names: list[str], options: dict, target: Target, outdir: Path, force: bool,
             calib: str | None = None, log=print) -> dict:
     graph = loaded.graph
+    check_finite(graph, loaded.source)
     flow = flows.find_flow(graph)
     with atomic_dir(outdir, force) as tmp:
         if flow is not None:

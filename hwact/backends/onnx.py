@@ -25,7 +25,7 @@ from hwact.backends.onnx_stream import inline_external_data
 from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.graph import Graph, first_line
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
-from hwact.passes.manager import Outputs, compare, run_outputs
+from hwact.passes.manager import Outputs, compare, nonfinite_batch, require_finite_reference, run_outputs
 
 OPSET = 20
 _TWO_GB = 2 * 1024**3
@@ -107,17 +107,27 @@ def run_onnx(session, batches: list[tuple]) -> Outputs:
         first = tensors[0]
         classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
     has_classes = all(c is not None for c in classes)
-    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None)
+    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
 
 
-def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4) -> dict:
+def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4,
+           name: str | None = None) -> dict:
     """Compare onnxruntime on `path` with the torch graph; raise when the max abs error exceeds
-    tolerance·max(1, max|y_torch|) (relative to the output's magnitude, so large logits are fair)."""
+    tolerance·max(1, max|y_torch|) (relative to the output's magnitude, so large logits are fair).
+
+    `name` is what errors call the file (its final name; `path` may be a temporary file that will not exist)."""
+    name = name or Path(path).name
     reference = run_outputs(graph, batches)
-    metrics = compare(reference, run_onnx(ort_session(path, low_memory=True), batches))
+    require_finite_reference(reference, batches, what="the torch graph's outputs")
+    produced = run_onnx(ort_session(path, low_memory=True), batches)
+    broken = nonfinite_batch(produced)
+    if broken is not None:
+        raise VerificationError(f"{name}: onnxruntime's outputs are NaN/Inf on calibration batch {broken + 1} "
+                                f"of {len(batches)}, where the torch graph's are finite")
+    metrics = compare(reference, produced)
     limit = None if tolerance is None else tolerance * max(1.0, float(reference.flat.abs().max()))
     if limit is not None and not metrics["max_abs_err"] <= limit:  # NaN fails too
-        raise VerificationError(f"{path}: onnxruntime differs from the torch graph by {metrics['max_abs_err']:.3g} "
+        raise VerificationError(f"{name}: onnxruntime differs from the torch graph by {metrics['max_abs_err']:.3g} "
                                 f"(limit {limit:.3g})")
     return metrics
 

@@ -157,6 +157,26 @@ def _drop_guard_calls(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
+def check_finite(graph: Graph, source: str) -> None:
+    """Raise InputError when a weight the graph reads (parameter, buffer or constant) holds NaN or ±Inf.
+
+    Found here, up front, such a model would otherwise fail later as a puzzling verification mismatch."""
+    bad = []
+    for node in graph.fx.nodes:
+        if node.op != "get_attr":
+            continue
+        value = graph.module
+        for part in node.target.split("."):
+            value = getattr(value, part, None)
+        if (isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+                and not bool(torch.isfinite(value).all())):
+            bad.append(node.target)
+    if bad:
+        count = f"{len(bad)} weight{'s' if len(bad) > 1 else ''} hold{'' if len(bad) > 1 else 's'}"
+        raise InputError(f"{source}: {count} NaN/Inf (e.g. {bad[0]})",
+                         hint="the checkpoint is corrupt or was saved after training diverged")
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]

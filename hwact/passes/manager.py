@@ -14,7 +14,7 @@ the model inputs (or `x` for a single-input model). A pass whose constructor tak
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -91,6 +91,7 @@ def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: 
 class Outputs:
     flat: torch.Tensor             # (N, -1): all float outputs of all batches, concatenated
     classes: torch.Tensor | None   # (N,): argmax of the first output when it is (N, C>1) logits
+    rows: list[int] = field(default_factory=list)  # rows of `flat` that each batch produced, in order
 
 
 def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:
@@ -102,7 +103,29 @@ def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:
             first = leaves[0]
             classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
     has_classes = all(c is not None for c in classes)
-    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None)
+    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
+
+
+def nonfinite_batch(outputs: Outputs) -> int | None:
+    """Index of the first batch whose outputs hold NaN or ±Inf; None when all are finite."""
+    finite = torch.isfinite(outputs.flat).all(dim=1)
+    if bool(finite.all()):
+        return None
+    row = int((~finite).nonzero()[0])
+    return int(np.searchsorted(np.cumsum(outputs.rows), row, side="right"))
+
+
+def require_finite_reference(outputs: Outputs, batches: list[tuple], what: str = "the model's outputs") -> None:
+    """Raise InputError when the reference run is non-finite: nothing could be verified against it."""
+    index = nonfinite_batch(outputs)
+    if index is None:
+        return
+    floats = [a for a in batches[index] if a.is_floating_point() and a.numel()]
+    peak = max((float(a.abs().max()) for a in floats), default=0.0)
+    cause = f"inputs up to {peak:.3g}" + (" overflow float32 inside the model" if peak > 1e6 else "")
+    raise InputError(f"{what} are NaN/Inf on calibration batch {index + 1} of {len(batches)} ({cause})",
+                     hint="give --calib values in the range the model was trained on" if peak > 1e6 else
+                     "check the model's weights and the --calib values: a layer overflows float32")
 
 
 def compare(before: Outputs, after: Outputs) -> dict:
@@ -126,6 +149,7 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
     except Exception as exc:  # e.g. token ids beyond the embedding table
         raise InputError(f"the model rejects the calibration inputs ({first_line(exc)})",
                          hint="check the --calib arrays' values (token ids must be below the vocabulary size)") from exc
+    require_finite_reference(before_outputs, batches)
     for index, name in enumerate(names):
         done = ", ".join(names[:index]) or "none"
         the_pass = make_pass(name, {**options, "calibration_batches": batches})
@@ -144,6 +168,10 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
                                 "; ".join(filter(None, ["no change: nothing matched", the_pass.note])))
         else:
             after_outputs = run_outputs(graph, batches)
+            broken = nonfinite_batch(after_outputs)
+            if broken is not None:
+                raise VerificationError(f"pass {name} (after: {done}) made the outputs NaN/Inf on calibration "
+                                        f"batch {broken + 1} of {len(batches)} (they were finite before it)")
             metrics = compare(before_outputs, after_outputs)
             record = PassRecord(name, changed, **metrics, seconds=round(time.perf_counter() - start, 4),
                                 note=the_pass.note)
