@@ -321,8 +321,15 @@ def _load_onnx(path: Path, digest: str) -> Loaded:
     return Loaded(str(path), "onnx", digest, specs, None, None, path)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, expected: type = dict):
+    """The JSON document in `path`, which must be of type `expected` (an object by default)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable JSON ({first_line(exc)})") from exc
+    if not isinstance(value, expected):
+        kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+                 type(None): "null"}
+        raise InputError(f"{path}: holds a JSON {kinds[type(value)]} where a JSON {kinds[expected]} is expected",
+                         hint="the file was not written by hwact, or was edited")
+    return value

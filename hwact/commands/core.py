@@ -136,11 +136,13 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
     from hwact.passes.base import resolve
     from hwact.passes.manager import run_passes
     from hwact.convert import _pass_line
+    from hwact.ir.graph import check_finite
 
     names = resolve(passes, recipe)
     if Path(output).exists() and not force:
         raise InputError(f"{output}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
+    check_finite(loaded.graph, loaded.source)
     batches = calibration(loaded.graph, calib)
     graph, _ = run_passes(loaded.graph, names, _pass_options(only, skip, helu_alpha), batches,
                           log=lambda r: click.echo(_pass_line(r)))
@@ -152,7 +154,7 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
     staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:  # verified before it takes the output's place: a failed check leaves the old file (or none)
         export_onnx(graph, staged)
-        metrics = verify(graph, staged, batches)
+        metrics = verify(graph, staged, batches, name=output)
         os.replace(staged, path)
     finally:
         staged.unlink(missing_ok=True)
