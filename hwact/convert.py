@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hwact import flows
@@ -17,7 +16,8 @@ from hwact.ir import activations
 from hwact.ir.graph import Graph, check_finite
 from hwact.ir.summary import op_census, target_support
 from hwact.load import Loaded
-from hwact.passes.manager import load_calibration, random_batches, run_passes
+from hwact.npz import INTEGER, open_npz
+from hwact.passes.manager import calibration_arrays, iter_calibration, load_calibration, random_batches, run_passes
 from hwact.report import versions, write_report
 from hwact.targets import Target
 
@@ -56,31 +56,30 @@ def calibration(graph: Graph, calib: str | None, samples: int = 16, batch: int =
 
 
 def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float | None:
-    """Top-1 accuracy on the calibration file's `y` labels, when it has them."""
+    """Top-1 accuracy on the calibration file's `y` labels, when it has them (inputs read a batch at a time)."""
     if not calib:
         return None
-    with np.load(calib, allow_pickle=False) as archive:
-        if "y" not in archive.files:
+    with open_npz(calib) as archive:
+        if "y" not in archive:
             return None
-        labels = archive["y"]
-        samples = min(archive[k].shape[0] for k in archive.files if k != "y")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != samples:
-        raise InputError(f"{calib}: labels 'y' of shape {labels.shape} and dtype {labels.dtype}; expected one "
-                         f"integer class per sample, shape ({samples},)")
-    labels = torch.from_numpy(labels).long()
-    low, high = int(labels.min()), int(labels.max())
-    batches = load_calibration(calib, graph.inputs, batch=batch, fixed_batch=graph.fixed_batch)
-    correct = seen = 0
-    with torch.no_grad():
-        for args in batches:
-            predicted = graph.module(*args)
-            predicted = predicted[0] if isinstance(predicted, (tuple, list)) else predicted
-            if predicted.dim() != 2 or low < 0 or high >= predicted.shape[1]:
-                raise InputError(f"{calib}: labels 'y' span {low}..{high}, the model's output "
-                                 f"{tuple(predicted.shape)} is not (N, classes) over that range")
-            truth = labels[seen:seen + predicted.shape[0]]
-            correct += int((predicted.argmax(dim=1) == truth).sum())
-            seen += predicted.shape[0]
+        _, samples = calibration_arrays(archive, graph.inputs)
+        info = archive.info("y")
+        if info.shape != (samples,) or info.dtype.kind not in INTEGER:
+            raise InputError(f"{calib}: labels 'y' of shape {info.shape} and dtype {info.dtype}; expected one "
+                             f"integer class per sample, shape ({samples},)")
+        labels = torch.from_numpy(archive.read("y", kinds=INTEGER)).long()
+        low, high = int(labels.min()), int(labels.max())
+        correct = seen = 0
+        with torch.no_grad():
+            for args in iter_calibration(archive, graph.inputs, batch, fixed_batch=graph.fixed_batch):
+                predicted = graph.module(*args)
+                predicted = predicted[0] if isinstance(predicted, (tuple, list)) else predicted
+                if predicted.dim() != 2 or low < 0 or high >= predicted.shape[1]:
+                    raise InputError(f"{calib}: labels 'y' span {low}..{high}, the model's output "
+                                     f"{tuple(predicted.shape)} is not (N, classes) over that range")
+                truth = labels[seen:seen + predicted.shape[0]]
+                correct += int((predicted.argmax(dim=1) == truth).sum())
+                seen += predicted.shape[0]
     return correct / seen if seen else None
 
 

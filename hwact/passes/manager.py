@@ -22,6 +22,7 @@ import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir.graph import Graph, InputSpec, first_line
+from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import make_pass
 
 
@@ -53,38 +54,46 @@ def random_batches(inputs: list[InputSpec], samples: int = 16, batch: int = 8, s
 
 def load_calibration(path: str, inputs: list[InputSpec], batch: int = 8, limit: int | None = None,
                      fixed_batch: int | None = None) -> list[tuple]:
-    """Batches of user calibration data from an .npz (no pickles are ever loaded)."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-        arrays = {k: archive[k] for k in archive.files}
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: no such file") from exc
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz archive ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
-    columns = []
+    """Batches of user calibration data from an .npz: only the first `limit` samples are read (hwact.npz)."""
+    with open_npz(path) as archive:
+        return list(iter_calibration(archive, inputs, batch, limit, fixed_batch))
+
+
+def calibration_arrays(archive: Npz, inputs: list[InputSpec]) -> tuple[list[str], int]:
+    """The array feeding each input (named after it, or `x` for a single input) and the number of samples
+    they all have, checked from the .npy headers alone."""
+    path, keys = archive.path, []
     for i, spec in enumerate(inputs):
-        key = spec.name if spec.name in arrays else ("x" if i == 0 and len(inputs) == 1 and "x" in arrays else None)
+        key = spec.name if spec.name in archive else ("x" if i == 0 and len(inputs) == 1 and "x" in archive else None)
         if key is None:
-            raise InputError(f"{path}: no array named '{spec.name}'", hint=f"arrays found: {', '.join(arrays) or 'none'}")
-        array = arrays[key]
-        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != tuple(spec.shape[1:]):
-            raise InputError(f"{path}: array '{key}' has shape {tuple(array.shape)}, the model expects "
+            raise InputError(f"{path}: no array named '{spec.name}'", hint=f"arrays found: {', '.join(archive.files) or 'none'}")
+        shape = archive.info(key).shape
+        if len(shape) != len(spec.shape) or tuple(shape[1:]) != tuple(spec.shape[1:]):
+            raise InputError(f"{path}: array '{key}' has shape {tuple(shape)}, the model expects "
                              f"(N, {', '.join(map(str, spec.shape[1:]))})")
-        if array.shape[0] == 0:
+        if shape[0] == 0:
             raise InputError(f"{path}: array '{key}' is empty")
-        if spec.dtype.is_floating_point and not np.issubdtype(array.dtype, np.number):
-            raise InputError(f"{path}: array '{key}' has dtype {array.dtype}, expected numbers")
-        if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
-            raise InputError(f"{path}: array '{key}' holds NaN or infinite values")
-        columns.append(torch.from_numpy(np.ascontiguousarray(array)).to(spec.dtype))
-    count = min(c.shape[0] for c in columns)
+        keys.append(key)
+    return keys, min(archive.info(key).shape[0] for key in keys)
+
+
+def iter_calibration(archive: Npz, inputs: list[InputSpec], batch: int = 8, limit: int | None = None,
+                     fixed_batch: int | None = None) -> Iterator[tuple]:
+    """Calibration batches read from `archive` as they are used (memory: one batch per input)."""
+    keys, count = calibration_arrays(archive, inputs)
     if limit:
         count = min(count, limit)
     if fixed_batch:
         if count < fixed_batch:
-            raise InputError(f"{path}: {count} samples, but the model was traced at a fixed batch of {fixed_batch}")
+            raise InputError(f"{archive.path}: {count} samples, but the model was traced at a fixed batch of {fixed_batch}")
         batch, count = fixed_batch, count - count % fixed_batch
-    return [tuple(c[s:s + batch] for c in columns) for s in range(0, count, batch)]
+    kinds = [REAL + "b" if spec.dtype == torch.bool else REAL for spec in inputs]
+    columns = [archive.rows(key, batch, count, kind) for key, kind in zip(keys, kinds)]
+    for parts in zip(*columns):
+        for key, part in zip(keys, parts):
+            if part.dtype.kind == "f" and not np.isfinite(part).all():
+                raise InputError(f"{archive.path}: array '{key}' holds NaN or infinite values")
+        yield tuple(torch.from_numpy(part).to(spec.dtype) for part, spec in zip(parts, inputs))
 
 
 @dataclass
