@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from hwact.errors import InputError
 from hwact.ir.graph import Graph, module_class, module_path, op_name
 
 aten = torch.ops.aten
@@ -173,14 +174,29 @@ def gelu_sites(graph: Graph) -> list[Site]:
     return [s for s in find_sites(graph) if s.is_gelu]
 
 
-def select(sites: list[Site], only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> list[Site]:
-    """Sites whose module path matches any `only` glob (all when empty) and no `skip` glob."""
+def _matches(site: Site, patterns: tuple[str, ...]) -> bool:
+    """Whether the site's module path or node name matches one of the glob `patterns`."""
     from fnmatch import fnmatchcase
 
-    def matches(site, patterns):
-        return any(fnmatchcase(site.module, p) or fnmatchcase(site.output.name, p) for p in patterns)
+    return any(fnmatchcase(site.module, p) or fnmatchcase(site.output.name, p) for p in patterns)
 
-    return [s for s in sites if (not only or matches(s, only)) and not matches(s, skip)]
+
+def select(sites: list[Site], only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> list[Site]:
+    """Sites whose module path matches any `only` glob (all when empty) and no `skip` glob."""
+    return [s for s in sites if (not only or _matches(s, only)) and not _matches(s, skip)]
+
+
+def require_matches(sites: list[Site], only: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                    kind: str = "GELU") -> None:
+    """Raise InputError naming the first --only/--skip glob that matches none of `sites` (a typo would
+    otherwise leave the model untouched, or swap what was meant to be kept, without a word)."""
+    for option, patterns in (("--only", only), ("--skip", skip)):
+        for pattern in patterns:
+            if not any(_matches(site, (pattern,)) for site in sites):
+                paths = list(dict.fromkeys(s.module or s.output.name for s in sites))
+                hint = (f"{kind} sites: {', '.join(paths[:5])}" + (f" ({len(paths)} in all)" if len(paths) > 5 else "")
+                        if paths else f"the model has no {kind} site")
+                raise InputError(f"{option} '{pattern}' matches no {kind} site", hint=hint)
 
 
 def replace_site(graph: Graph, site: Site, target, *extra_args) -> torch.fx.Node:

@@ -62,14 +62,18 @@ def all_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def option_names(name: str) -> set[str]:
+    """The options the constructor of the registered pass `name` accepts."""
+    return set(inspect.signature(all_passes()[name].__init__).parameters) - {"self"}
+
+
 def make_pass(name: str, options: dict) -> Pass:
     """Instantiate pass `name`, handing it the options its constructor accepts."""
     registry = all_passes()
     if name not in registry:
         raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
-    cls = registry[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in options.items() if k in accepted and v is not None})
+    accepted = option_names(name)
+    return registry[name](**{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
 def resolve(passes: str | None, recipe: str | None) -> list[str]:

@@ -21,9 +21,10 @@ import torch
 import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
+from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line
 from hwact.npz import REAL, Npz, open_npz
-from hwact.passes.base import make_pass
+from hwact.passes.base import all_passes, make_pass, option_names
 
 
 @dataclass
@@ -149,10 +150,23 @@ def compare(before: Outputs, after: Outputs) -> dict:
             "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cos, "top1_agreement": top1}
 
 
+def check_site_globs(graph: Graph, names: list[str], options: dict) -> None:
+    """The only/skip globs must reach a pass that takes them and each match a GELU site of `graph`."""
+    only, skip = tuple(options.get("only") or ()), tuple(options.get("skip") or ())
+    if not only and not skip:
+        return
+    if not any("only" in option_names(name) for name in names):
+        takers = [name for name in all_passes() if "only" in option_names(name)]
+        raise InputError(f"--only/--skip choose the sites of {', '.join(takers)}; none of them runs here "
+                         f"(passes: {', '.join(names) or 'none'})", hint=f"run {' or '.join(takers)}, or drop --only/--skip")
+    activations.require_matches(activations.gelu_sites(graph), only, skip)
+
+
 def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tuple],
                log=lambda message: None) -> tuple[Graph, list[PassRecord]]:
     """Run `names` in order on `graph` (mutated), verifying each; returns the graph and one record per pass."""
     records: list[PassRecord] = []
+    check_site_globs(graph, names, options)
     try:
         before_outputs = run_outputs(graph, batches)
     except Exception as exc:  # e.g. token ids beyond the embedding table

@@ -62,7 +62,9 @@ def plan_stages(graph: Graph, only=(), skip=(), stages: int | None = None, stage
     """Group the selected GELU sites of `graph` into swap stages (see the module docstring)."""
     from fnmatch import fnmatchcase
 
-    sites = activations.select(activations.gelu_sites(graph), tuple(only), tuple(skip))
+    sites = activations.gelu_sites(graph)
+    activations.require_matches(sites, tuple(only), tuple(skip))
+    sites = activations.select(sites, tuple(only), tuple(skip))
     if not sites:
         raise InputError("no GELU sites to swap in the model" + (" (after --only/--skip)" if only or skip else ""))
     if stage_globs:

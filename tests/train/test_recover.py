@@ -29,8 +29,10 @@ def test_plans_for_zoo_models():
     assert [(s.name, len(s.nodes)) for s in plan_stages(swin)] == [("stages.0", 2), ("stages.1", 2)]
     convnext = load("zoo:convnext-tiny").graph   # one stage per resolution, not one per block
     assert [(s.name, len(s.nodes)) for s in plan_stages(convnext)] == [("stages.0", 1), ("stages.1", 1)]
-    with pytest.raises(InputError, match="no GELU sites"):
+    with pytest.raises(InputError, match="--only 'nothing\\*' matches no GELU site"):
         plan_stages(vit, only=("nothing*",))
+    with pytest.raises(InputError, match="no GELU sites"):
+        plan_stages(vit, skip=("blocks.*",))
     with pytest.raises(InputError, match="matches no remaining GELU site"):
         plan_stages(vit, stage_globs=("blocks.9",))
 
