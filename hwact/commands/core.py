@@ -20,7 +20,8 @@ def model_options(func):
                         help="Allow unpickling a full nn.Module (runs code from the file).")(func)
     func = click.option("--input-shape", "input_shapes", multiple=True, metavar="SHAPE",
                         help="Input shape like 1x3x224x224 or 1x128:int64; repeat for several inputs.")(func)
-    func = click.option("--arch", help="Zoo architecture of a state_dict checkpoint (see `hwact inspect --zoo`).")(func)
+    func = click.option("--arch", help="Zoo architecture of a state_dict checkpoint: vit-tiny, vit-digits, vit-s16, "
+                        "swin-tiny, swin-t, convnext-tiny, convnext-t, bert-tiny, bert-base, cnn-tiny, resnet18.")(func)
     return click.argument("model")(func)
 
 
