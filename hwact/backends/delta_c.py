@@ -29,6 +29,7 @@ import torch
 
 from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
 from hwact.ir.graph import Graph
+from hwact.npz import load_arrays
 from hwact.passes.lower_delta import delta_layers
 
 SOURCES = ("delta.c", "delta.h", "delta_simd.h", "delta_main.c")
@@ -237,7 +238,7 @@ class DeltaRuntime:
 
     def load_state(self, path: Path) -> None:
         try:
-            archive = np.load(path)
+            archive = load_arrays(path)
             state, frame, owner = archive["state"], archive["frame"], str(archive["fingerprint"])
         except Exception as exc:
             raise InputError(f"{path}: not a delta state file ({type(exc).__name__})") from exc

@@ -24,6 +24,7 @@ import torch
 
 from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
+from hwact.npz import INTEGER, open_npz
 
 NAME = "delta"
 TARGETS: tuple[str, ...] = ("cpu",)
@@ -126,29 +127,35 @@ def _convert_stateful(model: str, lowered: Graph, outdir: Path, threshold: float
             "artifacts": artifacts}
 
 
-def load_stream(path, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
+def load_stream(path, n_in: int, sequences: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames x (sequences, time, n_in) float32 and labels y (or None) of a stream .npz: only its first
+    `sequences` sequences are read (a 2-D x is one sequence), shapes checked from the headers first."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such stream file")
-    try:
-        archive = np.load(path)
-        x = np.asarray(archive["x"], np.float32)
-        y = np.asarray(archive["y"]) if "y" in archive.files else None
-    except Exception as exc:
-        raise InputError(f"{path}: not a stream .npz with an 'x' array ({type(exc).__name__})") from exc
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3 or x.shape[2] != n_in:
-        raise InputError(f"{path}: frames of shape {tuple(x.shape)}, this model takes (sequences, time, {n_in})",
-                         hint="x must be float32 (sequences, time, features)")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"{path}: the stream is empty (x of shape {tuple(x.shape)})",
-                         hint="x must hold at least one sequence of at least one frame")
+    with open_npz(path) as archive:
+        if "x" not in archive:
+            raise InputError(f"{path}: not a stream .npz with an 'x' array",
+                             hint=f"arrays found: {', '.join(archive.files) or 'none'}")
+        one = len(archive.info("x").shape) == 2
+        shape = (1, *archive.info("x").shape) if one else archive.info("x").shape
+        if len(shape) != 3 or shape[2] != n_in:
+            raise InputError(f"{path}: frames of shape {shape}, this model takes (sequences, time, {n_in})",
+                             hint="x must be float32 (sequences, time, features)")
+        if shape[0] == 0 or shape[1] == 0:
+            raise InputError(f"{path}: the stream is empty (x of shape {shape})",
+                             hint="x must hold at least one sequence of at least one frame")
+        x = archive.read("x", rows=None if one else sequences).astype(np.float32, copy=False)
+        x = x[None] if one else x
+        y = None
+        if "y" in archive:
+            info = archive.info("y")
+            if info.shape != shape[:1] or info.dtype.kind not in INTEGER:
+                raise InputError(f"{path}: labels y of shape {info.shape} and dtype {info.dtype}; "
+                                 f"expected one integer class per sequence, shape ({shape[0]},)")
+            y = archive.read("y", rows=x.shape[0], kinds=INTEGER)
     if not np.isfinite(x).all():
         raise InputError(f"{path}: the frames hold NaN or inf values")
-    if y is not None and (y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer)):
-        raise InputError(f"{path}: labels y of shape {tuple(y.shape)} and dtype {y.dtype}; "
-                         f"expected one integer class per sequence, shape ({x.shape[0]},)")
     return x, y
 
 
@@ -188,7 +195,7 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
         runtime.set_threshold(threshold)
     else:  # the threshold the folder was converted with is the one in effect
         threshold = converted_threshold(outdir)
-    x, labels = load_stream(stream_npz, runtime.n_in)
+    x, labels = load_stream(stream_npz, runtime.n_in, max_sequences)
     if max_sequences:
         x = x[:max_sequences]
         labels = labels[:max_sequences] if labels is not None else None

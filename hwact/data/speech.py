@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hwact.errors import ToolMissingError, VerificationError
+from hwact.errors import InputError, ToolMissingError, VerificationError
+from hwact.npz import REAL, load_arrays
 
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "stop", "go")
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f3", "en-gb+m3", "en-us+f2")
@@ -115,8 +116,12 @@ def build_keywords(per_word: int = 24, words: tuple[str, ...] = KEYWORDS, seed: 
     key = hashlib.sha256(repr((items, noise, N_FFT, HOP, N_MELS, T_FRAMES, SAMPLE_RATE)).encode()).hexdigest()[:16]
     path = cache_dir() / f"keywords-{key}.npz"
     if cache and path.exists():
-        archive = np.load(path)
-        return {k: archive[k] for k in archive.files} | {"words": list(words)}
+        try:  # the cache folder is shared (/tmp by default): read like any user file, rebuilt unless it fits
+            cached = load_arrays(path, kinds=REAL)
+        except InputError:
+            cached = {}
+        if _cache_fits(cached, len(items)):
+            return cached | {"words": list(words)}
     rng = np.random.default_rng(seed + 1)
     bank = mel_filterbank()
     xs, ys, durations = [], [], []
@@ -147,6 +152,12 @@ def build_keywords(per_word: int = 24, words: tuple[str, ...] = KEYWORDS, seed: 
         np.savez(tmp, **data)
         os.replace(tmp, path)
     return data | {"words": list(words)}
+
+
+def _cache_fits(data: dict, count: int) -> bool:
+    """A cached set holds exactly the arrays build_keywords writes, with the shapes of `count` utterances."""
+    return (set(data) == {"x", "y", "durations", "mean", "std"} and data["x"].shape == (count, T_FRAMES, N_MELS)
+            and data["y"].shape == data["durations"].shape == (count,) and data["y"].dtype.kind in "iu")
 
 
 def split(data: dict, test_fraction: float = 0.25, seed: int = 0) -> tuple[dict, dict]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hwact.errors import InputError
+from hwact.npz import INTEGER, REAL, open_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 BUILTIN = ("digits",)
@@ -76,29 +77,22 @@ def _digits() -> Dataset:
 
 
 def _npz(path: Path) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise InputError(f"{path}: not a readable .npz archive ({text[0] if text else type(exc).__name__})") from exc
-    if "x" not in arrays:
-        raise InputError(f"{path}: no array named 'x'", hint=f"arrays found: {', '.join(arrays) or 'none'}")
-    x = arrays["x"]
-    if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
-        raise InputError(f"{path}: array 'x' has dtype {x.dtype}, expected numbers")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise InputError(f"{path}: array 'x' has shape {tuple(x.shape)}, expected (N, ...) with N > 0")
-    y = None
-    if "y" in arrays:
-        labels = arrays["y"]
-        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-            raise InputError(f"{path}: array 'y' has shape {tuple(labels.shape)}, expected ({x.shape[0]},) "
-                             "(one label per sample)")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(f"{path}: array 'y' has dtype {labels.dtype}, expected integer class labels")
-        y = torch.from_numpy(labels.astype(np.int64))
-    return Dataset(path.name, torch.from_numpy(np.ascontiguousarray(x)).float(), y)
+    """x (and y) from an .npz, shapes and dtypes checked from the headers before any data is read."""
+    with open_npz(path) as archive:
+        x_info = archive.info("x")
+        if len(x_info.shape) < 2 or x_info.shape[0] == 0:
+            raise InputError(f"{path}: array 'x' has shape {x_info.shape}, expected (N, ...) with N > 0")
+        y = None
+        if "y" in archive:
+            y_info = archive.info("y")
+            if y_info.shape != x_info.shape[:1]:
+                raise InputError(f"{path}: array 'y' has shape {y_info.shape}, expected ({x_info.shape[0]},) "
+                                 "(one label per sample)")
+            if y_info.dtype.kind not in INTEGER:
+                raise InputError(f"{path}: array 'y' has dtype {y_info.dtype}, expected integer class labels")
+            y = torch.from_numpy(archive.read("y", kinds=INTEGER).astype(np.int64))
+        x = archive.read("x", kinds=REAL)
+    return Dataset(path.name, torch.from_numpy(x).float(), y)
 
 
 def _image_folder(root: Path) -> Dataset:

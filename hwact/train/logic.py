@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from hwact.errors import InputError
 from hwact.nn.logic import LogicNet, ThermometerEncoder
+from hwact.npz import open_npz
 
 BUILTIN = ("digits", "breast-cancer")
 
@@ -55,16 +56,11 @@ def load_logic_data(source: str) -> LogicData:
         raise InputError(f"unknown data '{source}'", hint="give digits, breast-cancer or an .npz with x and y")
     if not path.exists():
         raise InputError(f"{source}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files or "y" not in archive.files:
-                raise InputError(f"{source}: the .npz needs arrays 'x' (N, F) and 'y' (N,)",
-                                 hint=f"it holds {', '.join(archive.files) or 'nothing'}")
-            x, y = archive["x"], archive["y"]
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{source}: not a readable .npz ({type(exc).__name__})") from None
+    with open_npz(path) as archive:
+        if "x" not in archive or "y" not in archive:
+            raise InputError(f"{source}: the .npz needs arrays 'x' (N, F) and 'y' (N,)",
+                             hint=f"it holds {', '.join(archive.files) or 'nothing'}")
+        x, y = archive.read("x", per_sample=False), archive.read("y", per_sample=False)
     return _checked(path.name, x, y, "quantile")
 
 
