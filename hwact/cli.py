@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import unicodedata
 
 import click
 
@@ -28,7 +29,7 @@ class _Group(click.Group):
         except HwactError as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"hwact: error: {exc}", err=True)
+            click.echo(f"hwact: error: {one_line(str(exc))}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
@@ -39,9 +40,15 @@ class _Group(click.Group):
             if _debug(ctx):
                 raise
             text = str(exc).strip().splitlines()
-            click.echo(f"hwact: internal error: {type(exc).__name__}: {text[0] if text else ''} "
+            click.echo(f"hwact: internal error: {type(exc).__name__}: {one_line(text[0]) if text else ''} "
                        "(rerun with --debug for the traceback and report it)", err=True)
             sys.exit(1)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (a newline in a path, a terminal escape) written as Python escapes
+    (\\n, \\x1b), so that an error stays one line and prints nothing but text."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _debug(ctx: click.Context) -> bool:
