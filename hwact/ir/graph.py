@@ -11,6 +11,7 @@ node can be traced back to the module path that produced it.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ import torch
 import torch.fx
 
 from hwact.errors import InputError
+from hwact.limits import MAX_INPUT_BYTES, check_bytes
 
 
 @dataclass
@@ -29,7 +31,13 @@ class InputSpec:
     dtype: torch.dtype = torch.float32
     high: int | None = None
 
+    def nbytes(self, batch: int) -> int:
+        """Bytes of a batch of this input (a random bool input is drawn as int64 first)."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size() + (8 if self.dtype == torch.bool else 0)
+        return batch * math.prod(self.shape[1:]) * itemsize
+
     def random(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        check_input_bytes([self], batch)
         shape = (batch, *self.shape[1:])
         if self.dtype.is_floating_point:
             return torch.randn(shape, generator=generator, dtype=self.dtype)
@@ -39,6 +47,13 @@ class InputSpec:
 
     def describe(self) -> str:
         return "x".join(str(d) for d in self.shape) + ("" if self.dtype == torch.float32 else f":{str(self.dtype).removeprefix('torch.')}")
+
+
+def check_input_bytes(inputs: list[InputSpec], batch: int) -> None:
+    """Refuse (InputError) example inputs larger than hwact.limits.MAX_INPUT_BYTES before building them."""
+    described = ", ".join(f"{spec.name} {spec.describe()}" for spec in inputs)
+    check_bytes(f"the example inputs ({described}) at batch {batch}", sum(s.nbytes(batch) for s in inputs),
+                MAX_INPUT_BYTES, hint="give a smaller --input-shape")
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Graph:
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
         batch = self.fixed_batch or batch
+        check_input_bytes(self.inputs, batch)
         generator = torch.Generator().manual_seed(seed)
         return tuple(spec.random(batch, generator) for spec in self.inputs)
 
