@@ -11,6 +11,8 @@ Net file (little endian), written by `net_blob`:
     "HWDL", int32 version = 1, int32 n_layers, int32 key_interval, then per layer
     int32 n_in, n_out, levels, relu; float32 threshold; float32 step[n_in]; float32 scale[n_out];
     int32 bias_acc[n_out]; int8 weight[n_in][n_out] (column-major W: column j contiguous); pad to 4.
+A net file from a convert folder is untrusted: `parse_net` checks every field and size before anything
+reads it, and `DeltaRuntime.open` compiles the runtime from the package's own sources.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import platform
 import shutil
 import struct
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from hwact.npz import load_arrays
 from hwact.passes.lower_delta import delta_layers
 
 SOURCES = ("delta.c", "delta.h", "delta_simd.h", "delta_main.c")
+MAX_NET_BYTES = 1 << 30     # a delta_net.bin larger than 1 GiB (a billion int8 weights) is refused unread
+MAX_LAYERS = 1024           # the C loader's limit
 C_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-std=c11", "-Wall"]  # no FP exceptions are read: lets gcc vectorize selects, changes no result
 
 
@@ -84,16 +89,67 @@ def net_blob(graph: Graph) -> bytes:
     return b"".join(parts)
 
 
+def read_net(path: Path) -> bytes:
+    """The bytes of a net file from a folder: a regular file of at most MAX_NET_BYTES, checked unread."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such delta net file (or not a regular file)")
+    size = path.stat().st_size
+    if size > MAX_NET_BYTES:
+        raise InputError(f"{path}: {size} bytes, more than a delta net file may have ({MAX_NET_BYTES})")
+    return path.read_bytes()
+
+
+def parse_net(blob: bytes, source: str = "delta net") -> list[dict]:
+    """The layers of a net file (format in the module docstring), every field and size checked before it
+    is read (the file may come from anyone): dicts with n_in, n_out, levels, relu, threshold,
+    key_interval, step, scale, bias_acc, weight (n_out, n_in) int8 tensors - the reference's layer
+    keys - and the byte offset of the layer's header."""
+    def bad(reason: str) -> InputError:
+        return InputError(f"{source}: not a valid delta net file ({reason})",
+                          hint="write it again with `hwact convert MODEL --target cpu`")
+
+    if len(blob) < 16 or blob[:4] != b"HWDL":
+        raise bad("no HWDL header")
+    version, count, key_interval = struct.unpack_from("<iii", blob, 4)
+    if version != 1:
+        raise bad(f"version {version}, this hwact reads version 1")
+    if not 1 <= count <= MAX_LAYERS or key_interval < 0:
+        raise bad(f"{count} layers (1 to {MAX_LAYERS}), key-frame interval {key_interval}")
+    layers, offset = [], 16
+    for index in range(count):
+        if len(blob) - offset < 20:
+            raise bad(f"layer {index}: truncated header")
+        n_in, n_out, levels, relu, threshold = struct.unpack_from("<iiiif", blob, offset)
+        if n_in < 1 or n_out < 1 or not 1 <= levels <= 127 or relu not in (0, 1) or not 0 <= threshold < np.inf:
+            raise bad(f"layer {index}: n_in {n_in}, n_out {n_out}, levels {levels}, relu {relu}, "
+                      f"threshold {threshold}")
+        if layers and n_in != layers[-1]["n_out"]:
+            raise bad(f"layer {index} reads {n_in} values, layer {index - 1} gives {layers[-1]['n_out']}")
+        body = offset + 20
+        end = body + 4 * n_in + 8 * n_out + n_in * n_out
+        if end > len(blob):
+            raise bad(f"layer {index}: {n_in} x {n_out} weights need {end - offset} bytes, "
+                      f"{len(blob) - offset} are left")
+        step = np.frombuffer(blob, "<f4", n_in, body).astype(np.float32)
+        scale = np.frombuffer(blob, "<f4", n_out, body + 4 * n_in).astype(np.float32)
+        if not (np.isfinite(step).all() and (step > 0).all() and np.isfinite(scale).all()):
+            raise bad(f"layer {index}: a step that is not finite and > 0, or a scale that is not finite")
+        bias_acc = np.frombuffer(blob, "<i4", n_out, body + 4 * n_in + 4 * n_out).astype(np.int32)
+        weight = np.frombuffer(blob, np.int8, n_in * n_out, end - n_in * n_out).reshape(n_in, n_out).T.copy()
+        layers.append({"offset": offset, "n_in": n_in, "n_out": n_out, "levels": levels, "relu": bool(relu),
+                       "threshold": torch.tensor(threshold, dtype=torch.float32), "key_interval": key_interval,
+                       "step": torch.from_numpy(step), "scale": torch.from_numpy(scale),
+                       "bias_acc": torch.from_numpy(bias_acc), "weight": torch.from_numpy(weight)})
+        offset = end + (4 - end % 4) % 4
+    if offset != len(blob):
+        raise bad(f"{len(blob) - offset} bytes after the last layer")
+    return layers
+
+
 def layer_offsets(blob: bytes) -> list[int]:
     """Byte offset of every layer header in a net blob."""
-    (count,) = struct.unpack("<i", blob[8:12])
-    offsets, offset = [], 16
-    for _ in range(count):
-        n_in, n_out = struct.unpack("<ii", blob[offset:offset + 8])
-        offsets.append(offset)
-        offset += 20 + 4 * n_in + 8 * n_out + n_in * n_out
-        offset += (4 - offset % 4) % 4
-    return offsets
+    return [layer["offset"] for layer in parse_net(blob)]
 
 
 def fingerprint(blob: bytes) -> str:
@@ -183,11 +239,12 @@ def run_under_qemu(exe: Path, blob: bytes, x: np.ndarray, workdir: Path, dense: 
 class DeltaRuntime:
     """ctypes handle on the compiled runtime for one net, with the state of `batch` streams."""
 
-    def __init__(self, blob: bytes, library: Path | None):
+    def __init__(self, blob: bytes, library: Path | None, source: str = "delta net"):
         self.blob = bytes(blob)
+        self.layers = parse_net(self.blob, source)
         self.fingerprint = fingerprint(self.blob)
-        self.n_layers, _key_interval = struct.unpack("<ii", self.blob[8:16])
-        self.shapes = [struct.unpack("<ii", self.blob[o:o + 8]) for o in layer_offsets(self.blob)]
+        self.n_layers = len(self.layers)
+        self.shapes = [(layer["n_in"], layer["n_out"]) for layer in self.layers]
         self.n_in, self.n_out = self.shapes[0][0], self.shapes[-1][1]
         self.state_len = sum(a + b for a, b in self.shapes)
         self.lib = None
@@ -208,7 +265,14 @@ class DeltaRuntime:
 
     @classmethod
     def open(cls, folder: Path) -> "DeltaRuntime":
-        return cls((folder / "delta_net.bin").read_bytes(), folder / "libhwact_delta.so")
+        """The runtime for a convert folder's delta_net.bin. The folder is untrusted data: its
+        libhwact_delta.so and C files are never used; the library is compiled from the package's own
+        sources in a private temp folder, removed once the library is loaded."""
+        path = Path(folder) / "delta_net.bin"
+        blob = read_net(path)
+        parse_net(blob, str(path))                   # a malformed file is refused before compiling
+        with tempfile.TemporaryDirectory(prefix="hwact_delta_") as work:
+            return cls(blob, build_library(Path(work)), str(path))
 
     def _declare(self) -> None:
         lib = self.lib
@@ -285,7 +349,12 @@ def reference_stream(graph: Graph, x: torch.Tensor, threshold: float | None = No
     """The PyTorch reference of the whole chain, run frame by frame with the state carried between
     calls of hwact::delta_linear; returns y (batch, steps, n_out) and the columns used per layer
     (the inputs whose transmitted code changed)."""
-    layers = chain(graph)
+    return reference_layers(chain(graph), x, threshold, key_interval)
+
+
+def reference_layers(layers: list[dict], x: torch.Tensor, threshold: float | None = None,
+                     key_interval: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    """`reference_stream` of layer dicts (from `chain` or `parse_net`)."""
     h = x.to(torch.float32)
     fired = []
     for layer in layers:

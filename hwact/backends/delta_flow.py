@@ -11,6 +11,8 @@ and checks the C runtime and the ONNX step model bit-exact against the PyTorch r
 random-walk sequences (and reports the int8 lowering error against the trained model).
 
 `hwact bench OUT --stream DATA.npz` calls `bench(OUT, options)` -> `bench_stream(OUT, DATA.npz, ...)`.
+The folder is untrusted data: bench compiles the runtime from hwact's own sources (its
+libhwact_delta.so is an artifact for users and is never loaded) and checks it against the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hwact.ir.graph import Graph
 from hwact.npz import INTEGER, open_npz
 
 NAME = "delta"
+CHECK_SEQUENCES, CHECK_FRAMES = 4, 16     # bench checks the runtime against the reference on these first
 TARGETS: tuple[str, ...] = ("cpu",)
 ARTIFACTS = ["delta_net.bin", "delta.c", "delta.h", "delta_main.c", "libhwact_delta.so", "delta_step.onnx", "dense.onnx"]
 
@@ -160,11 +163,28 @@ def load_stream(path, n_in: int, sequences: int | None = None) -> tuple[np.ndarr
 
 
 def converted_threshold(outdir: Path) -> float | None:
-    """The run-time threshold `hwact convert` stored for this folder (None when report.json is gone)."""
+    """The run-time threshold `hwact convert` stored for this folder, as reported (None when report.json
+    is gone or does not hold a finite threshold >= 0; the runtime reads its thresholds from the net)."""
     try:
-        return float(json.loads((outdir / "report.json").read_text())["delta"]["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
+        threshold = float(json.loads((outdir / "report.json").read_text())["delta"]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
+    return threshold if 0 <= threshold < float("inf") else None
+
+
+def check_runtime(runtime, x: np.ndarray, threshold: float | None, source: Path) -> None:
+    """The runtime's outputs and columns used equal the PyTorch reference's (from the net file's own
+    layers) on the first frames of x."""
+    from hwact.backends import delta_c
+
+    x = x[:CHECK_SEQUENCES, :CHECK_FRAMES]
+    runtime.reset(x.shape[0])
+    y, fired = runtime.run(x)
+    with torch.no_grad():
+        reference, expected = delta_c.reference_layers(runtime.layers, torch.from_numpy(x), threshold)
+    if not np.array_equal(y, reference.numpy()) or list(fired) != expected:
+        raise VerificationError(f"{source}: the C runtime built from it differs from its PyTorch reference on "
+                                f"the first {x.shape[1]} frames", hint="report this as a hwact bug")
 
 
 def best_seconds(run, repeats: int) -> float:
@@ -193,9 +213,10 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
     runtime = delta_c.DeltaRuntime.open(outdir)
     if threshold is not None:
         runtime.set_threshold(threshold)
-    else:  # the threshold the folder was converted with is the one in effect
-        threshold = converted_threshold(outdir)
     x, labels = load_stream(stream_npz, runtime.n_in, max_sequences)
+    check_runtime(runtime, x, threshold, outdir / "delta_net.bin")
+    if threshold is None:  # the threshold the folder was converted with is the one in effect
+        threshold = converted_threshold(outdir)
     if max_sequences:
         x = x[:max_sequences]
         labels = labels[:max_sequences] if labels is not None else None

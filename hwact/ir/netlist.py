@@ -21,17 +21,26 @@ score and never changes the argmax, so it is kept only for reporting soft logits
 
 `evaluate` is the reference implementation: every backend (PyTorch op, C, CUDA, Verilog) must match it
 bit for bit.
+
+A netlist file (`to_bytes`: an .npz of num_inputs, ops, a, b, outputs, num_classes, tau) from a convert
+folder is untrusted: `Netlist.read` checks every header, dtype, shape and range before using a value.
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from hwact.errors import InputError
 
+MAX_INPUTS = 1 << 20     # input bits of a netlist file (a 32x32x3 image at 31 thermometer levels has 95,232)
+MAX_GATES = 1 << 24      # gates, and outputs, of a netlist file (the C kernel numbers nodes with uint32)
+SCALARS = ("num_inputs", "num_classes", "tau")
+ARRAYS = ("ops", "a", "b", "outputs")
 GATE_NAMES = ("0", "AND", "A_AND_NOT_B", "A", "NOT_A_AND_B", "B", "XOR", "OR",
               "NOR", "XNOR", "NOT_B", "A_OR_NOT_B", "NOT_A", "NOT_A_OR_B", "NAND", "1")
 
@@ -123,12 +132,62 @@ class Netlist:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Netlist":
+        """The netlist `to_bytes` wrote (bytes held in memory; a file from a folder: `read`)."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return cls(int(z["num_inputs"]), z["ops"], z["a"], z["b"], z["outputs"],
-                           int(z["num_classes"]), float(z["tau"]))
-        except (ValueError, KeyError, OSError) as error:
+                arrays = {name: z[name] for name in (*SCALARS, *ARRAYS)}
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise InputError(f"netlist: not a valid netlist archive ({error})") from None
+        return cls.from_arrays(arrays, "netlist")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Netlist":
+        """A netlist file from anyone (a convert folder's netlist.npz), read as hostile input: hwact.npz
+        checks each .npy header against its member before reading it (no pickles, sizes capped), the
+        array shapes are checked against MAX_INPUTS / MAX_GATES before the data is read, then `from_arrays`."""
+        from hwact.npz import INTEGER, REAL, open_npz
+
+        with open_npz(path) as archive:
+            for name in (*SCALARS, *ARRAYS):
+                shape = archive.info(name).shape
+                if name in SCALARS and shape != ():
+                    raise _invalid(path, f"'{name}' has shape {shape}, expected a single value")
+                if name in ARRAYS and (len(shape) != 1 or shape[0] > MAX_GATES):
+                    raise _invalid(path, f"'{name}' has shape {shape}, expected one dimension of at most {MAX_GATES}")
+            arrays = {name: archive.read(name, kinds=REAL if name == "tau" else INTEGER, per_sample=False)
+                      for name in (*SCALARS, *ARRAYS)}
+        return cls.from_arrays(arrays, str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> "Netlist":
+        """The netlist of the arrays a netlist file holds, each checked (dtype, shape, range, the caps) before
+        it is used; `source` names the file in the errors."""
+        for name in (*SCALARS, *ARRAYS):
+            value = arrays[name]
+            if value.dtype.kind not in ("iuf" if name == "tau" else "iu"):
+                raise _invalid(source, f"'{name}' has dtype {value.dtype}, expected "
+                                       f"{'a real number' if name == 'tau' else 'integers'}")
+            if value.ndim != (0 if name in SCALARS else 1):
+                raise _invalid(source, f"'{name}' has shape {value.shape}")
+        num_inputs, num_classes, tau = int(arrays["num_inputs"]), int(arrays["num_classes"]), float(arrays["tau"])
+        ops, outputs = arrays["ops"], arrays["outputs"]
+        if not 0 <= num_inputs <= MAX_INPUTS:
+            raise _invalid(source, f"{num_inputs} inputs, at most {MAX_INPUTS} are read")
+        if ops.size > MAX_GATES or outputs.size > MAX_GATES:
+            raise _invalid(source, f"{ops.size} gates and {outputs.size} outputs, at most {MAX_GATES} of each are read")
+        if not 1 <= num_classes <= max(outputs.size, 1) or not np.isfinite(tau):
+            raise _invalid(source, f"{num_classes} classes for {outputs.size} outputs, tau {tau}")
+        if ops.size and (int(ops.min()) < 0 or int(ops.max()) > 15):
+            raise _invalid(source, f"gate ids {int(ops.min())}..{int(ops.max())}, outside 0..15")
+        try:
+            return cls(num_inputs, ops, arrays["a"], arrays["b"], outputs, num_classes, tau)
+        except InputError as error:
+            raise _invalid(source, error.message.removeprefix("netlist: ")) from None
+
+
+def _invalid(source, reason: str) -> InputError:
+    return InputError(f"{source}: not a valid netlist file ({reason})",
+                      hint="write it again with `hwact convert MODEL --target T`")
 
 
 def random_layered(num_inputs: int, width: int, layers: int, num_classes: int, seed: int) -> Netlist:
