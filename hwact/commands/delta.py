@@ -42,7 +42,10 @@ def train_delta_command(outdir, force, per_word, hidden, epochs, delta_epochs, p
         raise InputError(f"--hidden '{hidden}': expected comma-separated integers") from None
     if not widths or min(widths) < 1:
         raise InputError(f"--hidden '{hidden}': widths must be >= 1")
-    for name, value in (("--per-word", per_word), ("--epochs", epochs), ("--delta-epochs", delta_epochs)):
+    if per_word < 2:
+        raise InputError(f"--per-word must be >= 2, got {per_word}",
+                         hint="one utterance per keyword is held out for testing, the rest train")
+    for name, value in (("--epochs", epochs), ("--delta-epochs", delta_epochs)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
     if penalty < 0 or not step_scale > 0:

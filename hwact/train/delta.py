@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hwact.errors import InputError
 from hwact.nn.delta import DeltaActivation, FrameMLP, delta_penalty
 
 
@@ -87,6 +88,9 @@ def _fit(model, x, y, epochs, lr, batch, seed, penalty_weight=0.0, log=None, tag
 def train_delta(train: dict, test: dict, hidden: tuple[int, ...] = (128, 128), epochs: int = 60,
                 delta_epochs: int = 30, penalty_weight: float = 0.02, step_scale: float = 0.1,
                 lr: float = 3e-3, batch: int = 32, seed: int = 0, log=None) -> DeltaTrainResult:
+    for name, part in (("train", train), ("test", test)):
+        if len(part["y"]) == 0:
+            raise InputError(f"the {name} split is empty", hint="give more sequences (train-delta: --per-word 2 or more)")
     torch.manual_seed(seed)
     x, y = torch.as_tensor(train["x"]), torch.as_tensor(train["y"])
     xt, yt = torch.as_tensor(test["x"]), torch.as_tensor(test["y"])
