@@ -30,6 +30,7 @@ from hwact import models
 from hwact.errors import InputError
 from hwact.ir.graph import Graph, InputSpec, first_line, from_exported, trace
 from hwact.ir.ops import load_all_ops
+from hwact.safe_pt2 import load_exported
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "int64": torch.int64,
            "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
@@ -92,9 +93,12 @@ def load(source: str, arch: str | None = None, input_shapes: tuple[str, ...] = (
         raise InputError(f"{source}: no such file", hint="give a checkpoint path or zoo:NAME (see `hwact inspect --help`)")
     if path.is_dir():
         raise InputError(f"{source}: is a directory, not a checkpoint file")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise InputError(f"{source}: not a regular file")
     if path.stat().st_size == 0:
         raise InputError(f"{source}: empty file")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     kind = detect_format(path)
     if kind == "onnx":
         if not allow_onnx:
@@ -102,7 +106,7 @@ def load(source: str, arch: str | None = None, input_shapes: tuple[str, ...] = (
                              hint="convert/export need the PyTorch checkpoint (.pt2, TorchScript or state_dict)")
         return _load_onnx(path, digest)
     if kind == "pt2":
-        return _load_pt2(path, digest, shapes)
+        return _load_pt2(path, data, digest, shapes, trust)
     if kind == "torchscript":
         return _load_torchscript(path, digest, shapes)
     if kind == "safetensors":
@@ -147,12 +151,9 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(model.graph.node) > 0
 
 
-def _load_pt2(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
-    try:
-        with quiet_torch():  # torch.export.load logs a traceback before it raises
-            ep = torch.export.load(str(path))
-    except Exception as exc:
-        raise InputError(f"{path}: corrupt or truncated .pt2 archive ({first_line(exc)})") from exc
+def _load_pt2(path: Path, data: bytes, digest: str, shapes: list[InputSpec], trust: bool) -> Loaded:
+    with quiet_torch():  # torch.export.load logs a traceback before it raises
+        ep = load_exported(data, str(path), trust)
     names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     if not shapes:
         example = ep.example_inputs[0] if ep.example_inputs else None
