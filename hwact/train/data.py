@@ -18,6 +18,7 @@ Every problem a user can cause raises hwact.errors.InputError with a one-line ca
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from hwact.errors import InputError
+from hwact.ir.graph import first_line
 from hwact.npz import INTEGER, REAL, open_npz
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -107,9 +109,14 @@ def _image_folder(root: Path) -> Dataset:
         files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for file in files:
             try:
-                with Image.open(file) as image:
-                    image.load()
-                    array = np.asarray(image.convert("L" if image.mode in GREY_MODES else "RGB"), dtype=np.float32)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)  # over Pillow's pixel cap
+                    with Image.open(file) as image:
+                        image.load()
+                        array = np.asarray(image.convert("L" if image.mode in GREY_MODES else "RGB"), dtype=np.float32)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise InputError(f"{file}: too many pixels to decode safely ({first_line(exc)})",
+                                 hint="training images are small (e.g. 32x32): resize it") from exc
             except (UnidentifiedImageError, OSError) as exc:
                 raise InputError(f"{file}: not a readable image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
             array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
