@@ -6,6 +6,7 @@ medians holds on a busy machine even when absolute numbers drift.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hwact.errors import InputError
+from hwact.limits import MAX_INPUT_BYTES, check_bytes
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -39,8 +41,7 @@ def make_runner(path: Path, batch: int, threads: int, seed: int = 0) -> Runner:
         session = ort_session(path, threads)
     except Exception as exc:
         raise InputError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
-    rng = np.random.default_rng(seed)
-    feeds = {}
+    shapes = {}
     for value in session.get_inputs():
         fixed = value.shape[0] if value.shape and isinstance(value.shape[0], int) else None
         if fixed is not None and fixed != batch:
@@ -52,8 +53,13 @@ def make_runner(path: Path, batch: int, threads: int, seed: int = 0) -> Runner:
         dtype = _NP_TYPES.get(value.type)
         if dtype is None:
             raise InputError(f"{path}: input '{value.name}' has unsupported type {value.type}")
-        feeds[value.name] = (rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating)
-                             else rng.integers(0, 2, dims).astype(dtype))
+        shapes[value.name] = (dims, dtype)
+    # drawn as float64 / int64, then cast: 8 + itemsize bytes per value while an input is built
+    needed = sum(math.prod(dims) * (8 + np.dtype(dtype).itemsize) for dims, dtype in shapes.values())
+    check_bytes(f"--batch {batch}: the random inputs of {path}", needed, MAX_INPUT_BYTES, hint="use a smaller --batch")
+    rng = np.random.default_rng(seed)
+    feeds = {name: (rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating)
+                    else rng.integers(0, 2, dims).astype(dtype)) for name, (dims, dtype) in shapes.items()}
     return Runner(path, session, feeds)
 
 

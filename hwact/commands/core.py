@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from hwact.commands.params import FINITE, Count
 from hwact.errors import InputError
+from hwact.limits import MAX_BENCH_RUNS, MAX_EPOCHS, THREADS_PER_CPU, max_threads
 
 _DEMO_DIR = "hwact-demo"
 
@@ -26,7 +28,7 @@ def model_options(func):
 
 
 def pass_options(func):
-    func = click.option("--helu-alpha", type=float, default=None, help="HeLU backward margin for gelu-to-helu.")(func)
+    func = click.option("--helu-alpha", type=FINITE, default=None, help="HeLU backward margin for gelu-to-helu.")(func)
     func = click.option("--skip", multiple=True, metavar="GLOB", help="Module paths to leave alone (repeatable).")(func)
     func = click.option("--only", multiple=True, metavar="GLOB", help="Only touch these module paths (repeatable).")(func)
     func = click.option("--calib", type=click.Path(dir_okay=False), help=".npz calibration data (arrays named after inputs, or x; y = labels).")(func)
@@ -67,14 +69,14 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
 @click.option("--recover", type=click.Choice(["kd"]), help="Recover accuracy after the passes by distilling from the original.")
 @click.option("--data", help="Training data for --recover: digits, an .npz (x[, y]) or an ImageFolder directory.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Distillation epochs per stage for --recover.")
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), default=None, help="Distillation epochs per stage for --recover.")
 @click.option("--schedule", type=click.Choice(["all", "staged"]), default=None,
               help="--recover: distil the converted graph at once (default), or re-swap stage by stage.")
-@click.option("--temperature", type=float, default=None, help="--recover: distillation temperature T (default 4).")
-@click.option("--ce-weight", type=float, default=None, help="--recover: weight of hard-label cross-entropy (labels needed).")
+@click.option("--temperature", type=FINITE, default=None, help="--recover: distillation temperature T (default 4).")
+@click.option("--ce-weight", type=FINITE, default=None, help="--recover: weight of hard-label cross-entropy (labels needed).")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range estimator for integer recipes (default: minmax).")
-@click.option("--delta-threshold", type=float, default=None, help="Delta models: run-time threshold (>= 0).")
+@click.option("--delta-threshold", type=FINITE, default=None, help="Delta models: run-time threshold (>= 0).")
 @click.option("--key-interval", type=click.IntRange(min=0), default=None,
               help="Delta models: full update every N frames (0 = never).")
 @click.option("--pipeline-every", type=click.IntRange(min=0), default=None,
@@ -166,13 +168,14 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
 @click.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--compare", "other", type=click.Path(), help="A second artifact, run interleaved; prints the ratio.")
-@click.option("--warmup", default=10, show_default=True, help="Warm-up runs.")
-@click.option("--iterations", type=int, default=None, help="Timed runs (default: as many as --duration allows).")
-@click.option("--duration", type=float, default=3.0, show_default=True, help="Seconds to run when --iterations is not given.")
+@click.option("--warmup", type=Count(0, MAX_BENCH_RUNS), default=10, show_default=True, help="Warm-up runs.")
+@click.option("--iterations", type=Count(1, MAX_BENCH_RUNS), default=None,
+              help="Timed runs (default: as many as --duration allows).")
+@click.option("--duration", type=FINITE, default=3.0, show_default=True, help="Seconds to run when --iterations is not given.")
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
 @click.option("--stream", type=click.Path(dir_okay=False), help="Frame sequence (.npz) for a delta-model folder.")
-@click.option("--threshold", type=float, default=None, help="Delta-model folder: run-time threshold to bench at.")
+@click.option("--threshold", type=FINITE, default=None, help="Delta-model folder: run-time threshold to bench at.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with machine and library versions.")
 def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, threshold, as_json):
     """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder).
@@ -183,6 +186,9 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
     if batch < 1 or warmup < 0 or (iterations is not None and iterations < 1) or duration <= 0 or threads < 0:
         raise InputError("--batch and --iterations must be >= 1, --warmup and --threads >= 0, --duration > 0")
+    if threads > max_threads():  # onnxruntime hangs at thousands of threads and crashes at 100000
+        raise InputError(f"--threads {threads}: at most {max_threads()} here ({THREADS_PER_CPU} per CPU, "
+                         f"{os.cpu_count()} CPUs)", hint="0 lets onnxruntime choose")
     flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration)
     if flow_result is not None:
         click.echo(json.dumps({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
