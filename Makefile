@@ -18,7 +18,7 @@ tools:
 	scripts/install-tools.sh
 
 demo: install
-	$(VENV)/bin/hwact demo
+	$(VENV)/bin/hwact demo --force   # its own folder, ./hwact-demo: replaced on a rerun
 
 test: install tools
 	$(PY) -m pytest -q

@@ -1,18 +1,24 @@
 """hwact's command line. Subcommands live in hwact/commands/<area>.py, each exporting COMMANDS.
 
-User errors (hwact.errors.HwactError) print one line and exit 2; `--debug` shows the traceback.
+User errors (hwact.errors.HwactError, and OSErrors the machine or a chosen path causes: hwact.outputs.os_error)
+print one line and exit 2; `--debug` shows the traceback. Ctrl-C exits 130, SIGTERM 143 (both after the
+temporary outputs are removed), a closed stdout pipe 141 without a word.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import unicodedata
 
 import click
 
 from hwact.errors import HwactError
+from hwact.outputs import os_error
 
 COMMAND_MODULES = (
     "hwact.commands.core",      # inspect, convert, export-onnx, bench, demo
@@ -22,10 +28,31 @@ COMMAND_MODULES = (
 )
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so that cleanups (temporary outputs) run."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
-            return super().invoke(ctx)
+            try:
+                result = super().invoke(ctx)
+                sys.stdout.flush()   # a reader that went away shows here, where it can still be handled
+                return result
+            except BrokenPipeError:
+                raise
+            except OSError as exc:   # a full disk, a read-only folder, ...: the user's to fix
+                mapped = os_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
         except HwactError as exc:
             if _debug(ctx):
                 raise
@@ -36,6 +63,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("hwact: interrupted", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("hwact: terminated (SIGTERM)", err=True)
+            sys.exit(143)
+        except BrokenPipeError:   # `hwact inspect ... | head -1`: end quietly, as other Unix tools do
+            _silence_stdout()
+            sys.exit(141)
         except Exception as exc:  # a bug in hwact, not the user's fault
             if _debug(ctx):
                 raise
@@ -43,6 +76,15 @@ class _Group(click.Group):
             click.echo(f"hwact: internal error: {type(exc).__name__}: {one_line(text[0]) if text else ''} "
                        "(rerun with --debug for the traceback and report it)", err=True)
             sys.exit(1)
+        finally:
+            if main_thread and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """stdout's reader is gone: point it at /dev/null so that the flush at exit has nothing to fail on."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def one_line(text: str) -> str:

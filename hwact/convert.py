@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,35 +14,10 @@ from hwact.ir.graph import Graph, check_finite
 from hwact.ir.summary import op_census, target_support
 from hwact.load import Loaded
 from hwact.npz import INTEGER, open_npz
+from hwact.outputs import atomic_dir
 from hwact.passes.manager import calibration_arrays, iter_calibration, load_calibration, random_batches, run_passes
 from hwact.report import versions, write_report
 from hwact.targets import Target
-
-
-@contextlib.contextmanager
-def atomic_dir(outdir: Path, force: bool):
-    """Yield a temporary folder beside `outdir`; on success it becomes `outdir`, on failure it vanishes."""
-    outdir = Path(outdir)
-    if outdir.exists() and not force:
-        raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
-    try:
-        outdir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.tmp-"))
-    except OSError as exc:
-        raise InputError(f"{outdir}: cannot create the output folder ({exc.strerror or type(exc).__name__})") from exc
-    try:
-        yield tmp
-        if outdir.exists():
-            old = outdir.parent / f".{outdir.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            outdir.rename(old)
-            tmp.rename(outdir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(outdir)
-        outdir.chmod(0o755)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def calibration(graph: Graph, calib: str | None, samples: int = 16, batch: int = 4) -> list[tuple]:

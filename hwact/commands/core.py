@@ -12,6 +12,7 @@ import click
 from hwact.commands.params import FINITE, Count
 from hwact.errors import InputError
 from hwact.limits import MAX_BENCH_RUNS, MAX_EPOCHS, THREADS_PER_CPU, max_threads
+from hwact.outputs import atomic_dir, atomic_file, check_output
 
 _DEMO_DIR = "hwact-demo"
 
@@ -85,6 +86,7 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
             force, recover, data, epochs, schedule, temperature, ce_weight, calib_method, delta_threshold, key_interval,
             pipeline_every):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
+    check_output(outdir, force, inputs=(model, calib, data))   # first: fails in well under a second
     from hwact.convert import convert as run_convert
     from hwact.passes.base import resolve
     from hwact.targets import load_target
@@ -101,8 +103,6 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
                          hint="use an integer recipe (int8-relu, int8-shiftgelu) or add calibrate to --passes")
     if (temperature is not None and not temperature > 0) or (ce_weight is not None and not ce_weight >= 0):
         raise InputError("--temperature must be > 0 and --ce-weight >= 0")
-    if Path(outdir).exists() and not force:
-        raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
     click.echo(f"hwact: {loaded.source} ({loaded.format}) -> {outdir} for {the_target.name}")
     if delta_threshold is not None and delta_threshold < 0:
@@ -134,6 +134,7 @@ def _print_convert_summary(report: dict, outdir) -> None:
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, output, force):
     """Export MODEL (optionally after passes) to one ONNX file, verified with onnxruntime."""
+    check_output(output, force, inputs=(model, calib), kind="file")   # first: fails in well under a second
     from hwact.backends.onnx import export_onnx, verify
     from hwact.convert import calibration
     from hwact.passes.base import resolve
@@ -142,26 +143,17 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
     from hwact.ir.graph import check_finite
 
     names = resolve(passes, recipe)
-    if Path(output).exists() and not force:
-        raise InputError(f"{output}: already exists", hint="pass --force to replace it")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
     check_finite(loaded.graph, loaded.source)
     batches = calibration(loaded.graph, calib)
     graph, _ = run_passes(loaded.graph, names, _pass_options(only, skip, helu_alpha), batches,
                           log=lambda r: click.echo(_pass_line(r)))
-    path = Path(output)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{output}: cannot create its folder ({exc.strerror or type(exc).__name__})") from exc
-    staged = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:  # verified before it takes the output's place: a failed check leaves the old file (or none)
+    # verified before it takes the output's place: a failed check leaves the old file (or none)
+    with atomic_file(output, force, inputs=(model, calib)) as staged:
         export_onnx(graph, staged)
         metrics = verify(graph, staged, batches, name=output)
-        os.replace(staged, path)
-    finally:
-        staged.unlink(missing_ok=True)
-    click.echo(f"wrote {path} ({path.stat().st_size} bytes); onnxruntime vs torch max|err| {metrics['max_abs_err']:.3g}")
+        size = staged.stat().st_size
+    click.echo(f"wrote {output} ({size} bytes); onnxruntime vs torch max|err| {metrics['max_abs_err']:.3g}")
 
 
 # ------------------------------------------------------------------------------------------------- bench
@@ -245,8 +237,10 @@ def _onnx_of(artifact: str) -> Path:
 # -------------------------------------------------------------------------------------------------- demo
 @click.command()
 @click.option("-o", "--output", "outdir", default=_DEMO_DIR, show_default=True, type=click.Path(file_okay=False))
-def demo(outdir):
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists.")
+def demo(outdir, force):
     """Built-in default: zoo ViT -> gelu-to-relu + fold-bn -> ONNX -> benchmark original vs converted."""
+    check_output(outdir, force)   # first: fails in well under a second
     from hwact.backends.onnx import export_onnx, verify
     from hwact.bench.ort_runner import make_runner, measure
     from hwact.convert import calibration, convert as run_convert
@@ -254,15 +248,15 @@ def demo(outdir):
     from hwact.targets import load_target
 
     out = Path(outdir)
+    original, converted = out / "original.onnx", out / "converted"
     start = time.perf_counter()
     click.echo("hwact demo: the zoo ViT (vit-tiny, random weights), GELU -> ReLU, BatchNorm folding, ONNX, benchmark\n")
-    out.mkdir(parents=True, exist_ok=True)
-    original_graph = load("zoo:vit-tiny").graph
-    original = export_onnx(original_graph, out / "original.onnx")
-    verify(original_graph, original, calibration(original_graph, None))
-    converted = out / "converted"
-    report = run_convert(load("zoo:vit-tiny"), ["gelu-to-relu", "fold-bn", "cleanup"], {}, load_target("cpu"),
-                         converted, force=True, log=click.echo)
+    with atomic_dir(out, force) as tmp:   # both models, or nothing
+        original_graph = load("zoo:vit-tiny").graph
+        verify(original_graph, export_onnx(original_graph, tmp / original.name), calibration(original_graph, None),
+               name=original)
+        report = run_convert(load("zoo:vit-tiny"), ["gelu-to-relu", "fold-bn", "cleanup"], {}, load_target("cpu"),
+                             tmp / converted.name, force=False, log=click.echo)
     _print_convert_summary(report, converted)
     click.echo("\nbenchmark (onnxruntime, batch 1, interleaved A/B):")
     runners = [make_runner(original, 1, 0), make_runner(converted / "model.onnx", 1, 0)]

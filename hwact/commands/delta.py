@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from hwact.convert import atomic_dir
 from hwact.errors import InputError
+from hwact.outputs import atomic_dir, check_output
 
 
 @click.command("train-delta")
@@ -31,6 +31,7 @@ from hwact.errors import InputError
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_delta_command(outdir, force, per_word, hidden, epochs, delta_epochs, penalty, step_scale, seed):
     """Train dense then delta on espeak-ng keywords (log-mel frames); report accuracy and temporal sparsity."""
+    check_output(outdir, force)   # first: fails in well under a second
     import torch
 
     from hwact.data import speech
@@ -51,8 +52,6 @@ def train_delta_command(outdir, force, per_word, hidden, epochs, delta_epochs, p
     if penalty < 0 or not step_scale > 0:
         raise InputError("--penalty must be >= 0 and --step-scale > 0")
     target = Path(outdir)
-    if target.exists() and not force:
-        raise InputError(f"{target}: already exists", hint="pass --force to replace it")
     data = speech.build_keywords(per_word=per_word, seed=seed)
     train, test = speech.split(data, seed=seed)
     result = train_delta(train, test, hidden=widths, epochs=epochs, delta_epochs=delta_epochs,

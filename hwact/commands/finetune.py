@@ -15,6 +15,7 @@ import click
 
 from hwact.commands.core import model_options
 from hwact.errors import InputError, VerificationError
+from hwact.outputs import atomic_dir, check_output
 
 
 @click.command()
@@ -49,6 +50,8 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
              schedule, stages, stage_globs, epochs, batch_size, lr, weight_decay, temperature, ce_weight,
              feature_weight, patience, seed, split_seed, val_fraction, resume, no_progress):
     """Swap GELU in MODEL for HeLU/ReLU and distill it from the original on DATA (accuracy recovery)."""
+    inputs = (model, teacher, data)
+    check_output(outdir, force, inputs)   # first: fails in well under a second
     from hwact.load import load
     from hwact.train.distill import init_world
     from hwact.train.recover import recover
@@ -65,8 +68,6 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
     if teacher and swap == "none":
         raise InputError("--swap none trains MODEL alone; it takes no --teacher")
     out = Path(outdir)
-    if out.exists() and not force:
-        raise InputError(f"{outdir}: already exists", hint="pass --force to replace it")
     world = init_world()
     log = click.echo if world.main else (lambda *a, **k: None)
     loaded = load(model, arch=arch, input_shapes=tuple(input_shapes), trust=trust_checkpoint)
@@ -89,7 +90,7 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
     if len(set(digests)) != 1:
         raise VerificationError(f"ranks ended with different weights: {', '.join(d[:12] for d in digests)}")
     if world.main:
-        write_outputs(out, force, loaded, student, section, data)
+        write_outputs(out, force, loaded, student, section, data, inputs)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         log(f"wrote {out / 'model.pt2'}, {out / 'state_dict.pt'}, {out / 'report.json'}, {out / 'report.md'}")
     world.barrier()
@@ -99,16 +100,15 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
         dist.destroy_process_group()
 
 
-def write_outputs(out: Path, force: bool, loaded, student, section: dict, data: str) -> dict:
+def write_outputs(out: Path, force: bool, loaded, student, section: dict, data: str, inputs=()) -> dict:
     import torch
 
-    from hwact.convert import atomic_dir
     from hwact.report import machine, versions
 
     report = {"command": "finetune", "input": loaded.describe(), "data": str(data), "recovery": section,
               "artifacts": ["model.pt2", "state_dict.pt", "report.json", "report.md"],
               "machine": machine(), "versions": versions()}
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs) as tmp:
         torch.export.save(student.export(), tmp / "model.pt2")
         state = {k: v.detach().clone() for k, v in student.module.state_dict().items()}
         if loaded.module is not None:   # keep exactly the keys of the eager architecture (for --arch)

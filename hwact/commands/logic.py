@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from hwact.convert import atomic_dir
 from hwact.errors import InputError
+from hwact.outputs import atomic_dir, check_output
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -64,6 +64,7 @@ def _markdown(report: dict) -> str:
 def train_logic_command(data, outdir, force, layers, parametrization, init, connections, levels, tau, epochs, lr,
                         batch, test_fraction, seed, device):
     """Train a logic-gate network; report soft vs discretized held-out accuracy; write logic_model.pt2."""
+    check_output(outdir, force, inputs=(data,))   # first: fails in well under a second
     import numpy as np
     import torch
 
@@ -81,8 +82,6 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device here", hint="use --device cpu")
     target = Path(outdir)
-    if target.exists() and not force:
-        raise InputError(f"{target}: already exists", hint="pass --force to replace it")
     dataset = load_logic_data(data)
     x_train, y_train, x_test, y_test = split(dataset, test_fraction, seed)
     click.echo(f"train-logic: {dataset.name}, {len(y_train)} train / {len(y_test)} test samples, "
@@ -98,7 +97,7 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
               "discrete_accuracy": result.discrete_accuracy, "train_discrete_accuracy": result.train_discrete_accuracy,
               "gates": netlist.num_gates, "depth": netlist.depth(), "wall_seconds": result.seconds,
               "history": result.history}
-    with atomic_dir(target, force) as tmp:  # written completely or not at all
+    with atomic_dir(target, force, inputs=(data,)) as tmp:  # written completely or not at all
         # two rows (batch 1 would specialize the exported batch dimension), from either split
         example = torch.as_tensor(np.concatenate([x_test, x_train, x_test])[:2])
         module = export_logic_model(result.model, example, tmp / "logic_model.pt2",
