@@ -122,3 +122,143 @@ def test_delta_bench_never_loads_the_folders_library(delta_folder, tmp_path, cli
     _, fired = delta_c.reference_stream(lowered, torch.from_numpy(np.load(stream)["x"]))
     assert [layer["columns_used"] for layer in result["layers"]] == fired
     assert [(layer["n_in"], layer["n_out"]) for layer in result["layers"]] == [(12, 16), (16, 4)]
+
+
+# ----- (c): corrupt, truncated or absurd data files: exit 2, one line, nothing large allocated ----------------
+def _npy(shape, dtype, data: bytes) -> bytes:
+    """A .npy member whose header declares `shape` whatever `data` holds (a header that may lie)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue() + data
+
+
+def _netlist_npz(path, **changes):
+    """A valid netlist file with members replaced (an array, or raw .npy bytes) or removed (None)."""
+    arrays = dict(np.load(io.BytesIO(random_netlist(1, 8, 20, 4, 2).to_bytes())))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, value in {**arrays, **changes}.items():
+            if value is None:
+                continue
+            if isinstance(value, bytes):
+                archive.writestr(f"{name}.npy", value)
+            else:
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=True)
+
+
+NETLIST_CASES = {
+    "empty file": (lambda path: path.write_bytes(b""), "not a readable .npz"),
+    "not a zip": (lambda path: path.write_bytes(b"PK\x03\x04 garbage"), "not a readable .npz"),
+    "truncated": (lambda path: (_netlist_npz(path), path.write_bytes(path.read_bytes()[:300])), "netlist.npz"),
+    "header claims 10^12 gates": (lambda path: _netlist_npz(path, ops=_npy((10**12,), np.uint8, bytes(20))),
+                                  "declares"),
+    "more gates than the cap": (lambda path: _netlist_npz(path, ops=np.zeros((1 << 24) + 1, np.uint8)),
+                                "at most 16777216"),
+    "10^12 inputs": (lambda path: _netlist_npz(path, num_inputs=np.int64(10**12)), "at most 1048576 are read"),
+    "10^12 classes": (lambda path: _netlist_npz(path, num_classes=np.int64(10**12)), "classes for 4 outputs"),
+    "pickled ops": (lambda path: _netlist_npz(path, ops=np.array([object()] * 20)), "never loaded"),
+    "float ops": (lambda path: _netlist_npz(path, ops=np.ones(20)), "expected integers"),
+    "gate id 300": (lambda path: _netlist_npz(path, ops=np.full(20, 300, np.int16)), "outside 0..15"),
+    "num_inputs of shape (2,)": (lambda path: _netlist_npz(path, num_inputs=np.array([8, 8])), "a single value"),
+    "a gate reads a later node": (lambda path: _netlist_npz(path, a=np.full(20, 27)), "topologically ordered"),
+    "no tau": (lambda path: _netlist_npz(path, tau=None), "no array named 'tau'"),
+    "a member that is not .npy": (lambda path: (_netlist_npz(path), _add_member(path)), "is not a .npy array"),
+}
+
+
+def _add_member(path):
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("run.sh", "echo hi")
+
+
+@pytest.mark.parametrize("case", list(NETLIST_CASES))
+def test_corrupt_netlist_exits_2(case, cli, tmp_path):
+    write, message = NETLIST_CASES[case]
+    folder = tmp_path / "lg"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"flow": "logic"}))
+    write(folder / "netlist.npz")
+    code, _, err = cli("bench", folder, "--iterations", "1")
+    _one_error_line(code, err)
+    assert "netlist.npz" in err and message in err, err
+
+
+def _layer(n_in, n_out, levels=127, relu=1, threshold=0.0, step=0.1, tail=b""):
+    header = struct.pack("<iiiif", n_in, n_out, levels, relu, threshold)
+    body = (np.full(n_in, step, "<f4").tobytes() + np.full(n_out, 0.01, "<f4").tobytes()
+            + np.zeros(n_out, "<i4").tobytes() + np.ones(n_in * n_out, np.int8).tobytes())
+    return header + body + bytes((4 - len(body) % 4) % 4) + tail
+
+
+def _net(*layers, version=1, count=None, key_interval=0):
+    return b"HWDL" + struct.pack("<iii", version, len(layers) if count is None else count, key_interval) + b"".join(layers)
+
+
+def _oversized(path):
+    with open(path, "wb") as handle:      # sparse: no disk blocks
+        handle.truncate(delta_c.MAX_NET_BYTES + 1)
+
+
+DELTA_CASES = {
+    "empty file": (b"", "no HWDL header"),
+    "another magic": (b"HWDX" + _net(_layer(12, 4))[4:], "no HWDL header"),
+    "version 2": (_net(_layer(12, 4), version=2), "version 2"),
+    "2^31-1 layers": (_net(_layer(12, 4), count=2**31 - 1), "2147483647 layers"),
+    "a 10^9 x 10^9 layer": (_net(struct.pack("<iiiif", 10**9, 10**9, 127, 1, 0.0)), "are left"),
+    "truncated weights": (_net(_layer(12, 4))[:-10], "are left"),
+    "NaN step": (_net(_layer(12, 4, step=float("nan"))), "step"),
+    "negative threshold": (_net(_layer(12, 4, threshold=-1.0)), "threshold -1.0"),
+    "levels 0": (_net(_layer(12, 4, levels=0)), "levels 0"),
+    "layers that do not chain": (_net(_layer(12, 4), _layer(5, 3)), "reads 5 values"),
+    "trailing bytes": (_net(_layer(12, 4, tail=b"\0" * 8)), "8 bytes after the last layer"),
+    "over 1 GiB": (_oversized, "more than a delta net file may have"),
+}
+
+
+@pytest.mark.parametrize("case", list(DELTA_CASES))
+def test_corrupt_delta_net_exits_2(case, cli, tmp_path):
+    content, message = DELTA_CASES[case]
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"flow": "delta", "delta": {"threshold": 0.0}}))
+    if callable(content):
+        content(folder / "delta_net.bin")
+    else:
+        (folder / "delta_net.bin").write_bytes(content)
+    np.savez(tmp_path / "s.npz", x=np.zeros((1, 4, 12), np.float32))
+    code, _, err = cli("bench", folder, "--stream", tmp_path / "s.npz", "--iterations", "1")
+    _one_error_line(code, err)
+    assert "delta_net.bin" in err and message in err, err
+
+
+def test_parse_net_reads_what_net_blob_writes():
+    from tests.backends.delta_helpers import lowered
+
+    graph = lowered()
+    blob = delta_c.net_blob(graph)
+    layers = delta_c.parse_net(blob)
+    for parsed, layer in zip(layers, delta_c.chain(graph), strict=True):
+        assert torch.equal(parsed["weight"].to(torch.int64), layer["weight"].to(torch.int64))
+        for key in ("step", "scale", "bias_acc", "threshold"):
+            assert torch.equal(parsed[key], layer[key].to(parsed[key].dtype)), key
+        assert (parsed["levels"], parsed["relu"], parsed["key_interval"]) == \
+            (layer["levels"], layer["relu"], layer["key_interval"])
+    x = torch.randn(2, 6, 24).cumsum(dim=1)
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in
+               zip(delta_c.reference_layers(layers, x), delta_c.reference_stream(graph, x)))
+    with pytest.raises(InputError, match="net.bin: not a valid delta net file"):
+        delta_c.parse_net(blob[:-1], "net.bin")
+
+
+def test_huge_claims_exit_2_in_a_real_process(tmp_path, cli_process):
+    """The two absurd headers as the installed CLI sees them: exit 2, no MemoryError, no traceback."""
+    logic, delta = tmp_path / "lg", tmp_path / "dl"
+    for folder, flow in ((logic, "logic"), (delta, "delta")):
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps({"flow": flow}))
+    _netlist_npz(logic / "netlist.npz", ops=_npy((10**12,), np.uint8, bytes(20)))
+    (delta / "delta_net.bin").write_bytes(DELTA_CASES["a 10^9 x 10^9 layer"][0])
+    np.savez(tmp_path / "s.npz", x=np.zeros((1, 4, 12), np.float32))
+    _one_error_line(*cli_process("bench", logic, "--iterations", "1")[::2])
+    _one_error_line(*cli_process("bench", delta, "--stream", tmp_path / "s.npz")[::2])
