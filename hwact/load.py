@@ -273,7 +273,9 @@ def _load_state_dict(path: Path, digest: str, state: dict, arch: str | None, sha
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or mismatched:
+    # load_state_dict would silently cast int64/bool/complex values into float weights
+    kinds = sorted(k for k in set(expected) & set(state) if _number_kind(expected[k]) != _number_kind(state[k]))
+    if missing or unexpected or mismatched or kinds:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -283,14 +285,23 @@ def _load_state_dict(path: Path, digest: str, state: dict, arch: str | None, sha
             k = mismatched[0]
             parts.append(f"{len(mismatched)} with wrong shape (e.g. {k}: {tuple(state[k].shape)} vs "
                          f"{tuple(expected[k].shape)})")
+        if kinds:
+            k = kinds[0]
+            parts.append(f"{len(kinds)} with the wrong kind of number (e.g. {k}: {state[k].dtype} vs "
+                         f"{expected[k].dtype})")
         raise InputError(f"{path}: state_dict keys do not match --arch {arch}: " + "; ".join(parts))
     module.load_state_dict(state)
     return _from_module(module, shapes or specs, str(path), fmt, digest)
 
 
+def _number_kind(tensor: torch.Tensor) -> str:
+    return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "integer"
+
+
 def _from_module(module: torch.nn.Module, shapes: list[InputSpec], source: str, fmt: str, digest) -> Loaded:
     module = module.eval()
-    graph = trace(module, shapes, source)
+    with quiet_torch():  # torch.export logs pages of context before it raises on a shape that does not fit
+        graph = trace(module, shapes, source)
     return Loaded(source, fmt, digest, shapes, graph, module)
 
 

@@ -1,6 +1,7 @@
 """Checkpoint intake: every supported format loads; every bad input is one line, exit 2, no output."""
 
 import json
+import os
 import zipfile
 
 import pytest
@@ -45,6 +46,10 @@ def files(tmp_path_factory):
     sd = dict(module.state_dict())
     sd["head.weight"] = torch.zeros(7, 64)
     torch.save(sd, paths["wrong_shape"])
+    paths["int_weights"] = root / "int_weights.pth"
+    sd = dict(module.state_dict())
+    sd["head.weight"] = torch.ones(10, 64, dtype=torch.int64)
+    torch.save(sd, paths["int_weights"])
     paths["corrupt_pt2"] = root / "corrupt.pt2"  # zip directory intact, member bytes scrambled
     scrambled = bytearray(data)
     for i in range(2000, min(60000, len(scrambled) - 1000)):
@@ -118,6 +123,7 @@ def test_format_is_detected_from_bytes_not_extension(files, tmp_path):
     ("sd", ["--arch", "no-such-net"], "unknown architecture 'no-such-net'"),
     ("wrong_keys", ["--arch", "vit-tiny"], "state_dict keys do not match --arch vit-tiny"),
     ("wrong_shape", ["--arch", "vit-tiny"], "head.weight: (7, 64) vs (10, 64)"),
+    ("int_weights", ["--arch", "vit-tiny"], "wrong kind of number (e.g. head.weight: torch.int64 vs torch.float32)"),
     ("pickle", ["--input-shape", "1x3x32x32"], "unpickling runs code"),
     ("ts", [], "--input-shape"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3x48x48"], "could not trace"),
@@ -140,6 +146,19 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, tmp_path, cli, k
         assert str(path) in stderr
     assert not out.exists() and list(tmp_path.iterdir()) == ([] if kind == "missing" else list(tmp_path.iterdir()))
     assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_fifo_model_is_refused_at_once(tmp_path, cli_process):
+    fifo = tmp_path / "model.pt2"
+    os.mkfifo(fifo)
+    code, _, stderr = cli_process("inspect", fifo)  # would block forever if the FIFO were opened
+    assert code == 2 and stderr == f"hwact: error: {fifo}: not a regular file\n"
+
+
+def test_a_shape_that_does_not_fit_prints_one_line(cli_process):
+    """torch.export logs pages of context before it raises (228 lines for this shape)."""
+    code, stdout, stderr = cli_process("inspect", "zoo:vit-tiny", "--input-shape", "1x3x40x40")
+    assert code == 2 and stderr.count("\n") == 1 and "could not trace the model with inputs 1x3x40x40" in stderr
 
 
 def test_pickled_module_is_refused_then_accepted_with_the_flag(files, tmp_path, cli):
