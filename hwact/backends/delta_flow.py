@@ -187,6 +187,22 @@ def check_runtime(runtime, x: np.ndarray, threshold: float | None, source: Path)
                                 f"the first {x.shape[1]} frames", hint="report this as a hwact bug")
 
 
+def dense_session(path: Path, frame: np.ndarray, n_out: int):
+    """An onnxruntime session on a folder's dense.onnx, checked to map one frame to n_out values (the file
+    is untrusted data: whatever onnxruntime cannot load or run is an InputError naming it)."""
+    from hwact.backends import delta_onnx
+    from hwact.ir.graph import first_line
+
+    try:
+        sess = delta_onnx.session(path, threads=1)
+        shape = sess.run(None, {"x": np.ascontiguousarray(frame)})[0].shape
+    except Exception as exc:  # onnxruntime's own exception types: a corrupt file, missing input 'x', ...
+        raise InputError(f"{path}: onnxruntime cannot run it ({first_line(exc)})") from exc
+    if shape != (1, n_out):
+        raise InputError(f"{path}: gives outputs of shape {shape} for one frame, delta_net.bin gives (1, {n_out})")
+    return sess
+
+
 def best_seconds(run, repeats: int) -> float:
     """The fastest of `repeats` timed calls of run()."""
     best = float("inf")
@@ -201,7 +217,7 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
                  max_sequences: int | None = 64, onnxruntime: bool = True) -> dict:
     """Per-layer temporal sparsity, MACs skipped and per-frame latency (delta C kernel vs the same
     kernel dense vs onnxruntime on the dense model) over the sequences in `stream_npz`."""
-    from hwact.backends import delta_c, delta_onnx
+    from hwact.backends import delta_c
 
     outdir = Path(outdir)
     for net, kind in (("delta_conv_net.bin", "conv"), ("delta_gru_net.bin", "GRU")):
@@ -247,7 +263,7 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
     result["ideal_speedup"] = 1.0 / max(1.0 - sparsity, 1e-9)
     latency = {"delta_c_us": 1e6 * delta_s / frames, "dense_c_us": 1e6 * dense_s / frames}
     if onnxruntime and (outdir / "dense.onnx").exists():
-        sess = delta_onnx.session(outdir / "dense.onnx", threads=1)
+        sess = dense_session(outdir / "dense.onnx", x[0, :1], runtime.n_out)
         frames_list = [np.ascontiguousarray(x[i, t:t + 1]) for i in range(sequences) for t in range(steps)]
         ort_y = None
 

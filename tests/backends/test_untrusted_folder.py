@@ -262,3 +262,14 @@ def test_huge_claims_exit_2_in_a_real_process(tmp_path, cli_process):
     np.savez(tmp_path / "s.npz", x=np.zeros((1, 4, 12), np.float32))
     _one_error_line(*cli_process("bench", logic, "--iterations", "1")[::2])
     _one_error_line(*cli_process("bench", delta, "--stream", tmp_path / "s.npz")[::2])
+
+
+def test_corrupt_dense_onnx_exits_2(delta_folder, tmp_path, cli):
+    source, stream, _ = delta_folder
+    folder = _copy(source, tmp_path)
+    for content, message in [(b"\x08garbage", "onnxruntime cannot run it"),
+                             ((folder / "delta_step.onnx").read_bytes(), "onnxruntime cannot run it")]:
+        (folder / "dense.onnx").write_bytes(content)
+        code, _, err = cli("bench", folder, "--stream", stream, "--iterations", "1")
+        _one_error_line(code, err)
+        assert "dense.onnx" in err and message in err, err
