@@ -237,7 +237,8 @@ def run_under_qemu(exe: Path, blob: bytes, x: np.ndarray, workdir: Path, dense: 
 
 
 class DeltaRuntime:
-    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams."""
+    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams. Loading a
+    library runs its code: `library` is one hwact has just built (`open` rebuilds a folder's)."""
 
     def __init__(self, blob: bytes, library: Path | None, source: str = "delta net"):
         self.blob = bytes(blob)

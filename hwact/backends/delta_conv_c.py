@@ -140,6 +140,7 @@ def run_under_qemu(exe: Path, layer: dict, x: np.ndarray, workdir: Path) -> dict
 # ----- the runtime -----------------------------------------------------------------------------
 class ConvLayerRuntime:
     """ctypes handle on the compiled kernel for one delta_conv2d layer, with the state of `batch` streams.
+    Loading a library runs its code: `library` is one hwact has just built, never one found in a folder.
 
     State: codes (B, C, H, W) int32, acc (B, OH, OW, O) int32 (channel-last; `reference_state()` gives
     the reference op's (B, O, OH, OW) layout), frame (B,) int64."""

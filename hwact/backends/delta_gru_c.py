@@ -159,7 +159,8 @@ def run_under_qemu(exe: Path, blob: bytes, x: np.ndarray, workdir: Path) -> dict
 
 # ----- running -----------------------------------------------------------------------------------
 class DeltaGRURuntime:
-    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams."""
+    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams. Loading a
+    library runs its code: `library` is one hwact has just built, never one found in a folder."""
 
     def __init__(self, blob: bytes, library: Path):
         self.blob = bytes(blob)

@@ -363,7 +363,8 @@ def unpack_planes(planes: np.ndarray, n: int) -> np.ndarray:
 
 
 class LogicCKernel:
-    """ctypes handle on a host library built by build_c for `netlist` (checked by fingerprint)."""
+    """ctypes handle on a host library built by build_c for `netlist` (checked by fingerprint). Loading a
+    library runs its code: pass only one hwact has just built, never one found in a folder."""
 
     def __init__(self, library: Path, netlist: Netlist):
         library = Path(library)
