@@ -2,9 +2,10 @@
 
 Formats (detected from the bytes, not the extension):
   * torch.export archive (.pt2): graph + weights + example inputs; preferred.
-  * TorchScript archive: converted to torch.export (needs --input-shape).
+  * TorchScript archive: a program, so only with trust=True; converted to torch.export (needs --input-shape).
   * state_dict (.pt/.pth via torch.load(weights_only=True), or .safetensors) plus --arch NAME.
   * a pickled nn.Module: only with trust=True (unpickling runs code from the file).
+  * .pt2 archives are read by hwact.safe_pt2, which refuses every route to running the file's code.
   * ONNX (.onnx): only for commands that need nothing but ONNX (bench, inspect).
   * zoo:NAME: a built-in zoo model with its seeded random weights.
 Every failure a user can cause raises InputError naming the file and the cause; nothing is written.
@@ -108,7 +109,7 @@ def load(source: str, arch: str | None = None, input_shapes: tuple[str, ...] = (
     if kind == "pt2":
         return _load_pt2(path, data, digest, shapes, trust)
     if kind == "torchscript":
-        return _load_torchscript(path, digest, shapes)
+        return _load_torchscript(path, digest, shapes, trust)
     if kind == "safetensors":
         return _load_state_dict(path, digest, _read_safetensors(path), arch, shapes, "safetensors")
     return _load_torch_pickle(path, digest, arch, shapes, trust)
@@ -179,7 +180,11 @@ def _spec_from_tensor(name: str, tensor: torch.Tensor) -> InputSpec:
     return InputSpec(name, tuple(tensor.shape), tensor.dtype, high)
 
 
-def _load_torchscript(path: Path, digest: str, shapes: list[InputSpec]) -> Loaded:
+def _load_torchscript(path: Path, digest: str, shapes: list[InputSpec], trust: bool) -> Loaded:
+    if not trust:  # its code/ folder is a program that TorchScript's interpreter runs while converting
+        raise InputError(f"{path}: a TorchScript archive is a program (its forward runs in TorchScript's "
+                         "interpreter), so it is refused", hint="export a .pt2 with torch.export instead, or pass "
+                         "--trust-checkpoint if you trust this file")
     if not shapes:
         raise InputError(f"{path}: TorchScript archives carry no input shapes", hint="pass --input-shape, e.g. 1x3x224x224")
     try:

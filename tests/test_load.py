@@ -72,7 +72,7 @@ def reference_output(x):
 
 @pytest.mark.parametrize("kind,kwargs,fmt", [
     ("pt2", {}, "pt2"),
-    ("ts", {"input_shapes": ("2x3x32x32",)}, "torchscript"),
+    ("ts", {"input_shapes": ("2x3x32x32",), "trust": True}, "torchscript"),
     ("sd", {"arch": "vit-tiny"}, "state_dict"),
     ("wrapped", {"arch": "vit-tiny"}, "state_dict"),
     ("st", {"arch": "vit-tiny"}, "safetensors"),
@@ -125,7 +125,8 @@ def test_format_is_detected_from_bytes_not_extension(files, tmp_path):
     ("wrong_shape", ["--arch", "vit-tiny"], "head.weight: (7, 64) vs (10, 64)"),
     ("int_weights", ["--arch", "vit-tiny"], "wrong kind of number (e.g. head.weight: torch.int64 vs torch.float32)"),
     ("pickle", ["--input-shape", "1x3x32x32"], "unpickling runs code"),
-    ("ts", [], "--input-shape"),
+    ("ts", [], "a TorchScript archive is a program"),
+    ("ts", ["--trust-checkpoint"], "--input-shape"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3x48x48"], "could not trace"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3xbad"], "bad --input-shape"),
     ("corrupt_pt2", [], "corrupt or truncated .pt2 archive"),
