@@ -215,6 +215,8 @@ def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch
     report_path = folder / "report.json"
     if not folder.is_dir() or not report_path.exists():
         return None
+    if not report_path.is_file() or report_path.stat().st_size > 16 * 10**6:   # a FIFO would block the read
+        raise InputError(f"{report_path}: not a report hwact wrote (a regular file of at most 16 MB)")
     flow_name = read_json(report_path).get("flow")
     module = next((importlib.import_module(m) for m in flows.FLOW_MODULES if m.endswith(f".{flow_name}_flow")), None)
     if module is None or not hasattr(module, "bench"):

@@ -9,6 +9,7 @@ absurdly large ones end with one line on stderr and exit 2, before anything larg
 
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -23,6 +24,7 @@ from hwact.backends import delta_c
 from hwact.errors import InputError
 from hwact.ir.logic_ops import LogicNetlistModule
 from hwact.ir.netlist import Netlist
+from hwact.nn.delta import FrameMLP
 from tests.backends.logic_helpers import random_netlist
 
 PAYLOAD = """#include <stdio.h>
@@ -46,6 +48,13 @@ def _plant(library, sources, marker, tmp_path, include=None):
     marker.unlink()
 
 
+def _hwact(*args, timeout=600):
+    """The installed `hwact` console script in a subprocess: (exit code, stdout, stderr)."""
+    exe = shutil.which("hwact", path=os.path.dirname(sys.executable))
+    done = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
 def _one_error_line(code, err):
     assert code == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -60,10 +69,8 @@ def logic_folder(tmp_path_factory):
     thresholds = torch.linspace(-1, 1, 24).reshape(12, 2)
     program = torch.export.export(LogicNetlistModule(netlist, thresholds).eval(), (torch.randn(2, 12),))
     torch.export.save(program, str(work / "logic_model.pt2"))
-    exe = shutil.which("hwact", path=str(sys.executable.rsplit("/", 1)[0]))
-    done = subprocess.run([exe, "convert", work / "logic_model.pt2", "--target", "cpu", "-o", work / "cpu"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    code, _, err = _hwact("convert", work / "logic_model.pt2", "--target", "cpu", "-o", work / "cpu")
+    assert code == 0, err
     return work / "cpu"
 
 
@@ -72,12 +79,10 @@ def delta_folder(tmp_path_factory):
     """`hwact convert --target cpu` of a small delta MLP (no training) and a stream file for it."""
     work = tmp_path_factory.mktemp("delta")
     torch.manual_seed(0)
-    model = __import__("hwact.nn.delta", fromlist=["FrameMLP"]).FrameMLP(12, (16,), 4).to_delta((0.1, 0.05)).eval()
+    model = FrameMLP(12, (16,), 4).to_delta((0.1, 0.05)).eval()
     torch.export.save(torch.export.export(model, (torch.randn(2, 8, 12),)), str(work / "delta_model.pt2"))
-    exe = shutil.which("hwact", path=str(sys.executable.rsplit("/", 1)[0]))
-    done = subprocess.run([exe, "convert", work / "delta_model.pt2", "--target", "cpu", "-o", work / "cpu"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    code, _, err = _hwact("convert", work / "delta_model.pt2", "--target", "cpu", "-o", work / "cpu")
+    assert code == 0, err
     x = (np.random.default_rng(0).standard_normal((3, 10, 12)) * 0.3).cumsum(axis=1).astype(np.float32)
     np.savez(work / "stream.npz", x=x)
     return work / "cpu", work / "stream.npz", work / "delta_model.pt2"
@@ -273,3 +278,24 @@ def test_corrupt_dense_onnx_exits_2(delta_folder, tmp_path, cli):
         code, _, err = cli("bench", folder, "--stream", stream, "--iterations", "1")
         _one_error_line(code, err)
         assert "dense.onnx" in err and message in err, err
+
+
+def test_hostile_report_json_exits_2(tmp_path, cli):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    report = folder / "report.json"
+    os.mkfifo(report)               # reading it would block forever: refused from its type
+    code, _, err = _hwact("bench", folder, timeout=120)
+    _one_error_line(code, err)
+    assert "report.json: not a report hwact wrote" in err
+    report.unlink()
+    with open(report, "wb") as handle:  # sparse, 17 MB of zeros
+        handle.truncate(17 * 10**6)
+    code, _, err = cli("bench", folder)
+    _one_error_line(code, err)
+    assert "at most 16 MB" in err
+    for content in ('{"flow": "delta", "delta": {"thre', "[1, 2]"):
+        report.write_text(content)
+        code, _, err = cli("bench", folder)
+        _one_error_line(code, err)
+        assert "report.json" in err, err
