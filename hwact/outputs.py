@@ -63,8 +63,14 @@ def check_output(path, force: bool, inputs=(), kind: str = "folder") -> Path:
 
     `inputs` are the paths (or names, like zoo:x, that are not paths) the run reads; `kind` is "folder"
     or "file". Returns the output as an absolute path."""
-    shown = path
-    path = Path(os.path.abspath(path))
+    try:
+        return _check_output(path, force, inputs, kind)
+    except OSError as exc:   # a name too long even to look up, say
+        raise output_error(path, exc) from exc
+
+
+def _check_output(shown, force: bool, inputs, kind: str) -> Path:
+    path = Path(os.path.abspath(shown))
     if not path.name:
         raise InputError(f"{shown}: is the root folder", hint="write the output elsewhere")
     if path.is_symlink():
@@ -133,17 +139,11 @@ def _staged(shown, force: bool, inputs, kind: str):
     try:
         try:
             yield tmp
-        except HwactError:
-            raise
-        except OSError as exc:
-            member = _member(exc, tmp)
-            if member is None and exc.errno not in _WRITE_ERRNOS:
-                raise   # not about the output (an input, say): the caller's to explain
-            raise output_error(shown, exc, member if kind == "folder" else None) from exc
-        except Exception as exc:   # torch.save & co. report a full disk as a RuntimeError
-            if not _disk_full(tmp):
+        except Exception as exc:
+            error = _write_error(shown, exc, tmp, kind)
+            if error is None:
                 raise
-            raise output_error(shown, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
+            raise error from exc
         if kind == "folder":
             tmp.chmod(0o755)
         try:
@@ -269,6 +269,26 @@ def _member(exc: OSError, tmp: Path) -> str | None:
         name = os.path.abspath(os.fsdecode(name))
         if name != str(tmp) and os.path.commonpath([name, str(tmp)]) == str(tmp):
             return os.path.relpath(name, tmp)
+    return None
+
+
+def _write_error(shown, exc: Exception, tmp: Path, kind: str) -> InputError | None:
+    """The error to show for `exc`, raised while writing into `tmp`, when writing caused it; else None.
+
+    Writing caused it when it is an OSError about a file in `tmp` or of a kind only writing raises, a
+    short write (numpy's tofile, used by the ONNX writer, says "N requested and M written", without errno),
+    or any error while the disk is full (torch.save reports a full disk as a RuntimeError)."""
+    if isinstance(exc, HwactError):
+        return None
+    if isinstance(exc, OSError):
+        member = _member(exc, tmp)
+        if member is not None or exc.errno in _WRITE_ERRNOS:
+            return output_error(shown, exc, member if kind == "folder" else None)
+        if exc.errno is None and "requested and" in str(exc) and str(exc).endswith("written"):
+            return InputError(f"{shown}: cannot write (a write came up short, {exc}: is the disk full?)",
+                              hint=_HINTS[errno.ENOSPC])
+    if _disk_full(tmp):
+        return output_error(shown, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     return None
 
 
