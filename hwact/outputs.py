@@ -90,7 +90,7 @@ def _check_output(shown, force: bool, inputs, kind: str) -> Path:
 
 
 def _check_parent(path: Path, shown) -> None:
-    """The parent folder can be made and written, and every new name fits (without creating anything)."""
+    """The parent folder can be made and written, and every new name fits (probed with a folder removed at once)."""
     folder, missing = path.parent, []
     while not os.path.lexists(folder):
         missing.append(folder.name)
@@ -101,12 +101,16 @@ def _check_parent(path: Path, shown) -> None:
         name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
     except (OSError, ValueError):
         name_max, path_max = 255, 4096
-    room = len(_temp_prefix(path)) - len(path.name) + _RANDOM
-    longest = max([len(os.fsencode(m)) for m in missing] + [len(os.fsencode(path.name)) + room])
-    if longest > name_max or len(os.fsencode(str(path))) + room >= path_max:
-        raise InputError(f"{shown}: file name too long (at most {name_max - room} bytes per name here, "
-                         f"{path_max - room - 1} in all: hwact needs {room} more for its temporary name)",
-                         hint=_HINTS[errno.ENAMETOOLONG])
+    room = len(_temp_prefix(path)) - len(path.name) + _RANDOM   # what the temporary name adds
+    too_long = [f"'{name[:16]}...' has {len(os.fsencode(name))} bytes, at most {name_max} here"
+                for name in missing if len(os.fsencode(name)) > name_max]
+    if len(os.fsencode(path.name)) + room > name_max:
+        too_long.append(f"'{path.name[:16]}...' has {len(os.fsencode(path.name))} bytes, at most {name_max - room} "
+                        f"here, as hwact adds {room} for its temporary name")
+    if len(os.fsencode(str(path))) + room >= path_max:
+        too_long.append(f"the whole path has {len(os.fsencode(str(path)))} bytes, at most {path_max - room - 1} here")
+    if too_long:
+        raise InputError(f"{shown}: file name too long ({too_long[0]})", hint=_HINTS[errno.ENAMETOOLONG])
     try:   # the real test: make (and remove) a folder named like the temporary where the first new name goes
         os.rmdir(tempfile.mkdtemp(dir=folder, prefix=_temp_prefix(path)))
     except OSError as exc:
@@ -167,10 +171,15 @@ def _commit(source: Path, path: Path, force: bool, shown) -> None:
             _remove(source)   # now the old output
             return
         if swapped is False:   # no renameat2: move the old output aside (as a temporary), then rename
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path)))
-            os.rename(path, old / "old")
-            os.rename(source, path)
-            _remove(old)
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path)))
+            os.rename(path, aside / "old")
+            try:
+                os.rename(source, path)
+            except OSError:
+                os.rename(aside / "old", path)   # put the old output back
+                raise
+            finally:
+                _remove(aside)
             return
     try:
         if not _renameat2(source, path, _RENAME_NOREPLACE):
