@@ -17,6 +17,7 @@ MAX_INPUT_BYTES = 4 * 10**9      # example / benchmark inputs built from shapes 
 MAX_TRAIN_BYTES = 16 * 10**9     # estimated peak memory of a training run
 MAX_EPOCHS = 10_000              # epochs of any training command
 MAX_BATCH = 65_536               # training mini-batch size
+MAX_SEED = 2**32 - 1             # numpy and scikit-learn take seeds below 2**32
 MAX_BENCH_RUNS = 10_000_000      # bench --warmup / --iterations (each timed run keeps one float)
 THREADS_PER_CPU = 4              # bench --threads at most os.cpu_count() x this
 

@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
+
+
+def json_safe(value):
+    """`value` as strict JSON data: NaN and infinite floats become None (JSON has no such numbers; a cosine
+    of two zero outputs or a ratio over a zero time can legitimately be one), numpy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(value, **options) -> str:
+    """Strict JSON text (never NaN or Infinity) of `value`; options go to json.dumps."""
+    return json.dumps(json_safe(value), allow_nan=False, **options)
 
 
 def versions() -> dict:
@@ -101,7 +121,7 @@ def render_markdown(report: dict) -> str:
         out.append(f"## {key}\n")
         out.append(table(value) if isinstance(value, list) and value and isinstance(value[0], dict)
                    else table([value]) if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values())
-                   else "```json\n" + json.dumps(value, indent=2, default=str) + "\n```\n")
+                   else "```json\n" + to_json(value, indent=2, default=str) + "\n```\n")
     out.append("## Artifacts\n")
     out += [f"- `{a}`" for a in report.get("artifacts", [])]
     out.append("\n## Versions\n")
@@ -110,5 +130,5 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(outdir: Path, report: dict) -> None:
-    (outdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    (outdir / "report.json").write_text(to_json(report, indent=2, default=str) + "\n")
     (outdir / "report.md").write_text(render_markdown(report))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -56,9 +55,10 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 
     MODEL is a checkpoint file, an ONNX file, or zoo:NAME (zoo:vit-tiny, zoo:vit-s16, zoo:swin-tiny, ...)."""
     from hwact.inspect import inspect_loaded, render_inspect
+    from hwact.report import to_json
 
     info = inspect_loaded(_load(model, arch, input_shapes, trust_checkpoint, allow_onnx=True))
-    click.echo(json.dumps(info, indent=2) if as_json else render_inspect(info))
+    click.echo(to_json(info, indent=2) if as_json else render_inspect(info))
 
 
 # ----------------------------------------------------------------------------------------------- convert
@@ -78,7 +78,7 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "mse"]), default=None,
               help="Activation range estimator for integer recipes (default: minmax).")
 @click.option("--delta-threshold", type=FINITE, default=None, help="Delta models: run-time threshold (>= 0).")
-@click.option("--key-interval", type=click.IntRange(min=0), default=None,
+@click.option("--key-interval", type=Count(0, 2**31 - 1), default=None,
               help="Delta models: full update every N frames (0 = never).")
 @click.option("--pipeline-every", type=click.IntRange(min=0), default=None,
               help="Logic models on FPGA targets: a register stage every K gate layers (0 = combinational).")
@@ -174,7 +174,7 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
     A convert folder of a logic-gate or delta model is benchmarked by its own flow (compiled kernels)."""
     from hwact.bench.ort_runner import make_runner, measure
-    from hwact.report import machine, versions
+    from hwact.report import machine, to_json, versions
 
     if batch < 1 or warmup < 0 or (iterations is not None and iterations < 1) or duration <= 0 or threads < 0:
         raise InputError("--batch and --iterations must be >= 1, --warmup and --threads >= 0, --duration > 0")
@@ -183,7 +183,7 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
                          f"{os.cpu_count()} CPUs)", hint="0 lets onnxruntime choose")
     flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration)
     if flow_result is not None:
-        click.echo(json.dumps({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
+        click.echo(to_json({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
                               indent=2, default=str))
         return
     paths = [_onnx_of(artifact)] + ([_onnx_of(other)] if other else [])
@@ -193,7 +193,7 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
     if other:
         out["ratio_p50"] = results[0]["p50_ms"] / results[1]["p50_ms"]
     if as_json:
-        click.echo(json.dumps({**out, "machine": machine(), "versions": versions()}, indent=2))
+        click.echo(to_json({**out, "machine": machine(), "versions": versions()}, indent=2))
         return
     for r in out["results"]:
         click.echo(f"{r['artifact']}: p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  p99 {r['p99_ms']:.3f}  "

@@ -7,15 +7,17 @@ Runs unchanged under `torchrun --nproc-per-node N` (DistributedDataParallel; ran
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import click
 
 from hwact.commands.core import model_options
+from hwact.commands.params import FINITE, Count
 from hwact.errors import InputError, VerificationError
+from hwact.limits import MAX_BATCH, MAX_EPOCHS, MAX_SEED
 from hwact.outputs import atomic_dir, check_output
+from hwact.report import to_json
 
 
 @click.command()
@@ -26,24 +28,24 @@ from hwact.outputs import atomic_dir, check_output
 @click.option("--swap", type=click.Choice(["helu", "relu", "none"]), default="helu", show_default=True,
               help="Activation put in place of GELU (none: plain supervised training of MODEL, needs labels).")
 @click.option("--teacher", help="The original model when MODEL is already swapped (then MODEL is the student as is).")
-@click.option("--helu-alpha", type=float, default=None, help="HeLU backward margin (default 0.05).")
+@click.option("--helu-alpha", type=FINITE, default=None, help="HeLU backward margin (default 0.05).")
 @click.option("--only", multiple=True, metavar="GLOB", help="Only swap sites under these module paths (repeatable).")
 @click.option("--skip", multiple=True, metavar="GLOB", help="Leave these module paths as GELU (repeatable).")
 @click.option("--schedule", type=click.Choice(["staged", "all"]), default="staged", show_default=True,
               help="staged: swap one stage, distill, then the next; all: swap everything, distill once.")
 @click.option("--stages", type=int, default=None, help="Merge the natural stages into this many groups.")
 @click.option("--stage", "stage_globs", multiple=True, metavar="GLOB", help="An explicit stage (module-path glob); repeat, in order.")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Epochs per stage.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature T.")
-@click.option("--ce-weight", type=float, default=0.0, show_default=True, help="Weight of hard-label cross-entropy (labels needed).")
-@click.option("--feature-weight", type=float, default=0.0, show_default=True, help="Weight of per-block feature MSE.")
-@click.option("--patience", type=int, default=3, show_default=True, help="Stop a stage after this many epochs without validation gain (0: never).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Training seed (batch order).")
-@click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the train/validation split.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), default=10, show_default=True, help="Epochs per stage.")
+@click.option("--batch-size", type=Count(1, MAX_BATCH), default=64, show_default=True)
+@click.option("--lr", type=FINITE, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=FINITE, default=0.01, show_default=True)
+@click.option("--temperature", type=FINITE, default=4.0, show_default=True, help="Distillation temperature T.")
+@click.option("--ce-weight", type=FINITE, default=0.0, show_default=True, help="Weight of hard-label cross-entropy (labels needed).")
+@click.option("--feature-weight", type=FINITE, default=0.0, show_default=True, help="Weight of per-block feature MSE.")
+@click.option("--patience", type=Count(0, MAX_EPOCHS), default=3, show_default=True, help="Stop a stage after this many epochs without validation gain (0: never).")
+@click.option("--seed", type=Count(0, MAX_SEED), default=0, show_default=True, help="Training seed (batch order).")
+@click.option("--split-seed", type=Count(0, MAX_SEED), default=0, show_default=True, help="Seed of the train/validation split.")
+@click.option("--val-fraction", type=FINITE, default=0.2, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTDIR.ckpt/ (written after every epoch).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, swap, teacher, helu_alpha, only, skip,
@@ -56,9 +58,6 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
     from hwact.train.distill import init_world
     from hwact.train.recover import recover
 
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--patience", patience, 0)):
-        if value < low:
-            raise InputError(f"{name} must be >= {low}, got {value}")
     if not lr > 0 or not temperature > 0:
         raise InputError("--lr and --temperature must be > 0")
     if min(ce_weight, feature_weight, weight_decay) < 0:
@@ -115,7 +114,7 @@ def write_outputs(out: Path, force: bool, loaded, student, section: dict, data: 
             wanted = loaded.module.state_dict().keys()
             state = {k: v for k, v in state.items() if k in wanted}
         torch.save(state, tmp / "state_dict.pt")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (tmp / "report.json").write_text(to_json(report, indent=2, default=str) + "\n")
         (tmp / "report.md").write_text(render_markdown(report))
     return report
 
@@ -147,7 +146,7 @@ def render_markdown(report: dict) -> str:
             row(f"stage {i} `{stage['stage']}`: swapped ({stage['sites']} sites)", stage["after_swap"])
         row(f"stage {i} `{stage['stage']}`: distilled", stage["after_distill"], stage["epochs_run"],
             f"{stage['seconds']:.1f}")
-    lines += ["", "## Training settings\n", "```json", json.dumps(rec["config"], indent=2), "```", "",
+    lines += ["", "## Training settings\n", "```json", to_json(rec["config"], indent=2), "```", "",
               f"Total {rec['seconds']:.1f}s. Weights sha256 per rank: " + ", ".join(f"`{d[:16]}`" for d in rec["weights_sha256"]),
               "", "## Versions\n", ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     return "\n".join(lines)

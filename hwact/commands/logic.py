@@ -10,12 +10,13 @@ Writes into OUT (built in a temporary folder, renamed when complete):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from hwact.commands.params import FINITE, Count
 from hwact.errors import InputError
+from hwact.limits import MAX_BATCH, MAX_EPOCHS, MAX_SEED
 from hwact.outputs import atomic_dir, check_output
 
 
@@ -54,12 +55,12 @@ def _markdown(report: dict) -> str:
 @click.option("--init", type=click.Choice(["residual", "gaussian"]), default="gaussian", show_default=True)
 @click.option("--connections", type=click.Choice(["random", "unique"]), default="random", show_default=True)
 @click.option("--levels", type=click.IntRange(min=1), default=3, show_default=True, help="Thermometer thresholds per feature.")
-@click.option("--tau", type=float, default=None, help="GroupSum temperature (default sqrt(last width / classes)).")
-@click.option("--epochs", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Held-out share of the data.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tau", type=FINITE, default=None, help="GroupSum temperature (default sqrt(last width / classes)).")
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), default=60, show_default=True)
+@click.option("--lr", type=FINITE, default=0.01, show_default=True)
+@click.option("--batch", type=Count(1, MAX_BATCH), default=100, show_default=True)
+@click.option("--test-fraction", type=FINITE, default=0.25, show_default=True, help="Held-out share of the data.")
+@click.option("--seed", type=Count(0, MAX_SEED), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Training device (cpu, cuda).")
 def train_logic_command(data, outdir, force, layers, parametrization, init, connections, levels, tau, epochs, lr,
                         batch, test_fraction, seed, device):
@@ -68,6 +69,7 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
     import numpy as np
     import torch
 
+    from hwact.report import to_json
     from hwact.train.logic import export_logic_model, load_logic_data, split, train_logic
 
     widths = _widths(layers)
@@ -108,7 +110,7 @@ def train_logic_command(data, outdir, force, layers, parametrization, init, conn
             raise InputError(f"internal: exported netlist accuracy {exported} != discrete accuracy "
                              f"{result.discrete_accuracy}")
         np.savez(tmp / "test.npz", x=x_test.astype(np.float32), y=y_test.astype(np.int64))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.json").write_text(to_json(report, indent=2) + "\n")
         (tmp / "report.md").write_text(_markdown(report))
     click.echo(f"wrote {target}/logic_model.pt2 (soft accuracy {result.soft_accuracy:.4f}, discrete accuracy "
                f"{result.discrete_accuracy:.4f}, {netlist.num_gates} gates, depth {netlist.depth()})")

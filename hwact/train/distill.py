@@ -40,8 +40,10 @@ import torch.nn.functional as F
 from hwact.errors import InputError
 from hwact.ir.graph import Graph, module_path
 from hwact.train.data import Dataset
+from hwact.train.guard import check_loss, check_weights
 
 DEFAULT_TEMPERATURE = 4.0
+DIVERGED_HINT = "lower --lr (and check --temperature and the loss weights)"
 
 
 @dataclass
@@ -324,13 +326,16 @@ def train(student: Graph, teacher: Graph | None, train_data: Dataset, val_data: 
                 correct += int((logits.argmax(1) == y).sum())
                 if use_ce:
                     loss = loss + (config.ce_weight if teacher is not None else 1.0) * F.cross_entropy(logits, y)
+            value = float(loss.detach())
+            check_loss(value, epoch, step + 1, DIVERGED_HINT)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += len(index)
-            loss_sum += float(loss.detach()) * len(index)
+            loss_sum += value * len(index)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}" if labeled else "-")
+        check_weights(module, epoch, DIVERGED_HINT)
         val = evaluate(module, val_data, val_teacher, device)
         metric = val[metric_name]
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
