@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from hwact.errors import InputError
 from hwact.nn.delta import DeltaActivation, FrameMLP, delta_penalty
-from hwact.train.guard import check_loss, check_weights
+from hwact.train import guard
 
 
 @dataclass
@@ -76,13 +76,13 @@ def _fit(model, x, y, epochs, lr, batch, seed, penalty_weight=0.0, log=None, tag
             if penalty_weight:
                 loss = loss + penalty_weight * delta_penalty(model)
             value = loss.item()
-            check_loss(value, epoch + 1, start // batch + 1, "lower --penalty", f"{tag} training")
+            guard.check_loss(value, epoch + 1, start // batch + 1, "lower --penalty", f"{tag} training")
             optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            guard.step(optimizer, epoch + 1, start // batch + 1, "lower --penalty", f"{tag} training")
             total += value * len(index)
         schedule.step()
-        check_weights(model, epoch + 1, "lower --penalty", f"{tag} training")
+        guard.check_weights(model, epoch + 1, "lower --penalty", f"{tag} training")
         history.append({"phase": tag, "epoch": epoch, "loss": total / len(x)})
         if log and (epoch % 10 == 9 or epoch == epochs - 1):
             log(f"{tag} epoch {epoch + 1}/{epochs} loss {total / len(x):.4f}")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from hwact.errors import InputError
 from hwact.ir.graph import Graph, module_path
 from hwact.train.data import Dataset
-from hwact.train.guard import check_loss, check_weights
+from hwact.train import guard
 
 DEFAULT_TEMPERATURE = 4.0
 DIVERGED_HINT = "lower --lr (and check --temperature and the loss weights)"
@@ -327,15 +327,15 @@ def train(student: Graph, teacher: Graph | None, train_data: Dataset, val_data: 
                 if use_ce:
                     loss = loss + (config.ce_weight if teacher is not None else 1.0) * F.cross_entropy(logits, y)
             value = float(loss.detach())
-            check_loss(value, epoch, step + 1, DIVERGED_HINT)
+            guard.check_loss(value, epoch, step + 1, DIVERGED_HINT)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            guard.step(optimizer, epoch, step + 1, DIVERGED_HINT)
             seen += len(index)
             loss_sum += value * len(index)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}" if labeled else "-")
-        check_weights(module, epoch, DIVERGED_HINT)
+        guard.check_weights(module, epoch, DIVERGED_HINT)
         val = evaluate(module, val_data, val_teacher, device)
         metric = val[metric_name]
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),

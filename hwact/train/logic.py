@@ -27,7 +27,7 @@ from hwact.errors import InputError
 from hwact.limits import MAX_TRAIN_BYTES, check_bytes
 from hwact.nn.logic import LogicNet, ThermometerEncoder
 from hwact.npz import open_npz
-from hwact.train.guard import check_loss, check_weights
+from hwact.train import guard
 
 BUILTIN = ("digits", "breast-cancer")
 EVAL_BATCH = 1000      # rows per evaluation batch
@@ -181,7 +181,7 @@ def train_logic(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
-    bar = tqdm(range(epochs), desc="train-logic", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc="train-logic", disable=None if progress else True, leave=False)  # None: a terminal only
     for epoch in bar:
         model.train()
         order = torch.randperm(len(x), generator=generator).to(device)
@@ -190,12 +190,12 @@ def train_logic(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
             index = order[begin:begin + batch]
             loss = F.cross_entropy(model(x[index]), y[index])
             value = float(loss.detach())
-            check_loss(value, epoch + 1, begin // batch + 1, "lower --lr")
+            guard.check_loss(value, epoch + 1, begin // batch + 1, "lower --lr")
             optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            guard.step(optimizer, epoch + 1, begin // batch + 1, "lower --lr")
             total += value * len(index)
-        check_weights(model, epoch + 1, "lower --lr")
+        guard.check_weights(model, epoch + 1, "lower --lr")
         history.append({"epoch": epoch + 1, "loss": total / len(x)})
         bar.set_postfix(loss=f"{total / len(x):.4f}")
     soft = accuracy(model, xt, yt, soft=True)
