@@ -1,6 +1,7 @@
 """sha256 of model.onnx for zoo models x recipes, as `hwact convert` writes it (target cpu, random
 calibration). Used to prove a refactor changes no output byte: `python scripts/onnx_hashes.py
-[--models a,b] > hashes.json`, then compare (tests/test_onnx_stability.py holds the recorded table)."""
+[--models a,b] > hashes.json`, then compare with the table recorded in tests/data/onnx_hashes.json (which
+tests/test_onnx_stability.py checks for vit-tiny and cnn-tiny, importing `onnx_hash` from here)."""
 
 from __future__ import annotations
 
