@@ -54,6 +54,7 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
     """Swap GELU in MODEL for HeLU/ReLU and distill it from the original on DATA (accuracy recovery)."""
     inputs = (model, teacher, data)
     check_output(outdir, force, inputs)   # first: fails in well under a second
+    from hwact.ir.graph import check_finite
     from hwact.load import load
     from hwact.train.distill import init_world
     from hwact.train.recover import recover
@@ -70,6 +71,7 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
     world = init_world()
     log = click.echo if world.main else (lambda *a, **k: None)
     loaded = load(model, arch=arch, input_shapes=tuple(input_shapes), trust=trust_checkpoint)
+    check_finite(loaded.graph, loaded.source)
     options = {"helu_alpha": helu_alpha, "only": tuple(only), "skip": tuple(skip), "schedule": schedule,
                "stages": stages, "stage_globs": tuple(stage_globs), "epochs": epochs, "batch_size": batch_size,
                "lr": lr, "weight_decay": weight_decay, "temperature": temperature, "ce_weight": ce_weight,
@@ -80,6 +82,7 @@ def finetune(model, arch, input_shapes, trust_checkpoint, data, outdir, force, s
         f"{'all' if teacher else schedule}" + (f", {world.size} processes" if world.size > 1 else ""))
     if teacher:
         teacher_loaded = load(teacher, arch=arch, input_shapes=tuple(input_shapes), trust=trust_checkpoint)
+        check_finite(teacher_loaded.graph, teacher_loaded.source)
         student, section = recover(teacher_loaded.graph, None, data, {**options, "schedule": "all"}, log,
                                    student=loaded.graph, world=world, checkpoint_dir=checkpoint_dir, resume=resume)
     else:
