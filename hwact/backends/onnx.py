@@ -24,8 +24,8 @@ import torch
 from hwact.backends.onnx_stream import inline_external_data
 from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.graph import Graph, first_line
+from hwact.ir.metrics import Outputs, collect, compare, nonfinite_batch, require_finite_reference, run_outputs
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
-from hwact.passes.manager import Outputs, compare, nonfinite_batch, require_finite_reference, run_outputs
 
 OPSET = 20
 _TWO_GB = 2 * 1024**3
@@ -98,16 +98,10 @@ def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
 
 
 def run_onnx(session, batches: list[tuple]) -> Outputs:
+    """The outputs of an onnxruntime session on every batch (the torch tensors fed as numpy arrays)."""
     names = [i.name for i in session.get_inputs()]
-    flat, classes = [], []
-    for args in batches:
-        outs = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
-        tensors = [torch.from_numpy(np.asarray(o)) for o in outs]
-        flat.append(torch.cat([t.double().reshape(t.shape[0], -1) for t in tensors], 1))
-        first = tensors[0]
-        classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
-    has_classes = all(c is not None for c in classes)
-    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
+    runs = (session.run(None, {n: a.numpy() for n, a in zip(names, args)}) for args in batches)
+    return collect([torch.from_numpy(np.asarray(o)) for o in outs] for outs in runs)
 
 
 def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4,

@@ -14,15 +14,15 @@ the model inputs (or `x` for a single-input model). A pass whose constructor tak
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line
+from hwact.ir.metrics import compare, nonfinite_batch, require_finite_reference, run_outputs
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 
@@ -95,59 +95,6 @@ def iter_calibration(archive: Npz, inputs: list[InputSpec], batch: int = 8, limi
             if part.dtype.kind == "f" and not np.isfinite(part).all():
                 raise InputError(f"{archive.path}: array '{key}' holds NaN or infinite values")
         yield tuple(torch.from_numpy(part).to(spec.dtype) for part, spec in zip(parts, inputs))
-
-
-@dataclass
-class Outputs:
-    flat: torch.Tensor             # (N, -1): all float outputs of all batches, concatenated
-    classes: torch.Tensor | None   # (N,): argmax of the first output when it is (N, C>1) logits
-    rows: list[int] = field(default_factory=list)  # rows of `flat` that each batch produced, in order
-
-
-def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:
-    flat, classes = [], []
-    with torch.no_grad():
-        for args in batches:
-            leaves = [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
-            flat.append(torch.cat([t.detach().double().reshape(t.shape[0] if t.dim() else 1, -1) for t in leaves], 1))
-            first = leaves[0]
-            classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
-    has_classes = all(c is not None for c in classes)
-    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
-
-
-def nonfinite_batch(outputs: Outputs) -> int | None:
-    """Index of the first batch whose outputs hold NaN or ±Inf; None when all are finite."""
-    finite = torch.isfinite(outputs.flat).all(dim=1)
-    if bool(finite.all()):
-        return None
-    row = int((~finite).nonzero()[0])
-    return int(np.searchsorted(np.cumsum(outputs.rows), row, side="right"))
-
-
-def require_finite_reference(outputs: Outputs, batches: list[tuple], what: str = "the model's outputs") -> None:
-    """Raise InputError when the reference run is non-finite: nothing could be verified against it."""
-    index = nonfinite_batch(outputs)
-    if index is None:
-        return
-    floats = [a for a in batches[index] if a.is_floating_point() and a.numel()]
-    peak = max((float(a.abs().max()) for a in floats), default=0.0)
-    cause = f"inputs up to {peak:.3g}" + (" overflow float32 inside the model" if peak > 1e6 else "")
-    raise InputError(f"{what} are NaN/Inf on calibration batch {index + 1} of {len(batches)} ({cause})",
-                     hint="give --calib values in the range the model was trained on" if peak > 1e6 else
-                     "check the model's weights and the --calib values: a layer overflows float32")
-
-
-def compare(before: Outputs, after: Outputs) -> dict:
-    """max/mean abs error, cosine similarity and top-1 agreement of two runs on the same inputs."""
-    a, b = before.flat, after.flat
-    diff = (a - b).abs()
-    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() if a.numel() else 1.0
-    top1 = None
-    if before.classes is not None and after.classes is not None:
-        top1 = (before.classes == after.classes).double().mean().item()
-    return {"max_abs_err": diff.max().item() if diff.numel() else 0.0,
-            "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cos, "top1_agreement": top1}
 
 
 def check_site_globs(graph: Graph, names: list[str], options: dict) -> None:

@@ -1,0 +1,80 @@
+"""Verification metrics: the outputs of one run on calibration batches, and how two runs compare.
+
+Below the passes and the backends, which both verify what they produce against the graph it came from
+(the pass manager each pass against its input graph, a backend its artifacts against the graph it
+emitted them from). For two runs y (reference) and y' on the same inputs, over all floating-point
+outputs flattened per sample:
+    max_abs_err = max |y' − y|        mean_abs_err = mean |y' − y|
+    cosine      = <y', y> / (|y'|·|y|)  (all outputs of all samples as one vector)
+    top1_agreement = share of samples whose argmax class is unchanged (when the first output is (N, C>1))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from hwact.errors import InputError
+from hwact.ir.graph import Graph
+
+
+@dataclass
+class Outputs:
+    flat: torch.Tensor             # (N, -1): all float outputs of all batches, concatenated
+    classes: torch.Tensor | None   # (N,): argmax of the first output when it is (N, C>1) logits
+    rows: list[int] = field(default_factory=list)  # rows of `flat` that each batch produced, in order
+
+
+def collect(runs) -> Outputs:
+    """Outputs of a run given, per batch, the list of its output tensors (the first one: the logits)."""
+    flat, classes = [], []
+    for tensors in runs:
+        flat.append(torch.cat([t.detach().double().reshape(t.shape[0] if t.dim() else 1, -1) for t in tensors], 1))
+        first = tensors[0]
+        classes.append(first.argmax(dim=1) if first.dim() == 2 and first.shape[1] > 1 else None)
+    has_classes = all(c is not None for c in classes)
+    return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
+
+
+def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:
+    """The tensor outputs of `graph` on every batch."""
+    with torch.no_grad():
+        return collect([t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
+                       for args in batches)
+
+
+def nonfinite_batch(outputs: Outputs) -> int | None:
+    """Index of the first batch whose outputs hold NaN or ±Inf; None when all are finite."""
+    finite = torch.isfinite(outputs.flat).all(dim=1)
+    if bool(finite.all()):
+        return None
+    row = int((~finite).nonzero()[0])
+    return int(np.searchsorted(np.cumsum(outputs.rows), row, side="right"))
+
+
+def require_finite_reference(outputs: Outputs, batches: list[tuple], what: str = "the model's outputs") -> None:
+    """Raise InputError when the reference run is non-finite: nothing could be verified against it."""
+    index = nonfinite_batch(outputs)
+    if index is None:
+        return
+    floats = [a for a in batches[index] if a.is_floating_point() and a.numel()]
+    peak = max((float(a.abs().max()) for a in floats), default=0.0)
+    cause = f"inputs up to {peak:.3g}" + (" overflow float32 inside the model" if peak > 1e6 else "")
+    raise InputError(f"{what} are NaN/Inf on calibration batch {index + 1} of {len(batches)} ({cause})",
+                     hint="give --calib values in the range the model was trained on" if peak > 1e6 else
+                     "check the model's weights and the --calib values: a layer overflows float32")
+
+
+def compare(before: Outputs, after: Outputs) -> dict:
+    """max/mean abs error, cosine similarity and top-1 agreement of two runs on the same inputs."""
+    a, b = before.flat, after.flat
+    diff = (a - b).abs()
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() if a.numel() else 1.0
+    top1 = None
+    if before.classes is not None and after.classes is not None:
+        top1 = (before.classes == after.classes).double().mean().item()
+    return {"max_abs_err": diff.max().item() if diff.numel() else 0.0,
+            "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cos, "top1_agreement": top1}
