@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hwact.errors import InputError
-from hwact.limits import MAX_INPUT_BYTES, check_bytes
+from hwact.limits import MAX_BENCH_RUNS, MAX_INPUT_BYTES, check_bytes
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
@@ -72,7 +72,8 @@ def stats(seconds: list[float], batch: int) -> dict:
 
 def measure(runners: list[Runner], warmup: int, iterations: int | None, duration: float | None,
             batch: int, progress: bool = True) -> list[dict]:
-    """Time each runner; several runners are interleaved, alternating their order every round."""
+    """Time each runner; several runners are interleaved, alternating their order every round. A --duration
+    run stops at MAX_BENCH_RUNS rounds too (each round keeps its times: memory stays bounded)."""
     for _ in range(max(warmup, 1)):
         for run in runners:
             run()
@@ -83,7 +84,7 @@ def measure(runners: list[Runner], warmup: int, iterations: int | None, duration
     bar = tqdm(total=rounds, desc="bench", unit="it", disable=not progress or expected < 1.0, leave=False)
     deadline = time.perf_counter() + duration if duration and not iterations else None
     done = 0
-    while (time.perf_counter() < deadline) if deadline else done < rounds:
+    while done < MAX_BENCH_RUNS and ((time.perf_counter() < deadline) if deadline else done < rounds):
         order = range(len(runners)) if done % 2 == 0 else reversed(range(len(runners)))
         for i in order:
             samples[i].append(runners[i]())
