@@ -55,11 +55,31 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
     return correct / seen if seen else None
 
 
+# options only one kind of model uses (the flow's name; None: the generic pass pipeline)
+OPTION_OWNERS = {"delta_threshold": "delta", "key_interval": "delta", "pipeline_every": "logic",
+                 "only": None, "skip": None, "recover": None}
+
+
+def check_options_apply(source: str, flow_name: str | None, pass_names: list[str], options: dict,
+                        calib: str | None) -> None:
+    """Refuse an option the model's conversion would ignore (it would exit 0 having done nothing of it)."""
+    kind = f"a {flow_name} model" if flow_name else "neither a delta nor a logic model"
+    own_flow = f"a {flow_name} model converts through its own flow, without passes, calibration or recovery"
+    for key, owner in OPTION_OWNERS.items():
+        if options.get(key) not in (None, (), "") and owner != flow_name:
+            raise InputError(f"--{key.replace('_', '-')} does not apply to {source}, {kind}",
+                             hint=f"it is for {owner} models" if owner else own_flow)
+    if flow_name and (pass_names or calib):
+        raise InputError(f"{'--passes/--recipe' if pass_names else '--calib'} does not apply to {source}, {kind}",
+                         hint=own_flow)
+
+
 def convert(loaded: Loaded, pass_names: list[str], options: dict, target: Target, outdir: Path, force: bool,
             calib: str | None = None, log=print) -> dict:
     graph = loaded.graph
     check_finite(graph, loaded.source)
     flow = flows.find_flow(graph)
+    check_options_apply(loaded.source, flow.NAME if flow else None, pass_names, options, calib)
     with atomic_dir(outdir, force) as tmp:
         if flow is not None:
             if target.name not in flow.TARGETS:

@@ -213,11 +213,13 @@ def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch
     from hwact.load import read_json
 
     report_path = folder / "report.json"
-    if not folder.is_dir() or not report_path.exists():
-        return None
-    if not report_path.is_file() or report_path.stat().st_size > 16 * 10**6:   # a FIFO would block the read
-        raise InputError(f"{report_path}: not a report hwact wrote (a regular file of at most 16 MB)")
-    flow_name = read_json(report_path).get("flow")
+    flow_name = None
+    if folder.is_dir() and report_path.exists():
+        if not report_path.is_file() or report_path.stat().st_size > 16 * 10**6:   # a FIFO would block the read
+            raise InputError(f"{report_path}: not a report hwact wrote (a regular file of at most 16 MB)")
+        flow_name = read_json(report_path).get("flow")
+    if (stream or threshold is not None) and flow_name != "delta":
+        raise InputError(f"--stream and --threshold apply to a delta model's convert folder; {folder} is not one")
     module = next((importlib.import_module(m) for m in flows.FLOW_MODULES if m.endswith(f".{flow_name}_flow")), None)
     if module is None or not hasattr(module, "bench"):
         return None
