@@ -47,8 +47,16 @@ def test_bench_batch_is_sized_before_inputs_are_built(small_onnx):
 @pytest.mark.parametrize("args, message", [
     (["--threads", "2000"], f"--threads 2000: at most {max_threads()} here"),
     (["--threads", "100000"], f"--threads 100000: at most {max_threads()} here"),
-    (["--duration", "nan"], "--duration nan: not a finite number"),
     (["--duration", "inf"], "--duration inf: not a finite number"),
+])
+def test_bench_options_that_hung_are_bounded(small_onnx, args, message):
+    # a subprocess with a timeout: these hung (2000 threads, an infinite duration) or crashed (100000 threads)
+    code, _, stderr, _ = run_measured("bench", small_onnx, *args, timeout=120)
+    assert_one_line_error(code, stderr, message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "nan"], "--duration nan: not a finite number"),
     (["--duration", "0"], "--duration > 0"),
     (["--iterations", "0"], "--iterations must be >= 1, got 0"),
 ])
