@@ -332,8 +332,12 @@ def _load_onnx(path: Path, digest: str) -> Loaded:
         if value.name in initializers:
             continue
         dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in value.type.tensor_type.shape.dim)
-        elem = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        dtype = torch.from_numpy(__import__("numpy").zeros(1, dtype=elem)).dtype
+        elem_type = value.type.tensor_type.elem_type
+        try:  # string, bfloat16 and float8 inputs have no torch tensor from numpy
+            dtype = torch.from_numpy(__import__("numpy").zeros(1, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem_type))).dtype
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InputError(f"{path}: input '{value.name}' has unsupported type "
+                             f"{onnx.TensorProto.DataType.Name(elem_type).lower()}") from exc
         specs.append(InputSpec(value.name, dims, dtype, None if dtype.is_floating_point else 2))
     return Loaded(str(path), "onnx", digest, specs, None, None, path)
 
