@@ -119,6 +119,20 @@ def test_verify_names_the_artifact_by_its_final_name(models, tmp_path):
         verify(graph, staged, batches, name="out/model.onnx")
 
 
+@pytest.mark.parametrize("elem_type, name", [(8, "string"), (16, "bfloat16"), (17, "float8e4m3fn")])
+def test_onnx_input_of_a_type_torch_cannot_take(tmp_path, elem_type, name):
+    import onnx
+
+    from hwact.load import load
+
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", elem_type, ("N", 4))],
+                         [h.make_tensor_value_info("y", elem_type, ("N", 4))])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 20)]), tmp_path / "m.onnx")
+    with pytest.raises(InputError, match=f"m.onnx: input 'x' has unsupported type {name}$"):
+        load(str(tmp_path / "m.onnx"), allow_onnx=True)
+
+
 # ------------------------------------------------------------------------------------------ bench folder
 @pytest.mark.parametrize("text, kind", [("[]", "array"), ("1", "number"), ('"x"', "string"), ("null", "null")])
 def test_bench_report_json_that_is_not_an_object(tmp_path, cli, text, kind):
