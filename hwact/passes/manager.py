@@ -118,7 +118,8 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
         before_outputs = run_outputs(graph, batches)
     except Exception as exc:  # e.g. token ids beyond the embedding table
         raise InputError(f"the model rejects the calibration inputs ({first_line(exc)})",
-                         hint="check the --calib arrays' values (token ids must be below the vocabulary size)") from exc
+                         hint="check --input-shape (e.g. a sequence longer than the position table) and the "
+                              "--calib arrays' values (token ids must be below the vocabulary size)") from exc
     require_finite_reference(before_outputs, batches)
     for index, name in enumerate(names):
         done = ", ".join(names[:index]) or "none"
