@@ -101,7 +101,7 @@ def test_convert_fpga(cli, small_model, tmp_path, target, pipeline):
 
 
 def _have_nvcc() -> bool:
-    from hwact.backends.logic_cuda import nvcc
+    from hwact.backends.toolchain import nvcc
 
     try:
         nvcc()

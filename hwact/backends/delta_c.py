@@ -13,16 +13,18 @@ Net file (little endian), written by `net_blob`:
     int32 bias_acc[n_out]; int8 weight[n_in][n_out] (column-major W: column j contiguous); pad to 4.
 A net file from a convert folder is untrusted: `parse_net` checks every field and size before anything
 reads it, and `DeltaRuntime.open` compiles the runtime from the package's own sources.
+
+Shared by the other delta backends (conv, GRU, CUDA): the chain check, the net file helpers (`le_bytes`,
+`pad4`, `net_header`), the gcc builds, the runners' frames file (`stream_input`) and the ctypes runtime
+base classes (`StreamRuntime`, `NetRuntime`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import platform
 import shutil
 import struct
-import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
+from hwact.backends.toolchain import (aarch64_emulator, compile_to, host_arch_flags, read_arrays, require_tool,
+                                      run_runner)
+from hwact.errors import InputError, UnsupportedError
+from hwact.ir.delta_ops import delta_layers, require_key_interval, require_threshold
 from hwact.ir.graph import Graph
 from hwact.npz import load_arrays
-from hwact.passes.lower_delta import delta_layers
 
 SOURCES = ("delta.c", "delta.h", "delta_simd.h", "delta_main.c")
 MAX_NET_BYTES = 1 << 30     # a delta_net.bin larger than 1 GiB (a billion int8 weights) is refused unread
@@ -72,6 +76,18 @@ def check_chain(graph: Graph, layers: list[dict], op: str, what: str, head: bool
     return layers
 
 
+def le_bytes(values, dtype: str) -> bytes:
+    """A tensor's (or array's) values as the C order bytes of a little-endian numpy `dtype` ("<f4", "<i4", "i1")."""
+    values = values.detach().numpy() if isinstance(values, torch.Tensor) else values
+    return np.ascontiguousarray(values, dtype).tobytes()
+
+
+def pad4(parts: list[bytes]) -> None:
+    """Append the zero bytes that bring the total length of `parts` to a multiple of 4 (the next layer's
+    alignment in every delta net file)."""
+    parts.append(bytes(-sum(len(part) for part in parts) % 4))
+
+
 def net_blob(graph: Graph) -> bytes:
     layers = chain(graph)
     parts = [b"HWDL", struct.pack("<iii", 1, len(layers), layers[0]["key_interval"])]
@@ -80,12 +96,9 @@ def net_blob(graph: Graph) -> bytes:
         n_out, n_in = weight.shape
         parts.append(struct.pack("<iiiif", n_in, n_out, layer["levels"], int(layer["relu"]),
                                  float(layer["threshold"])))
-        parts.append(layer["step"].to(torch.float32).numpy().astype("<f4").tobytes())
-        parts.append(layer["scale"].to(torch.float32).numpy().astype("<f4").tobytes())
-        parts.append(layer["bias_acc"].to(torch.int32).numpy().astype("<i4").tobytes())
-        parts.append(weight.t().contiguous().to(torch.int8).numpy().tobytes())
-        size = sum(len(p) for p in parts)
-        parts.append(b"\0" * ((4 - size % 4) % 4))
+        parts += [le_bytes(layer["step"], "<f4"), le_bytes(layer["scale"], "<f4"), le_bytes(layer["bias_acc"], "<i4"),
+                  le_bytes(weight.t(), "i1")]
+        pad4(parts)
     return b"".join(parts)
 
 
@@ -100,41 +113,49 @@ def read_net(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _bad_net(source: str, reason: str) -> InputError:
+    return InputError(f"{source}: not a valid delta net file ({reason})",
+                      hint="write it again with `hwact convert MODEL --target cpu`")
+
+
+def net_header(blob: bytes, magic: bytes, source: str) -> tuple[int, int]:
+    """(n_layers, key_interval) from the 16 bytes every delta net file starts with: the format's magic,
+    int32 version = 1, n_layers (1 to MAX_LAYERS), key_interval (>= 0), each checked."""
+    if len(blob) < 16 or blob[:4] != magic:
+        raise _bad_net(source, f"no {magic.decode()} header")
+    version, count, key_interval = struct.unpack_from("<iii", blob, 4)
+    if version != 1:
+        raise _bad_net(source, f"version {version}, this hwact reads version 1")
+    if not 1 <= count <= MAX_LAYERS or key_interval < 0:
+        raise _bad_net(source, f"{count} layers (1 to {MAX_LAYERS}), key-frame interval {key_interval}")
+    return count, key_interval
+
+
 def parse_net(blob: bytes, source: str = "delta net") -> list[dict]:
     """The layers of a net file (format in the module docstring), every field and size checked before it
     is read (the file may come from anyone): dicts with n_in, n_out, levels, relu, threshold,
     key_interval, step, scale, bias_acc, weight (n_out, n_in) int8 tensors - the reference's layer
     keys - and the byte offset of the layer's header."""
-    def bad(reason: str) -> InputError:
-        return InputError(f"{source}: not a valid delta net file ({reason})",
-                          hint="write it again with `hwact convert MODEL --target cpu`")
-
-    if len(blob) < 16 or blob[:4] != b"HWDL":
-        raise bad("no HWDL header")
-    version, count, key_interval = struct.unpack_from("<iii", blob, 4)
-    if version != 1:
-        raise bad(f"version {version}, this hwact reads version 1")
-    if not 1 <= count <= MAX_LAYERS or key_interval < 0:
-        raise bad(f"{count} layers (1 to {MAX_LAYERS}), key-frame interval {key_interval}")
+    count, key_interval = net_header(blob, b"HWDL", source)
     layers, offset = [], 16
     for index in range(count):
         if len(blob) - offset < 20:
-            raise bad(f"layer {index}: truncated header")
+            raise _bad_net(source, f"layer {index}: truncated header")
         n_in, n_out, levels, relu, threshold = struct.unpack_from("<iiiif", blob, offset)
         if n_in < 1 or n_out < 1 or not 1 <= levels <= 127 or relu not in (0, 1) or not 0 <= threshold < np.inf:
-            raise bad(f"layer {index}: n_in {n_in}, n_out {n_out}, levels {levels}, relu {relu}, "
-                      f"threshold {threshold}")
+            raise _bad_net(source, f"layer {index}: n_in {n_in}, n_out {n_out}, levels {levels}, relu {relu}, "
+                                   f"threshold {threshold}")
         if layers and n_in != layers[-1]["n_out"]:
-            raise bad(f"layer {index} reads {n_in} values, layer {index - 1} gives {layers[-1]['n_out']}")
+            raise _bad_net(source, f"layer {index} reads {n_in} values, layer {index - 1} gives {layers[-1]['n_out']}")
         body = offset + 20
         end = body + 4 * n_in + 8 * n_out + n_in * n_out
         if end > len(blob):
-            raise bad(f"layer {index}: {n_in} x {n_out} weights need {end - offset} bytes, "
-                      f"{len(blob) - offset} are left")
+            raise _bad_net(source, f"layer {index}: {n_in} x {n_out} weights need {end - offset} bytes, "
+                                   f"{len(blob) - offset} are left")
         step = np.frombuffer(blob, "<f4", n_in, body).astype(np.float32)
         scale = np.frombuffer(blob, "<f4", n_out, body + 4 * n_in).astype(np.float32)
         if not (np.isfinite(step).all() and (step > 0).all() and np.isfinite(scale).all()):
-            raise bad(f"layer {index}: a step that is not finite and > 0, or a scale that is not finite")
+            raise _bad_net(source, f"layer {index}: a step that is not finite and > 0, or a scale that is not finite")
         bias_acc = np.frombuffer(blob, "<i4", n_out, body + 4 * n_in + 4 * n_out).astype(np.int32)
         weight = np.frombuffer(blob, np.int8, n_in * n_out, end - n_in * n_out).reshape(n_in, n_out).T.copy()
         layers.append({"offset": offset, "n_in": n_in, "n_out": n_out, "levels": levels, "relu": bool(relu),
@@ -143,13 +164,13 @@ def parse_net(blob: bytes, source: str = "delta net") -> list[dict]:
                        "bias_acc": torch.from_numpy(bias_acc), "weight": torch.from_numpy(weight)})
         offset = end + (4 - end % 4) % 4
     if offset != len(blob):
-        raise bad(f"{len(blob) - offset} bytes after the last layer")
+        raise _bad_net(source, f"{len(blob) - offset} bytes after the last layer")
     return layers
 
 
-def layer_offsets(blob: bytes) -> list[int]:
-    """Byte offset of every layer header in a net blob."""
-    return [layer["offset"] for layer in parse_net(blob)]
+def net_shapes(blob: bytes) -> list[tuple[int, int]]:
+    """(n_in, n_out) of every layer of a net blob."""
+    return [(layer["n_in"], layer["n_out"]) for layer in parse_net(blob)]
 
 
 def fingerprint(blob: bytes) -> str:
@@ -157,24 +178,12 @@ def fingerprint(blob: bytes) -> str:
     (thresholds, key-frame interval)."""
     data = bytearray(blob)
     data[12:16] = bytes(4)
-    for offset in layer_offsets(blob):
-        data[offset + 16:offset + 20] = bytes(4)
+    for layer in parse_net(blob):
+        data[layer["offset"] + 16:layer["offset"] + 20] = bytes(4)
     return hashlib.sha256(bytes(data)).hexdigest()[:16]
 
 
-def _compiler(name: str) -> str:
-    if shutil.which(name) is None:
-        raise ToolMissingError(f"{name} is not installed", hint="scripts/install-tools.sh installs the C toolchains")
-    return name
-
-
-def host_arch_flags() -> list[str]:
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        return ["-mavx2"] if " avx2" in flags else []
-    return []
-
-
+# ----- building ----------------------------------------------------------------------------------
 def compile_shared(outdir: Path, sources: tuple[str, ...], library: str, arch_flags: list[str] | None = None) -> Path:
     """Copy `sources` (package files: the first is the .c compiled, the rest what it includes or a reader
     needs) into outdir and build outdir/`library` for this machine (AVX2 where the CPU has it)."""
@@ -183,7 +192,8 @@ def compile_shared(outdir: Path, sources: tuple[str, ...], library: str, arch_fl
         shutil.copyfile(source_dir() / name, outdir / name)
     path = outdir / library
     flags = host_arch_flags() if arch_flags is None else arch_flags
-    _run([_compiler("gcc"), *C_FLAGS, *flags, "-shared", "-fPIC", str(outdir / sources[0]), "-o", str(path), "-lm"])
+    compile_to(path, [require_tool("gcc"), *C_FLAGS, *flags, "-shared", "-fPIC", str(outdir / sources[0]), "-lm"],
+               "gcc")
     return path
 
 
@@ -191,8 +201,8 @@ def cross_compile_aarch64(outdir: Path, c_files: tuple[str, ...], exe: str, defi
     """Static aarch64 build (NEON kernels) of package .c files, to run under qemu-aarch64."""
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / exe
-    _run([_compiler("aarch64-linux-gnu-gcc"), *C_FLAGS, *defines, "-static",
-          *(str(source_dir() / name) for name in c_files), "-o", str(path), "-lm"])
+    compile_to(path, [require_tool("aarch64-linux-gnu-gcc"), *C_FLAGS, *defines, "-static",
+                      *(str(source_dir() / name) for name in c_files), "-lm"], "aarch64-linux-gnu-gcc")
     return path
 
 
@@ -206,63 +216,138 @@ def build_aarch64(outdir: Path) -> Path:
     return cross_compile_aarch64(outdir, ("delta.c", "delta_main.c"), "delta_main_aarch64")
 
 
-def _run(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise VerificationError(f"{command[0]} failed: {done.stderr.strip().splitlines()[:1]}")
+# ----- the stand-alone runners (aarch64 under qemu-user, CUDA) -------------------------------------
+def stream_input(x: np.ndarray) -> bytes:
+    """A runner's frames file: int32 batch, steps, n_in, then float32 x (batch, steps, n_in)."""
+    batch, steps, n_in = x.shape
+    return struct.pack("<iii", batch, steps, n_in) + le_bytes(x, "<f4")
+
+
+def random_walk(batch: int, steps: int, shape, seed: int = 0, scale: float = 0.3) -> torch.Tensor:
+    """Smooth test sequences (batch, steps, *shape) for the checks: a seeded Gaussian random walk (real
+    streams change little between frames)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, steps, *shape, generator=generator) * scale).cumsum(dim=1)
+
+
+def runner_output(raw: bytes, blob: bytes, batch: int, steps: int, what: str) -> dict:
+    """The output file of a delta runner (aarch64 or CUDA) on net `blob`: y (batch, steps, n_out) float32,
+    the columns used per layer (int64) and the final state (batch, state_len) int32."""
+    shapes = net_shapes(blob)
+    y, fired, state = read_arrays(raw, [("<f4", (batch, steps, shapes[-1][1])), ("<i8", (len(shapes),)),
+                                        ("<i4", (batch, sum(n_in + n_out for n_in, n_out in shapes)))], what)
+    return {"y": y, "fired": fired, "state": state}
 
 
 def run_under_qemu(exe: Path, blob: bytes, x: np.ndarray, workdir: Path, dense: bool = False) -> dict:
     """Run the aarch64 runner on x (batch, steps, n_in) under qemu-user; returns y, fired, state, kernel."""
-    qemu = shutil.which("qemu-aarch64")
-    if qemu is None:
-        raise ToolMissingError("qemu-aarch64 is not installed", hint="apt-get install qemu-user")
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "net.bin").write_bytes(blob)
-    batch, steps, n_in = x.shape
-    (workdir / "in.bin").write_bytes(struct.pack("<iii", batch, steps, n_in) + np.ascontiguousarray(x, "<f4").tobytes())
-    done = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe), str(workdir / "net.bin"),
-                           str(workdir / "in.bin"), str(workdir / "out.bin"), "1" if dense else "0"],
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise VerificationError(f"aarch64 delta runner failed: {done.stderr.strip()}")
-    runtime = DeltaRuntime.from_blob(blob, library=None)
-    raw = (workdir / "out.bin").read_bytes()
-    n_out, layers, state_len = runtime.n_out, runtime.n_layers, runtime.state_len
-    y_bytes = batch * steps * n_out * 4
-    return {"y": np.frombuffer(raw[:y_bytes], "<f4").reshape(batch, steps, n_out),
-            "fired": np.frombuffer(raw[y_bytes:y_bytes + 8 * layers], "<i8"),
-            "state": np.frombuffer(raw[y_bytes + 8 * layers:], "<i4").reshape(batch, state_len),
-            "kernel": done.stdout.strip()}
+    what = "aarch64 delta runner"
+    raw, printed = run_runner(exe, {"net.bin": blob, "in.bin": stream_input(x)}, workdir, what, aarch64_emulator(),
+                              ("1" if dense else "0",))
+    return {**runner_output(raw, blob, x.shape[0], x.shape[1], what), "kernel": printed}
 
 
-class DeltaRuntime:
-    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams. Loading a
-    library runs its code: `library` is one hwact has just built (`open` rebuilds a folder's)."""
+# ----- running -----------------------------------------------------------------------------------
+class StreamRuntime:
+    """ctypes handle on a compiled delta kernel library (C functions PREFIX_*), with the state of a batch
+    of streams of frames of `frame_shape`. Loading a library runs its code: `library` is one hwact has
+    just built, never one found in a folder. Subclasses declare their functions (`_declare`) and keep
+    their state arrays, batch first, which `reset(batch)` restarts."""
+    PREFIX = ""
 
-    def __init__(self, blob: bytes, library: Path | None, source: str = "delta net"):
+    def __init__(self, library: Path, frame_shape: tuple[int, ...]):
+        self.frame_shape = tuple(int(d) for d in frame_shape)
+        self.lib = ctypes.CDLL(str(library))
+        self.c("kernel_name").restype = ctypes.c_char_p
+        self._declare()
+        self.kernel = self.c("kernel_name")().decode()
+
+    def c(self, name: str):
+        """The library's C function PREFIX_name."""
+        return getattr(self.lib, f"{self.PREFIX}_{name}")
+
+    def _declare(self) -> None:
+        """Set the argument and result types of the library's functions."""
+
+    def reset(self, batch: int) -> None:  # pragma: no cover - interface
+        """Start `batch` fresh streams."""
+        raise NotImplementedError
+
+    def frames(self, x: np.ndarray) -> np.ndarray:
+        """x as contiguous float32 frames (batch, time, *frame_shape); the first call sets the number of
+        streams, later ones must keep it."""
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 2 + len(self.frame_shape) or x.shape[2:] != self.frame_shape:
+            raise InputError(f"stream of shape {tuple(x.shape)}: expected (batch, time, "
+                             f"{', '.join(map(str, self.frame_shape))}) frames")
+        if self.state.shape[0] != x.shape[0]:
+            if self.state.shape[0]:
+                raise InputError(f"stream batch {x.shape[0]} != state batch {self.state.shape[0]}",
+                                 hint="reset the runtime for a new batch of streams")
+            self.reset(x.shape[0])
+        return x
+
+
+class NetRuntime(StreamRuntime):
+    """A StreamRuntime over one net blob that the library loads (PREFIX_load, kept alive in `_buffer`) and
+    runs as a chain of layers of (n_in, n_out) `shapes`; `WHAT` names the net in errors."""
+    WHAT = ""
+
+    def __init__(self, blob: bytes, library: Path, shapes: list[tuple[int, int]]):
         self.blob = bytes(blob)
-        self.layers = parse_net(self.blob, source)
-        self.fingerprint = fingerprint(self.blob)
-        self.n_layers = len(self.layers)
-        self.shapes = [(layer["n_in"], layer["n_out"]) for layer in self.layers]
-        self.n_in, self.n_out = self.shapes[0][0], self.shapes[-1][1]
-        self.state_len = sum(a + b for a, b in self.shapes)
-        self.lib = None
-        if library is not None:
-            self.lib = ctypes.CDLL(str(library))
-            self._declare()
-            self._buffer = ctypes.create_string_buffer(self.blob, len(self.blob))
-            self.net = self.lib.dl_load(self._buffer, len(self.blob))
-            if not self.net:
-                raise InputError("malformed delta net file")
-            self.kernel = self.lib.dl_kernel_name().decode()
-        self.state = np.zeros((0, self.state_len), np.int32)
-        self.frame = np.zeros(0, np.int64)
+        self.shapes = shapes
+        self.n_layers = len(shapes)
+        self.n_in, self.n_out = shapes[0][0], shapes[-1][1]
+        super().__init__(library, (self.n_in,))
+        self._buffer = ctypes.create_string_buffer(self.blob, len(self.blob))
+        self.net = self.c("load")(self._buffer, len(self.blob))
+        if not self.net:
+            raise InputError(f"malformed {self.WHAT} net file")
 
-    @classmethod
-    def from_blob(cls, blob: bytes, library: Path | None) -> "DeltaRuntime":
-        return cls(blob, library)
+    def _declare(self) -> None:
+        self.c("load").restype = ctypes.c_void_p
+        self.c("load").argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        self.c("free").argtypes = [ctypes.c_void_p]
+        self.c("set_key_interval").argtypes = [ctypes.c_void_p, ctypes.c_int32]
+
+    def __del__(self):
+        if getattr(self, "net", None):
+            self.c("free")(self.net)
+            self.net = None
+
+    def _set_threshold(self, layer: int, *thresholds: float) -> None:
+        require_threshold(*thresholds)
+        if not -1 <= layer < self.n_layers:
+            raise InputError(f"{self.WHAT} layer {layer} does not exist (this net has {self.n_layers}; -1 = all)")
+        self.c("set_threshold")(self.net, layer, *(float(t) for t in thresholds))
+
+    def set_key_interval(self, interval: int) -> None:
+        require_key_interval(interval)
+        self.c("set_key_interval")(self.net, int(interval))
+
+    def _run(self, x: np.ndarray, fired_shape, state: tuple[str, ...], options: tuple = ()):
+        """PREFIX_run(net, steps, batch, x, y, *state arrays (named), *options, fired) on frames x from the
+        current state: y (batch, steps, n_out) and the columns used (int64, `fired_shape`)."""
+        x = self.frames(x)                          # (re)sets the state arrays for a first batch
+        y = np.zeros((x.shape[0], x.shape[1], self.n_out), np.float32)
+        fired = np.zeros(fired_shape, np.int64)
+        self.c("run")(self.net, x.shape[1], x.shape[0], x.ctypes.data, y.ctypes.data,
+                      *(getattr(self, name).ctypes.data for name in state), *options, fired.ctypes.data)
+        return y, fired
+
+
+class DeltaRuntime(NetRuntime):
+    """The delta_linear chain runtime (delta.c) for one net, with the state of `batch` streams."""
+    PREFIX, WHAT = "dl", "delta"
+
+    def __init__(self, blob: bytes, library: Path, source: str = "delta net"):
+        self.layers = parse_net(blob, source)
+        self.fingerprint = fingerprint(blob)
+        shapes = [(layer["n_in"], layer["n_out"]) for layer in self.layers]
+        self.state_len = sum(n_in + n_out for n_in, n_out in shapes)
+        super().__init__(blob, library, shapes)
+        self.reset(0)
 
     @classmethod
     def open(cls, folder: Path) -> "DeltaRuntime":
@@ -276,21 +361,12 @@ class DeltaRuntime:
             return cls(blob, build_library(Path(work)), str(path))
 
     def _declare(self) -> None:
+        super()._declare()
         lib = self.lib
-        lib.dl_load.restype = ctypes.c_void_p
-        lib.dl_load.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.dl_free.argtypes = [ctypes.c_void_p]
-        lib.dl_kernel_name.restype = ctypes.c_char_p
         lib.dl_set_threshold.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_float]
-        lib.dl_set_key_interval.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         lib.dl_reset.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
         lib.dl_run.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p]
-
-    def __del__(self):
-        if getattr(self, "lib", None) is not None and getattr(self, "net", None):
-            self.lib.dl_free(self.net)
-            self.net = None
 
     # ----- state --------------------------------------------------------------------------
     def reset(self, batch: int) -> None:
@@ -315,34 +391,12 @@ class DeltaRuntime:
         self.state, self.frame = np.ascontiguousarray(state, np.int32), np.ascontiguousarray(frame, np.int64)
 
     def set_threshold(self, threshold: float, layer: int = -1) -> None:
-        if not threshold >= 0:
-            raise InputError(f"delta threshold must be >= 0, got {threshold}")
-        if not -1 <= layer < self.n_layers:
-            raise InputError(f"delta layer {layer} does not exist (this net has {self.n_layers}; -1 = all)")
-        self.lib.dl_set_threshold(self.net, layer, float(threshold))
-
-    def set_key_interval(self, interval: int) -> None:
-        if interval < 0:
-            raise InputError(f"key-frame interval must be >= 0, got {interval}")
-        self.lib.dl_set_key_interval(self.net, int(interval))
+        self._set_threshold(layer, threshold)
 
     # ----- running ------------------------------------------------------------------------
     def run(self, x: np.ndarray, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run frames x (batch, steps, n_in) from the current state; returns y and columns used per layer."""
-        x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 3 or x.shape[2] != self.n_in:
-            raise InputError(f"stream of shape {tuple(x.shape)}: expected (batch, time, {self.n_in}) frames")
-        if self.state.shape[0] != x.shape[0]:
-            if self.state.shape[0] == 0:
-                self.reset(x.shape[0])
-            else:
-                raise InputError(f"stream batch {x.shape[0]} != state batch {self.state.shape[0]}",
-                                 hint="reset the runtime for a new batch of streams")
-        y = np.zeros((x.shape[0], x.shape[1], self.n_out), np.float32)
-        fired = np.zeros(self.n_layers, np.int64)
-        self.lib.dl_run(self.net, x.shape[1], x.shape[0], x.ctypes.data, y.ctypes.data, self.state.ctypes.data,
-                        self.frame.ctypes.data, int(dense), fired.ctypes.data)
-        return y, fired
+        return self._run(x, self.n_layers, ("state", "frame"), (int(dense),))
 
 
 def reference_stream(graph: Graph, x: torch.Tensor, threshold: float | None = None,

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +35,12 @@ import torch.fx
 
 import hwact.ir.delta_conv_ops  # noqa: F401  (registers hwact::delta_conv2d)
 from hwact.backends import delta_c
+from hwact.backends.delta_c import StreamRuntime, le_bytes, pad4, random_walk
 from hwact.backends.delta_onnx import export_step_module, io_names, session, step_frames
-from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
+from hwact.backends.toolchain import aarch64_emulator, read_arrays, run_runner
+from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.delta_conv_ops import output_shape
+from hwact.ir.delta_ops import require_threshold
 from hwact.ir.graph import Graph
 from hwact.ir.params import constant_value
 
@@ -47,7 +48,6 @@ DELTA_CONV2D = torch.ops.hwact.delta_conv2d.default
 DELTA_LINEAR = torch.ops.hwact.delta_linear.default
 SOURCE = "delta_conv.c"
 LIBRARY = "libhwact_delta_conv.so"
-ONNX_OPSET = 20
 
 
 # ----- the lowered layers ----------------------------------------------------------------------
@@ -82,18 +82,20 @@ def kernel_weight(layer: dict) -> np.ndarray:
     return np.ascontiguousarray(layer["weight"].permute(1, 2, 3, 0).to(torch.int8).numpy())
 
 
+def _layer_tensors(layer: dict) -> list[bytes]:
+    """step (C,) float32, scale (O,) float32, bias_acc (O,) int32, weight (C, KH, KW, O) int8: as in the
+    net file and the runner's input file."""
+    return [le_bytes(layer["step"], "<f4"), le_bytes(layer["scale"], "<f4"), le_bytes(layer["bias_acc"], "<i4"),
+            kernel_weight(layer).tobytes()]
+
+
 def net_blob(graph: Graph) -> bytes:
     layers = conv_layers(graph)
     parts = [b"HWDC", struct.pack("<ii", 1, len(layers))]
     for layer in layers:
-        parts.append(layer_dims(layer).astype("<i4").tobytes())
-        parts.append(struct.pack("<if", layer["key_interval"], float(layer["threshold"])))
-        parts.append(layer["step"].to(torch.float32).numpy().astype("<f4").tobytes())
-        parts.append(layer["scale"].to(torch.float32).numpy().astype("<f4").tobytes())
-        parts.append(layer["bias_acc"].to(torch.int32).numpy().astype("<i4").tobytes())
-        parts.append(kernel_weight(layer).tobytes())
-        size = sum(len(p) for p in parts)
-        parts.append(b"\0" * ((4 - size % 4) % 4))
+        parts += [le_bytes(layer_dims(layer), "<i4"),
+                  struct.pack("<if", layer["key_interval"], float(layer["threshold"])), *_layer_tensors(layer)]
+        pad4(parts)
     return b"".join(parts)
 
 
@@ -111,39 +113,29 @@ def build_aarch64(outdir: Path) -> Path:
 def _runner_input(layer: dict, x: np.ndarray, threshold: float) -> bytes:
     """The runner's input file: dims, key_interval, threshold, batch, steps, step, scale, weight, x."""
     batch, steps = x.shape[:2]
-    return b"".join([layer_dims(layer).astype("<i4").tobytes(),
-                     struct.pack("<ifii", layer["key_interval"], threshold, batch, steps),
-                     layer["step"].numpy().astype("<f4").tobytes(), layer["scale"].numpy().astype("<f4").tobytes(),
-                     layer["bias_acc"].numpy().astype("<i4").tobytes(), kernel_weight(layer).tobytes(),
-                     np.ascontiguousarray(x, "<f4").tobytes()])
+    return b"".join([le_bytes(layer_dims(layer), "<i4"),
+                     struct.pack("<ifii", layer["key_interval"], threshold, batch, steps), *_layer_tensors(layer),
+                     le_bytes(x, "<f4")])
 
 
 def run_under_qemu(exe: Path, layer: dict, x: np.ndarray, workdir: Path) -> dict:
     """One layer from a fresh stream on x (B, T, C, H, W) under qemu-user: y, fired, kernel name."""
-    qemu = shutil.which("qemu-aarch64")
-    if qemu is None:
-        raise ToolMissingError("qemu-aarch64 is not installed", hint="apt-get install qemu-user")
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "in.bin").write_bytes(_runner_input(layer, x, float(layer["threshold"])))
-    done = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe), str(workdir / "in.bin"),
-                           str(workdir / "out.bin")], capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise VerificationError(f"aarch64 delta conv runner failed: {done.stderr.strip()}")
+    what = "aarch64 delta conv runner"
+    raw, printed = run_runner(exe, {"in.bin": _runner_input(layer, x, float(layer["threshold"]))}, workdir, what,
+                              aarch64_emulator())
     dims = layer_dims(layer)
-    raw = (workdir / "out.bin").read_bytes()
-    shape = (x.shape[0], x.shape[1], int(dims[3]), int(dims[6]), int(dims[7]))
-    count = int(np.prod(shape))
-    return {"y": np.frombuffer(raw[:4 * count], "<f4").reshape(shape),
-            "fired": int(np.frombuffer(raw[4 * count:4 * count + 8], "<i8")[0]), "kernel": done.stdout.strip()}
+    y, fired = read_arrays(raw, [("<f4", (x.shape[0], x.shape[1], int(dims[3]), int(dims[6]), int(dims[7]))),
+                                 ("<i8", (1,))], what)
+    return {"y": y, "fired": int(fired[0]), "kernel": printed}
 
 
 # ----- the runtime -----------------------------------------------------------------------------
-class ConvLayerRuntime:
-    """ctypes handle on the compiled kernel for one delta_conv2d layer, with the state of `batch` streams.
-    Loading a library runs its code: `library` is one hwact has just built, never one found in a folder.
+class ConvLayerRuntime(StreamRuntime):
+    """The kernel (delta_conv.c) for one delta_conv2d layer, with the state of `batch` streams.
 
     State: codes (B, C, H, W) int32, acc (B, OH, OW, O) int32 (channel-last; `reference_state()` gives
     the reference op's (B, O, OH, OW) layout), frame (B,) int64."""
+    PREFIX = "dc"
 
     def __init__(self, layer: dict, library: Path):
         self.layer = layer
@@ -153,23 +145,19 @@ class ConvLayerRuntime:
         self.bias_acc = layer["bias_acc"].to(torch.int32).numpy()
         self.weight = kernel_weight(layer)
         self.key_interval = layer["key_interval"]
-        self.lib = ctypes.CDLL(str(library))
-        self._declare()
-        self.kernel = self.lib.dc_kernel_name().decode()
+        super().__init__(library, layer["in_shape"])
         self.limit = np.zeros(int(self.dims[0]), np.int32)
         self.set_threshold(float(layer["threshold"]))
         self.reset(0)
 
     def _declare(self) -> None:
         lib = self.lib
-        lib.dc_kernel_name.restype = ctypes.c_char_p
         lib.dc_limits.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
         lib.dc_run.restype = ctypes.c_int64
         lib.dc_run.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 3 + [ctypes.c_void_p] * 5
 
     def set_threshold(self, threshold: float) -> None:
-        if not threshold >= 0:
-            raise InputError(f"delta threshold must be >= 0, got {threshold}")
+        require_threshold(threshold)
         self.lib.dc_limits(int(self.dims[0]), self.step.ctypes.data, float(threshold), self.limit.ctypes.data)
 
     def reset(self, batch: int) -> None:
@@ -183,15 +171,8 @@ class ConvLayerRuntime:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, int]:
         """Frames x (B, T, C, H, W) from the current state -> y (B, T, O, OH, OW) and the fired inputs."""
-        x = np.ascontiguousarray(x, np.float32)
-        c, h, w, o, _, _, oh, ow = (int(v) for v in self.dims[:8])
-        if x.ndim != 5 or x.shape[2:] != (c, h, w):
-            raise InputError(f"stream of shape {tuple(x.shape)}: expected (batch, time, {c}, {h}, {w}) frames")
-        if self.state.shape[0] != x.shape[0]:
-            if self.state.shape[0]:
-                raise InputError(f"stream batch {x.shape[0]} != state batch {self.state.shape[0]}",
-                                 hint="reset the runtime for a new batch of streams")
-            self.reset(x.shape[0])
+        x = self.frames(x)
+        o, oh, ow = (int(self.dims[i]) for i in (3, 6, 7))
         y = np.zeros((x.shape[0], x.shape[1], o, oh, ow), np.float32)
         fired = self.lib.dc_run(self.dims.ctypes.data, self.step.ctypes.data, self.scale.ctypes.data,
                                 self.weight.ctypes.data, self.limit.ctypes.data, self.key_interval, x.shape[0],
@@ -304,8 +285,8 @@ class ConvStep(torch.nn.Module):
 
 def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> dict[str, np.ndarray]:
     """Start values of every state input (and the thresholds) of delta_conv_step.onnx for `batch` streams."""
-    if threshold is not None and not threshold >= 0:
-        raise InputError(f"delta threshold must be >= 0, got {threshold}")
+    if threshold is not None:
+        require_threshold(threshold)
     feeds = {}
     for i, node in enumerate(_stateful(graph)):
         shape = tuple(int(d) for d in node.args[0].meta["val"].shape[2:])
@@ -336,11 +317,6 @@ def run_onnx_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None =
 
 
 # ----- the flow --------------------------------------------------------------------------------
-def random_walk(batch: int, steps: int, shape: tuple[int, ...], seed: int = 0, scale: float = 0.3) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, steps, *shape, generator=generator) * scale).cumsum(dim=1)
-
-
 def _mismatch(name: str, got: np.ndarray, expected: np.ndarray) -> None:
     if got.shape != expected.shape or not np.array_equal(got, expected):
         differ = int((got != expected).sum()) if got.shape == expected.shape else "all"

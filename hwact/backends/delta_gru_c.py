@@ -25,25 +25,25 @@ delta_gru_step.onnx, one frame per call:
 from __future__ import annotations
 
 import ctypes
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hwact.backends.delta_c import check_chain, compile_shared, cross_compile_aarch64
+from hwact.backends.delta_c import (NetRuntime, check_chain, compile_shared, cross_compile_aarch64, le_bytes,
+                                    net_header, pad4, random_walk, stream_input)
 from hwact.backends.delta_onnx import export_step_module, session, step_frames
-from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
+from hwact.backends.toolchain import aarch64_emulator, read_arrays, run_runner
+from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.delta_gru_ops import delta_gru_layers
+from hwact.ir.delta_ops import require_threshold
 from hwact.ir.graph import Graph
 
 SOURCES = ("delta_gru.c", "delta_gru.h", "delta_simd.h", "delta_gru_main.c")
 LIBRARY = "libhwact_delta_gru.so"
 TOLERANCE = 0.0        # max abs error allowed, C and ONNX vs the reference (bit-exact by construction)
 HEAD_TOLERANCE = 1e-5  # a float head after the GRU, in onnxruntime vs torch (relative to max |logit|)
-OPSET = 20
 STATE_NAMES = ("codes_x", "codes_h", "acc_x", "acc_h", "h")
 
 
@@ -102,20 +102,16 @@ def net_blob(graph: Graph) -> bytes:
         hidden, n_in = layer["weight_h"].shape[1], layer["weight_x"].shape[1]
         theta = layer["threshold"].to(torch.float32).reshape(-1)
         parts.append(struct.pack("<iiiiff", n_in, hidden, layer["levels"], 0, float(theta[0]), float(theta[-1])))
-        for key in ("step_x", "step_h", "scale_x", "scale_h"):
-            parts.append(layer[key].to(torch.float32).numpy().astype("<f4").tobytes())
-        for key in ("bias_x", "bias_h"):
-            parts.append(layer[key].to(torch.int32).numpy().astype("<i4").tobytes())
-        for key in ("weight_x", "weight_h"):
-            parts.append(layer[key].t().contiguous().to(torch.int8).numpy().tobytes())
-        size = sum(len(p) for p in parts)
-        parts.append(b"\0" * ((4 - size % 4) % 4))
+        parts += [le_bytes(layer[key], "<f4") for key in ("step_x", "step_h", "scale_x", "scale_h")]
+        parts += [le_bytes(layer[key], "<i4") for key in ("bias_x", "bias_h")]
+        parts += [le_bytes(layer[key].t(), "i1") for key in ("weight_x", "weight_h")]
+        pad4(parts)
     return b"".join(parts)
 
 
 def layer_shapes(blob: bytes) -> list[tuple[int, int]]:
-    """(n_in, hidden) of every layer of a net blob."""
-    (count,) = struct.unpack("<i", blob[8:12])
+    """(n_in, hidden) of every layer of a net blob (one hwact wrote: the header is checked, not the layers)."""
+    count, _ = net_header(blob, b"HWDG", "delta GRU net")
     shapes, offset = [], 16
     for _ in range(count):
         n_in, hidden = struct.unpack("<ii", blob[offset:offset + 8])
@@ -138,63 +134,32 @@ def build_aarch64(outdir: Path) -> Path:
 
 def run_under_qemu(exe: Path, blob: bytes, x: np.ndarray, workdir: Path) -> dict:
     """Run the aarch64 runner on x (batch, steps, n_in) under qemu-user; returns y, fired, kernel."""
-    qemu = shutil.which("qemu-aarch64")
-    if qemu is None:
-        raise ToolMissingError("qemu-aarch64 is not installed", hint="apt-get install qemu-user")
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "net.bin").write_bytes(blob)
-    batch, steps, n_in = x.shape
-    (workdir / "in.bin").write_bytes(struct.pack("<iii", batch, steps, n_in) + np.ascontiguousarray(x, "<f4").tobytes())
-    done = subprocess.run([qemu, "-L", "/usr/aarch64-linux-gnu", str(exe), str(workdir / "net.bin"),
-                           str(workdir / "in.bin"), str(workdir / "out.bin")], capture_output=True, text=True,
-                          timeout=300)
-    if done.returncode != 0:
-        raise VerificationError(f"aarch64 delta GRU runner failed: {done.stderr.strip()}")
+    what = "aarch64 delta GRU runner"
+    raw, printed = run_runner(exe, {"net.bin": blob, "in.bin": stream_input(x)}, workdir, what, aarch64_emulator())
     shapes = layer_shapes(blob)
-    raw = (workdir / "out.bin").read_bytes()
-    y_bytes = batch * steps * shapes[-1][1] * 4
-    return {"y": np.frombuffer(raw[:y_bytes], "<f4").reshape(batch, steps, shapes[-1][1]),
-            "fired": np.frombuffer(raw[y_bytes:], "<i8").reshape(len(shapes), 2), "kernel": done.stdout.strip()}
+    y, fired = read_arrays(raw, [("<f4", (*x.shape[:2], shapes[-1][1])), ("<i8", (len(shapes), 2))], what)
+    return {"y": y, "fired": fired, "kernel": printed}
 
 
 # ----- running -----------------------------------------------------------------------------------
-class DeltaGRURuntime:
-    """ctypes handle on the compiled runtime for one net, with the state of `batch` streams. Loading a
-    library runs its code: `library` is one hwact has just built, never one found in a folder."""
+class DeltaGRURuntime(NetRuntime):
+    """The delta GRU chain runtime (delta_gru.c) for one net, with the state of `batch` streams."""
+    PREFIX, WHAT = "dg", "delta GRU"
 
     def __init__(self, blob: bytes, library: Path):
-        self.blob = bytes(blob)
-        self.shapes = layer_shapes(self.blob)
-        self.n_layers = len(self.shapes)
-        self.n_in, self.n_out = self.shapes[0][0], self.shapes[-1][1]
-        self.lib = ctypes.CDLL(str(library))
-        self._declare()
-        self._buffer = ctypes.create_string_buffer(self.blob, len(self.blob))
-        self.net = self.lib.dg_load(self._buffer, len(self.blob))
-        if not self.net:
-            raise InputError("malformed delta GRU net file")
-        self.kernel = self.lib.dg_kernel_name().decode()
+        super().__init__(blob, library, layer_shapes(blob))
         self.state_len, self.hidden_len = self.lib.dg_state_len(self.net), self.lib.dg_hidden_len(self.net)
         self.reset(0)
 
     def _declare(self) -> None:
+        super()._declare()
         lib = self.lib
-        lib.dg_load.restype = ctypes.c_void_p
-        lib.dg_load.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-        lib.dg_free.argtypes = [ctypes.c_void_p]
-        lib.dg_kernel_name.restype = ctypes.c_char_p
         lib.dg_state_len.restype = lib.dg_hidden_len.restype = ctypes.c_int64
         lib.dg_state_len.argtypes = lib.dg_hidden_len.argtypes = [ctypes.c_void_p]
         lib.dg_set_threshold.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_float, ctypes.c_float]
-        lib.dg_set_key_interval.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         lib.dg_reset.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         lib.dg_run.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-
-    def __del__(self):
-        if getattr(self, "lib", None) is not None and getattr(self, "net", None):
-            self.lib.dg_free(self.net)
-            self.net = None
 
     def reset(self, batch: int) -> None:
         self.state = np.zeros((batch, self.state_len), np.int32)
@@ -203,35 +168,12 @@ class DeltaGRURuntime:
         self.lib.dg_reset(self.net, batch, self.state.ctypes.data, self.hidden.ctypes.data, self.frame.ctypes.data)
 
     def set_threshold(self, theta_x: float, theta_h: float | None = None, layer: int = -1) -> None:
-        theta_h = theta_x if theta_h is None else theta_h
-        if not (theta_x >= 0 and theta_h >= 0):
-            raise InputError(f"delta threshold must be >= 0, got {theta_x}, {theta_h}")
-        if not -1 <= layer < self.n_layers:
-            raise InputError(f"delta GRU layer {layer} does not exist (this net has {self.n_layers}; -1 = all)")
-        self.lib.dg_set_threshold(self.net, layer, float(theta_x), float(theta_h))
-
-    def set_key_interval(self, interval: int) -> None:
-        if interval < 0:
-            raise InputError(f"key-frame interval must be >= 0, got {interval}")
-        self.lib.dg_set_key_interval(self.net, int(interval))
+        self._set_threshold(layer, theta_x, theta_x if theta_h is None else theta_h)
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run frames x (batch, steps, n_in) from the current state; returns y (batch, steps, hidden)
         and the columns used, (n_layers, 2): x columns and h columns per layer."""
-        x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 3 or x.shape[2] != self.n_in:
-            raise InputError(f"stream of shape {tuple(x.shape)}: expected (batch, time, {self.n_in}) frames")
-        if self.state.shape[0] != x.shape[0]:
-            if self.state.shape[0] == 0:
-                self.reset(x.shape[0])
-            else:
-                raise InputError(f"stream batch {x.shape[0]} != state batch {self.state.shape[0]}",
-                                 hint="reset the runtime for a new batch of streams")
-        y = np.zeros((x.shape[0], x.shape[1], self.n_out), np.float32)
-        fired = np.zeros((self.n_layers, 2), np.int64)
-        self.lib.dg_run(self.net, x.shape[1], x.shape[0], x.ctypes.data, y.ctypes.data, self.state.ctypes.data,
-                        self.hidden.ctypes.data, self.frame.ctypes.data, fired.ctypes.data)
-        return y, fired
+        return self._run(x, (self.n_layers, 2), ("state", "hidden", "frame"))
 
 
 def call_layer(layer: dict, x: torch.Tensor, state: tuple, threshold: torch.Tensor | None = None):
@@ -300,8 +242,8 @@ def io_names(count: int) -> tuple[list[str], list[str]]:
 
 def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> dict[str, np.ndarray]:
     """Start values of every state input (and the thresholds) of the step model for `batch` streams."""
-    if threshold is not None and not threshold >= 0:
-        raise InputError(f"delta threshold must be >= 0, got {threshold}")
+    if threshold is not None:
+        require_threshold(threshold)
     feeds = {}
     for i, layer in enumerate(gru_chain(graph)):
         theta = np.full(2, threshold, np.float32) if threshold is not None else layer["threshold"].numpy()
@@ -333,11 +275,6 @@ def run_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None
 
 
 # ----- convert -----------------------------------------------------------------------------------
-def random_walks(batch: int, steps: int, features: int, seed: int = 0, scale: float = 0.3) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, steps, features, generator=g) * scale).cumsum(dim=1)
-
-
 def max_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
 
@@ -352,7 +289,7 @@ def convert_gru(lowered_graph: Graph, outdir: Path, sequences: int = 4, steps: i
     (outdir / "delta_gru_net.bin").write_bytes(blob)
     runtime = DeltaGRURuntime(blob, build_library(outdir))
     step_path = export_step(lowered_graph, outdir / "delta_gru_step.onnx")
-    x = random_walks(sequences, steps, layers[0]["weight_x"].shape[1], seed=seed)
+    x = random_walk(sequences, steps, layers[0]["weight_x"].shape[1], seed=seed)
     expected, fired = reference_stream(lowered_graph, x)
     y_c, used = runtime.run(x.numpy())
     errors = {"c": max_error(y_c, expected.numpy())}

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from hwact.backends.delta_c import chain
-from hwact.errors import InputError, VerificationError
+from hwact.backends.onnx import OPSET, ort_session
+from hwact.errors import VerificationError
+from hwact.ir.delta_ops import require_threshold
 from hwact.ir.graph import Graph
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
-
-OPSET = 20
 
 
 class DeltaStep(torch.nn.Module):
@@ -63,8 +63,8 @@ def io_names(count: int) -> tuple[list[str], list[str]]:
 
 def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> dict[str, np.ndarray]:
     """Start values of every state input (and the thresholds) for `batch` streams."""
-    if threshold is not None and not threshold >= 0:
-        raise InputError(f"delta threshold must be >= 0, got {threshold}")
+    if threshold is not None:
+        require_threshold(threshold)
     layers = chain(graph)
     feeds = {}
     for i, layer in enumerate(layers):
@@ -124,12 +124,8 @@ def export_dense(graph: Graph, path: Path) -> Path:
 
 
 def session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """An onnxruntime CPU session on a step model: one thread by default (one frame per call is small)."""
+    return ort_session(path, threads)
 
 
 def run_stream(sess, graph: Graph, x: np.ndarray, threshold: float | None = None) -> np.ndarray:

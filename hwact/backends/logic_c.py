@@ -30,12 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
-import platform
 import re
-import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -43,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
+from hwact.backends import toolchain
+from hwact.backends.toolchain import (aarch64_emulator, compile_to, host_arch_flags, read_arrays, require_tool,
+                                      write_atomic)
+from hwact.errors import InputError, UnsupportedError
 from hwact.ir.netlist import Netlist
 
 STYLES = ("table", "straight")
@@ -273,47 +271,15 @@ def _check_name(name: str) -> None:
         raise InputError(f"logic C kernel name {name!r} is not a C identifier")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
-
-
 def emit_c(netlist: Netlist, outdir: Path, name: str = "logic_net", style: str = DEFAULT_STYLE) -> dict:
     """Write outdir/{name}.c (self-contained: tables + kernel + the stand-alone runner behind LN_MAIN)."""
     _check_name(name)
     outdir = Path(outdir)
-    _write_atomic(outdir / f"{name}.c", render_c(netlist, style))
+    write_atomic(outdir / f"{name}.c", render_c(netlist, style))
     return {"files": [f"{name}.c"], "style": style}
 
 
 # ------------------------------------------------------------------------------------------ building
-def _compiler(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        package = "gcc" if name == "gcc" else "gcc-aarch64-linux-gnu"
-        raise ToolMissingError(f"{name} is not installed", hint=f"apt-get install {package}")
-    return path
-
-
-def host_arch_flags() -> list[str]:
-    """-mavx2 when this x86-64 host's CPU has AVX2 (the library is built for the machine that runs it)."""
-    if platform.machine() in ("x86_64", "AMD64"):
-        info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        return ["-mavx2"] if " avx2" in info else []
-    return []
-
-
-def _compile(command: list[str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        first = (done.stderr.strip().splitlines() or ["no message"])[0]
-        raise VerificationError(f"{Path(command[0]).name} failed on the logic kernel: {first}")
-    return time.perf_counter() - start
-
-
 def build_c(netlist: Netlist, outdir: Path, name: str = "logic_net", arch: str = "native",
             style: str = DEFAULT_STYLE) -> dict:
     """emit_c + compile. arch "native": outdir/{name}.so for this host (AVX2 when the CPU has it);
@@ -321,21 +287,13 @@ def build_c(netlist: Netlist, outdir: Path, name: str = "logic_net", arch: str =
     with aarch64-linux-gnu-gcc (NEON). The binary is compiled in a temp file and renamed when complete."""
     if arch not in ("native", "aarch64"):
         raise InputError(f"logic C kernel arch must be 'native' or 'aarch64', got {arch!r}")
-    compiler = _compiler("gcc" if arch == "native" else "aarch64-linux-gnu-gcc")
+    compiler = require_tool("gcc" if arch == "native" else "aarch64-linux-gnu-gcc")
     outdir = Path(outdir)
     emitted = emit_c(netlist, outdir, name, style)
-    source = outdir / f"{name}.c"
     target = outdir / (f"{name}.so" if arch == "native" else f"{name}_aarch64")
-    partial = outdir / f".{target.name}.partial"
-    if arch == "native":
-        command = [compiler, *C_FLAGS, *host_arch_flags(), "-shared", "-fPIC", str(source), "-o", str(partial)]
-    else:
-        command = [compiler, *C_FLAGS, "-DLN_MAIN", "-static", str(source), "-o", str(partial)]
-    try:
-        seconds = _compile(command)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    flags = [*host_arch_flags(), "-shared", "-fPIC"] if arch == "native" else ["-DLN_MAIN", "-static"]
+    seconds = compile_to(target, [compiler, *C_FLAGS, *flags, str(outdir / f"{name}.c")],
+                         f"{Path(compiler).name} on the logic kernel")
     return {"files": [*emitted["files"], target.name], "library": target.name, "compile_s": seconds,
             "style": style, "arch": arch}
 
@@ -433,29 +391,18 @@ def throughput(kernel: LogicCKernel, samples: int = 1 << 20, repeat: int = 5, se
 # ------------------------------------------------------------------------------------------ aarch64 runner
 def run_runner(runner: Path, bits: np.ndarray, netlist: Netlist, workdir: Path,
                emulator: list[str] | None = None, extra_args: tuple[str, ...] = ()) -> dict:
-    """Run a runner built by build_c(arch="aarch64") (under qemu-aarch64 on x86 hosts) on bits;
-    returns {"counts": (N, C) int32, "bits": (N, O) uint8, "kernel": what the runner printed}."""
+    """Run a runner built by build_c(arch="aarch64") (under qemu-aarch64 on other hosts; `emulator` []
+    runs it directly, e.g. the CUDA runner) on bits; returns {"counts": (N, C) int32, "bits": (N, O)
+    uint8, "kernel": what the runner printed}.
+    Runner files: IN int64 n, int64 num_inputs, uint8 bits (n, num_inputs); OUT int32 counts (n, C), uint8
+    output bits (n, O)."""
     bits = np.asarray(bits)
     pack_bits(bits, netlist.num_inputs)                      # validates shape and values
-    if emulator is None:
-        if platform.machine() in ("aarch64", "arm64"):
-            emulator = []
-        else:
-            qemu = shutil.which("qemu-aarch64")
-            if qemu is None:
-                raise ToolMissingError("qemu-aarch64 is not installed", hint="apt-get install qemu-user")
-            emulator = [qemu, "-L", "/usr/aarch64-linux-gnu"]
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     n = bits.shape[0]
     header = np.array([n, netlist.num_inputs], dtype="<i8").tobytes()
-    (workdir / "in.bin").write_bytes(header + np.ascontiguousarray(bits, dtype=np.uint8).tobytes())
-    done = subprocess.run([*emulator, str(runner), str(workdir / "in.bin"), str(workdir / "out.bin"), *extra_args],
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise VerificationError(f"logic runner failed: {done.stderr.strip()[:200]}")
-    raw = (workdir / "out.bin").read_bytes()
-    count_bytes = n * netlist.num_classes * 4
-    return {"counts": np.frombuffer(raw[:count_bytes], "<i4").reshape(n, netlist.num_classes),
-            "bits": np.frombuffer(raw[count_bytes:], np.uint8).reshape(n, netlist.outputs.size),
-            "kernel": done.stdout.strip()}
+    raw, printed = toolchain.run_runner(runner, {"in.bin": header + np.ascontiguousarray(bits, np.uint8).tobytes()},
+                                        workdir, "logic runner", aarch64_emulator() if emulator is None else emulator,
+                                        extra_args)
+    counts, out_bits = read_arrays(raw, [("<i4", (n, netlist.num_classes)), ("u1", (n, netlist.outputs.size))],
+                                   "logic runner")
+    return {"counts": counts, "bits": out_bits, "kernel": printed}

@@ -12,31 +12,15 @@ whenever one is present and skip otherwise.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 
-from hwact.backends.logic_c import (_c_array, _check_name, _write_atomic, compile_netlist, run_runner,
-                                    source_dir)
-from hwact.errors import InputError, ToolMissingError, VerificationError
+from hwact.backends.logic_c import _c_array, _check_name, compile_netlist, run_runner, source_dir
+from hwact.backends.toolchain import compile_to, nvcc, require_gpu, write_atomic
+from hwact.errors import InputError
 from hwact.ir.netlist import Netlist
-
-NVCC_FALLBACK = Path("/usr/local/cuda/bin/nvcc")
-
-
-def nvcc() -> str:
-    path = shutil.which("nvcc")
-    if path is None and NVCC_FALLBACK.is_file() and os.environ.get("PATH", "") != "":
-        path = str(NVCC_FALLBACK)
-    if path is None:
-        raise ToolMissingError("nvcc is not installed",
-                               hint="install the CUDA toolkit (apt-get install nvidia-cuda-toolkit); compile needs no GPU")
-    return path
 
 
 def _device_tables(tag: str, program) -> str:
@@ -64,16 +48,8 @@ def render_cuda(netlist: Netlist) -> str:
 def emit_cuda(netlist: Netlist, outdir: Path, name: str = "logic_net") -> dict:
     """Write outdir/{name}.cu (tables + kernels + the host runner behind LN_RUNNER)."""
     _check_name(name)
-    _write_atomic(Path(outdir) / f"{name}.cu", render_cuda(netlist))
+    write_atomic(Path(outdir) / f"{name}.cu", render_cuda(netlist))
     return {"files": [f"{name}.cu"], "style": "table"}
-
-
-def _nvcc(command: list[str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise VerificationError(f"nvcc failed on the logic kernel: {done.stderr.strip()[:300]}")
-    return time.perf_counter() - start
 
 
 def compile_cuda(outdir: Path, name: str = "logic_net", arch: str = "sm_80", runner: bool = True) -> dict:
@@ -96,33 +72,16 @@ def compile_cuda(outdir: Path, name: str = "logic_net", arch: str = "sm_80", run
                         ["-DLN_RUNNER", f"-gencode=arch=compute_{number},code=[sm_{number},compute_{number}]"]))
     files, seconds = [], 0.0
     for target, flags in targets:
-        partial = outdir / f".{target.name}.partial"
-        try:
-            seconds += _nvcc([compiler, "-O3", *flags, str(source), "-o", str(partial)])
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        seconds += compile_to(target, [compiler, "-O3", *flags, str(source)], "nvcc on the logic kernel")
         files.append(target.name)
     return {"files": files, "cubin": files[0], "runner": files[1] if runner else None, "compile_s": seconds,
             "arch": arch}
 
 
-def gpu_available() -> bool:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return True
-    except Exception:  # noqa: BLE001 - any torch import problem means "no usable GPU"
-        pass
-    smi = shutil.which("nvidia-smi")
-    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
-
-
 def run_cuda(runner: Path, bits: np.ndarray, netlist: Netlist, workdir: Path, repeat: int = 0) -> dict:
     """Run the host runner on a GPU: {"counts", "bits", "kernel"} (+ "samples_per_s" when repeat > 0:
     the count kernel alone, best of `repeat`, input already packed on the GPU)."""
-    if not gpu_available():
-        raise ToolMissingError("no CUDA GPU on this machine", hint="run the CUDA kernel on a GPU host")
+    require_gpu()
     args = (str(repeat),) if repeat else ()
     result = run_runner(runner, bits, netlist, workdir, emulator=[], extra_args=args)
     lines = result["kernel"].splitlines()

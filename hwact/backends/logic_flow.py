@@ -146,11 +146,12 @@ def _cpu(netlist, outdir: Path, report: dict) -> list[str]:
 
 def _cuda(netlist, outdir: Path, report: dict) -> list[str]:
     from hwact.backends import logic_cuda
+    from hwact.backends.toolchain import gpu_available
 
     emitted = logic_cuda.emit_cuda(netlist, outdir, TOP)
     compiled = logic_cuda.compile_cuda(outdir, TOP, arch="sm_80")
     entry = {"arch": compiled["arch"], "compile_s": compiled["compile_s"], "ran_on_gpu": False}
-    if logic_cuda.gpu_available() and compiled.get("runner"):
+    if gpu_available() and compiled.get("runner"):
         bits = random_bits(netlist.num_inputs, CHECK_SAMPLES)
         with tempfile.TemporaryDirectory(prefix="hwact_cuda_") as work:
             result = logic_cuda.run_cuda(outdir / compiled["runner"], bits, netlist, Path(work), repeat=5)

@@ -43,9 +43,7 @@ cells: LUT1..LUT6, FDRE/..., CARRY4, MUXF7/8) and parses `stat -json`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -53,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hwact.errors import InputError, ToolMissingError, UnsupportedError, VerificationError
+from hwact.backends.toolchain import require_tool, run_tool, write_atomic
+from hwact.errors import InputError, UnsupportedError, VerificationError
 from hwact.ir.netlist import Netlist
 
 GATE_EXPRESSIONS = ("1'b0", "A & B", "A & ~B", "A", "~A & B", "B", "A ^ B", "A | B",
@@ -291,12 +290,6 @@ int main(int argc, char** argv) {{
 """
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def emit_verilog(netlist: Netlist, outdir: Path, top: str = "logic_net", pipeline_every: int = 0) -> dict:
     """Write outdir/{top}.v, the iverilog testbench {top}_tb.v and the verilator harness {top}_harness.cpp.
 
@@ -311,7 +304,7 @@ def emit_verilog(netlist: Netlist, outdir: Path, top: str = "logic_net", pipelin
                                              netlist.num_classes * width, latency),
              f"{top}_harness.cpp": harness_source(top, latency)}
     for name, text in files.items():
-        _write_atomic(outdir / name, text)
+        write_atomic(outdir / name, text)
     return {"files": list(files), "latency_cycles": latency, "count_bits": width}
 
 
@@ -369,45 +362,29 @@ def hex_to_bits(words: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
     return bits.astype(np.uint8), valid
 
 
-def _require(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ToolMissingError(f"{tool} is not installed", hint=f"apt-get install {package}")
-    return path
-
-
-def _run_tool(command: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if done.returncode != 0:
-        text = (done.stderr + done.stdout).splitlines()
-        tail = [line for line in text if "error" in line.lower()][:2] or text[-2:]
-        raise VerificationError(f"{what} failed (exit {done.returncode}): {' | '.join(tail)}")
-    return done
-
-
 def _run_verilator(netlist_dir: Path, top: str, workdir: Path) -> None:
-    _require("verilator", "verilator")
-    _require("make", "make")
-    _require("g++", "g++")
+    require_tool("verilator", "verilator")
+    require_tool("make", "make")
+    require_tool("g++", "g++")
     harness = netlist_dir / f"{top}_harness.cpp"
     if not harness.is_file():
         raise InputError(f"verilog: {harness} does not exist", hint="run emit_verilog first")
-    _run_tool(["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style",
+    run_tool(["verilator", "--cc", "--exe", "--build", "-j", "2", "-Wno-fatal", "-Wno-lint", "-Wno-style",
                "--top-module", top, "-Mdir", str(workdir / "obj"), "-o", str(workdir / "sim"),
                "-MAKEFLAGS", "OPT_FAST=-O1", str((netlist_dir / f"{top}.v").resolve()), str(harness.resolve())],
-              workdir, "verilator build")
-    _run_tool([str(workdir / "sim"), "sim_in.hex", "sim_out.hex"], workdir, "verilator simulation")
+              "verilator build", workdir)
+    run_tool([str(workdir / "sim"), "sim_in.hex", "sim_out.hex"], "verilator simulation", workdir)
 
 
 def _run_iverilog(netlist_dir: Path, top: str, workdir: Path) -> None:
-    _require("iverilog", "iverilog")
-    _require("vvp", "iverilog")
+    require_tool("iverilog", "iverilog")
+    require_tool("vvp", "iverilog")
     testbench = netlist_dir / f"{top}_tb.v"
     if not testbench.is_file():
         raise InputError(f"verilog: {testbench} does not exist", hint="run emit_verilog first")
-    _run_tool(["iverilog", "-g2005", "-o", str(workdir / "sim.vvp"), "-s", f"{top}_tb",
-               str((netlist_dir / f"{top}.v").resolve()), str(testbench.resolve())], workdir, "iverilog compile")
-    _run_tool(["vvp", "-n", str(workdir / "sim.vvp")], workdir, "vvp simulation")
+    run_tool(["iverilog", "-g2005", "-o", str(workdir / "sim.vvp"), "-s", f"{top}_tb",
+               str((netlist_dir / f"{top}.v").resolve()), str(testbench.resolve())], "iverilog compile", workdir)
+    run_tool(["vvp", "-n", str(workdir / "sim.vvp")], "vvp simulation", workdir)
 
 
 def simulate(netlist: Netlist, netlist_dir: Path, top: str, samples: int = 10000, seed: int = 0,
@@ -479,7 +456,7 @@ def synthesize(netlist_dir: Path, top: str, flavor: str) -> dict:
     """
     if flavor not in SYNTH_COMMANDS:
         raise InputError(f"synthesize: unknown flavor {flavor!r}", hint="use lut6 or xc7")
-    yosys = _require("yosys", "yosys")
+    yosys = require_tool("yosys", "yosys")
     netlist_dir = Path(netlist_dir)
     verilog_file = netlist_dir / f"{top}.v"
     if not verilog_file.is_file():
@@ -495,7 +472,7 @@ def synthesize(netlist_dir: Path, top: str, flavor: str) -> dict:
         start = time.perf_counter()
         done = subprocess.run([yosys, "-p", script], cwd=tmp, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        _write_atomic(netlist_dir / log_name, done.stdout + done.stderr)
+        write_atomic(netlist_dir / log_name, done.stdout + done.stderr)
         if done.returncode != 0:
             errors = [line for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line]
             raise VerificationError(f"yosys failed on {verilog_file.name}: {(errors or ['no message'])[-1].strip()}",

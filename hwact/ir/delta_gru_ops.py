@@ -14,7 +14,7 @@ hwact::delta_gru_float(x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh, thresh
   M_x and M_h are the running pre-activation memories of DeltaRNN (bias in the initial value, then
   only the sent deltas W (step * Δcode) are added: the sum of the deltas is the last sent code). The
   candidate keeps its x and h parts apart because r multiplies only the h part.
-  `lower-delta` (lower_delta_gru below) replaces this op by hwact::delta_gru.
+  `lower-delta` (hwact/passes/lower_delta.py) replaces this op by hwact::delta_gru.
 
 hwact::delta_gru(x, step_x, step_h, levels, weight_x, weight_h, scale_x, scale_h, bias_x, bias_h,
                  threshold, key_interval, codes_x, codes_h, acc_x, acc_h, h, frame)
@@ -54,8 +54,7 @@ import torch
 from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset20 as op
 
-from hwact.errors import InputError, PreconditionError
-from hwact.ir.delta_ops import quantize_linear, send
+from hwact.ir.delta_ops import code_thresholds, quantize_codes, send
 from hwact.ir.ops import onnx_translation
 from hwact.ir.params import constant_value
 
@@ -83,16 +82,6 @@ def rational_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return rational_tanh(v * 0.5) * 0.5 + 0.5
 
 
-def codes_of(v: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
-    return torch.clamp(torch.round(v / step), -levels, levels).to(torch.int32)
-
-
-def code_limits(threshold, step: torch.Tensor) -> torch.Tensor:
-    """max(1, ceil(threshold / step_j)) as int32 (float32 division, like every backend)."""
-    threshold = torch.as_tensor(threshold, dtype=torch.float32).reshape(())
-    return torch.clamp(torch.ceil(threshold / step.to(torch.float32)), min=1.0, max=1e9).to(torch.int32)
-
-
 def gates(px: torch.Tensor, ph: torch.Tensor, h: torch.Tensor, sigmoid, tanh) -> torch.Tensor:
     """One GRU update from the x and h pre-activations (B, 3H): h' = (1 - z) * n + z * h."""
     H = h.shape[-1]
@@ -116,7 +105,8 @@ def float_gru(x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh, threshold_x, th
     H = w_hh.shape[1]
     qx = straight_through_codes(x, step_x, levels)
     kx = qx.detach()
-    limit_x, limit_h = code_limits(threshold_x, step_x).to(x.dtype), code_limits(threshold_h, step_h).to(x.dtype)
+    limit_x = code_thresholds(threshold_x, step_x).to(x.dtype)
+    limit_h = code_thresholds(threshold_h, step_h).to(x.dtype)
     sent_x, sent_kx, sent_rows, fired_x = x.new_zeros(batch, x.shape[2]), x.new_zeros(batch, x.shape[2]), [], 0
     for t in range(steps):
         fire = (kx[:, t] - sent_kx).abs() >= limit_x
@@ -187,14 +177,14 @@ def delta_gru(x: torch.Tensor, step_x: torch.Tensor, step_h: torch.Tensor, level
     codes_x, codes_h, acc_x, acc_h = (s.to(torch.int32).clone() for s in state[:4])
     h, frame = state[4].to(torch.float32).clone(), state[5]
     threshold = threshold.to(torch.float32).reshape(-1)
-    limit_x, limit_h = code_limits(threshold[0], step_x), code_limits(threshold[-1], step_h)
-    kx_all = codes_of(x.to(torch.float32), step_x, levels)
+    limit_x, limit_h = code_thresholds(threshold[0], step_x), code_thresholds(threshold[-1], step_h)
+    kx_all = quantize_codes(x.to(torch.float32), step_x, levels)
     first = int(frame.reshape(-1)[0])
     outputs = []
     for t in range(steps):
         key = key_interval > 0 and (first + t) % key_interval == 0
         dx = send(kx_all[:, t], codes_x, limit_x, key)
-        dh = send(codes_of(h, step_h, levels), codes_h, limit_h, key)
+        dh = send(quantize_codes(h, step_h, levels), codes_h, limit_h, key)
         codes_x, codes_h = codes_x + dx, codes_h + dh
         acc_x, acc_h = add_columns(acc_x, weight_x, dx), add_columns(acc_h, weight_h, dh)
         px, ph = acc_x.to(torch.float32) * scale_x, acc_h.to(torch.float32) * scale_h
@@ -279,68 +269,12 @@ def delta_gru_onnx(x: FLOAT, step_x: FLOAT, step_h: FLOAT, levels: int, weight_x
             new_frame)
 
 
-# ----- lowering ----------------------------------------------------------------------------------
-DELTA_GRU_FLOAT = torch.ops.hwact.delta_gru_float.default
+# ----- the lowered layers ------------------------------------------------------------------------
 DELTA_GRU = torch.ops.hwact.delta_gru.default
 
 
-def lower_delta_gru(graph, threshold: float, key_interval: int) -> int:
-    """Replace every hwact.delta_gru_float in `graph` (a hwact Graph) by the int8 hwact.delta_gru:
-    steps folded into the weights, weights quantized per output row, biases into the accumulators'
-    start values; threshold (both θx and θh, activation units) and key_interval are the pass's.
-    Returns how many were lowered."""
-    count = 0
-    for node in list(graph.call_nodes()):
-        if node.target is not DELTA_GRU_FLOAT:
-            continue
-        x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh = node.args[:8]
-        levels = int(levels)
-        if not 1 <= levels <= 127:
-            raise PreconditionError(f"{node.name}: delta GRU with {levels} code levels; the int8 kernels take 1..127")
-        w_ih, w_hh = constant_value(graph, w_ih), constant_value(graph, w_hh)
-        step_x = constant_value(graph, step_x).to(torch.float32).reshape(-1).expand(w_ih.shape[1]).contiguous()
-        step_h = constant_value(graph, step_h).to(torch.float32).reshape(-1).expand(w_hh.shape[1]).contiguous()
-        weight_x, scale_x, bias_x = quantize_linear(w_ih, constant_value(graph, b_ih), step_x)
-        weight_h, scale_h, bias_h = quantize_linear(w_hh, constant_value(graph, b_hh), step_h)
-        tensors = {"step_x": step_x, "step_h": step_h, "weight_x": weight_x, "weight_h": weight_h,
-                   "scale_x": scale_x, "scale_h": scale_h, "bias_x": bias_x, "bias_h": bias_h,
-                   "threshold": torch.full((2,), float(threshold), dtype=torch.float32)}
-        prefix = f"delta_gru{count}"
-        while hasattr(graph.module, f"{prefix}_threshold"):
-            prefix += "_"
-        for key, value in tensors.items():
-            graph.module.register_buffer(f"{prefix}_{key}", value)
-        with graph.fx.inserting_before(node):
-            attrs = [graph.fx.get_attr(f"{prefix}_{k}") for k in tensors]
-            lowered = graph.fx.call_function(DELTA_GRU, (x, attrs[0], attrs[1], levels, *attrs[2:], int(key_interval),
-                                                         None, None, None, None, None, None))
-            out = graph.fx.call_function(operator.getitem, (lowered, 0))
-        out.meta.update(node.meta)
-        node.replace_all_uses_with(out)
-        graph.fx.erase_node(node)
-        count += 1
-    if count:
-        graph.recompile()
-    return count
-
-
-def set_gru_threshold(graph, theta_x: float, theta_h: float | None = None, key_interval: int | None = None) -> None:
-    """Change the run-time thresholds (θh defaults to θx) and key-frame interval of every delta_gru."""
-    theta_h = theta_x if theta_h is None else theta_h
-    if not (theta_x >= 0 and theta_h >= 0):
-        raise InputError(f"delta threshold must be >= 0, got {theta_x}, {theta_h}")
-    if key_interval is not None and key_interval < 0:
-        raise InputError(f"key-frame interval must be >= 0, got {key_interval}")
-    for node in graph.call_nodes():
-        if node.target is DELTA_GRU:
-            getattr(graph.module, node.args[10].target).copy_(torch.tensor([theta_x, theta_h]))
-            if key_interval is not None:
-                node.args = node.args[:11] + (int(key_interval),) + node.args[12:]
-    graph.module.recompile()
-
-
 def delta_gru_layers(graph) -> list[dict]:
-    """The lowered delta GRU layers in graph order: their constant tensors and settings."""
+    """The hwact.delta_gru layers of a lowered graph in graph order: their constant tensors and settings."""
     names = ("step_x", "step_h", "levels", "weight_x", "weight_h", "scale_x", "scale_h", "bias_x", "bias_h",
              "threshold", "key_interval")
     layers = []

@@ -29,13 +29,29 @@ hwact::delta_linear(x, step, levels, weight, scale, bias_acc, threshold, key_int
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
 from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
+from hwact.errors import InputError
 from hwact.ir.ops import onnx_translation
+from hwact.ir.params import constant_value
+
+
+# ----- run-time settings -----------------------------------------------------------------------
+def require_threshold(*thresholds: float) -> None:
+    """InputError unless every delta threshold (activation units) is >= 0 (NaN is refused too)."""
+    if not all(threshold >= 0 for threshold in thresholds):
+        raise InputError(f"delta threshold must be >= 0, got {', '.join(str(t) for t in thresholds)}")
+
+
+def require_key_interval(interval: int) -> None:
+    """InputError unless the key-frame interval is >= 0 (0 = never)."""
+    if interval < 0:
+        raise InputError(f"key-frame interval must be >= 0, got {interval}")
 
 
 # ----- delta_act -------------------------------------------------------------------------------
@@ -61,10 +77,11 @@ def delta_act_onnx(x: FLOAT, step: FLOAT, levels: int) -> FLOAT:
 
 
 # ----- delta_linear ----------------------------------------------------------------------------
-def code_thresholds(threshold: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """t_j = max(1, ceil(threshold / step_j)) as int32 (float32 division, like every backend)."""
-    t = torch.ceil(threshold.to(torch.float32).reshape(()) / step.to(torch.float32))
-    return torch.clamp(t, min=1.0).to(torch.int32)
+def code_thresholds(threshold, step: torch.Tensor) -> torch.Tensor:
+    """t_j = max(1, ceil(threshold / step_j)) as int32, float32 division and at most 1e9, like every
+    C kernel (no code change reaches 1e9: the limit then means "never")."""
+    threshold = torch.as_tensor(threshold, dtype=torch.float32).reshape(())
+    return torch.clamp(torch.ceil(threshold / step.to(torch.float32)), min=1.0, max=1e9).to(torch.int32)
 
 
 def send(codes: torch.Tensor, sent: torch.Tensor, limits: torch.Tensor, key: bool = False) -> torch.Tensor:
@@ -147,3 +164,20 @@ def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None, step: torch
     bias = torch.zeros(weight.shape[0]) if bias is None else bias
     bias_acc = torch.clamp(torch.round(bias.to(torch.float64) / scale.to(torch.float64)), -2**30, 2**30).to(torch.int32)
     return weight_int, scale, bias_acc
+
+
+def delta_layers(graph) -> list[dict]:
+    """The hwact.delta_linear layers of a lowered graph in graph order: their tensors and settings, and
+    what follows each (a relu or not)."""
+    layers = []
+    for node in graph.call_nodes():
+        if node.target is not torch.ops.hwact.delta_linear.default:
+            continue
+        values = {key: constant_value(graph, node.args[i]) for key, i in
+                  (("step", 1), ("weight", 3), ("scale", 4), ("bias_acc", 5), ("threshold", 6))}
+        out = next(u for u in node.users if u.target is operator.getitem and u.args[1] == 0)
+        users = list(out.users)
+        relu = len(users) == 1 and users[0].target is torch.ops.aten.relu.default
+        layers.append({"node": node, "levels": int(node.args[2]), "key_interval": int(node.args[7]),
+                       "relu": relu, "input": node.args[0], "output": users[0] if relu else out, **values})
+    return layers

@@ -3,16 +3,18 @@
 Math (ALGORITHMS.md §6.1, §6.3; semantics in hwact/ir/delta_ops.py). For y = delta_act(x, q) and
 out = y @ W.T + b, with codes k = clamp(round(x / q), -L, L):
     out = (W * q[None, :]) @ k + b
-The input step is folded into the weights, which are quantized per output row to int8:
+The input step is folded into the weights, which are quantized per output row to int8
+(hwact.ir.delta_ops.quantize_linear):
     s_o = max_j |W_oj q_j| / 127,   Wq_oj = round(W_oj q_j / s_o),   bias_acc_o = round(b_o / s_o)
 and the layer becomes M_t = M_{t-1} + Wq @ Δk_t (int32, M_0 = bias_acc: the bias is added once),
 out_t = s * M_t, with Δk_t the thresholded code changes. `threshold` (>= 0, in the activation's
 units; 0 = exact) and `key_interval` (0 = never; n = a full update every n frames) are stored as
 buffers/arguments of each op, so they can be changed without re-lowering (`set_threshold`).
-A DeltaGRU (hwact.delta_gru_float) becomes the int8 hwact.delta_gru the same way (its levels must be
-<= 127; threshold used for both θx and θh): hwact/ir/delta_gru_ops.py, lower_delta_gru.
+A DeltaGRU (hwact.delta_gru_float) becomes the int8 hwact.delta_gru the same way, W_ih with step_x and
+W_hh with step_h, b_ih and b_hh into the accumulators' start values (its levels must be <= 127; the
+threshold is used for both θx and θh; semantics in hwact/ir/delta_gru_ops.py).
 A delta_act feeding a Conv2d (frames folded into the batch) becomes hwact::delta_conv2d first
-(`lower_delta_conv`, hwact/ir/delta_conv_ops.py).
+(hwact/passes/_delta_conv_lowering.py).
 
 Before:
     %act  = hwact.delta_act(%relu, %step, 127)
@@ -20,6 +22,11 @@ Before:
 After:
     %dl   = hwact.delta_linear(%relu, %step, 127, %w_int8, %scale, %bias_acc, %threshold, 0, None, None, None)
     %lin  = getitem(%dl, 0)
+and
+    %y    = hwact.delta_gru_float(%x, %step_x, %step_h, 127, %w_ih, %w_hh, %b_ih, %b_hh, 0.0, 0.0)
+ -> %dg   = hwact.delta_gru(%x, %step_x, %step_h, 127, %wx_int8, %wh_int8, %scale_x, %scale_h, %bias_x,
+                            %bias_h, %threshold, 0, None, None, None, None, None, None)
+    %y    = getitem(%dg, 0)
 """
 
 from __future__ import annotations
@@ -29,32 +36,35 @@ import operator
 import torch
 import torch.fx
 
-from hwact.errors import InputError, PreconditionError
-from hwact.ir.delta_conv_ops import conv_handled, conv_violations, lower_delta_conv
-from hwact.ir.delta_gru_ops import lower_delta_gru
-from hwact.ir.delta_ops import quantize_linear
+import hwact.ir.delta_gru_ops  # noqa: F401  (registers hwact::delta_gru_float and hwact::delta_gru)
+from hwact.errors import PreconditionError
+from hwact.ir.delta_ops import quantize_linear, require_key_interval, require_threshold
 from hwact.ir.graph import Graph
 from hwact.ir.params import constant_value
+from hwact.passes._delta_conv_lowering import (DELTA_CONV2D, conv_handled, conv_violations, lower_delta_conv,
+                                               register_buffers)
 from hwact.passes.base import Pass, register
 
 DELTA_ACT = torch.ops.hwact.delta_act.default
 DELTA_LINEAR = torch.ops.hwact.delta_linear.default
+DELTA_GRU_FLOAT = torch.ops.hwact.delta_gru_float.default
+DELTA_GRU = torch.ops.hwact.delta_gru.default
 LINEAR = torch.ops.aten.linear.default
+THRESHOLD_AT = {DELTA_LINEAR: 6, DELTA_CONV2D: 6, DELTA_GRU: 10}   # the threshold argument; key_interval next
 
 
 @register
 class LowerDelta(Pass):
     name = "lower-delta"
+    takes = ("delta_threshold", "key_interval")
     preconditions = ("every user of a hwact.delta_act is an aten.linear reading it as its input",
                      "the delta step is a constant per last-axis feature (or one per layer)",
                      "threshold >= 0")
 
-    def __init__(self, threshold: float = 0.0, key_interval: int = 0):
-        if not threshold >= 0:
-            raise InputError(f"delta threshold must be >= 0, got {threshold}")
-        if key_interval < 0:
-            raise InputError(f"key-frame interval must be >= 0, got {key_interval}")
-        self.threshold, self.key_interval = float(threshold), int(key_interval)
+    def __init__(self, delta_threshold: float = 0.0, key_interval: int = 0):
+        require_threshold(delta_threshold)
+        require_key_interval(key_interval)
+        self.threshold, self.key_interval = float(delta_threshold), int(key_interval)
 
     def check(self, graph: Graph) -> list[str]:
         problems = conv_violations(graph)
@@ -80,6 +90,13 @@ class LowerDelta(Pass):
         if problems:
             raise PreconditionError("lower-delta: " + "; ".join(problems[:3]))
         changed = lower_delta_conv(graph, self.threshold, self.key_interval)
+        changed = self._lower_linears(graph, changed)
+        changed += self._lower_grus(graph)
+        graph.recompile()
+        return graph, changed
+
+    def _lower_linears(self, graph: Graph, index: int) -> int:
+        """Each delta_act -> aten.linear pair becomes a delta_linear; returns `index` + how many."""
         for node in list(graph.call_nodes()):
             if node.target is not DELTA_ACT:
                 continue
@@ -90,53 +107,74 @@ class LowerDelta(Pass):
                 bias = constant_value(graph, user.args[2]) if len(user.args) > 2 and user.args[2] is not None else None
                 full_step = step.expand(weight.shape[1]).contiguous()
                 weight_int, scale, bias_acc = quantize_linear(weight, bias, full_step)
-                prefix = f"delta{changed}"
                 tensors = {"step": full_step, "weight": weight_int, "scale": scale, "bias_acc": bias_acc,
                            "threshold": torch.tensor(self.threshold, dtype=torch.float32)}
-                for key, value in tensors.items():
-                    graph.module.register_buffer(f"{prefix}_{key}", value)
                 with graph.fx.inserting_before(user):
-                    attrs = {k: graph.fx.get_attr(f"{prefix}_{k}") for k in tensors}
+                    attrs = register_buffers(graph, f"delta{index}", tensors)
                     op = graph.fx.call_function(DELTA_LINEAR, (node.args[0], attrs["step"], levels, attrs["weight"],
                                                                attrs["scale"], attrs["bias_acc"], attrs["threshold"],
                                                                self.key_interval, None, None, None))
-                    out = graph.fx.call_function(operator.getitem, (op, 0))
-                out.meta.update(user.meta)
-                user.replace_all_uses_with(out)
-                graph.fx.erase_node(user)
-                changed += 1
+                _replace(graph, user, op)
+                index += 1
             if not node.users:
                 graph.fx.erase_node(node)
-        changed += lower_delta_gru(graph, self.threshold, self.key_interval)
-        graph.recompile()
-        return graph, changed
+        return index
+
+    def _lower_grus(self, graph: Graph) -> int:
+        """Each delta_gru_float becomes a delta_gru (steps folded into the weights, biases into the
+        accumulators' start values); returns how many."""
+        count = 0
+        for node in list(graph.call_nodes()):
+            if node.target is not DELTA_GRU_FLOAT:
+                continue
+            x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh = node.args[:8]
+            levels = int(levels)
+            if not 1 <= levels <= 127:
+                raise PreconditionError(f"{node.name}: delta GRU with {levels} code levels; "
+                                        "the int8 kernels take 1..127")
+            w_ih, w_hh = constant_value(graph, w_ih), constant_value(graph, w_hh)
+            step_x = constant_value(graph, step_x).to(torch.float32).reshape(-1).expand(w_ih.shape[1]).contiguous()
+            step_h = constant_value(graph, step_h).to(torch.float32).reshape(-1).expand(w_hh.shape[1]).contiguous()
+            weight_x, scale_x, bias_x = quantize_linear(w_ih, constant_value(graph, b_ih), step_x)
+            weight_h, scale_h, bias_h = quantize_linear(w_hh, constant_value(graph, b_hh), step_h)
+            tensors = {"step_x": step_x, "step_h": step_h, "weight_x": weight_x, "weight_h": weight_h,
+                       "scale_x": scale_x, "scale_h": scale_h, "bias_x": bias_x, "bias_h": bias_h,
+                       "threshold": torch.full((2,), self.threshold, dtype=torch.float32)}
+            prefix = f"delta_gru{count}"
+            while hasattr(graph.module, f"{prefix}_threshold"):
+                prefix += "_"
+            with graph.fx.inserting_before(node):
+                attrs = list(register_buffers(graph, prefix, tensors).values())
+                op = graph.fx.call_function(DELTA_GRU, (x, attrs[0], attrs[1], levels, *attrs[2:], self.key_interval,
+                                                        None, None, None, None, None, None))
+            _replace(graph, node, op)
+            count += 1
+        return count
 
 
-def set_threshold(graph: Graph, threshold: float, key_interval: int | None = None) -> None:
-    """Change the run-time threshold (and key-frame interval) of every delta_linear in `graph`."""
-    if not threshold >= 0:
-        raise InputError(f"delta threshold must be >= 0, got {threshold}")
+def _replace(graph: Graph, node: torch.fx.Node, op: torch.fx.Node) -> None:
+    """Make output 0 of the stateful `op` (inserted before `node`) take the place of `node`."""
+    with graph.fx.inserting_after(op):
+        out = graph.fx.call_function(operator.getitem, (op, 0))
+    out.meta.update(node.meta)
+    node.replace_all_uses_with(out)
+    graph.fx.erase_node(node)
+
+
+def set_threshold(graph: Graph, threshold: float, key_interval: int | None = None,
+                  threshold_h: float | None = None) -> None:
+    """Change the run-time threshold (a delta GRU's θx, and θh = `threshold_h`, by default the same) and
+    the key-frame interval of every delta_linear, delta_conv2d and delta_gru in `graph`."""
+    thresholds = (threshold,) if threshold_h is None else (threshold, threshold_h)
+    require_threshold(*thresholds)
+    if key_interval is not None:
+        require_key_interval(key_interval)
     for node in graph.call_nodes():
-        if node.target is DELTA_LINEAR:
-            getattr(graph.module, node.args[6].target).fill_(float(threshold))
-            if key_interval is not None:
-                if key_interval < 0:
-                    raise InputError(f"key-frame interval must be >= 0, got {key_interval}")
-                node.args = node.args[:7] + (int(key_interval),) + node.args[8:]
-    graph.module.recompile()
-
-
-def delta_layers(graph: Graph) -> list[dict]:
-    """The lowered delta layers in graph order: their tensors, and what follows each (relu or not)."""
-    layers = []
-    for node in graph.call_nodes():
-        if node.target is not DELTA_LINEAR:
+        at = THRESHOLD_AT.get(node.target)
+        if at is None:
             continue
-        values = {key: constant_value(graph, node.args[i]) for key, i in
-                  (("step", 1), ("weight", 3), ("scale", 4), ("bias_acc", 5), ("threshold", 6))}
-        out = next(u for u in node.users if u.target is operator.getitem and u.args[1] == 0)
-        users = list(out.users)
-        relu = len(users) == 1 and users[0].target is torch.ops.aten.relu.default
-        layers.append({"node": node, "levels": int(node.args[2]), "key_interval": int(node.args[7]),
-                       "relu": relu, "input": node.args[0], "output": users[0] if relu else out, **values})
-    return layers
+        values = [thresholds[0], thresholds[-1]] if node.target is DELTA_GRU else float(threshold)
+        getattr(graph.module, node.args[at].target).copy_(torch.tensor(values))
+        if key_interval is not None:
+            node.args = node.args[:at + 1] + (int(key_interval),) + node.args[at + 2:]
+    graph.module.recompile()

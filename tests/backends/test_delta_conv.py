@@ -13,7 +13,8 @@ from hwact.backends import delta_c, delta_conv_c, delta_onnx
 from hwact.errors import PreconditionError
 from hwact.ir.graph import InputSpec, trace
 from hwact.nn.delta import DeltaActivation, FrameCNN, delta_penalty
-from hwact.passes.lower_delta import LowerDelta, delta_layers
+from hwact.ir.delta_ops import delta_layers
+from hwact.passes.lower_delta import LowerDelta, set_threshold
 
 DELTA_CONV2D = torch.ops.hwact.delta_conv2d
 
@@ -138,7 +139,7 @@ def frame_cnn(stride=1, seed=0, delta=True):
 def lowered_cnn(threshold=0.0, key_interval=0, stride=1, steps=6):
     model = frame_cnn(stride)
     graph = trace(model, [InputSpec("x", (2, steps, 3, 9, 8))])
-    graph, count = LowerDelta(threshold=threshold, key_interval=key_interval)(graph)
+    graph, count = LowerDelta(delta_threshold=threshold, key_interval=key_interval)(graph)
     return model, graph, count
 
 
@@ -223,11 +224,11 @@ def test_per_neuron_conv_steps_are_refused_and_thresholds_change_at_run_time():
     _, graph, _ = lowered_cnn(steps=8)
     x = delta_conv_c.random_walk(2, 8, (3, 9, 8), seed=2)
     exact = graph(x)
-    dco.set_conv_threshold(graph, 0.5, key_interval=4)
+    set_threshold(graph, 0.5, key_interval=4)
     thresholds = [float(getattr(graph.module, n.args[6].target)) for n in graph.call_nodes()
                   if n.target is DELTA_CONV2D.default]
     assert thresholds == [0.5, 0.5] and not torch.equal(graph(x), exact)
-    dco.set_conv_threshold(graph, 0.0, key_interval=0)
+    set_threshold(graph, 0.0, key_interval=0)
     assert torch.equal(graph(x), exact)
 
 

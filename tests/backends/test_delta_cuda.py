@@ -7,6 +7,7 @@ import pytest
 
 from delta_helpers import delta_model, lowered, walk
 from hwact.backends import delta_c, delta_cuda
+from hwact.backends.toolchain import gpu_available
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 
@@ -26,7 +27,7 @@ def test_nvcc_builds_the_kernel_for_every_arch(exe):
 
 
 @needs_nvcc
-@pytest.mark.skipif(not delta_cuda.gpu_available(), reason="no GPU on this machine (runs on a GPU machine)")
+@pytest.mark.skipif(not gpu_available(), reason="no GPU on this machine (runs on a GPU machine)")
 @pytest.mark.parametrize("threshold,key_interval,dense", [(0.0, 0, False), (0.3, 6, False), (0.3, 0, True)])
 def test_cuda_matches_reference_on_gpu(exe, tmp_path, threshold, key_interval, dense):
     graph = lowered(delta_model(features=13, hidden=(300, 40), steps=(0.125, 0.0625, 0.0625)),

@@ -11,10 +11,11 @@ import torch
 
 from hwact.backends import delta_c, delta_gru_c
 from hwact.backends.delta_onnx import session
-from hwact.ir.delta_gru_ops import code_limits, codes_of, set_gru_threshold
+from hwact.errors import InputError
+from hwact.ir.delta_ops import code_thresholds, quantize_codes
 from hwact.ir.graph import InputSpec, from_exported
 from hwact.nn.delta import DeltaGRU
-from hwact.passes.lower_delta import LowerDelta
+from hwact.passes.lower_delta import LowerDelta, set_threshold
 
 
 def gru_graph(widths=(6, 16), threshold=0.0, key_interval=0, seed=0, steps_t=8):
@@ -32,7 +33,7 @@ def gru_graph(widths=(6, 16), threshold=0.0, key_interval=0, seed=0, steps_t=8):
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     graph = from_exported(program, [InputSpec("x", (2, steps_t, widths[0]))])
-    graph, count = LowerDelta(threshold=threshold, key_interval=key_interval)(graph)
+    graph, count = LowerDelta(delta_threshold=threshold, key_interval=key_interval)(graph)
     assert count == len(layers)
     return graph, model
 
@@ -103,7 +104,7 @@ def test_threshold_zero_accumulators_equal_the_dense_computation():
     x = saturating(3, 20, 6, seed=4)
     for t, (before, after) in enumerate(frames(layer, x)):
         h_prev = torch.zeros(3, 16) if before[4] is None else before[4]
-        kx, kh = codes_of(x[:, t], layer["step_x"], 127), codes_of(h_prev, layer["step_h"], 127)
+        kx, kh = quantize_codes(x[:, t], layer["step_x"], 127), quantize_codes(h_prev, layer["step_h"], 127)
         assert torch.equal(after[0], kx) and torch.equal(after[1], kh)
         assert torch.equal(after[2], (layer["bias_x"].long() + kx.long() @ layer["weight_x"].long().t()).int())
         assert torch.equal(after[3], (layer["bias_h"].long() + kh.long() @ layer["weight_h"].long().t()).int())
@@ -127,14 +128,14 @@ def test_key_frames_resynchronise_every_code():
     stale = 0
     for t, (before, after) in enumerate(frames(layer, x)):
         h_prev = torch.zeros(2, 16) if before[4] is None else before[4]
-        kx, kh = codes_of(x[:, t], layer["step_x"], 127), codes_of(h_prev, layer["step_h"], 127)
+        kx, kh = quantize_codes(x[:, t], layer["step_x"], 127), quantize_codes(h_prev, layer["step_h"], 127)
         synced = torch.equal(after[0], kx) and torch.equal(after[1], kh)
         if t % 5 == 0:
             assert synced
             assert torch.equal(after[2], (layer["bias_x"].long() + kx.long() @ layer["weight_x"].long().t()).int())
         else:
             stale += not synced
-            limit = code_limits(0.5, layer["step_x"])
+            limit = code_thresholds(0.5, layer["step_x"])
             assert ((after[0] - kx).abs() < limit).all()       # what is not sent stays below the threshold
     assert stale >= 10
 
@@ -215,16 +216,16 @@ def test_runtime_threshold_and_errors(library):
     runtime.set_threshold(0.1, 0.05)
     runtime.set_key_interval(4)
     y, used = runtime.run(x.numpy())
-    set_gru_threshold(graph, 0.1, 0.05, key_interval=4)          # the same change in the graph
+    set_threshold(graph, 0.1, key_interval=4, threshold_h=0.05)  # the same change in the graph
     layer = delta_gru_c.gru_chain(graph)[0]
     assert layer["threshold"].tolist() == pytest.approx([0.1, 0.05]) and layer["key_interval"] == 4
     assert np.array_equal(y, graph(x).numpy())
     runtime.reset(2)
     runtime.set_threshold(0.0)
     assert not np.array_equal(runtime.run(x.numpy())[0], y)
-    with pytest.raises(delta_gru_c.InputError, match=r"expected \(batch, time, 6\)"):
+    with pytest.raises(InputError, match=r"expected \(batch, time, 6\)"):
         runtime.run(np.zeros((2, 3, 5), np.float32))
-    with pytest.raises(delta_gru_c.InputError, match=">= 0"):
+    with pytest.raises(InputError, match=">= 0"):
         runtime.set_threshold(-1.0)
 
 

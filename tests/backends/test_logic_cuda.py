@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from hwact.backends import logic_c, logic_cuda
+from hwact.backends.toolchain import NVCC_FALLBACK, gpu_available
 from hwact.errors import InputError, ToolMissingError
 from logic_helpers import all_gates_netlist, random_bits, random_netlist
 
-needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not logic_cuda.NVCC_FALLBACK.is_file(),
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None and not NVCC_FALLBACK.is_file(),
                                 reason="nvcc missing")
-needs_gpu = pytest.mark.skipif(not logic_cuda.gpu_available(), reason="no CUDA GPU")
+needs_gpu = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU")
 
 
 @pytest.fixture(scope="module")

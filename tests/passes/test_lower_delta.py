@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 from delta_helpers import delta_graph, delta_model, lowered, walk  # noqa: E402
 
 from hwact.errors import InputError, PreconditionError  # noqa: E402
-from hwact.passes.lower_delta import DELTA_LINEAR, LowerDelta, delta_layers, set_threshold  # noqa: E402
+from hwact.ir.delta_ops import delta_layers  # noqa: E402
+from hwact.passes.lower_delta import DELTA_LINEAR, LowerDelta, set_threshold  # noqa: E402
 
 
 def dense_integer(layer, x):
@@ -103,7 +104,7 @@ def test_set_threshold_changes_the_graph_at_run_time():
 
 def test_bad_threshold_and_precondition_errors():
     with pytest.raises(InputError, match="threshold must be >= 0"):
-        LowerDelta(threshold=-1.0)
+        LowerDelta(delta_threshold=-1.0)
     with pytest.raises(InputError, match="key-frame"):
         LowerDelta(key_interval=-2)
 
