@@ -6,7 +6,7 @@
 2. train a small classifier: DeltaGRU(24, H) -> time-mean of h -> Linear(H, 8). First "dense-like"
    (thresholds 0, learned quantization steps), then fine-tuned with the temporal L1 penalty
    (delta_penalty) to learn sparser changes; test accuracy of the float model after each phase;
-3. lower only the GRU: trace the DeltaGRU alone (eval), LowerDelta(threshold=t), build the C runtime,
+3. lower only the GRU: trace the DeltaGRU alone (eval), LowerDelta(delta_threshold=t), build the C runtime,
    run all test sequences through it (one call, every sequence its own stream), apply the Linear head
    in PyTorch to the C output h; per threshold: accuracy, fraction of x / h columns sent, MAC-weighted
    sparsity, ideal speedup, C us/frame; the C output is checked bit-exact against reference_stream;
@@ -110,7 +110,7 @@ def fit(model: nn.Module, x, y, epochs: int, lr: float, batch: int, seed: int, p
 def lowered_gru(gru: DeltaGRU, threshold: float):
     """The DeltaGRU alone, traced in eval mode and lowered to hwact::delta_gru at `threshold`."""
     graph = trace(gru.eval(), [InputSpec("x", (2, speech.T_FRAMES, gru.features))], source="delta GRU")
-    graph, count = LowerDelta(threshold=threshold)(graph)
+    graph, count = LowerDelta(delta_threshold=threshold)(graph)
     if count != 1:
         raise RuntimeError(f"expected one lowered delta GRU, got {count}")
     return graph

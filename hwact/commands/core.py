@@ -42,10 +42,6 @@ def _load(model, arch, input_shapes, trust_checkpoint, allow_onnx=False):
     return load(model, arch=arch, input_shapes=tuple(input_shapes), trust=trust_checkpoint, allow_onnx=allow_onnx)
 
 
-def _pass_options(only, skip, helu_alpha) -> dict:
-    return {"only": tuple(only), "skip": tuple(skip), "helu_alpha": helu_alpha}
-
-
 # ----------------------------------------------------------------------------------------------- inspect
 @click.command()
 @model_options
@@ -87,31 +83,18 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
             pipeline_every):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
     check_output(outdir, force, inputs=(model, calib, data))   # first: fails in well under a second
-    from hwact.convert import convert as run_convert
-    from hwact.passes.base import resolve
+    from hwact.pipeline import ConvertOptions, convert as run_convert
     from hwact.targets import load_target
 
-    names = resolve(passes, recipe)
+    options = ConvertOptions(passes=passes, recipe=recipe, calib=calib, only=tuple(only), skip=tuple(skip),
+                             helu_alpha=helu_alpha, calib_method=calib_method, delta_threshold=delta_threshold,
+                             key_interval=key_interval, pipeline_every=pipeline_every, recover=recover, data=data,
+                             epochs=epochs, schedule=schedule, temperature=temperature, ce_weight=ce_weight)
+    options.check()
     the_target = load_target(target)
-    if recover and not data:
-        raise InputError("--recover kd needs --data (digits, an .npz or an image folder)")
-    if not recover and any(v is not None for v in (data, epochs, schedule, temperature, ce_weight)):
-        raise InputError("--data, --epochs, --schedule, --temperature and --ce-weight belong to --recover kd")
-    if calib_method and "calibrate" not in names:
-        chosen = recipe or passes or "the default passes"
-        raise InputError(f"--calib-method {calib_method} sets the calibrate pass, which {chosen} does not run",
-                         hint="use an integer recipe (int8-relu, int8-shiftgelu) or add calibrate to --passes")
-    if (temperature is not None and not temperature > 0) or (ce_weight is not None and not ce_weight >= 0):
-        raise InputError("--temperature must be > 0 and --ce-weight >= 0")
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
     click.echo(f"hwact: {loaded.source} ({loaded.format}) -> {outdir} for {the_target.name}")
-    if delta_threshold is not None and delta_threshold < 0:
-        raise InputError(f"--delta-threshold must be >= 0, got {delta_threshold}")
-    options = {**_pass_options(only, skip, helu_alpha), "recover": recover, "data": data, "epochs": epochs,
-               "schedule": schedule, "temperature": temperature, "ce_weight": ce_weight,
-               "calib_method": calib_method, "delta_threshold": delta_threshold, "key_interval": key_interval,
-               "pipeline_every": pipeline_every}
-    report = run_convert(loaded, names, options, the_target, Path(outdir), force, calib=calib, log=click.echo)
+    report = run_convert(loaded, options, the_target, Path(outdir), force, log=click.echo)
     _print_convert_summary(report, outdir)
 
 
@@ -135,25 +118,14 @@ def _print_convert_summary(report: dict, outdir) -> None:
 def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, output, force):
     """Export MODEL (optionally after passes) to one ONNX file, verified with onnxruntime."""
     check_output(output, force, inputs=(model, calib), kind="file")   # first: fails in well under a second
-    from hwact.backends.onnx import export_onnx, verify
-    from hwact.convert import calibration
-    from hwact.passes.base import resolve
-    from hwact.passes.manager import run_passes
-    from hwact.convert import _pass_line
-    from hwact.ir.graph import check_finite
+    from hwact.pipeline import ConvertOptions, export_onnx
 
-    names = resolve(passes, recipe)
+    options = ConvertOptions(passes=passes, recipe=recipe, calib=calib, only=tuple(only), skip=tuple(skip),
+                             helu_alpha=helu_alpha)
     loaded = _load(model, arch, input_shapes, trust_checkpoint)
-    check_finite(loaded.graph, loaded.source)
-    batches = calibration(loaded.graph, calib)
-    graph, _ = run_passes(loaded.graph, names, _pass_options(only, skip, helu_alpha), batches,
-                          log=lambda r: click.echo(_pass_line(r)))
-    # verified before it takes the output's place: a failed check leaves the old file (or none)
-    with atomic_file(output, force, inputs=(model, calib)) as staged:
-        export_onnx(graph, staged)
-        metrics = verify(graph, staged, batches, name=output)
-        size = staged.stat().st_size
-    click.echo(f"wrote {output} ({size} bytes); onnxruntime vs torch max|err| {metrics['max_abs_err']:.3g}")
+    section = export_onnx(loaded, options, Path(output), force, log=click.echo)
+    click.echo(f"wrote {output} ({section['bytes']} bytes); onnxruntime vs torch max|err| "
+               f"{section['ort_max_abs_err']:.3g}")
 
 
 # ------------------------------------------------------------------------------------------------- bench
@@ -206,25 +178,24 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
 def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch: int, iterations: int | None,
                 duration: float) -> dict | None:
-    """Benchmark a convert folder written by a flow (hwact/flows.py) with that flow's `bench`."""
-    import importlib
-
-    from hwact import flows
+    """Benchmark a convert folder with the runner of the backend that wrote it (None: an ONNX folder)."""
+    from hwact.backends.base import Backend, BenchRequest, get_backend
     from hwact.load import read_json
 
     report_path = folder / "report.json"
-    flow_name = None
+    names: list = []
     if folder.is_dir() and report_path.exists():
         if not report_path.is_file() or report_path.stat().st_size > 16 * 10**6:   # a FIFO would block the read
             raise InputError(f"{report_path}: not a report hwact wrote (a regular file of at most 16 MB)")
-        flow_name = read_json(report_path).get("flow")
-    if (stream or threshold is not None) and flow_name != "delta":
+        names = read_json(report_path).get("backends") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{report_path}: 'backends' is not a list of backend names")
+    runners = [get_backend(n) for n in names if get_backend(n).bench.__func__ is not Backend.bench.__func__]
+    if (stream or threshold is not None) and [r.name for r in runners] != ["delta-c"]:
         raise InputError(f"--stream and --threshold apply to a delta model's convert folder; {folder} is not one")
-    module = next((importlib.import_module(m) for m in flows.FLOW_MODULES if m.endswith(f".{flow_name}_flow")), None)
-    if module is None or not hasattr(module, "bench"):
+    if not runners:
         return None
-    return module.bench(folder, {"stream": stream, "threshold": threshold, "batch": batch, "iterations": iterations,
-                                 "duration": duration})
+    return runners[0].bench(folder, BenchRequest(stream, threshold, batch, iterations, duration))
 
 
 def _onnx_of(artifact: str) -> Path:
@@ -245,10 +216,9 @@ def _onnx_of(artifact: str) -> Path:
 def demo(outdir, force):
     """Built-in default: zoo ViT -> gelu-to-relu + fold-bn -> ONNX -> benchmark original vs converted."""
     check_output(outdir, force)   # first: fails in well under a second
-    from hwact.backends.onnx import export_onnx, verify
     from hwact.bench.ort_runner import make_runner, measure
-    from hwact.convert import calibration, convert as run_convert
     from hwact.load import load
+    from hwact.pipeline import ConvertOptions, convert as run_convert, export_onnx
     from hwact.targets import load_target
 
     out = Path(outdir)
@@ -256,10 +226,8 @@ def demo(outdir, force):
     start = time.perf_counter()
     click.echo("hwact demo: the zoo ViT (vit-tiny, random weights), GELU -> ReLU, BatchNorm folding, ONNX, benchmark\n")
     with atomic_dir(out, force) as tmp:   # both models, or nothing
-        original_graph = load("zoo:vit-tiny").graph
-        verify(original_graph, export_onnx(original_graph, tmp / original.name), calibration(original_graph, None),
-               name=original)
-        report = run_convert(load("zoo:vit-tiny"), ["gelu-to-relu", "fold-bn", "cleanup"], {}, load_target("cpu"),
+        export_onnx(load("zoo:vit-tiny"), ConvertOptions(), tmp / original.name, force=False, log=click.echo)
+        report = run_convert(load("zoo:vit-tiny"), ConvertOptions(recipe="relu"), load_target("cpu"),
                              tmp / converted.name, force=False, log=click.echo)
     _print_convert_summary(report, converted)
     click.echo("\nbenchmark (onnxruntime, batch 1, interleaved A/B):")

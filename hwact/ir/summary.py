@@ -1,4 +1,4 @@
-"""What a graph contains: op census, parameters, FLOPs, and which ops a target runs natively."""
+"""What a graph contains: op census, parameters, FLOPs, and which nodes still compute in float."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import Counter
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hwact.ir.graph import Graph, module_path, op_name
-from hwact.targets import Target
+from hwact.ir.graph import Graph, op_name
+from hwact.ir.ops import load_all_ops
 
 # Ops that only move or describe data; they are listed in the census but never block a target.
 _BOOKKEEPING = ("getitem", "_operator.getitem", "aten.sym_size.int")
@@ -17,10 +17,6 @@ _BOOKKEEPING = ("getitem", "_operator.getitem", "aten.sym_size.int")
 def is_bookkeeping(node: torch.fx.Node) -> bool:
     """getitem/sym_size, and Python arithmetic on symbolic sizes (operator.mul of a dynamic batch)."""
     return op_name(node) in _BOOKKEEPING or getattr(node.target, "__module__", None) == "_operator"
-
-
-def has_float_units(target: Target) -> bool:
-    return any(fmt.startswith(("float", "bfloat")) for fmt in target.numeric_formats)
 
 
 def op_census(graph: Graph) -> dict[str, int]:
@@ -43,29 +39,31 @@ def flops(graph: Graph) -> int:
     return int(counter.get_total_flops())
 
 
-def target_support(graph: Graph, target: Target) -> dict:
-    """Per op: native or not, with the reason and (for blockers) the first nodes and module paths."""
-    native: dict[str, int] = {}
-    blocked: dict[str, dict] = {}
-    float_nodes = set()
-    if not has_float_units(target):  # an op the target has a datapath for still needs integer operands
-        from hwact.passes.assert_integer_only import float_compute_nodes
+def float_compute_nodes(graph: Graph) -> list[torch.fx.Node]:
+    """call_function nodes that produce a float tensor on a small batch, other than hwact.dequantize (the
+    entry of a float island: the op inside it is what gets reported, and a dequantize feeding the output
+    is allowed). An integer-only graph has none:
 
-        float_nodes = set(float_compute_nodes(graph))
-    for node in graph.call_nodes():
-        name = op_name(node)
-        if is_bookkeeping(node):
-            continue
-        ok, reason = target.support(name)
-        if ok and node in float_nodes:
-            ok, reason = False, (f"computes in float: {target.name} has no float units "
-                                 "(lower it with --recipe int8-relu or int8-shiftgelu)")
-        if ok:
-            native[name] = native.get(name, 0) + 1
-            continue
-        entry = blocked.setdefault(name, {"count": 0, "reason": reason, "nodes": []})
-        entry["count"] += 1
-        if len(entry["nodes"]) < 5:
-            entry["nodes"].append(f"{node.name} ({module_path(node) or 'top'})")
-    return {"target": target.name, "native": dict(sorted(native.items())),
-            "not_native": dict(sorted(blocked.items())), "deployable": not blocked}
+        %y = hwact.dequantize(%q, 0.05)
+        %g = aten.gelu(%y)                 reported: gelu computes in float
+        %q2 = hwact.quantize(%g, 0.02, -128, 127)
+    """
+    load_all_ops()
+    recorder = _DtypeRecorder(graph.module)
+    with torch.no_grad():
+        recorder.run(*graph.example_inputs(batch=2, seed=0))
+    dequantize = torch.ops.hwact.dequantize.default
+    return [node for node, floating in recorder.floating.items() if floating and node.target is not dequantize]
+
+
+class _DtypeRecorder(torch.fx.Interpreter):
+    def __init__(self, module):
+        super().__init__(module)
+        self.floating: dict[torch.fx.Node, bool] = {}
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        if node.op == "call_function":
+            tensors = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+            self.floating[node] = any(t.is_floating_point() for t in tensors)
+        return result

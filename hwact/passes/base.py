@@ -1,4 +1,4 @@
-"""Pass contract, registry and recipes.
+"""Pass contract and registry.
 
 A pass is a small object with a kebab-case `name`, a docstring that states its math and shows a
 before/after graph snippet, declared `preconditions` (text shown to users), a `check(graph)` that
@@ -9,14 +9,14 @@ returns the violations of those preconditions (one string per node, naming it an
 verification when the max abs error exceeds it. Lossy passes (an activation swap) leave it None and
 their error is only reported.
 
-Every module in hwact/passes/ is imported by `all_passes()`, so adding a pass is adding a file with a
-class decorated by `@register`.
+`takes` declares the options a pass reads (its constructor's keywords). Every module in hwact/passes/ is
+imported by `all_passes()`, so adding a pass is adding a file with a class decorated by `@register`.
+Recipes (named pass lists) are in hwact/passes/recipes.py.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 from typing import ClassVar
 
@@ -25,18 +25,14 @@ from hwact.ir.graph import Graph
 
 _REGISTRY: dict[str, type["Pass"]] = {}
 
-# Named lists of passes. Options (e.g. only/skip, helu_alpha) are given to every pass that takes them.
-RECIPES: dict[str, list[str]] = {
-    "relu": ["gelu-to-relu", "fold-bn", "cleanup"],
-    "helu": ["gelu-to-helu", "fold-bn", "cleanup"],
-    "fold-bn": ["fold-bn", "cleanup"],
-}
-
 
 class Pass:
     name: ClassVar[str] = ""
     preconditions: ClassVar[tuple[str, ...]] = ()
     tolerance: ClassVar[float | None] = None
+    # the options the pass reads, named as hwact convert's options (hwact.pipeline.ConvertOptions) plus
+    # `calibration_batches` (given by the pass manager); its constructor takes them as keywords
+    takes: ClassVar[tuple[str, ...]] = ()
     note: str = ""   # set by a run that has something to say besides its count (shown in the report)
 
     def check(self, graph: Graph) -> list[str]:
@@ -63,31 +59,14 @@ def all_passes() -> dict[str, type[Pass]]:
 
 
 def option_names(name: str) -> set[str]:
-    """The options the constructor of the registered pass `name` accepts."""
-    return set(inspect.signature(all_passes()[name].__init__).parameters) - {"self"}
+    """The options the registered pass `name` declares that it takes."""
+    return set(all_passes()[name].takes)
 
 
 def make_pass(name: str, options: dict) -> Pass:
-    """Instantiate pass `name`, handing it the options its constructor accepts."""
+    """Instantiate pass `name` with the options (of `options`) it declares; the others are not its."""
     registry = all_passes()
     if name not in registry:
         raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
-    accepted = option_names(name)
-    return registry[name](**{k: v for k, v in options.items() if k in accepted and v is not None})
-
-
-def resolve(passes: str | None, recipe: str | None) -> list[str]:
-    """The pass names asked for by `--passes a,b` or `--recipe NAME` (not both)."""
-    if passes and recipe:
-        raise InputError("give either --passes or --recipe, not both")
-    if recipe:
-        all_passes()  # recipes may be added by pass modules
-        if recipe not in RECIPES:
-            raise InputError(f"unknown recipe '{recipe}'", hint="known recipes: " + ", ".join(sorted(RECIPES)))
-        return list(RECIPES[recipe])
-    names = [p.strip() for p in (passes or "").split(",") if p.strip()]
-    registry = all_passes()
-    for name in names:
-        if name not in registry:
-            raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
-    return names
+    cls = registry[name]
+    return cls(**{k: options[k] for k in cls.takes if options.get(k) is not None})

@@ -59,6 +59,7 @@ class _ErrorMeans(torch.fx.Interpreter):
 @register
 class BiasCorrection(Pass):
     name = "bias-correction"
+    takes = ("calibration_batches",)
     preconditions = ("calibration batches are given",)
     tolerance = None
 

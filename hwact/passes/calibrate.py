@@ -70,6 +70,7 @@ class _Recorder(torch.fx.Interpreter):
 @register
 class Calibrate(Pass):
     name = "calibrate"
+    takes = ("calibration_batches", "calib_method")
     preconditions = ("calibration batches are given",)
     tolerance = 0.0
 

@@ -23,6 +23,7 @@ from hwact.passes.gelu_to_relu import GeluToRelu
 @register
 class GeluToHelu(GeluToRelu):
     name = "gelu-to-helu"
+    takes = ("only", "skip", "helu_alpha")
 
     def __init__(self, only: tuple[str, ...] = (), skip: tuple[str, ...] = (), helu_alpha: float = 0.05):
         super().__init__(only, skip)

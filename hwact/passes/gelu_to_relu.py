@@ -28,6 +28,7 @@ from hwact.passes.base import Pass, register
 @register
 class GeluToRelu(Pass):
     name = "gelu-to-relu"
+    takes = ("only", "skip")
     preconditions = ()
 
     def __init__(self, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()):

@@ -14,7 +14,8 @@ the model inputs (or `x` for a single-input model). A pass whose constructor tak
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from hwact.ir.graph import Graph, InputSpec, first_line
 from hwact.ir.metrics import compare, nonfinite_batch, require_finite_reference, run_outputs
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
+from hwact.passes.recipes import POSTCONDITIONS
 
 
 @dataclass
@@ -37,6 +39,7 @@ class PassRecord:
     top1_agreement: float | None
     seconds: float
     note: str = ""
+    details: dict = field(default_factory=dict)   # what the pass published in graph.meta (its figures)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +100,12 @@ def iter_calibration(archive: Npz, inputs: list[InputSpec], batch: int = 8, limi
         yield tuple(torch.from_numpy(part).to(spec.dtype) for part, spec in zip(parts, inputs))
 
 
+def _shown(violations: list[str]) -> str:
+    """Five violations in full, then every other one by its first word (the node name): none left out."""
+    rest = [v.split(" ", 1)[0].rstrip(":") for v in violations[5:]]
+    return "; ".join(violations[:5]) + (f"; and {len(rest)} more: {', '.join(rest)}" if rest else "")
+
+
 def check_site_globs(graph: Graph, names: list[str], options: dict) -> None:
     """The only/skip globs must reach a pass that takes them and each match a GELU site of `graph`."""
     only, skip = tuple(options.get("only") or ()), tuple(options.get("skip") or ())
@@ -110,8 +119,9 @@ def check_site_globs(graph: Graph, names: list[str], options: dict) -> None:
 
 
 def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tuple],
-               log=lambda message: None) -> tuple[Graph, list[PassRecord]]:
-    """Run `names` in order on `graph` (mutated), verifying each; returns the graph and one record per pass."""
+               log=lambda message: None, postconditions: tuple[str, ...] = ()) -> tuple[Graph, list[PassRecord]]:
+    """Run `names` in order on `graph` (mutated), verifying each, then check the `postconditions` (names
+    in hwact.passes.recipes.POSTCONDITIONS) on the result; returns the graph and one record per pass."""
     records: list[PassRecord] = []
     check_site_globs(graph, names, options)
     try:
@@ -126,13 +136,12 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
         the_pass = make_pass(name, {**options, "calibration_batches": batches})
         violations = the_pass.check(graph)
         if violations:
-            # five in full, then every other one by its first word (the node name): none is left out
-            rest = [v.split(" ", 1)[0].rstrip(":") for v in violations[5:]]
-            shown = "; ".join(violations[:5]) + (f"; and {len(rest)} more: {', '.join(rest)}" if rest else "")
             raise PreconditionError(f"pass {name} (after: {done}): precondition "
-                                    f"'{' and '.join(the_pass.preconditions)}' fails at {shown}")
+                                    f"'{' and '.join(the_pass.preconditions)}' fails at {_shown(violations)}")
         start = time.perf_counter()
+        meta_before = {k: copy.copy(v) for k, v in graph.meta.items()}
         graph, changed = the_pass(graph)
+        details = {k: v for k, v in graph.meta.items() if k not in meta_before or meta_before[k] != v}
         seconds = time.perf_counter() - start
         if not changed:
             record = PassRecord(name, 0, 0.0, 0.0, 1.0, 1.0, round(seconds, 4),
@@ -150,6 +159,17 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
                 raise VerificationError(f"pass {name} (after: {done}) changed outputs by {metrics['max_abs_err']:.3g}, "
                                         f"over its tolerance {the_pass.tolerance:g}")
             before_outputs = after_outputs
+        record.details = details
         records.append(record)
         log(record)
+    check_postconditions(graph, names, postconditions)
     return graph, records
+
+
+def check_postconditions(graph: Graph, names: list[str], postconditions: tuple[str, ...]) -> None:
+    """What a recipe promises of its final graph; the error names every violating node (as preconditions)."""
+    for condition in postconditions:
+        violations = POSTCONDITIONS[condition](graph)
+        if violations:
+            raise PreconditionError(f"postcondition '{condition}' fails after passes {', '.join(names)}: "
+                                    + _shown(violations))

@@ -30,7 +30,7 @@ def delta_graph(model, steps_t=12):
 
 def lowered(model=None, threshold=0.0, key_interval=0, **kw):
     graph = delta_graph(model or delta_model(**kw))
-    graph, count = LowerDelta(threshold=threshold, key_interval=key_interval)(graph)
+    graph, count = LowerDelta(delta_threshold=threshold, key_interval=key_interval)(graph)
     return graph
 
 

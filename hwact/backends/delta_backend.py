@@ -1,18 +1,19 @@
-"""Conversion flow for delta models (the contract is in hwact/flows.py).
+"""The `delta-c` backend, for delta-activation models on CPUs.
 
-`hwact convert delta_model.pt2 --target cpu -o OUT` reaches `convert` when the graph holds
-hwact::delta_act (a trained model) or hwact::delta_linear (already lowered) nodes. It lowers the
-graph (lower-delta), writes into OUT
+The target's recipe for delta models (`delta` = lower-delta, with --delta-threshold and --key-interval)
+leaves delta_linear, delta_conv2d or delta_gru layers. For a chain of delta_linear layers it writes
     delta_net.bin                  the net for the C runtime (format: hwact/backends/delta_c.py)
     delta.c delta.h delta_main.c   the runtime sources, and libhwact_delta.so built for this machine
     delta_step.onnx                streaming step model with state inputs/outputs (hwact/backends/delta_onnx.py)
     dense.onnx                     the same weights as a dense float MLP (onnxruntime baseline)
 and checks the C runtime and the ONNX step model bit-exact against the PyTorch reference over
-random-walk sequences (and reports the int8 lowering error against the trained model).
+random-walk sequences (and reports the int8 lowering error against the trained model). A per-frame CNN
+(delta_conv2d) or a DeltaGRU chain goes to hwact/backends/delta_conv_c.py / delta_gru_c.py, which write
+and check their own kernels and step models.
 
-`hwact bench OUT --stream DATA.npz` calls `bench(OUT, options)` -> `bench_stream(OUT, DATA.npz, ...)`.
-The folder is untrusted data: bench compiles the runtime from hwact's own sources (its
-libhwact_delta.so is an artifact for users and is never loaded) and checks it against the reference.
+`hwact bench OUT --stream DATA.npz` -> `bench_stream(OUT, DATA.npz, ...)`. The folder is untrusted
+data: bench compiles the runtime from hwact's own sources (its libhwact_delta.so is an artifact for
+users and is never loaded) and checks it against the reference.
 """
 
 from __future__ import annotations
@@ -24,65 +25,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwact.backends.base import Backend, BenchRequest, EmitContext, register
 from hwact.errors import InputError, VerificationError
+from hwact.ir import delta_conv_ops, delta_gru_ops, delta_ops  # noqa: F401  (register the delta ops)
 from hwact.ir.graph import Graph
 from hwact.npz import INTEGER, open_npz
 
-NAME = "delta"
 CHECK_SEQUENCES, CHECK_FRAMES = 4, 16     # bench checks the runtime against the reference on these first
-TARGETS: tuple[str, ...] = ("cpu",)
 ARTIFACTS = ["delta_net.bin", "delta.c", "delta.h", "delta_main.c", "libhwact_delta.so", "delta_step.onnx", "dense.onnx"]
+DELTA_ACT = torch.ops.hwact.delta_act.default
+DELTA_CONV2D = torch.ops.hwact.delta_conv2d.default
+DELTA_GRU = torch.ops.hwact.delta_gru.default
 
 
-def _ops():
-    import hwact.ir.delta_ops  # noqa: F401
+@register
+class DeltaCBackend(Backend):
+    """Delta C runtime (AVX2 / NEON), ONNX step model with explicit state and a dense baseline, each
+    checked bit-exact against the lowered graph's reference over random-walk sequences."""
+    name = "delta-c"
+    section = "delta"
+    options = {"delta_threshold": 0.0, "key_interval": 0}
 
-    return torch.ops.hwact.delta_act.default, torch.ops.hwact.delta_linear.default
+    def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        threshold = float(context.options["delta_threshold"] or 0.0)
+        key_interval = int(context.options["key_interval"] or 0)
+        lowering = {"lowered_layers": context.passes.get("lower-delta", {}).get("changed", 0)}
+        if any(n.target is DELTA_CONV2D for n in graph.call_nodes()):
+            return _convert_stateful("conv", graph, outdir, threshold, key_interval, lowering)
+        if any(n.target is DELTA_GRU for n in graph.call_nodes()):
+            return _convert_stateful("gru", graph, outdir, threshold, key_interval, lowering)
+        return _convert_linear(graph, context.original, outdir, threshold, key_interval, lowering)
 
-
-def _conv_op():
-    import hwact.ir.delta_conv_ops  # noqa: F401
-
-    return torch.ops.hwact.delta_conv2d.default
-
-
-def _gru_ops():
-    import hwact.ir.delta_gru_ops  # noqa: F401
-
-    return torch.ops.hwact.delta_gru_float.default, torch.ops.hwact.delta_gru.default
-
-
-def matches(graph) -> bool:
-    delta_act, delta_linear = _ops()
-    ops = (delta_act, delta_linear, _conv_op(), *_gru_ops())
-    return any(node.target in ops for node in graph.call_nodes())
-
-
-def random_walk(batch: int, steps: int, features: int, seed: int = 0) -> torch.Tensor:
-    """Smooth test sequences: a Gaussian random walk (real streams change little between frames)."""
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, steps, features, generator=generator) * 0.3).cumsum(dim=1)
+    @classmethod
+    def bench(cls, outdir: Path, request: BenchRequest) -> dict:
+        return bench(outdir, request)
 
 
-def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
+def _convert_linear(lowered: Graph, original: Graph, outdir: Path, threshold: float, key_interval: int,
+                    lowering: dict) -> dict:
+    """A chain of delta_linear layers: C runtime, ONNX step model and dense model, checked bit-exact."""
     from hwact.backends import delta_c, delta_onnx
-    from hwact.passes.lower_delta import LowerDelta
 
-    outdir = Path(outdir)
-    threshold = float(options.get("delta_threshold") or 0.0)
-    key_interval = int(options.get("key_interval") or 0)
-    delta_act, _ = _ops()
-    original = graph
-    lowered = graph.copy()
-    lowering = {"lowered_layers": 0}
-    gru_float, gru = _gru_ops()
-    if any(n.target in (delta_act, gru_float) for n in lowered.call_nodes()):
-        lowered, count = LowerDelta(threshold=threshold, key_interval=key_interval)(lowered)
-        lowering["lowered_layers"] = count
-    if any(n.target is _conv_op() for n in lowered.call_nodes()):
-        return _convert_stateful("conv", lowered, outdir, threshold, key_interval, lowering)
-    if any(n.target is gru for n in lowered.call_nodes()):
-        return _convert_stateful("gru", lowered, outdir, threshold, key_interval, lowering)
     layers = delta_c.chain(lowered)
     n_in = int(layers[0]["weight"].shape[1])
     blob = delta_c.net_blob(lowered)
@@ -91,7 +74,7 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
     runtime = delta_c.DeltaRuntime(blob, library)
 
     steps = int(original.inputs[0].shape[1]) if len(original.inputs[0].shape) == 3 else 32
-    x = random_walk(2, steps, n_in)
+    x = delta_c.random_walk(2, steps, n_in)
     reference, fired = delta_c.reference_stream(lowered, x)
     y, c_fired = runtime.run(x.numpy())
     if not np.array_equal(y, reference.numpy()) or list(c_fired) != fired:
@@ -100,20 +83,18 @@ def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
     delta_onnx.export_step(lowered, outdir / "delta_step.onnx")
     onnx_check = delta_onnx.verify_step(outdir / "delta_step.onnx", lowered, x.numpy(), reference.numpy())
     delta_onnx.export_dense(lowered, outdir / "dense.onnx")
-    if any(n.target is delta_act for n in original.call_nodes()) and threshold == 0.0:
+    if any(n.target is DELTA_ACT for n in original.call_nodes()) and threshold == 0.0:
         trained = original(x)
         trained = trained[0] if isinstance(trained, (tuple, list)) else trained
         lowering["int8_max_abs_err_vs_trained"] = float((trained - reference).abs().max())
         lowering["trained_max_abs"] = float(trained.abs().max())
     return {
-        "delta": {
-            "layers": [{"n_in": int(l["weight"].shape[1]), "n_out": int(l["weight"].shape[0]), "relu": l["relu"],
-                        "levels": l["levels"]} for l in layers],
-            "threshold": threshold, "key_interval": key_interval, "kernel": runtime.kernel, **lowering,
-            "verification": {"c_bit_exact": True, "onnx_step": onnx_check,
-                             "random_walk_sparsity": [1 - f / (x.shape[0] * x.shape[1] * l["weight"].shape[1])
-                                                      for f, l in zip(fired, layers)]},
-        },
+        "layers": [{"n_in": int(l["weight"].shape[1]), "n_out": int(l["weight"].shape[0]), "relu": l["relu"],
+                    "levels": l["levels"]} for l in layers],
+        "threshold": threshold, "key_interval": key_interval, "kernel": runtime.kernel, **lowering,
+        "verification": {"c_bit_exact": True, "onnx_step": onnx_check,
+                         "random_walk_sparsity": [1 - f / (x.shape[0] * x.shape[1] * l["weight"].shape[1])
+                                                  for f, l in zip(fired, layers)]},
         "artifacts": list(ARTIFACTS),
     }
 
@@ -125,9 +106,7 @@ def _convert_stateful(model: str, lowered: Graph, outdir: Path, threshold: float
     from hwact.backends import delta_conv_c, delta_gru_c
 
     body = (delta_conv_c.convert_conv if model == "conv" else delta_gru_c.convert_gru)(lowered, outdir)
-    artifacts = body.pop("artifacts")
-    return {"delta": {"model": model, "threshold": threshold, "key_interval": key_interval, **lowering, **body},
-            "artifacts": artifacts}
+    return {"model": model, "threshold": threshold, "key_interval": key_interval, **lowering, **body}
 
 
 def load_stream(path, n_in: int, sequences: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -288,13 +267,12 @@ def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: in
     return result
 
 
-def bench(outdir, options: dict) -> dict:
-    """`hwact bench OUT --stream DATA.npz` on a folder this flow wrote."""
-    stream = options.get("stream")
-    if not stream:
+def bench(outdir, request: BenchRequest) -> dict:
+    """`hwact bench OUT --stream DATA.npz` on a folder the delta-c backend wrote."""
+    if not request.stream:
         raise InputError(f"{outdir}: a delta model is benchmarked on a frame sequence",
                          hint="pass --stream DATA.npz (x: float32 (sequences, time, features), optional y labels)")
-    threshold = options.get("threshold")
-    if threshold is not None and not threshold >= 0:
-        raise InputError(f"delta threshold must be >= 0, got {threshold}")
-    return bench_stream(outdir, stream, threshold=threshold, repeats=max(1, min(int(options.get("iterations") or 5), 50)))
+    if request.threshold is not None and not request.threshold >= 0:
+        raise InputError(f"delta threshold must be >= 0, got {request.threshold}")
+    return bench_stream(outdir, request.stream, threshold=request.threshold,
+                        repeats=max(1, min(int(request.iterations or 5), 50)))

@@ -1,26 +1,21 @@
-"""Conversion flow for logic-gate models (the contract is in hwact/flows.py).
+"""Backends for logic-gate models: `logic-c` (cpu), `logic-cuda` (cuda-sm80) and `verilog` (FPGA targets).
 
-`hwact convert logic_model.pt2 --target T -o OUT` reaches `convert` when the graph holds a
-hwact::logic_netlist node (what `hwact train-logic` writes). It checks that the netlist reads binary bits,
-runs lower-logic (simplify: the lowered graph must give the same class counts as the input graph on
-random inputs), writes
-    netlist.npz            the simplified Netlist (Netlist.from_bytes), the one thing every backend reads
+The target's recipe for logic models (`logic` = lower-logic, verified exact by the pass manager) leaves
+one simplified hwact::logic_netlist node. Every logic backend writes
+    netlist.npz            the simplified Netlist (Netlist.read), the one thing every backend reads
     thermometer.npz        the input thresholds (F, T) when the model encodes real features
-and per target
-    cpu        logic_net.c + logic_net.so (hwact/backends/logic_c.py); bit-exact check of the compiled
-               kernel against Netlist.class_counts on 4096 random samples; samples/s of the kernel
-    cuda-sm80  logic_net.cu, logic_net.cubin and the host runner (nvcc, compile only; run and checked
-               bit-exact when a GPU is present)
-    fpga-lut6, xc7
-               logic_net.v (+ testbench, verilator harness; a register stage every --pipeline-every
-               gate levels), yosys synthesis (LUTs, FFs, LUT depth; log), verilator simulation of
-               10,000 samples against Netlist.evaluate/class_counts (zero mismatches or it fails), and
-               the target's lut_budget (UnsupportedError when over it).
-report.json["logic"] holds gates before/after simplification, depth, accuracy soft vs discrete (as
-recorded by train-logic), and the per-target results.
+and the report's "logic" section (gates before/after simplification, depth, trained accuracy), then:
+    logic-c     logic_net.c + logic_net.so (hwact/backends/logic_c.py); bit-exact check of the compiled
+                kernel against Netlist.class_counts on 4096 random samples; samples/s of the kernel
+    logic-cuda  logic_net.cu, logic_net.cubin and the host runner (nvcc for the `arch` option, compile
+                only; run and checked bit-exact when a GPU is present)
+    verilog     logic_net.v (+ testbench, verilator harness; a register stage every `pipeline_every`
+                gate levels), yosys synthesis (`synthesis` = lut6 | xilinx: LUTs, FFs, LUT depth; log),
+                verilator simulation of 10,000 samples against Netlist.evaluate/class_counts (zero
+                mismatches or it fails), and the `lut_budget` (UnsupportedError when over it).
 
-`hwact bench OUT` on such a folder measures the C kernel's samples/s next to the PyTorch reference op. It
-builds the kernel from netlist.npz in a private temp folder: a folder someone sent you is data, its
+`hwact bench OUT` on a logic-c folder measures the C kernel's samples/s next to the PyTorch reference op.
+It builds the kernel from netlist.npz in a private temp folder: a folder someone sent you is data, its
 logic_net.so (an artifact for users) is never loaded.
 """
 
@@ -34,31 +29,91 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwact.errors import InputError, PreconditionError, VerificationError
+from hwact.backends.base import Backend, BenchRequest, EmitContext, register
+from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
+from hwact.ir.logic_ops import LOGIC_NETLIST, netlist_of_node
 
-NAME = "logic"
-TARGETS: tuple[str, ...] = ("cpu", "cuda-sm80", "fpga-lut6", "xc7")
 TOP = "logic_net"
 CHECK_SAMPLES = 4096
 SIM_SAMPLES = 10000
 BENCH_BYTES = 1 << 28    # memory of one batch in bench: wide or deep nets are measured on fewer samples
 
 
-def _op():
-    from hwact.ir.logic_ops import LOGIC_NETLIST
+class LogicBackend(Backend):
+    """What every logic backend shares: the netlist files and the report's "logic" section."""
+    section = "logic"
 
-    return LOGIC_NETLIST
+    def check(self, graph: Graph) -> list[str]:
+        nodes = [node for node in graph.call_nodes() if node.target is LOGIC_NETLIST]
+        if len(nodes) != 1:
+            return [f"a logic model holds exactly one hwact::logic_netlist node, this one has {len(nodes)}"]
+        val = nodes[0].args[0].meta.get("val") if isinstance(nodes[0].args[0], torch.fx.Node) else None
+        return [] if val is not None and val.ndim == 2 else [f"node {nodes[0].name}: unknown input bit shape"]
+
+    def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        start = time.perf_counter()
+        node = _logic_node(graph)
+        netlist = netlist_of_node(graph.module, node, int(node.args[0].meta["val"].shape[1]))
+        (outdir / "netlist.npz").write_bytes(netlist.to_bytes())
+        artifacts = ["netlist.npz"]
+        thresholds = thermometer_thresholds(graph, node)
+        if thresholds is not None:
+            np.savez(outdir / "thermometer.npz", thresholds=thresholds)
+            artifacts.append("thermometer.npz")
+        stats = context.passes.get("lower-logic", {}).get("details", {}).get("lower_logic", [{}])[0]
+        logic = {"inputs": netlist.num_inputs, "outputs": int(netlist.outputs.size), "classes": netlist.num_classes,
+                 **{k: stats[k] for k in ("gates_before", "gates_after", "depth_before", "depth_after") if k in stats},
+                 "simplification": {k: stats[k] for k in ("constant", "pass_through", "merged", "dead") if k in stats}}
+        accuracy = trained_accuracy(context.original)
+        if accuracy:
+            logic["accuracy"] = accuracy
+        artifacts += self.build(netlist, outdir, context, logic)
+        logic["seconds"] = time.perf_counter() - start
+        return {**logic, "artifacts": artifacts}
+
+    def build(self, netlist, outdir: Path, context: EmitContext, logic: dict) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
 
 
-def matches(graph) -> bool:
-    op = _op()
-    return any(node.target is op for node in graph.call_nodes())
+@register
+class LogicCBackend(LogicBackend):
+    """Bit-sliced C kernel for the host CPU (AVX2 / NEON / 64-bit words), checked bit-exact."""
+    name = "logic-c"
+
+    def build(self, netlist, outdir: Path, context: EmitContext, logic: dict) -> list[str]:
+        return _cpu(netlist, outdir, logic)
+
+    @classmethod
+    def bench(cls, outdir: Path, request: BenchRequest) -> dict:
+        return bench(outdir, request)
+
+
+@register
+class LogicCudaBackend(LogicBackend):
+    """Bit-sliced CUDA kernel compiled with nvcc for the target's `arch`."""
+    name = "logic-cuda"
+    options = {"arch": "sm_80"}
+
+    def build(self, netlist, outdir: Path, context: EmitContext, logic: dict) -> list[str]:
+        return _cuda(netlist, outdir, logic, context.options["arch"])
+
+
+@register
+class VerilogBackend(LogicBackend):
+    """Verilog for an FPGA fabric, synthesized with yosys and simulated against the netlist."""
+    name = "verilog"
+    options = {"synthesis": "lut6", "lut_budget": None, "pipeline_every": 0}
+
+    def build(self, netlist, outdir: Path, context: EmitContext, logic: dict) -> list[str]:
+        pipeline_every = int(context.options["pipeline_every"] or 0)
+        if pipeline_every < 0:
+            raise InputError(f"--pipeline-every must be >= 0, got {pipeline_every}")
+        return _fpga(netlist, context, outdir, logic, pipeline_every)
 
 
 def _logic_node(graph: Graph):
-    op = _op()
-    nodes = [node for node in graph.call_nodes() if node.target is op]
+    nodes = [node for node in graph.call_nodes() if node.target is LOGIC_NETLIST]
     if len(nodes) != 1:
         raise InputError(f"a logic model holds exactly one hwact::logic_netlist node, this one has {len(nodes)}")
     return nodes[0]
@@ -93,29 +148,6 @@ def trained_accuracy(graph: Graph) -> dict:
     return {"soft": soft, "discrete": discrete}
 
 
-def lower(graph: Graph):
-    """(lowered graph, unsimplified netlist, simplified netlist, stats); lowered graph checked exact."""
-    from hwact.ir.logic_ops import netlist_of_node
-    from hwact.passes.lower_logic import LowerLogic
-
-    lowering = LowerLogic()
-    problems = lowering.check(graph)
-    if problems:
-        raise PreconditionError(problems[0], hint="a logic netlist reads 0/1 bits: threshold real inputs first")
-    node = _logic_node(graph)
-    val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
-    if val is None or val.ndim != 2:
-        raise InputError(f"node {node.name}: unknown input bit shape")
-    original = netlist_of_node(graph.module, node, int(val.shape[1]))
-    lowered, _ = lowering(graph.copy())
-    stats = lowering.stats[0]
-    simplified = netlist_of_node(lowered.module, _logic_node(lowered), int(val.shape[1]))
-    args = graph.example_inputs(batch=256, seed=1)
-    if not torch.equal(graph(*args), lowered(*args)):
-        raise VerificationError("lower-logic changed the class counts on random inputs")
-    return lowered, original, simplified, stats
-
-
 def random_bits(num_inputs: int, samples: int, seed: int = 0) -> np.ndarray:
     """Random 0/1 vectors plus the all-zeros and all-ones edge vectors first."""
     rng = np.random.default_rng(seed)
@@ -144,12 +176,12 @@ def _cpu(netlist, outdir: Path, report: dict) -> list[str]:
     return list(built["files"])
 
 
-def _cuda(netlist, outdir: Path, report: dict) -> list[str]:
+def _cuda(netlist, outdir: Path, report: dict, arch: str) -> list[str]:
     from hwact.backends import logic_cuda
     from hwact.backends.toolchain import gpu_available
 
     emitted = logic_cuda.emit_cuda(netlist, outdir, TOP)
-    compiled = logic_cuda.compile_cuda(outdir, TOP, arch="sm_80")
+    compiled = logic_cuda.compile_cuda(outdir, TOP, arch=arch)
     entry = {"arch": compiled["arch"], "compile_s": compiled["compile_s"], "ran_on_gpu": False}
     if gpu_available() and compiled.get("runner"):
         bits = random_bits(netlist.num_inputs, CHECK_SAMPLES)
@@ -163,15 +195,15 @@ def _cuda(netlist, outdir: Path, report: dict) -> list[str]:
     return [*emitted["files"], *compiled["files"]]
 
 
-def _fpga(netlist, target, outdir: Path, report: dict, pipeline_every: int) -> list[str]:
+def _fpga(netlist, context: EmitContext, outdir: Path, report: dict, pipeline_every: int) -> list[str]:
     from hwact.backends import verilog
 
-    flavor = "xc7" if target.name == "xc7" else "lut6"
+    flavor = context.options["synthesis"]
     emitted = verilog.emit_verilog(netlist, outdir, TOP, pipeline_every=pipeline_every)
     synthesis = verilog.synthesize(outdir, TOP, flavor)
-    budget = target.raw.get("lut_budget")
+    budget = context.options["lut_budget"]
     if budget is not None:
-        verilog.check_lut_budget(synthesis["luts"], int(budget), target.name)
+        verilog.check_lut_budget(synthesis["luts"], int(budget), context.target.name)
     # verilator is the faster simulator; Icarus runs the same testbench when only it is installed
     simulator = "iverilog" if shutil.which("verilator") is None and shutil.which("iverilog") else "verilator"
     simulation = verilog.simulate(netlist, outdir, TOP, samples=SIM_SAMPLES, seed=0, simulator=simulator)
@@ -183,7 +215,7 @@ def _fpga(netlist, target, outdir: Path, report: dict, pipeline_every: int) -> l
                       "lut_depth": synthesis["lut_depth"], "lut_budget": budget,
                       "luts_per_gate": synthesis["luts"] / max(netlist.num_gates, 1),
                       "synthesis_s": synthesis.get("seconds"), "simulation": simulation,
-                      "throughput_estimate": fabric_throughput(target, emitted["latency_cycles"], pipeline_every)}
+                      "throughput_estimate": fabric_throughput(context.target, emitted["latency_cycles"], pipeline_every)}
     return [*emitted["files"], synthesis["log"]]
 
 
@@ -197,43 +229,12 @@ def fabric_throughput(target, latency_cycles: int, pipeline_every: int) -> dict:
                         else "the whole combinational path meets the nominal clock (use --pipeline-every k)")}
 
 
-def convert(graph: Graph, target, outdir: Path, options: dict) -> dict:
-    outdir = Path(outdir)
-    start = time.perf_counter()
-    _lowered, original, simplified, stats = lower(graph)
-    (outdir / "netlist.npz").write_bytes(simplified.to_bytes())
-    artifacts = ["netlist.npz"]
-    thresholds = thermometer_thresholds(graph, _logic_node(graph))
-    if thresholds is not None:
-        np.savez(outdir / "thermometer.npz", thresholds=thresholds)
-        artifacts.append("thermometer.npz")
-    logic = {"inputs": simplified.num_inputs, "outputs": int(simplified.outputs.size),
-             "classes": simplified.num_classes,
-             "gates_before": stats["gates_before"], "gates_after": stats["gates_after"],
-             "depth_before": stats["depth_before"], "depth_after": stats["depth_after"],
-             "simplification": {k: stats[k] for k in ("constant", "pass_through", "merged", "dead")}}
-    accuracy = trained_accuracy(graph)
-    if accuracy:
-        logic["accuracy"] = accuracy
-    if target.name == "cpu":
-        artifacts += _cpu(simplified, outdir, logic)
-    elif target.name == "cuda-sm80":
-        artifacts += _cuda(simplified, outdir, logic)
-    else:
-        pipeline_every = int(options.get("pipeline_every") or 0)
-        if pipeline_every < 0:
-            raise InputError(f"--pipeline-every must be >= 0, got {pipeline_every}")
-        artifacts += _fpga(simplified, target, outdir, logic, pipeline_every)
-    logic["seconds"] = time.perf_counter() - start
-    return {"logic": logic, "artifacts": artifacts}
-
-
 def _bench_samples(most: int, bytes_per_sample: int) -> int:
     """`most` samples, or fewer (a multiple of 64, at least 64) when they would need over BENCH_BYTES."""
     return max(64, min(most, BENCH_BYTES // max(bytes_per_sample, 1) // 64 * 64))
 
 
-def bench(outdir, options: dict) -> dict:
+def bench(outdir, request: BenchRequest) -> dict:
     """`hwact bench OUT`: samples/s of the C kernel (packed input, one thread) and of the PyTorch
     reference op, on the folder's netlist.npz.
 
@@ -241,7 +242,6 @@ def bench(outdir, options: dict) -> dict:
     folder (removed afterwards), never loaded from the folder's logic_net.so nor compiled from its .c,
     and checked bit-exact against the netlist's class counts before it is timed."""
     from hwact.backends import logic_c
-    from hwact.ir.logic_ops import LOGIC_NETLIST
     from hwact.ir.netlist import Netlist
 
     outdir = Path(outdir)
@@ -249,7 +249,7 @@ def bench(outdir, options: dict) -> dict:
     if not path.is_file():
         raise InputError(f"{outdir}: not a logic convert folder (no netlist.npz)")
     netlist = Netlist.read(path)
-    repeat = max(1, min(int(options.get("iterations") or 5), 50))
+    repeat = max(1, min(int(request.iterations or 5), 50))
     inputs, nodes, classes = netlist.num_inputs, netlist.num_nodes, netlist.num_classes
     samples = _bench_samples(1 << 20, inputs // 8 + 4 * classes + 1)           # packed bits, int32 counts
     check = _bench_samples(CHECK_SAMPLES, inputs + nodes + 8 * classes)       # Netlist.evaluate's bool values
@@ -273,7 +273,7 @@ def bench(outdir, options: dict) -> dict:
         LOGIC_NETLIST(torch_bits, *tensors, netlist.num_classes)
         best = min(best, time.perf_counter() - begin)
     torch_rate = torch_samples / best
-    return {"flow": NAME, "gates": netlist.num_gates, "depth": netlist.depth(), "kernel": kernel_name,
+    return {"backend": LogicCBackend.name, "gates": netlist.num_gates, "depth": netlist.depth(), "kernel": kernel_name,
             "c_samples_per_s": c_rate, "c_samples": samples, "c_compile_s": built["compile_s"],
             "torch_reference_samples_per_s": torch_rate, "torch_samples": torch_samples,
             "c_vs_torch_reference": c_rate / torch_rate,

@@ -1,0 +1,97 @@
+"""Backend contract and registry.
+
+A backend turns a graph (the model after its target's recipe) into artifacts in a folder. A target's
+TOML names, per kind of model, the chain of backends that deploying to it means (hwact/targets/); the
+pipeline (hwact/pipeline.py) runs them in order into one output folder:
+
+    problems = backend.check(graph)                 # before anything is written: one line per node/reason
+    section  = backend.emit(graph, outdir, context) # writes artifacts; returns its report section, which
+                                                    # must list them under "artifacts" (paths in outdir)
+    section |= backend.verify(graph, outdir, context)  # checks the artifacts against `graph` on the
+                                                    # calibration inputs; raises VerificationError
+    backend.bench(outdir, request)                  # optional: what `hwact bench OUTDIR` runs
+
+`options` declares the backend's options with their defaults; a target sets them in a
+`[backend.NAME]` table, and the CLI overrides the ones it exposes (e.g. --pipeline-every). Adding a
+backend is one module in hwact/backends/ with a class decorated by `@register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from hwact.errors import InputError, UnsupportedError
+from hwact.ir.graph import Graph
+
+_REGISTRY: dict[str, type["Backend"]] = {}
+
+
+@dataclass
+class EmitContext:
+    """What a backend gets besides the graph: the target, its options, the calibration batches, the
+    graph as loaded (before the recipe), the report sections of the backends before it, and each
+    pass of the recipe (its record as in report.json, by pass name)."""
+    target: Any
+    options: dict
+    batches: list[tuple]
+    original: Graph
+    log: Callable[[str], None] = print
+    sections: dict = field(default_factory=dict)
+    passes: dict = field(default_factory=dict)
+
+
+@dataclass
+class BenchRequest:
+    """`hwact bench OUTDIR` options a backend's runner may use."""
+    stream: str | None = None
+    threshold: float | None = None
+    batch: int = 1
+    iterations: int | None = None
+    duration: float = 3.0
+
+
+class Backend:
+    name: ClassVar[str] = ""
+    section: ClassVar[str] = ""                 # report.json key of its section (default: name)
+    options: ClassVar[dict[str, Any]] = {}      # option -> default
+
+    def check(self, graph: Graph) -> list[str]:
+        """What this backend cannot take, one line per node and reason; empty when it can."""
+        return []
+
+    def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        return {}
+
+    @classmethod
+    def bench(cls, outdir: Path, request: BenchRequest) -> dict:
+        raise UnsupportedError(f"{outdir}: the {cls.name} backend has no benchmark runner")
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    if not cls.name or cls.name != cls.name.lower() or " " in cls.name or "_" in cls.name:
+        raise ValueError(f"backend name must be kebab-case: {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def all_backends() -> dict[str, type[Backend]]:
+    """Every registered backend (importing each module of hwact/backends/ registers its classes)."""
+    package = importlib.import_module("hwact.backends")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "base":
+            importlib.import_module(f"hwact.backends.{info.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_backend(name: str) -> type[Backend]:
+    backends = all_backends()
+    if name not in backends:
+        raise InputError(f"unknown backend '{name}'", hint="known backends: " + ", ".join(backends))
+    return backends[name]

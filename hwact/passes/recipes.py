@@ -1,0 +1,66 @@
+"""Recipes: the one table of named pass lists, with the postconditions each must establish.
+
+A target names its default recipe per kind of model (hwact/targets/*.toml); `--recipe NAME` overrides
+it and `--passes a,b` replaces it with a list of one's own (which has no postconditions: the user
+composes). A postcondition is a check on the final graph, run and reported by the pass manager:
+
+    integer-only   no node computes in floating point between the input quantize and the output
+                   dequantize (hwact.ir.summary.float_compute_nodes): what the int8 recipes promise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwact.errors import InputError
+from hwact.ir.graph import Graph, module_path, op_name
+from hwact.ir.summary import float_compute_nodes
+from hwact.passes.base import all_passes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    passes: tuple[str, ...]
+    postconditions: tuple[str, ...] = ()
+
+
+RECIPES: dict[str, Recipe] = {
+    "none": Recipe(()),
+    "relu": Recipe(("gelu-to-relu", "fold-bn", "cleanup")),
+    "helu": Recipe(("gelu-to-helu", "fold-bn", "cleanup")),
+    "fold-bn": Recipe(("fold-bn", "cleanup")),
+    # cleanup folds constant subgraphs (Swin's relative-position bias: a table indexed by a constant) into
+    # one constant, which fold-quant-scales then adds in integers
+    "int8-relu": Recipe(("gelu-to-relu", "fold-bn", "fold-layer-scale", "cleanup", "cle", "calibrate",
+                         "fold-quant-scales", "i-layernorm", "shiftmax"), ("integer-only",)),
+    "int8-shiftgelu": Recipe(("fold-bn", "fold-layer-scale", "cleanup", "calibrate", "fold-quant-scales",
+                              "shift-gelu", "i-layernorm", "shiftmax"), ("integer-only",)),
+    "logic": Recipe(("lower-logic",)),
+    "delta": Recipe(("lower-delta",)),
+}
+
+
+def integer_only(graph: Graph) -> list[str]:
+    """The integer-only postcondition: one line per node that still computes in float."""
+    return [f"{node.name} ({op_name(node)}{', ' + module_path(node) if module_path(node) else ''}) computes in float"
+            for node in float_compute_nodes(graph)]
+
+
+POSTCONDITIONS = {"integer-only": integer_only}
+
+
+def resolve(passes: str | None, recipe: str | None, default: str = "none") -> Recipe:
+    """The recipe asked for by `--passes a,b`, `--recipe NAME` (not both), or the target's default."""
+    if passes and recipe:
+        raise InputError("give either --passes or --recipe, not both")
+    if passes is not None and not recipe:
+        names = tuple(p.strip() for p in passes.split(",") if p.strip())
+        registry = all_passes()
+        for name in names:
+            if name not in registry:
+                raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
+        return Recipe(names)
+    name = recipe or default
+    if name not in RECIPES:
+        raise InputError(f"unknown recipe '{name}'", hint="known recipes: " + ", ".join(sorted(RECIPES)))
+    return RECIPES[name]
