@@ -11,15 +11,10 @@
 
 const char *dl_kernel_name(void) { return delta_simd_name(); }
 
-static int32_t read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
-
 dl_net *dl_load(const uint8_t *blob, size_t size) {
-    const uint8_t *p = blob, *end = blob + size;
-    if (size < 16 || memcmp(p, "HWDL", 4) != 0) return NULL;
-    p += 4;
-    if (read_i32(&p) != 1) return NULL;
-    int32_t n_layers = read_i32(&p), key_interval = read_i32(&p);
-    if (n_layers <= 0 || n_layers > 1024 || key_interval < 0) return NULL;
+    const uint8_t *p, *end = blob + size;
+    int32_t key_interval, n_layers = delta_net_header(blob, size, "HWDL", &p, &key_interval);
+    if (!n_layers) return NULL;
     dl_net *net = calloc(1, sizeof(dl_net));
     net->layers = calloc((size_t)n_layers, sizeof(dl_layer));
     net->n_layers = n_layers;
@@ -27,8 +22,8 @@ dl_net *dl_load(const uint8_t *blob, size_t size) {
     for (int32_t l = 0; l < n_layers; l++) {
         dl_layer *L = &net->layers[l];
         if (end - p < 20) goto bad;
-        L->n_in = read_i32(&p); L->n_out = read_i32(&p); L->levels = read_i32(&p); L->relu = read_i32(&p);
-        memcpy(&L->threshold, p, 4); p += 4;
+        L->n_in = delta_read_i32(&p); L->n_out = delta_read_i32(&p); L->levels = delta_read_i32(&p);
+        L->relu = delta_read_i32(&p); L->threshold = delta_read_f32(&p);
         if (L->n_in <= 0 || L->n_out <= 0 || L->levels <= 0 || L->levels > 127) goto bad;
         if (l > 0 && L->n_in != net->layers[l - 1].n_out) goto bad;
         size_t need = 4 * (size_t)L->n_in + 8 * (size_t)L->n_out + (size_t)L->n_in * L->n_out;
@@ -70,10 +65,7 @@ int dl_set_threshold(dl_net *net, int32_t layer, float threshold) {
         if (layer >= 0 && l != layer) continue;
         dl_layer *L = &net->layers[l];
         L->threshold = threshold;
-        for (int32_t j = 0; j < L->n_in; j++) {
-            float t = ceilf(threshold / L->step[j]);
-            L->limit[j] = t < 1.0f ? 1 : (t > 1e9f ? 1000000000 : (int32_t)t);
-        }
+        delta_code_limits(L->step, L->n_in, threshold, L->limit);
     }
     return 0;
 }

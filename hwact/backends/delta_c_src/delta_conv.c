@@ -25,10 +25,7 @@ const char *dc_kernel_name(void) { return delta_simd_name(); }
 /* limit[c] = max(1, ceil(threshold / step[c])), float32 like the reference. Returns -1 on threshold < 0. */
 int dc_limits(int32_t channels, const float *step, float threshold, int32_t *limit) {
     if (!(threshold >= 0.0f)) return -1;
-    for (int32_t c = 0; c < channels; c++) {
-        float t = ceilf(threshold / step[c]);
-        limit[c] = t < 1.0f ? 1 : (t > 1e9f ? 1000000000 : (int32_t)t);
-    }
+    delta_code_limits(step, channels, threshold, limit);
     return 0;
 }
 
@@ -107,8 +104,6 @@ int64_t dc_run(const int32_t *dims, const float *step, const float *scale, const
  *   delta_conv IN OUT    IN: dims[15] i32, key_interval i32, threshold f32, batch i32, steps i32,
  *                        step[C] f32, scale[O] f32, bias_acc[O] i32, weight[C][KH][KW][O] i8, x f32
  *                        OUT: y f32 (batch, steps, O, OH, OW), fired i64; prints the kernel name. */
-#include <stdio.h>
-
 static void *take(const uint8_t **p, size_t bytes) {
     void *out = malloc(bytes ? bytes : 1);
     memcpy(out, *p, bytes);
@@ -118,14 +113,9 @@ static void *take(const uint8_t **p, size_t bytes) {
 
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: %s IN OUT\n", argv[0]); return 2; }
-    FILE *f = fopen(argv[1], "rb");
-    if (!f) { perror(argv[1]); return 1; }
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *blob = malloc((size_t)size);
-    if (fread(blob, 1, (size_t)size, f) != (size_t)size) { fclose(f); return 1; }
-    fclose(f);
+    size_t size;
+    uint8_t *blob = delta_read_file(argv[1], &size);
+    if (!blob) { perror(argv[1]); return 1; }
     const uint8_t *p = blob;
     int32_t *dims = take(&p, 4 * D_COUNT), *head = take(&p, 16);
     int32_t key_interval = head[0], batch = head[2], steps = head[3];

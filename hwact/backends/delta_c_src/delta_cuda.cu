@@ -12,6 +12,7 @@
 extern "C" {
 #include "delta.h"
 }
+#include "delta_simd.h"
 
 #define CHECK(call) do { cudaError_t e = (call); if (e != cudaSuccess) { \
     fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); exit(3); } } while (0)
@@ -82,16 +83,6 @@ __global__ void delta_frames(const GpuLayer *layers, int n_layers, int state_len
     }
 }
 
-static uint8_t *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END); *size = (size_t)ftell(f); fseek(f, 0, SEEK_SET);
-    uint8_t *buf = (uint8_t *)malloc(*size + 1);
-    if (fread(buf, 1, *size, f) != *size) { fclose(f); free(buf); return NULL; }
-    fclose(f);
-    return buf;
-}
-
 template <typename T> static T *upload(const T *host, size_t count) {
     T *dev;
     CHECK(cudaMalloc(&dev, sizeof(T) * count));
@@ -102,7 +93,7 @@ template <typename T> static T *upload(const T *host, size_t count) {
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense] [repeats]\n", argv[0]); return 2; }
     size_t net_size, in_size;
-    uint8_t *blob = slurp(argv[1], &net_size), *input = slurp(argv[2], &in_size);
+    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
     if (!blob || !input) { fprintf(stderr, "cannot read inputs\n"); return 2; }
     dl_net *net = dl_load(blob, net_size);
     if (!net) { fprintf(stderr, "malformed net\n"); return 2; }

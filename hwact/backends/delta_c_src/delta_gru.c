@@ -34,16 +34,10 @@ static float rational_tanh(float v) {
 
 static float rational_sigmoid(float v) { return rational_tanh(v * 0.5f) * 0.5f + 0.5f; }
 
-static int32_t read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
-static float read_f32(const uint8_t **p) { float v; memcpy(&v, *p, 4); *p += 4; return v; }
-
 dg_net *dg_load(const uint8_t *blob, size_t size) {
-    const uint8_t *p = blob, *end = blob + size;
-    if (size < 16 || memcmp(p, "HWDG", 4) != 0) return NULL;
-    p += 4;
-    if (read_i32(&p) != 1) return NULL;
-    int32_t n_layers = read_i32(&p), key_interval = read_i32(&p);
-    if (n_layers <= 0 || n_layers > 1024 || key_interval < 0) return NULL;
+    const uint8_t *p, *end = blob + size;
+    int32_t key_interval, n_layers = delta_net_header(blob, size, "HWDG", &p, &key_interval);
+    if (!n_layers) return NULL;
     dg_net *net = calloc(1, sizeof(dg_net));
     net->layers = calloc((size_t)n_layers, sizeof(dg_layer));
     net->n_layers = n_layers;
@@ -51,8 +45,8 @@ dg_net *dg_load(const uint8_t *blob, size_t size) {
     for (int32_t l = 0; l < n_layers; l++) {
         dg_layer *L = &net->layers[l];
         if (end - p < 24) goto bad;
-        L->n_in = read_i32(&p); L->hidden = read_i32(&p); L->levels = read_i32(&p); p += 4;
-        L->theta_x = read_f32(&p); L->theta_h = read_f32(&p);
+        L->n_in = delta_read_i32(&p); L->hidden = delta_read_i32(&p); L->levels = delta_read_i32(&p); p += 4;
+        L->theta_x = delta_read_f32(&p); L->theta_h = delta_read_f32(&p);
         if (L->n_in <= 0 || L->hidden <= 0 || L->levels <= 0 || L->levels > 127) goto bad;
         if (l > 0 && L->n_in != net->layers[l - 1].hidden) goto bad;
         const size_t F = (size_t)L->n_in, H = (size_t)L->hidden, rows = 3 * H;
@@ -95,13 +89,6 @@ int64_t dg_state_len(const dg_net *net) { return net->state_len; }
 int64_t dg_hidden_len(const dg_net *net) { return net->hidden_len; }
 void dg_set_key_interval(dg_net *net, int32_t key_interval) { net->key_interval = key_interval < 0 ? 0 : key_interval; }
 
-static void code_limits(int32_t *limit, const float *step, int32_t n, float threshold) {
-    for (int32_t j = 0; j < n; j++) {
-        float t = ceilf(threshold / step[j]);
-        limit[j] = t < 1.0f ? 1 : (t > 1e9f ? 1000000000 : (int32_t)t);
-    }
-}
-
 int dg_set_threshold(dg_net *net, int32_t layer, float theta_x, float theta_h) {
     if (!(theta_x >= 0.0f) || !(theta_h >= 0.0f)) return -1;
     for (int32_t l = 0; l < net->n_layers; l++) {
@@ -109,8 +96,8 @@ int dg_set_threshold(dg_net *net, int32_t layer, float theta_x, float theta_h) {
         dg_layer *L = &net->layers[l];
         L->theta_x = theta_x;
         L->theta_h = theta_h;
-        code_limits(L->limit_x, L->step_x, L->n_in, theta_x);
-        code_limits(L->limit_h, L->step_h, L->hidden, theta_h);
+        delta_code_limits(L->step_x, L->n_in, theta_x, L->limit_x);
+        delta_code_limits(L->step_h, L->hidden, theta_h, L->limit_h);
     }
     return 0;
 }

@@ -8,23 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static uint8_t *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *data = malloc((size_t)n);
-    if (fread(data, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(data); return NULL; }
-    fclose(f);
-    *size = (size_t)n;
-    return data;
-}
+#include "delta_simd.h"
 
 int main(int argc, char **argv) {
     if (argc != 4) { fprintf(stderr, "usage: %s NET.bin IN.bin OUT.bin\n", argv[0]); return 2; }
     size_t net_size, in_size;
-    uint8_t *blob = read_file(argv[1], &net_size), *input = read_file(argv[2], &in_size);
+    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
     if (!blob || !input || in_size < 12) { fprintf(stderr, "cannot read the inputs\n"); return 2; }
     dg_net *net = dg_load(blob, net_size);
     if (!net) { fprintf(stderr, "malformed delta GRU net\n"); return 2; }

@@ -4,21 +4,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "delta.h"
-
-static uint8_t *slurp(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END); *size = (size_t)ftell(f); fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(*size + 1);
-    if (fread(buf, 1, *size, f) != *size) { fclose(f); free(buf); return NULL; }
-    fclose(f);
-    return buf;
-}
+#include "delta_simd.h"
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense]\n", argv[0]); return 2; }
     size_t net_size, in_size;
-    uint8_t *blob = slurp(argv[1], &net_size), *input = slurp(argv[2], &in_size);
+    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
     if (!blob || !input) { fprintf(stderr, "cannot read inputs\n"); return 2; }
     dl_net *net = dl_load(blob, net_size);
     if (!net) { fprintf(stderr, "malformed net\n"); return 2; }

@@ -1,11 +1,17 @@
 /* Shared by the delta kernels (delta.c, delta_conv.c, delta_gru.c): the loops they all run per frame:
  * quantize the inputs to codes, compact the codes that fire into (index, delta) lists, and the SIMD
- * column update acc[o] += d * col[o] over a contiguous int8 weight column; and the flavour's name.
+ * column update acc[o] += d * col[o] over a contiguous int8 weight column; the flavour's name; the code
+ * thresholds; the header of a net file (delta.c, delta_gru.c) and the file reader of the stand-alone
+ * runners (delta_main.c, delta_gru_main.c, delta_conv.c's DC_MAIN, delta_cuda.cu).
  * Build without -ffast-math and with -ffp-contract=off: x / step and rint must round like PyTorch. */
 #ifndef HWACT_DELTA_SIMD_H
 #define HWACT_DELTA_SIMD_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <math.h>
 
@@ -68,6 +74,43 @@ static inline void delta_column_update(int32_t *acc, const int8_t *col, int32_t 
     }
 #endif
     for (; o < n; o++) acc[o] += d * (int32_t)col[o];
+}
+
+/* limit[j] = max(1, ceil(threshold / step[j])) for j < n, in float32 like the reference, at most 1e9
+ * (no code change reaches it: "never"). */
+static inline void delta_code_limits(const float *step, int32_t n, float threshold, int32_t *limit) {
+    for (int32_t j = 0; j < n; j++) {
+        float t = ceilf(threshold / step[j]);
+        limit[j] = t < 1.0f ? 1 : (t > 1e9f ? 1000000000 : (int32_t)t);
+    }
+}
+
+static inline int32_t delta_read_i32(const uint8_t **p) { int32_t v; memcpy(&v, *p, 4); *p += 4; return v; }
+static inline float delta_read_f32(const uint8_t **p) { float v; memcpy(&v, *p, 4); *p += 4; return v; }
+
+/* The 16 bytes a net file starts with: `magic`, int32 version 1, n_layers (1..1024), key_interval (>= 0).
+ * Returns n_layers and sets *key_interval, with *p just after the header; 0 on a malformed header. */
+static inline int32_t delta_net_header(const uint8_t *blob, size_t size, const char *magic, const uint8_t **p,
+                                       int32_t *key_interval) {
+    *p = blob + 4;
+    if (size < 16 || memcmp(blob, magic, 4) != 0 || delta_read_i32(p) != 1) return 0;
+    int32_t n_layers = delta_read_i32(p);
+    *key_interval = delta_read_i32(p);
+    return n_layers <= 0 || n_layers > 1024 || *key_interval < 0 ? 0 : n_layers;
+}
+
+/* A whole file in memory (malloc'ed, the caller frees it) and its size; NULL when it cannot be read. */
+static inline uint8_t *delta_read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *data = (uint8_t *)malloc(n > 0 ? (size_t)n : 1);
+    if (n < 0 || fread(data, 1, (size_t)n, f) != (size_t)n) { fclose(f); free(data); return NULL; }
+    fclose(f);
+    *size = (size_t)n;
+    return data;
 }
 
 static inline const char *delta_simd_name(void) {

@@ -183,35 +183,18 @@ int ln_class_counts_packed(const uint64_t *x, int64_t nwords, int64_t n_samples,
 }
 
 #ifdef LN_MAIN
-/* Stand-alone runner (the aarch64 build, run under qemu-user): RUNNER IN OUT
- * IN: int64 n_samples, int64 n_inputs, then uint8 bits[n_samples][n_inputs] (0/1);
- * OUT: int32 counts[n_samples][classes], then uint8 output bits[n_samples][outputs]. Prints the kernel name. */
-#include <stdio.h>
+/* Stand-alone runner (the aarch64 build, run under qemu-user): RUNNER IN OUT (files: logic_runner_io.h).
+ * Prints the kernel name. */
+#include "logic_runner_io.h"
 int main(int argc, char **argv) {
     if (argc != 3) { fprintf(stderr, "usage: %s IN OUT\n", argv[0]); return 2; }
-    FILE *f = fopen(argv[1], "rb");
-    int64_t head[2];
-    if (!f || fread(head, 8, 2, f) != 2) { fprintf(stderr, "cannot read %s\n", argv[1]); return 2; }
-    int64_t n = head[0], nin = head[1], nwords = (n + 63) / 64;
-    if (nin != LN_NUM_INPUTS || n < 0) { fprintf(stderr, "expected %d inputs, got %lld\n", LN_NUM_INPUTS, (long long)nin); return 2; }
-    uint8_t *bits = malloc((size_t)(n * nin + 1));
-    if ((int64_t)fread(bits, 1, (size_t)(n * nin), f) != n * nin) { fprintf(stderr, "short input\n"); return 2; }
-    fclose(f);
-    uint64_t *x = calloc((size_t)(nin * nwords + 1), 8), *y = calloc((size_t)(LN_NUM_OUTPUTS * nwords + 1), 8);
+    int64_t n, nwords;
+    uint64_t *x = ln_read_input(argv[1], &n, &nwords);
+    if (!x) return 2;
+    uint64_t *y = calloc((size_t)(LN_NUM_OUTPUTS * nwords + 1), 8);
     int32_t *counts = malloc((size_t)(n * LN_NUM_CLASSES + 1) * 4);
-    uint8_t *obits = malloc((size_t)(n * LN_NUM_OUTPUTS + 1));
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t i = 0; i < nin; i++)
-            x[i * nwords + s / 64] |= (uint64_t)(bits[s * nin + i] & 1) << (s % 64);
     if (ln_class_counts_packed(x, nwords, n, counts) || ln_output_bits_packed(x, nwords, y)) return 3;
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t o = 0; o < LN_NUM_OUTPUTS; o++)
-            obits[s * LN_NUM_OUTPUTS + o] = (uint8_t)((y[o * nwords + s / 64] >> (s % 64)) & 1);
-    f = fopen(argv[2], "wb");
-    if (!f) { fprintf(stderr, "cannot write %s\n", argv[2]); return 2; }
-    fwrite(counts, 4, (size_t)(n * LN_NUM_CLASSES), f);
-    fwrite(obits, 1, (size_t)(n * LN_NUM_OUTPUTS), f);
-    fclose(f);
+    if (ln_write_output(argv[2], counts, y, n, nwords)) return 2;
     printf("%s\n", LN_KERNEL);
     return 0;
 }

@@ -10,8 +10,7 @@
  * LN_COUNT_BITS and per program P in {BITS, COUNTS}: LN_P_SLOTS, LN_P_GATES and the device arrays
  * ln_P_op[], ln_P_dst[], ln_P_a[], ln_P_b[], ln_P_c[], ln_P_results[].
  *
- * Host runner (LN_RUNNER): RUNNER IN OUT [REPEAT]; same files as the C runner (logic_kernel.c): IN = int64
- * n_samples, int64 n_inputs, uint8 bits[n][inputs]; OUT = int32 counts[n][classes], uint8 bits[n][outputs].
+ * Host runner (LN_RUNNER): RUNNER IN OUT [REPEAT]; the same files as the C runner (logic_runner_io.h).
  * With REPEAT > 0 it also times the count kernel on the packed input already on the GPU and prints
  * "samples_per_s <value>". */
 #include <stdint.h>
@@ -85,9 +84,8 @@ extern "C" __global__ void ln_class_counts_kernel(const uint64_t *x, int64_t nwo
 }
 
 #ifdef LN_RUNNER
-#include <cstdio>
-#include <cstdlib>
 #include <cuda_runtime.h>
+#include "logic_runner_io.h"
 
 #define LN_CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) {                    \
         fprintf(stderr, "CUDA error %s at line %d\n", cudaGetErrorString(e_), __LINE__); exit(3); } } while (0)
@@ -95,17 +93,10 @@ extern "C" __global__ void ln_class_counts_kernel(const uint64_t *x, int64_t nwo
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s IN OUT [REPEAT]\n", argv[0]); return 2; }
     int repeat = argc > 3 ? atoi(argv[3]) : 0;
-    FILE *f = fopen(argv[1], "rb");
-    int64_t head[2];
-    if (!f || fread(head, 8, 2, f) != 2) { fprintf(stderr, "cannot read %s\n", argv[1]); return 2; }
-    int64_t n = head[0], nin = head[1], nwords = (n + 63) / 64;
-    if (nin != LN_NUM_INPUTS || n < 1) { fprintf(stderr, "expected %d inputs, got %lld\n", LN_NUM_INPUTS, (long long)nin); return 2; }
-    uint8_t *bits = (uint8_t *)malloc((size_t)(n * nin));
-    if ((int64_t)fread(bits, 1, (size_t)(n * nin), f) != n * nin) { fprintf(stderr, "short input\n"); return 2; }
-    fclose(f);
-    uint64_t *x = (uint64_t *)calloc((size_t)(nin * nwords), 8);
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t i = 0; i < nin; i++) x[i * nwords + s / 64] |= (uint64_t)(bits[s * nin + i] & 1) << (s % 64);
+    int64_t n, nwords, nin = LN_NUM_INPUTS;
+    uint64_t *x = ln_read_input(argv[1], &n, &nwords);
+    if (!x) return 2;
+    if (n < 1) { fprintf(stderr, "no samples in %s\n", argv[1]); return 2; }
 
     int64_t slots = LN_COUNTS_SLOTS > LN_BITS_SLOTS ? LN_COUNTS_SLOTS : LN_BITS_SLOTS;
     int64_t stride = nwords;                                  /* scratch of at most 1 GiB */
@@ -127,15 +118,7 @@ int main(int argc, char **argv) {
     uint64_t *y = (uint64_t *)malloc((size_t)((LN_NUM_OUTPUTS + 1) * nwords * 8));
     LN_CHECK(cudaMemcpy(counts, dcounts, (size_t)(n * LN_NUM_CLASSES * 4), cudaMemcpyDeviceToHost));
     LN_CHECK(cudaMemcpy(y, dy, (size_t)((LN_NUM_OUTPUTS + 1) * nwords * 8), cudaMemcpyDeviceToHost));
-    uint8_t *obits = (uint8_t *)malloc((size_t)(n * LN_NUM_OUTPUTS + 1));
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t o = 0; o < LN_NUM_OUTPUTS; o++)
-            obits[s * LN_NUM_OUTPUTS + o] = (uint8_t)((y[o * nwords + s / 64] >> (s % 64)) & 1);
-    f = fopen(argv[2], "wb");
-    if (!f) { fprintf(stderr, "cannot write %s\n", argv[2]); return 2; }
-    fwrite(counts, 4, (size_t)(n * LN_NUM_CLASSES), f);
-    fwrite(obits, 1, (size_t)(n * LN_NUM_OUTPUTS), f);
-    fclose(f);
+    if (ln_write_output(argv[2], counts, y, n, nwords)) return 2;
     if (repeat > 0) {                                          /* best of REPEAT timed runs */
         cudaEvent_t start, stop;
         cudaEventCreate(&start);
