@@ -192,21 +192,12 @@ def test_only_and_skip_that_select_nothing(models, tmp_path, cli, args, message)
 
 
 def test_options_the_conversion_would_ignore(models, tmp_path, cli):
-    from hwact.convert import check_options_apply
-
-    for option, value, owner in (("--key-interval", "3", "delta"), ("--pipeline-every", "2", "logic")):
+    for option, value in (("--key-interval", "3"), ("--pipeline-every", "2")):
         code, _, stderr = cli("convert", models / "good.pt2", option, value, "-o", tmp_path / "out")
-        assert code == 2 and one_error_line(stderr).endswith(
-            f"{option} does not apply to {models / 'good.pt2'}, neither a delta nor a logic model "
-            f"(hint: it is for {owner} models)")
+        assert code == 2
+        assert one_error_line(stderr).startswith(f"hwact: error: {option} does not apply to {models / 'good.pt2'}, "
+                                                 "a tensor model")
     assert not (tmp_path / "out").exists()
-    for options, calib, passes, message in (({"delta_threshold": 0.1}, None, [], "--delta-threshold"),
-                                            ({"only": ("x",)}, None, [], "--only"),
-                                            ({}, None, ["gelu-to-relu"], "--passes/--recipe"),
-                                            ({}, "c.npz", [], "--calib")):
-        with pytest.raises(InputError, match=f"^{message} does not apply to m.pt2, a logic model"):
-            check_options_apply("m.pt2", "logic", passes, options, calib)
-    check_options_apply("m.pt2", "logic", [], {"pipeline_every": 2, "only": (), "recover": None}, None)
 
 
 def test_bench_stream_off_a_delta_folder(tmp_path, cli):
