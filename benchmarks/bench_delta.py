@@ -27,7 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hwact.backends import delta_flow  # noqa: E402
+from hwact.backends import delta_backend  # noqa: E402
+from hwact.pipeline import ConvertOptions, convert  # noqa: E402
 from hwact.data import speech  # noqa: E402
 from hwact.load import load  # noqa: E402
 from hwact.report import machine  # noqa: E402
@@ -64,13 +65,12 @@ def main() -> None:
 
     loaded = load(str(work / "delta_model.pt2"))
     outdir = work / "converted"
-    outdir.mkdir(exist_ok=True)
-    report = delta_flow.convert(loaded.graph, load_target("cpu"), outdir, {})
+    report = convert(loaded, ConvertOptions(), load_target("cpu"), outdir, force=True, log=lambda line: None)
 
-    base = delta_flow.bench_stream(outdir, work / "stream.npz", repeats=args.repeats, max_sequences=None)
+    base = delta_backend.bench_stream(outdir, work / "stream.npz", repeats=args.repeats, max_sequences=None)
     sweep = []
     for threshold in [float(t) for t in args.thresholds.split(",")]:
-        row = delta_flow.bench_stream(outdir, work / "stream.npz", threshold=threshold, repeats=args.repeats,
+        row = delta_backend.bench_stream(outdir, work / "stream.npz", threshold=threshold, repeats=args.repeats,
                                       max_sequences=None, onnxruntime=False)
         sweep.append({"threshold": threshold, "mac_sparsity": row["mac_sparsity"], "ideal": row["ideal_speedup"],
                       "speedup": row["speedup_vs_dense_c"], "accuracy": row["accuracy"]["delta_c"],

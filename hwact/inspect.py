@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hwact.ir import activations
-from hwact.ir.summary import flops, op_census, param_count, target_support, weight_bytes
+from hwact.ir.summary import flops, op_census, param_count, weight_bytes
 from hwact.load import Loaded
 from hwact.report import table
 from hwact.targets import load_target, target_names
@@ -23,7 +23,7 @@ def inspect_loaded(loaded: Loaded) -> dict:
         "flops_per_sample": flops(graph),
         "ops": op_census(graph),
         "activations": [s.describe() for s in activations.find_sites(graph)],
-        "targets": {name: target_support(graph, load_target(name)) for name in target_names()},
+        "targets": {name: load_target(name).support_report(graph) for name in target_names()},
     })
     return info
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hwact.backends import delta_flow
+from hwact.backends import delta_backend
+from hwact.backends.base import BenchRequest
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +30,20 @@ def test_train_convert_bench(cli, trained, tmp_path):
     code, out, err = cli("convert", trained / "delta_model.pt2", "--target", "cpu", "-o", tmp_path / "conv")
     assert code == 0, err
     report = json.loads((tmp_path / "conv" / "report.json").read_text())
-    assert report["flow"] == "delta"
+    assert report["model"] == "delta" and report["backends"] == ["delta-c"]
     assert [l["n_in"] for l in report["delta"]["layers"]] == [24, 32, 32]
     assert report["delta"]["verification"]["c_bit_exact"] and report["delta"]["verification"]["onnx_step"]["bit_exact"]
     for name in ("delta_net.bin", "libhwact_delta.so", "delta_step.onnx", "dense.onnx"):
         assert (tmp_path / "conv" / name).is_file()
 
-    result = delta_flow.bench_stream(tmp_path / "conv", trained / "stream.npz", repeats=1, max_sequences=4)
+    result = delta_backend.bench_stream(tmp_path / "conv", trained / "stream.npz", repeats=1, max_sequences=4)
     stream = np.load(trained / "stream.npz")["x"][:4]
     for layer in result["layers"]:
         frames = stream.shape[0] * stream.shape[1]
         assert layer["columns_used"] + layer["temporal_sparsity"] * frames * layer["n_in"] == pytest.approx(frames * layer["n_in"])
         assert layer["macs_skipped"] == (frames * layer["n_in"] - layer["columns_used"]) * layer["n_out"]
     assert result["accuracy"]["delta_c"] == result["accuracy"]["dense_c"]   # threshold 0: same outputs
-    higher = delta_flow.bench_stream(tmp_path / "conv", trained / "stream.npz", threshold=1.0, repeats=1,
+    higher = delta_backend.bench_stream(tmp_path / "conv", trained / "stream.npz", threshold=1.0, repeats=1,
                                      max_sequences=4, onnxruntime=False)
     assert higher["mac_sparsity"] > result["mac_sparsity"]
 
@@ -53,7 +54,7 @@ def test_train_convert_bench(cli, trained, tmp_path):
 
 def test_bad_inputs_exit_2(cli, trained, tmp_path):
     code, out, err = cli("convert", trained / "delta_model.pt2", "--target", "fpga-lut6", "-o", tmp_path / "x")
-    assert code == 2 and "converts to targets cpu" in err
+    assert code == 2 and "not delta models (hint: targets for delta models: cpu)" in err
     assert not (tmp_path / "x").exists()
     code, _, err = cli("convert", trained / "delta_model.pt2", "-o", tmp_path / "conv")
     assert code == 0, err
@@ -71,7 +72,7 @@ def test_bad_inputs_exit_2(cli, trained, tmp_path):
         code, _, err = cli("bench", tmp_path / "conv", "--stream", tmp_path / "labels.npz")
         assert code == 2 and "one integer class per sequence" in err, err
     with pytest.raises(Exception, match="threshold must be >= 0"):
-        delta_flow.bench(tmp_path / "conv", {"stream": str(trained / "stream.npz"), "threshold": -1.0})
+        delta_backend.bench(tmp_path / "conv", BenchRequest(stream=str(trained / "stream.npz"), threshold=-1.0))
     code, _, err = cli("train-delta", "-o", tmp_path / "t", "--hidden", "a,b")
     assert code == 2 and "--hidden" in err
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from hwact.backends import logic_flow
 from hwact.errors import ToolMissingError, UnsupportedError
 from hwact.ir.logic_ops import LogicNetlistModule
 from hwact.ir.netlist import Netlist
@@ -62,7 +61,7 @@ def test_convert_cpu_and_bench(cli, digits_model, tmp_path):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     logic = report["logic"]
-    assert report["flow"] == "logic" and logic["gates_before"] == 1000
+    assert report["model"] == "logic" and logic["gates_before"] == 1000
     assert 0 < logic["gates_after"] < logic["gates_before"] and logic["depth_after"] <= 2
     assert logic["cpu"]["mismatches"] == 0 and logic["cpu"]["checked_samples"] == 4096
     assert logic["cpu"]["samples_per_s"] > 0
@@ -81,7 +80,7 @@ def test_convert_cpu_and_bench(cli, digits_model, tmp_path):
     code, out_text, err = cli("bench", out, "--iterations", "1")
     assert code == 0, err
     result = json.loads(out_text)
-    assert result["flow"] == "logic" and result["gates"] == logic["gates_after"] and result["c_samples_per_s"] > 0
+    assert result["backend"] == "logic-c" and result["gates"] == logic["gates_after"] and result["c_samples_per_s"] > 0
 
 
 @pytest.mark.parametrize("target,pipeline", [("fpga-lut6", 1), ("xc7", 0)])
@@ -120,15 +119,16 @@ def test_convert_cuda_compiles(cli, small_model, tmp_path):
 
 
 def test_lut_budget_and_missing_yosys(small_model, tmp_path, monkeypatch, cli):
-    from hwact.load import load
-    from hwact.targets import load_target
+    """A target defined only by a TOML file in a temp folder (existing backends, no code) deploys a logic
+    model: here a tiny fabric whose LUT budget the netlist exceeds."""
+    from importlib import resources
 
-    graph = load(str(small_model / "logic_model.pt2")).graph
-    target = load_target("fpga-lut6")
-    target.raw = {**target.raw, "lut_budget": 5}
-    (tmp_path / "budget").mkdir()
-    with pytest.raises(UnsupportedError, match="5-LUT budget"):
-        logic_flow.convert(graph, target, tmp_path / "budget", {})
+    toml = resources.files("hwact.targets").joinpath("fpga-lut6.toml").read_text()
+    (tmp_path / "tiny-fpga.toml").write_text(toml.replace('name = "fpga-lut6"', 'name = "tiny-fpga"')
+                                             .replace("lut_budget = 53200", "lut_budget = 5"))
+    code, _, err = cli("convert", small_model / "logic_model.pt2", "--target", tmp_path / "tiny-fpga.toml",
+                       "-o", tmp_path / "budget")
+    assert code == 2 and "5-LUT budget" in err and "tiny-fpga" in err and not (tmp_path / "budget").exists()
     empty = tmp_path / "empty_path"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -163,6 +163,6 @@ def test_bad_input_exit_2(cli, small_model, tmp_path):
     code, _, err = cli("convert", tmp_path / "float_in.pt2", "--target", "cpu", "-o", tmp_path / "f")
     assert code == 2 and "binary" in err and not (tmp_path / "f").exists()
     (tmp_path / "notlogic").mkdir()
-    (tmp_path / "notlogic" / "report.json").write_text(json.dumps({"flow": "logic"}))
+    (tmp_path / "notlogic" / "report.json").write_text(json.dumps({"backends": ["logic-c"]}))
     code, _, err = cli("bench", tmp_path / "notlogic", "--iterations", "1")
     assert code == 2 and "no netlist.npz" in err

@@ -141,7 +141,7 @@ def test_integer_recipe_makes_vit_deployable_on_the_npu_and_bit_exact(tmp_path, 
                                "--calib", tmp_path / "calib.npz", "-o", tmp_path / "out")
     assert code == 0, stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [p["name"] for p in report["passes"]][-1] == "assert-integer-only"
+    assert report["postconditions"] == ["integer-only"] and report["backends"] == ["onnx"]
     assert report["integer"]["float_nodes"] == []
     assert report["onnx"]["bit_exact"] is True and report["onnx"]["ort_max_abs_err"] == 0.0
     assert report["target_support"]["deployable"] is True

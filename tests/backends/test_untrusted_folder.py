@@ -113,7 +113,7 @@ def test_logic_bench_never_loads_the_folders_library(logic_folder, tmp_path, cli
     assert not marker.exists()
     netlist = Netlist.from_bytes((folder / "netlist.npz").read_bytes())
     result = json.loads(out)
-    assert result["flow"] == "logic" and result["gates"] == netlist.num_gates and result["c_samples_per_s"] > 0
+    assert result["backend"] == "logic-c" and result["gates"] == netlist.num_gates and result["c_samples_per_s"] > 0
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in logic_folder.iterdir())
 
 
@@ -190,7 +190,7 @@ def test_corrupt_netlist_exits_2(case, cli, tmp_path):
     write, message = NETLIST_CASES[case]
     folder = tmp_path / "lg"
     folder.mkdir()
-    (folder / "report.json").write_text(json.dumps({"flow": "logic"}))
+    (folder / "report.json").write_text(json.dumps({"backends": ["logic-c"]}))
     write(folder / "netlist.npz")
     code, _, err = cli("bench", folder, "--iterations", "1")
     _one_error_line(code, err)
@@ -234,7 +234,7 @@ def test_corrupt_delta_net_exits_2(case, cli, tmp_path):
     content, message = DELTA_CASES[case]
     folder = tmp_path / "dl"
     folder.mkdir()
-    (folder / "report.json").write_text(json.dumps({"flow": "delta", "delta": {"threshold": 0.0}}))
+    (folder / "report.json").write_text(json.dumps({"backends": ["delta-c"], "delta": {"threshold": 0.0}}))
     if callable(content):
         content(folder / "delta_net.bin")
     else:
@@ -268,7 +268,7 @@ def test_huge_claim_exits_2_in_a_real_process(tmp_path, cli_process):
     """A header claiming 10^12 gates (931 GiB) as the installed CLI sees it: exit 2, no MemoryError."""
     folder = tmp_path / "lg"
     folder.mkdir()
-    (folder / "report.json").write_text(json.dumps({"flow": "logic"}))
+    (folder / "report.json").write_text(json.dumps({"backends": ["logic-c"]}))
     _netlist_npz(folder / "netlist.npz", ops=_npy((10**12,), np.uint8, bytes(20)))
     code, _, err = cli_process("bench", folder, "--iterations", "1")
     _one_error_line(code, err)
@@ -300,7 +300,7 @@ def test_hostile_report_json_exits_2(tmp_path, cli):
     code, _, err = cli("bench", folder)
     _one_error_line(code, err)
     assert "at most 16 MB" in err
-    for content in ('{"flow": "delta", "delta": {"thre', "[1, 2]"):
+    for content in ('{"backends": ["delta-c"], "delta": {"thre', "[1, 2]"):
         report.write_text(content)
         code, _, err = cli("bench", folder)
         _one_error_line(code, err)

@@ -13,7 +13,7 @@ from hwact import models
 from hwact.backends.onnx import export_onnx, ort_session
 from hwact.errors import PreconditionError
 from hwact.ir.graph import InputSpec, trace
-from hwact.passes.assert_integer_only import float_compute_nodes
+from hwact.ir.summary import float_compute_nodes
 from hwact.passes.fold_quant_scales import quantize_weight, scale_for
 from hwact.passes.manager import random_batches, run_passes
 
@@ -87,7 +87,8 @@ def test_cnn_integer_graph_onnx_bit_exact(tmp_path):
     module, inputs = models.build("cnn-tiny")
     graph = trace(module, inputs)
     batches = random_batches(graph.inputs, samples=16, batch=8)
-    graph, _ = run_passes(graph, ["fold-bn", "calibrate", "fold-quant-scales", "assert-integer-only"], {}, batches)
+    graph, _ = run_passes(graph, ["fold-bn", "calibrate", "fold-quant-scales"], {}, batches,
+                          postconditions=("integer-only",))
     ops = census(graph)
     assert ops["hwact.int_conv2d.default"] == 3 and ops["hwact.int_linear.default"] == 1
     assert ops["aten.sum.dim_IntList"] == 1  # the global average pool
@@ -116,17 +117,15 @@ def test_vit_leaves_exactly_the_float_islands():
             assert user.target is hw.quantize.default
 
 
-def test_assert_integer_only_names_the_float_node():
+def test_integer_only_postcondition_names_the_float_node():
     module, inputs = models.build("vit-digits")
     graph = trace(module, inputs)
     batches = random_batches(graph.inputs, samples=8, batch=8)
     with pytest.raises(PreconditionError) as raised:
-        run_passes(graph, ["calibrate", "fold-quant-scales", "assert-integer-only"], {}, batches)
+        run_passes(graph, ["calibrate", "fold-quant-scales"], {}, batches, postconditions=("integer-only",))
     message = str(raised.value)
-    assert "assert-integer-only" in message and "aten.gelu.default" in message and "computes in float" in message
+    assert "postcondition 'integer-only'" in message and "aten.gelu.default" in message and "computes in float" in message
     # every float node is named (layer norms, GELUs, softmaxes of the 4 blocks), past the five shown in full
-    from hwact.passes.assert_integer_only import float_compute_nodes
-
     lowered, _ = run_passes(trace(module, inputs), ["calibrate", "fold-quant-scales"], {}, batches)
     names = [n.name for n in float_compute_nodes(lowered)]
     assert len(names) > 5 and all(name in message for name in names)

@@ -16,7 +16,8 @@ from hwact.backends.onnx import export_onnx, ort_session
 from hwact.errors import PreconditionError
 from hwact.ir import int_nonlinear_ops as nl
 from hwact.ir.graph import InputSpec, trace
-from hwact.passes.base import RECIPES, all_passes
+from hwact.passes.base import all_passes
+from hwact.passes.recipes import RECIPES
 from hwact.passes.lambda_shift_gelu import LambdaShiftGelu
 from hwact.passes.manager import random_batches, run_passes
 from hwact.passes.shift_gelu import ShiftGelu
@@ -118,7 +119,7 @@ def test_vit_digits_int8_shiftgelu_recipe_is_integer_only_and_onnx_bit_exact(tmp
     module, inputs = models.build("vit-digits")
     graph = trace(module, inputs)
     batches = random_batches(graph.inputs, samples=16, batch=16)
-    graph, records = run_passes(graph, RECIPES["int8-shiftgelu"], {}, batches)
+    graph, records = run_passes(graph, list(RECIPES["int8-shiftgelu"].passes), {}, batches, postconditions=RECIPES["int8-shiftgelu"].postconditions)
     changed = {r.name: r.changed for r in records}
     assert changed["shift-gelu"] == 4 and changed["i-layernorm"] == 9 and changed["shiftmax"] == 4
     ops = census(graph)

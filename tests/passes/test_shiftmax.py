@@ -13,7 +13,8 @@ from hwact import models
 from hwact.errors import PreconditionError
 from hwact.ir import int_nonlinear_ops as nl
 from hwact.ir.graph import InputSpec, trace
-from hwact.passes.base import RECIPES, all_passes
+from hwact.passes.base import all_passes
+from hwact.passes.recipes import RECIPES
 from hwact.passes.manager import random_batches, run_passes
 from hwact.passes.shiftmax import Shiftmax
 
@@ -85,7 +86,7 @@ def test_vit_digits_int8_relu_recipe_is_integer_only():
     module, inputs = models.build("vit-digits")
     graph = trace(module, inputs)
     batches = random_batches(graph.inputs, samples=16, batch=16)
-    graph, records = run_passes(graph, RECIPES["int8-relu"], {}, batches)
+    graph, records = run_passes(graph, list(RECIPES["int8-relu"].passes), {}, batches, postconditions=RECIPES["int8-relu"].postconditions)
     changed = {r.name: r.changed for r in records}
     assert changed["shiftmax"] == 4 and changed["i-layernorm"] == 9
     ops = census(graph)
