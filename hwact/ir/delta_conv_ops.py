@@ -33,7 +33,7 @@ import torch
 from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
-from hwact.ir.delta_ops import code_thresholds, quantize_codes, send
+from hwact.ir.delta_ops import code_thresholds, delta_frames, quantize_codes
 from hwact.ir.ops import onnx_translation
 
 TO_THE_END = 2**62             # a Slice end past any axis
@@ -75,17 +75,11 @@ def delta_conv2d(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch
     if state is None or acc is None or frame is None:
         state, acc, frame = initial_conv_state(batch, channels, (height, width), out_size, bias_acc)
     state, acc = state.to(torch.int32).clone(), acc.to(torch.int32).clone()
-    step3 = step.reshape(-1, 1, 1)
-    codes = quantize_codes(x, step3, levels)
+    codes = quantize_codes(x, step.reshape(-1, 1, 1), levels)
     limits = code_thresholds(threshold, step).reshape(-1, 1, 1)
-    scale4 = scale.reshape(1, -1, 1, 1)
-    first = int(frame.reshape(-1)[0])
-    outputs = []
-    for t in range(steps):
-        change = send(codes[:, t], state, limits, key_interval > 0 and (first + t) % key_interval == 0)
-        state = state + change
-        acc = (acc.to(torch.int64) + integer_conv(change, weight, stride, padding, dilation)).to(torch.int32)
-        outputs.append(acc.to(torch.float32) * scale4)
+    outputs, state, acc = delta_frames(codes, state, acc, limits, key_interval, frame,
+                                       lambda change: integer_conv(change, weight, stride, padding, dilation),
+                                       scale.reshape(1, -1, 1, 1))
     y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(batch, 0, weight.shape[0], *out_size)
     return y, state, acc, (frame.reshape(1) + steps).to(torch.int64)
 

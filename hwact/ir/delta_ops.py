@@ -91,6 +91,22 @@ def send(codes: torch.Tensor, sent: torch.Tensor, limits: torch.Tensor, key: boo
     return torch.where(fire, change, torch.zeros_like(change))
 
 
+def delta_frames(codes: torch.Tensor, state: torch.Tensor, acc: torch.Tensor, limits: torch.Tensor, key_interval: int,
+                 frame: torch.Tensor, product, scale: torch.Tensor):
+    """The frame loop of a stateful delta op over codes (B, T, ...): per frame t, the fired changes d_t
+    (`send`; every change on a key frame, key_interval > 0 and (frame + t) % key_interval == 0),
+    state += d_t, acc += product(d_t) in exact integers wrapped to int32, y_t = float32(acc) * scale.
+    Returns [y_t], state, acc."""
+    first = int(frame.reshape(-1)[0])
+    outputs = []
+    for t in range(codes.shape[1]):
+        change = send(codes[:, t], state, limits, key_interval > 0 and (first + t) % key_interval == 0)
+        state = state + change
+        acc = (acc.to(torch.int64) + product(change)).to(torch.int32)
+        outputs.append(acc.to(torch.float32) * scale)
+    return outputs, state, acc
+
+
 def initial_state(batch: int, n_in: int, bias_acc: torch.Tensor):
     return (torch.zeros(batch, n_in, dtype=torch.int32),
             bias_acc.to(torch.int32).expand(batch, -1).clone(),
@@ -106,16 +122,9 @@ def delta_linear(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch
     if state is None or acc is None or frame is None:
         state, acc, frame = initial_state(batch, n_in, bias_acc)
     state, acc = state.to(torch.int32).clone(), acc.to(torch.int32).clone()
-    codes = quantize_codes(x, step, levels)
-    limits = code_thresholds(threshold, step)
     weight_t = weight.to(torch.int64).t()
-    first = int(frame.reshape(-1)[0])
-    outputs = []
-    for t in range(steps):
-        change = send(codes[:, t], state, limits, key_interval > 0 and (first + t) % key_interval == 0)
-        state = state + change
-        acc = (acc.to(torch.int64) + change.to(torch.int64) @ weight_t).to(torch.int32)
-        outputs.append(acc.to(torch.float32) * scale)
+    outputs, state, acc = delta_frames(quantize_codes(x, step, levels), state, acc, code_thresholds(threshold, step),
+                                       key_interval, frame, lambda change: change.to(torch.int64) @ weight_t, scale)
     y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(batch, 0, weight.shape[0])
     return y, state, acc, (frame.reshape(1) + steps).to(torch.int64)
 

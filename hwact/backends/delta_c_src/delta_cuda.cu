@@ -92,13 +92,13 @@ template <typename T> static T *upload(const T *host, size_t count) {
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense] [repeats]\n", argv[0]); return 2; }
-    size_t net_size, in_size;
-    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
-    if (!blob || !input) { fprintf(stderr, "cannot read inputs\n"); return 2; }
-    dl_net *net = dl_load(blob, net_size);
-    if (!net) { fprintf(stderr, "malformed net\n"); return 2; }
-    int32_t *head = (int32_t *)input, batch = head[0], steps = head[1], n_in = head[2];
-    if (n_in != dl_input_size(net)) { fprintf(stderr, "input size mismatch\n"); return 2; }
+    size_t net_size;
+    uint8_t *blob = delta_read_file(argv[1], &net_size);
+    dl_net *net = blob ? dl_load(blob, net_size) : NULL;
+    if (!net) { fprintf(stderr, "%s: not a delta net\n", argv[1]); return 2; }
+    int32_t batch, steps, n_in = dl_input_size(net);
+    const float *x = delta_read_frames(argv[2], n_in, &batch, &steps);
+    if (!x) return 2;
     int dense = argc > 4 && argv[4][0] == '1';
     int repeats = argc > 5 ? atoi(argv[5]) : 0;
     int n_out = dl_output_size(net), L = net->n_layers;
@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
     }
     GpuLayer *d_layers = upload(host_layers, L);
     size_t xs = (size_t)batch * steps * n_in, ys = (size_t)batch * steps * n_out, ss = (size_t)batch * net->state_len;
-    float *d_x = upload((const float *)(head + 3), xs), *d_y;
+    float *d_x = upload(x, xs), *d_y;
     CHECK(cudaMalloc(&d_y, 4 * ys));
     int32_t *h_state = (int32_t *)malloc(4 * ss);
     int64_t *h_frame = (int64_t *)malloc(8 * batch);

@@ -12,23 +12,19 @@
 
 int main(int argc, char **argv) {
     if (argc != 4) { fprintf(stderr, "usage: %s NET.bin IN.bin OUT.bin\n", argv[0]); return 2; }
-    size_t net_size, in_size;
-    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
-    if (!blob || !input || in_size < 12) { fprintf(stderr, "cannot read the inputs\n"); return 2; }
-    dg_net *net = dg_load(blob, net_size);
-    if (!net) { fprintf(stderr, "malformed delta GRU net\n"); return 2; }
-    const int32_t *dims = (const int32_t *)input;
-    int32_t batch = dims[0], steps = dims[1];
+    size_t net_size;
+    uint8_t *blob = delta_read_file(argv[1], &net_size);
+    dg_net *net = blob ? dg_load(blob, net_size) : NULL;
+    if (!net) { fprintf(stderr, "%s: not a delta GRU net\n", argv[1]); return 2; }
+    int32_t batch, steps;
+    const float *x = delta_read_frames(argv[2], net->layers[0].n_in, &batch, &steps);
+    if (!x) return 2;
     int32_t n_out = net->layers[net->n_layers - 1].hidden;
-    if (dims[2] != net->layers[0].n_in || in_size != 12 + 4 * (size_t)batch * steps * dims[2]) {
-        fprintf(stderr, "input does not fit the net\n");
-        return 2;
-    }
     int32_t *state = malloc(4 * (size_t)batch * net->state_len);
     float *hidden = malloc(4 * (size_t)batch * net->hidden_len), *y = malloc(4 * (size_t)batch * steps * n_out);
     int64_t *frame = malloc(8 * (size_t)batch), *fired = calloc(2 * (size_t)net->n_layers, 8);
     dg_reset(net, batch, state, hidden, frame);
-    dg_run(net, steps, batch, (const float *)(input + 12), y, state, hidden, frame, fired);
+    dg_run(net, steps, batch, x, y, state, hidden, frame, fired);
     FILE *out = fopen(argv[3], "wb");
     if (!out) return 2;
     fwrite(y, 4, (size_t)batch * steps * n_out, out);

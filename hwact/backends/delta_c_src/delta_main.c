@@ -8,20 +8,20 @@
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense]\n", argv[0]); return 2; }
-    size_t net_size, in_size;
-    uint8_t *blob = delta_read_file(argv[1], &net_size), *input = delta_read_file(argv[2], &in_size);
-    if (!blob || !input) { fprintf(stderr, "cannot read inputs\n"); return 2; }
-    dl_net *net = dl_load(blob, net_size);
-    if (!net) { fprintf(stderr, "malformed net\n"); return 2; }
-    int32_t *head = (int32_t *)input, batch = head[0], steps = head[1], n_in = head[2];
-    if (n_in != dl_input_size(net)) { fprintf(stderr, "input size %d != %d\n", n_in, dl_input_size(net)); return 2; }
+    size_t net_size;
+    uint8_t *blob = delta_read_file(argv[1], &net_size);
+    dl_net *net = blob ? dl_load(blob, net_size) : NULL;
+    if (!net) { fprintf(stderr, "%s: not a delta net\n", argv[1]); return 2; }
+    int32_t batch, steps;
+    const float *x = delta_read_frames(argv[2], dl_input_size(net), &batch, &steps);
+    if (!x) return 2;
     int dense = argc > 4 && argv[4][0] == '1';
     int32_t n_out = dl_output_size(net);
     float *y = calloc((size_t)batch * steps * n_out, 4);
     int32_t *state = malloc(4 * (size_t)batch * dl_state_len(net));
     int64_t *frame = malloc(8 * (size_t)batch), *fired = calloc((size_t)net->n_layers, 8);
     dl_reset(net, batch, state, frame);
-    dl_run(net, steps, batch, (const float *)(head + 3), y, state, frame, dense, fired);
+    dl_run(net, steps, batch, x, y, state, frame, dense, fired);
     FILE *f = fopen(argv[3], "wb");
     fwrite(y, 4, (size_t)batch * steps * n_out, f);
     fwrite(fired, 8, (size_t)net->n_layers, f);

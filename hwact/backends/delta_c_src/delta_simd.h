@@ -113,6 +113,22 @@ static inline uint8_t *delta_read_file(const char *path, size_t *size) {
     return data;
 }
 
+/* A runner's frames file: int32 batch, steps, n_in, then float32 x[batch][steps][n_in], checked to hold
+ * `n_in` values per frame. Returns x and sets *batch, *steps; NULL, after a message, when it does not fit. */
+static inline const float *delta_read_frames(const char *path, int32_t n_in, int32_t *batch, int32_t *steps) {
+    size_t size;
+    uint8_t *data = delta_read_file(path, &size);
+    int32_t dims[3] = {0, 0, 0};
+    if (data && size >= 12) memcpy(dims, data, 12);
+    if (!data || dims[0] < 0 || dims[1] < 0 || dims[2] != n_in || size != 12 + 4 * (size_t)dims[0] * dims[1] * n_in) {
+        fprintf(stderr, "%s: not a frames file of %d inputs per frame\n", path, n_in);
+        return NULL;
+    }
+    *batch = dims[0];
+    *steps = dims[1];
+    return (const float *)(data + 12);
+}
+
 static inline const char *delta_simd_name(void) {
 #if defined(__AVX2__)
     return "avx2";
