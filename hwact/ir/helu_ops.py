@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from onnxscript import opset20 as op
 
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation
 
 
-@torch.library.custom_op("hwact::helu", mutates_args=())
+@hwact_op("helu")
 def helu(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.relu(x)
 

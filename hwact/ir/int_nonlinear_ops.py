@@ -73,7 +73,7 @@ from onnxscript import opset18 as op
 from hwact.errors import PreconditionError
 from hwact.ir.int_ops import (INT64_TYPE, dyadic, onnx_clamp_int32, onnx_floor_shift, onnx_int64, onnx_rounding_shift,
                               rounding_shift)
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation
 
 INPUT_MIN, INPUT_MAX = -(1 << 15), (1 << 15) - 1   # inputs are saturated to int16
 SIGMOID_BITS = 15                                   # ShiftGELU's σ at scale 2^-15
@@ -259,7 +259,7 @@ def _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, lam):
     return onnx_clamp_int32(onnx_rounding_shift(op.Mul(x, sig), m0, shift), qmin, qmax)
 
 
-@torch.library.custom_op("hwact::shift_gelu", mutates_args=())
+@hwact_op("shift_gelu", bounds=("qmin", "qmax"))
 def shift_gelu(q: torch.Tensor, in_scale: float, out_scale: float, qmin: int, qmax: int, n: int) -> torch.Tensor:
     """I-ViT ShiftGELU x · σ(1.702 x) in integers (module docstring)."""
     return _gelu_reference(q, in_scale, out_scale, qmin, qmax, n, SHIFT_GELU_LAMBDA)
@@ -275,7 +275,7 @@ def shift_gelu_onnx(q: INT32, in_scale: float, out_scale: float, qmin: int, qmax
     return _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, SHIFT_GELU_LAMBDA)
 
 
-@torch.library.custom_op("hwact::lambda_shift_gelu", mutates_args=())
+@hwact_op("lambda_shift_gelu", bounds=("qmin", "qmax"))
 def lambda_shift_gelu(q: torch.Tensor, in_scale: float, out_scale: float, qmin: int, qmax: int, n: int,
                       lam: float) -> torch.Tensor:
     """ShiftGELU x · σ(lam · x) with the gate slope lam as a parameter (module docstring)."""
@@ -294,7 +294,7 @@ def lambda_shift_gelu_onnx(q: INT32, in_scale: float, out_scale: float, qmin: in
 
 
 # ----- hwact::shiftmax -----------------------------------------------------------------------------
-@torch.library.custom_op("hwact::shiftmax", mutates_args=())
+@hwact_op("shiftmax", bounds=("qmin", "qmax"))
 def shiftmax(q: torch.Tensor, in_scale: float, out_scale: float, dim: int, qmin: int, qmax: int,
              n: int) -> torch.Tensor:
     """I-ViT Shiftmax: softmax along dim in integers (module docstring)."""
@@ -325,7 +325,7 @@ def shiftmax_onnx(q: INT32, in_scale: float, out_scale: float, dim: int, qmin: i
 
 
 # ----- hwact::i_layernorm --------------------------------------------------------------------------
-@torch.library.custom_op("hwact::i_layernorm", mutates_args=())
+@hwact_op("i_layernorm", bounds=("qmin", "qmax"))
 def i_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tensor, in_scale: float,
                 out_scale: float, gamma_scale: float, eps: float, qmin: int, qmax: int) -> torch.Tensor:
     """I-LayerNorm over the last dim with integer Newton square root (module docstring)."""

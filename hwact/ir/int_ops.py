@@ -29,7 +29,7 @@ from onnxscript import FLOAT, INT8, INT32, INT64
 from onnxscript import opset18 as op
 
 from hwact.errors import PreconditionError
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation
 
 INT64_TYPE, INT32_TYPE, INT8_TYPE, UINT8_TYPE, UINT64_TYPE = 7, 6, 3, 2, 13
 
@@ -139,7 +139,7 @@ def onnx_matmul_integer(a, b, a_unsigned: bool, b_unsigned: bool):
 
 
 # ----- quantize / dequantize / requantize ----------------------------------------------------------
-@torch.library.custom_op("hwact::quantize", mutates_args=())
+@hwact_op("quantize", bounds=("qmin", "qmax"))
 def quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
     """q = clamp(round_half_to_even(x / S), qmin, qmax) in float32 (as ONNX Div + Round), int32 out."""
     ratio = x.to(torch.float32) / torch.tensor(scale, dtype=torch.float32)
@@ -158,7 +158,7 @@ def quantize_onnx(x: FLOAT, scale: float, qmin: int, qmax: int) -> INT32:
     return op.Cast(clipped, to=INT32_TYPE)
 
 
-@torch.library.custom_op("hwact::dequantize", mutates_args=())
+@hwact_op("dequantize")
 def dequantize(q: torch.Tensor, scale: float) -> torch.Tensor:
     """x = float32(q) · S."""
     return q.to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
@@ -174,7 +174,7 @@ def dequantize_onnx(q: INT32, scale: float) -> FLOAT:
     return op.Mul(op.Cast(q, to=1), op.Constant(value_float=scale))
 
 
-@torch.library.custom_op("hwact::requantize", mutates_args=())
+@hwact_op("requantize", bounds=("qmin", "qmax"))
 def requantize(q: torch.Tensor, in_scale: float, out_scale: float, qmin: int, qmax: int) -> torch.Tensor:
     """q_out = clamp(rounding_shift(q, dyadic(S_in / S_out)), qmin, qmax); q may be int32 or int64."""
     return requantize_values(q, in_scale / out_scale, qmin, qmax)
@@ -200,7 +200,7 @@ def _per_channel_requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Te
     return torch.clamp(out, qmin, qmax).to(torch.int32)
 
 
-@torch.library.custom_op("hwact::int_linear", mutates_args=())
+@hwact_op("int_linear", bounds=("qmin", "qmax"))
 def int_linear(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
                unsigned_input: bool, qmin: int, qmax: int) -> torch.Tensor:
     """acc_c = Σ_k q_k · W_ck + bias_c (int32 accumulate, held in int64 here); out_c = clamp(rounding_shift(
@@ -222,7 +222,7 @@ def int_linear_onnx(q: INT32, weight: INT8, bias: INT32, m0: INT64, shift: INT64
     return onnx_clamp_int32(onnx_rounding_shift(acc64, m0, shift), qmin, qmax)
 
 
-@torch.library.custom_op("hwact::int_conv2d", mutates_args=())
+@hwact_op("int_conv2d", bounds=("qmin", "qmax"))
 def int_conv2d(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
                stride: list[int], padding: list[int], dilation: list[int], groups: int, unsigned_input: bool,
                qmin: int, qmax: int) -> torch.Tensor:
@@ -260,7 +260,7 @@ def int_conv2d_onnx(q: INT32, weight: INT8, bias: INT32, m0: INT64, shift: INT64
 
 
 # ----- activation x activation matmul, residual add, pooling --------------------------------------
-@torch.library.custom_op("hwact::int_matmul", mutates_args=())
+@hwact_op("int_matmul", bounds=("qmin", "qmax"))
 def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, b_unsigned: bool, multiplier: float,
                qmin: int, qmax: int) -> torch.Tensor:
     """out = clamp(rounding_shift(a @ b, dyadic(S_a·S_b / S_out)), qmin, qmax), a and b 8-bit values."""
@@ -282,7 +282,7 @@ def int_matmul_onnx(a: INT32, b: INT32, a_unsigned: bool, b_unsigned: bool, mult
     return onnx_clamp_int32(onnx_rounding_shift(op.Cast(acc, to=INT64_TYPE), m0, shift), qmin, qmax)
 
 
-@torch.library.custom_op("hwact::int_add", mutates_args=())
+@hwact_op("int_add", bounds=("qmin", "qmax"))
 def int_add(a: torch.Tensor, b: torch.Tensor, a_multiplier: float, b_multiplier: float,
             qmin: int, qmax: int) -> torch.Tensor:
     """Residual add at a common scale (I-ViT): out = clamp(rounding_shift(a, dyadic(S_a/S_out)) +
@@ -303,7 +303,7 @@ def int_add_onnx(a: INT32, b: INT32, a_multiplier: float, b_multiplier: float, q
     return onnx_clamp_int32(op.Add(left, right), qmin, qmax)
 
 
-@torch.library.custom_op("hwact::int_max_pool2d", mutates_args=())
+@hwact_op("int_max_pool2d", codes_of="q")
 def int_max_pool2d(q: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
                    unsigned_input: bool) -> torch.Tensor:
     """Max pooling of 8-bit values (scale unchanged; padding never wins: it is -inf). Reference: float64

@@ -20,6 +20,7 @@ import torch
 
 from hwact.errors import InputError
 from hwact.ir.netlist import Netlist
+from hwact.ir.ops import hwact_op, op_args
 
 
 def gate_levels(num_inputs: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ def check_binary(bits: torch.Tensor, num_inputs: int) -> None:
                          hint="threshold real inputs first (e.g. a thermometer encoder)")
 
 
-@torch.library.custom_op("hwact::logic_netlist", mutates_args=())
+@hwact_op("logic_netlist")
 def logic_netlist(bits: torch.Tensor, ops: torch.Tensor, a: torch.Tensor, b: torch.Tensor, outputs: torch.Tensor,
                   num_classes: int) -> torch.Tensor:
     check_binary(bits, bits.shape[1] if bits.ndim == 2 else -1)
@@ -138,5 +139,6 @@ def netlist_of_node(module: torch.nn.Module, node: torch.fx.Node, num_inputs: in
             value = getattr(value, part)
         return value.detach().cpu().numpy()
 
-    _bits, ops, a, b, outputs, num_classes = node.args
-    return Netlist(num_inputs, constant(ops), constant(a), constant(b), constant(outputs), int(num_classes))
+    args = op_args(node)
+    return Netlist(num_inputs, constant(args.ops), constant(args.a), constant(args.b), constant(args.outputs),
+                   int(args.num_classes))

@@ -1,4 +1,4 @@
-"""Float islands left by fold-quant-scales, and their replacement by one integer op.
+"""Float islands left by fold-quant-scales, and the pass skeleton that replaces each by one integer op.
 
 fold-quant-scales leaves every op it cannot lower (GELU, softmax, LayerNorm) as exactly
 
@@ -6,34 +6,35 @@ fold-quant-scales leaves every op it cannot lower (GELU, softmax, LayerNorm) as 
 
 `find_islands` returns those around the given aten ops (and, for an op of that kind that is not in
 such an island, a violation naming it); `replace_island` swaps the three nodes for one call of an
-integer op taking (q_in, S_in, S_out, ..., qmin, qmax, ...).
+integer op taking (q_in, S_in, S_out, ..., qmin, qmax, ...). The codes q_in can take, [qmin_in, qmax_in],
+are the output bounds its producing hwact op declares (hwact.ir.ops.output_bounds), followed through
+ops that move codes unchanged; a hwact op that declares none is an error, an aten producer (or a graph
+input) leaves them unknown: int8 is assumed and the island says so (in_bounds_known False).
+
+`IslandPass` is the skeleton of shift-gelu, lambda-shift-gelu, shiftmax and i-layernorm: check() lists
+the ops outside an island and the islands the integer op cannot take (the subclass's `guard`);
+__call__ replaces every island by the op call the subclass's `lower` builds and records one line per
+layer in graph.meta['hwact_nonlinear'].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.fx
 
+from hwact.errors import PreconditionError
 from hwact.ir import int_nonlinear_ops  # noqa: F401  (registers the hwact integer non-linear ops)
 from hwact.ir import int_ops  # noqa: F401
 from hwact.ir.graph import Graph, module_path
+from hwact.ir.ops import OP_SPECS, op_args, output_bounds
+from hwact.passes.base import Pass
+from hwact.passes.fold_quant_scales import SHAPE_OPS
 
 hw = torch.ops.hwact
 aten = torch.ops.aten
-
-# Where each integer op keeps its (qmin, qmax) arguments: the range of the codes it produces.
-_BOUNDS_AT = {hw.quantize.default: (2, 3), hw.requantize.default: (3, 4), hw.int_linear.default: (6, 7),
-              hw.int_conv2d.default: (10, 11), hw.int_matmul.default: (5, 6), hw.int_add.default: (4, 5),
-              hw.shift_gelu.default: (3, 4), hw.lambda_shift_gelu.default: (3, 4), hw.shiftmax.default: (4, 5),
-              hw.i_layernorm.default: (7, 8)}
-_PASS_THROUGH = {aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int,
-                 aten.select.int, aten.slice.Tensor, aten.flatten.using_ints, aten.expand.default,
-                 aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
-                 aten.contiguous.default, aten.clone.default, aten.t.default, aten.roll.default,
-                 aten._unsafe_view.default, aten.alias.default, aten.detach.default,
-                 hw.int_max_pool2d.default}
 INT8 = (-128, 127)
 
 
@@ -58,23 +59,31 @@ class Island:
     def module(self) -> str:
         return module_path(self.op)
 
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The real values the input codes span: S_in · (qmin_in, qmax_in)."""
+        return self.in_bounds[0] * self.in_scale, self.in_bounds[1] * self.in_scale
+
 
 def input_bounds(node: torch.fx.Node) -> tuple[int, int] | None:
-    """(qmin, qmax) of the integer tensor `node`, read from the op that produced it."""
+    """(qmin, qmax) of the integer tensor `node`, declared by the hwact op that produced it (through shape
+    ops, ops declared `codes_of` and ReLU's clamp(q, 0)); None when an aten op or no op produced it."""
     while isinstance(node, torch.fx.Node) and node.op == "call_function":
-        if node.target in _PASS_THROUGH:
+        if node.target in SHAPE_OPS:
             node = node.args[0]
-            continue
-        if node.target is aten.clamp.default:
+        elif node.target is aten.clamp.default:
             inner = input_bounds(node.args[0])
             low = node.args[1] if len(node.args) > 1 and node.args[1] is not None else None
             if inner is None:
                 return None
             return (max(inner[0], low) if low is not None else inner[0]), inner[1]
-        where = _BOUNDS_AT.get(node.target)
-        if where is None:
+        elif node.target in OP_SPECS:
+            codes_of = OP_SPECS[node.target].codes_of
+            if not codes_of:
+                return output_bounds(node)
+            node = getattr(op_args(node), codes_of)
+        else:
             return None
-        return int(node.args[where[0]]), int(node.args[where[1]])
     return None
 
 
@@ -90,15 +99,14 @@ def find_islands(graph: Graph, targets: set) -> tuple[list[Island], list[str]]:
             violations.append(f"{node.name} ({node.target}): its input is not hwact.dequantize — "
                               "run fold-quant-scales first")
             continue
-        if len(users) != 1 or users[0].target is not hw.quantize.default or users[0].args[0] is not node:
+        if len(users) != 1 or users[0].target is not hw.quantize.default or op_args(users[0]).x is not node:
             violations.append(f"{node.name} ({node.target}): its output is not one hwact.quantize — "
                               "run fold-quant-scales first")
             continue
-        quantize = users[0]
-        q_in = source.args[0]
-        bounds = input_bounds(q_in)
-        islands.append(Island(source, node, quantize, q_in, float(source.args[1]), float(quantize.args[1]),
-                              int(quantize.args[2]), int(quantize.args[3]), bounds or INT8, bounds is not None))
+        quantize, dequantize = op_args(users[0]), op_args(source)
+        bounds = input_bounds(dequantize.q)
+        islands.append(Island(source, node, users[0], dequantize.q, float(dequantize.scale), float(quantize.scale),
+                              int(quantize.qmin), int(quantize.qmax), bounds or INT8, bounds is not None))
     return islands, violations
 
 
@@ -132,3 +140,37 @@ def replace_island(graph: Graph, island: Island, target, args: tuple) -> torch.f
 def record(graph: Graph, entry: dict) -> None:
     """Append one per-layer line to graph.meta['hwact_nonlinear'] (what each pass chose)."""
     graph.meta.setdefault("hwact_nonlinear", []).append(entry)
+
+
+class IslandPass(Pass):
+    """A pass that replaces every float island around `ops` by one integer op (module docstring)."""
+
+    ops: ClassVar[set] = set()      # the aten ops inside the islands
+
+    def guard(self, graph: Graph, island: Island) -> None:
+        """Raise PreconditionError when the integer op cannot take `island` (its own overflow guards)."""
+
+    def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
+        """(the integer op, its arguments, what to record for this layer) that replace `island`."""
+        raise NotImplementedError
+
+    def check(self, graph: Graph) -> list[str]:
+        islands, violations = find_islands(graph, self.ops)
+        for island in islands:
+            try:
+                self.guard(graph, island)
+            except PreconditionError as exc:
+                violations.append(f"{island.name}: {exc.message}")
+        return violations
+
+    def __call__(self, graph: Graph) -> tuple[Graph, int]:
+        replaced = 0
+        for island in each_island(graph, self.ops):
+            target, args, details = self.lower(graph, island)
+            replace_island(graph, island, target, args)
+            record(graph, {"pass": self.name, "node": island.name, "module": island.module, **details,
+                           "input_range": island.input_range, "input_bounds_known": island.in_bounds_known})
+            replaced += 1
+        if replaced:
+            graph.recompile()
+        return graph, replaced

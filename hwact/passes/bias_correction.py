@@ -28,32 +28,33 @@ import torch.fx
 
 from hwact.errors import InputError
 from hwact.ir.graph import Graph
+from hwact.ir.record import Recorder
 from hwact.passes.base import Pass, register
 from hwact.quant.layers import Layer, fake_quantize_weight, layers, set_parameters
 
 
-class _ErrorMeans(torch.fx.Interpreter):
-    """Runs the float graph; at each layer also evaluates the layer with ε = Q(W) − W and no bias,
-    accumulating per-output-channel sums of ε·x (memory: one vector per layer)."""
+def error_means(graph: Graph, targets: dict, batches: list[tuple]) -> dict[torch.fx.Node, torch.Tensor]:
+    """E[ε x] per output channel of each layer in `targets` (node -> (layer, ε = Q(W) − W)): the float graph
+    runs on the batches and each target layer is evaluated once more with ε as weight and no bias
+    (memory: one vector per layer)."""
+    sums: dict[torch.fx.Node, torch.Tensor] = {}
+    counts: dict[torch.fx.Node, int] = {}
 
-    def __init__(self, module, errors: dict):
-        super().__init__(module)
-        self.errors = errors                        # node -> (layer, ε)
-        self.sums: dict[torch.fx.Node, torch.Tensor] = {}
-        self.counts: dict[torch.fx.Node, int] = {}
+    def accumulate(node: torch.fx.Node, value) -> None:
+        if node not in targets:
+            return
+        layer, epsilon = targets[node]
+        args, kwargs = recorder.inputs(node)
+        args = list(args) + [None] * max(0, 3 - len(args))
+        args[1], args[2] = epsilon, None
+        shifted = node.target(*args, **kwargs)
+        channels = shifted.movedim(layer.channel_axis, 0).reshape(shifted.shape[layer.channel_axis], -1)
+        sums[node] = sums.get(node, 0) + channels.double().sum(1)
+        counts[node] = counts.get(node, 0) + channels.shape[1]
 
-    def run_node(self, node):
-        result = super().run_node(node)
-        if node in self.errors:
-            layer, epsilon = self.errors[node]
-            args, kwargs = self.fetch_args_kwargs_from_env(node)
-            args = list(args) + [None] * max(0, 3 - len(args))
-            args[1], args[2] = epsilon, None
-            shifted = node.target(*args, **kwargs)
-            channels = shifted.movedim(layer.channel_axis, 0).reshape(shifted.shape[layer.channel_axis], -1)
-            self.sums[node] = self.sums.get(node, 0) + channels.double().sum(1)
-            self.counts[node] = self.counts.get(node, 0) + channels.shape[1]
-        return result
+    recorder = Recorder(graph.module, accumulate)
+    recorder.run_batches(batches)
+    return {node: sums[node] / counts[node] for node in sums}
 
 
 @register
@@ -83,15 +84,12 @@ class BiasCorrection(Pass):
             targets[layer.node] = (layer, fake_quantize_weight(weight, self.bits, self.per_channel) - weight)
         if not targets:
             return graph, 0
-        runner = _ErrorMeans(graph.module, targets)
-        with torch.no_grad():
-            for batch in self.batches:
-                runner.run(*batch)
+        means = error_means(graph, targets, self.batches)
         changed = 0
         for node, (layer, _) in targets.items():
-            if node not in runner.sums:
+            if node not in means:
                 continue
-            shift = runner.sums[node] / runner.counts[node]          # E[ε x] per output channel
+            shift = means[node]                                       # E[ε x] per output channel
             if not bool((shift != 0).any()):
                 continue
             weight = layer.weight(graph)

@@ -1,6 +1,6 @@
 """calibrate: record the value range of every floating tensor the graph computes.
 
-The float graph is run on the calibration batches, node by node (torch.fx.Interpreter). Every
+The float graph is run on the calibration batches, node by node (hwact.ir.record). Every
 placeholder and every call_function node whose output is a floating tensor gets a streaming observer
 (hwact.quant.observers; memory does not grow with the number of batches) and, at the end,
 
@@ -27,6 +27,7 @@ import torch.fx
 
 from hwact.errors import InputError
 from hwact.ir.graph import Graph
+from hwact.ir.record import record
 from hwact.passes.base import Pass, register
 from hwact.quant.observers import METHODS, make_observer
 
@@ -43,28 +44,6 @@ def float_nodes(graph: Graph) -> list[torch.fx.Node]:
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             nodes.append(node)
     return nodes
-
-
-class _Recorder(torch.fx.Interpreter):
-    """Runs the module; every placeholder/call_function output that is a floating tensor is observed."""
-
-    def __init__(self, module: torch.fx.GraphModule, method: str):
-        super().__init__(module)
-        self.method = method
-        self.observers: dict[torch.fx.Node, object] = {}
-
-    def run_node(self, node):
-        result = super().run_node(node)
-        if node.op in ("placeholder", "call_function") and isinstance(result, torch.Tensor) \
-                and result.is_floating_point():
-            observer = self.observers.get(node)
-            if observer is None:
-                observer = self.observers[node] = make_observer(self.method)
-            try:
-                observer.observe(result)
-            except InputError as exc:
-                raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
-        return result
 
 
 @register
@@ -100,14 +79,24 @@ class Calibrate(Pass):
 
     def __call__(self, graph: Graph) -> tuple[Graph, int]:
         self._validate(graph)
-        recorder = _Recorder(graph.module, self.method)
-        samples = 0
-        with torch.no_grad():
-            for batch in self.batches:
-                recorder.run(*batch)
-                samples += batch[0].shape[0] if batch and batch[0].dim() else 1
+        observers: dict[torch.fx.Node, object] = {}
+
+        def observe(node: torch.fx.Node, value) -> None:
+            """Every placeholder/call_function output that is a floating tensor goes to its node's observer."""
+            if node.op not in ("placeholder", "call_function") or not isinstance(value, torch.Tensor) \
+                    or not value.is_floating_point():
+                return
+            if node not in observers:
+                observers[node] = make_observer(self.method)
+            try:
+                observers[node].observe(value)
+            except InputError as exc:
+                raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
+
+        record(graph.module, self.batches, observe)
+        samples = sum(batch[0].shape[0] if batch and batch[0].dim() else 1 for batch in self.batches)
         annotated = 0
-        for node, observer in recorder.observers.items():
+        for node, observer in observers.items():
             if observer.count == 0:
                 continue
             node.meta[RANGE_KEY] = observer.range()

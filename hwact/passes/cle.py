@@ -49,6 +49,7 @@ import torch.fx
 from hwact.errors import InputError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, module_path, op_name
+from hwact.ir.record import record
 from hwact.passes.base import Pass, register
 from hwact.quant.layers import Layer, as_layer, input_ranges, output_ranges, scale_inputs, set_parameters
 from hwact.quant.observers import ChannelStatsObserver
@@ -243,7 +244,12 @@ class CrossLayerEqualization(Pass):
         if not candidates:
             return 0
         stats = {p.first.node: ChannelStatsObserver(p.first.channel_axis) for p in candidates}
-        _run_observing(graph, self.batches, stats)
+
+        def observe(node: torch.fx.Node, value) -> None:
+            if node in stats:
+                stats[node].observe(value)
+
+        record(graph.module, self.batches, observe)
         absorbed = 0
         for pair in candidates:
             observer = stats[pair.first.node]
@@ -264,23 +270,3 @@ class CrossLayerEqualization(Pass):
             set_parameters(graph, pair.second, None, b2.to(dtype), "absorbed")
             absorbed += int((shift > 0).sum())
         return absorbed
-
-
-class _Observing(torch.fx.Interpreter):
-    def __init__(self, module, observers: dict):
-        super().__init__(module)
-        self.observers = observers
-
-    def run_node(self, node):
-        result = super().run_node(node)
-        if node in self.observers:
-            self.observers[node].observe(result)
-        return result
-
-
-def _run_observing(graph: Graph, batches: list[tuple], observers: dict) -> None:
-    """Run `graph` on `batches`, handing each watched node's output to its observer."""
-    runner = _Observing(graph.module, observers)
-    with torch.no_grad():
-        for batch in batches:
-            runner.run(*batch)

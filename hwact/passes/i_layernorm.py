@@ -27,8 +27,8 @@ from hwact.errors import PreconditionError
 from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import layernorm_constants, layernorm_parameters
 from hwact.ir.params import add_constant, get_tensor
-from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
-from hwact.passes.base import Pass, register
+from hwact.passes._islands import Island, IslandPass
+from hwact.passes.base import register
 
 hw = torch.ops.hwact
 aten = torch.ops.aten
@@ -55,37 +55,21 @@ def _integer_parameters(graph: Graph, island: Island):
 
 
 @register
-class ILayerNorm(Pass):
+class ILayerNorm(IslandPass):
     name = "i-layernorm"
     preconditions = ("every LayerNorm is a float island hwact.dequantize → aten.layer_norm → hwact.quantize "
                      "(run fold-quant-scales first) over the last dim with β_int within int32",)
+    ops = LAYERNORM_OPS
 
-    def check(self, graph: Graph) -> list[str]:
-        islands, violations = find_islands(graph, LAYERNORM_OPS)
-        for island in islands:
-            try:
-                _integer_parameters(graph, island)
-            except PreconditionError as exc:
-                violations.append(f"{island.name}: {exc.message}")
-        return violations
+    def guard(self, graph: Graph, island: Island) -> None:
+        _integer_parameters(graph, island)
 
-    def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        replaced = 0
-        for island in each_island(graph, LAYERNORM_OPS):
-            replaced += 1
-            channels, gamma_int, beta_int, gamma_scale, eps = _integer_parameters(graph, island)
-            gamma_node = add_constant(graph, f"{island.name}_gamma_int", gamma_int, island.quantize, trainable=False)
-            beta_node = add_constant(graph, f"{island.name}_beta_int", beta_int, island.quantize, trainable=False)
-            replace_island(graph, island, hw.i_layernorm.default,
-                           (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
-                            island.qmin, island.qmax))
-            _, eps_int, precision, _, _ = layernorm_constants(
-                channels, island.in_scale, island.out_scale, gamma_scale, eps)
-            record(graph, {"pass": self.name, "node": island.name, "module": island.module, "channels": channels,
-                           "gamma_scale": gamma_scale, "eps_int": eps_int, "input_fraction_bits": precision,
-                           "input_range": (island.in_bounds[0] * island.in_scale,
-                                           island.in_bounds[1] * island.in_scale),
-                           "input_bounds_known": island.in_bounds_known})
-        if replaced:
-            graph.recompile()
-        return graph, replaced
+    def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
+        channels, gamma_int, beta_int, gamma_scale, eps = _integer_parameters(graph, island)
+        gamma_node = add_constant(graph, f"{island.name}_gamma_int", gamma_int, island.quantize, trainable=False)
+        beta_node = add_constant(graph, f"{island.name}_beta_int", beta_int, island.quantize, trainable=False)
+        _, eps_int, precision, _, _ = layernorm_constants(channels, island.in_scale, island.out_scale, gamma_scale, eps)
+        args = (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps, island.qmin,
+                island.qmax)
+        return hw.i_layernorm.default, args, {"channels": channels, "gamma_scale": gamma_scale, "eps_int": eps_int,
+                                              "input_fraction_bits": precision}

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA
-from hwact.passes._islands import Island, each_island, record, replace_island
-from hwact.passes.base import Pass, register
+from hwact.passes._islands import Island, IslandPass
+from hwact.passes.base import register
 from hwact.passes.shift_gelu import GELU_OPS, ShiftGelu, choose_clamp
 
 hw = torch.ops.hwact
@@ -66,27 +66,17 @@ def fit_lambda(island: Island, approximate: str = "none") -> tuple[float, float]
 
 
 @register
-class LambdaShiftGelu(Pass):
+class LambdaShiftGelu(IslandPass):
     name = "lambda-shift-gelu"
-    preconditions = ("every GELU is a float island hwact.dequantize → aten.gelu → hwact.quantize "
-                     "(run fold-quant-scales first)",)
+    preconditions = ShiftGelu.preconditions
+    ops = GELU_OPS
+    guard = ShiftGelu.guard  # same islands, same guards (checked at λ = 1.702)
 
-    def check(self, graph: Graph) -> list[str]:
-        return ShiftGelu().check(graph)  # same islands, same guards (checked at λ = 1.702)
-
-    def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        replaced = 0
-        for island in each_island(graph, GELU_OPS):
-            replaced += 1
-            approximate = island.op.kwargs.get("approximate", island.op.args[1] if len(island.op.args) > 1 else "none")
-            lam, err = fit_lambda(island, approximate)
-            choice = choose_clamp(island, lam)
-            replace_island(graph, island, hw.lambda_shift_gelu.default,
-                           (island.q_in, island.in_scale, island.out_scale, island.qmin, island.qmax,
-                            choice["n"], lam))
-            record(graph, {"pass": self.name, "node": island.name, "module": island.module, "lambda": lam,
-                           "fit_mean_abs_err": err,
-                           "mean_abs_err_at_1.702": gate_error(island, SHIFT_GELU_LAMBDA, approximate), **choice})
-        if replaced:
-            graph.recompile()
-        return graph, replaced
+    def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
+        approximate = island.op.kwargs.get("approximate", island.op.args[1] if len(island.op.args) > 1 else "none")
+        lam, err = fit_lambda(island, approximate)
+        choice = choose_clamp(island, lam)
+        details = {"lambda": lam, "fit_mean_abs_err": err,
+                   "mean_abs_err_at_1.702": gate_error(island, SHIFT_GELU_LAMBDA, approximate), **choice}
+        return hw.lambda_shift_gelu.default, (island.q_in, island.in_scale, island.out_scale, island.qmin,
+                                              island.qmax, choice["n"], lam), details

@@ -33,6 +33,7 @@ from hwact.errors import InputError, PreconditionError
 from hwact.ir.graph import Graph
 from hwact.ir.logic_ops import LOGIC_NETLIST, netlist_of_node
 from hwact.ir.netlist import Netlist
+from hwact.ir.ops import op_args, set_op_args
 from hwact.passes.base import Pass, register
 
 # ops that keep values binary when their input is binary, and ops that produce binary values
@@ -188,7 +189,7 @@ def _op_name(node: torch.fx.Node) -> str:
 def binary_source_violation(graph: Graph, node: torch.fx.Node) -> str | None:
     """Why the bits fed to a logic_netlist node may not be binary (None when they provably are, or the
     graph input is declared bool/uint8 with values < 2)."""
-    pending = [node.args[0]]
+    pending = [op_args(node).bits]
     while pending:
         current = pending.pop()
         if not isinstance(current, torch.fx.Node):
@@ -246,9 +247,10 @@ class LowerLogic(Pass):
         for node in graph.call_nodes():
             if node.target is not LOGIC_NETLIST:
                 continue
-            bits_val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+            args = op_args(node)
+            bits_val = args.bits.meta.get("val") if isinstance(args.bits, torch.fx.Node) else None
             num_inputs = int(bits_val.shape[1]) if bits_val is not None else None
-            ops_value = _constant(graph, node.args[1])
+            ops_value = _constant(graph, args.ops)
             if num_inputs is None:
                 raise PreconditionError(f"node {node.name}: unknown input bit count")
             netlist = netlist_of_node(graph.module, node, num_inputs)
@@ -257,13 +259,13 @@ class LowerLogic(Pass):
             self.stats.append(stats)
             node.meta["hwact_logic"] = stats
             with graph.fx.inserting_before(node):
-                tensors = []
+                tensors = {}
                 for label, array in (("ops", simplified.ops.astype(np.int64)), ("a", simplified.a),
                                      ("b", simplified.b), ("outputs", simplified.outputs)):
                     attr = f"{node.name}_{label}_simplified"
                     graph.module.register_buffer(attr, torch.as_tensor(array).to(ops_value.device))
-                    tensors.append(graph.fx.get_attr(attr))
-            node.args = (node.args[0], *tensors, node.args[5])
+                    tensors[label] = graph.fx.get_attr(attr)
+            set_op_args(node, **tensors)
             changed += 1
         if changed:
             graph.recompile()

@@ -31,10 +31,9 @@ import math
 import torch
 
 from hwact.ir.graph import Graph
-from hwact.errors import PreconditionError
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, gelu_max_n
-from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
-from hwact.passes.base import Pass, register
+from hwact.passes._islands import Island, IslandPass
+from hwact.passes.base import register
 
 hw = torch.ops.hwact
 GELU_OPS = {torch.ops.aten.gelu.default}
@@ -43,42 +42,29 @@ LOG2E_SHIFT = 1.4375  # x + (x >> 1) - (x >> 4)
 
 def choose_clamp(island: Island, lam: float) -> dict:
     """The exponent clamp n for one GELU island and whether it covers the island's input range."""
-    lo = min(island.in_bounds[0] * island.in_scale, 0.0)
-    hi = max(island.in_bounds[1] * island.in_scale, 0.0)
+    lo = min(island.input_range[0], 0.0)
+    hi = max(island.input_range[1], 0.0)
     slope = lam * LOG2E_SHIFT
     n_cover = max(1, math.ceil(slope * (hi - lo)))
     n_max = gelu_max_n(island.in_scale, lam)
     n = max(1, min(n_cover, n_max))
     return {"n": n, "n_cover": n_cover, "n_max": n_max, "covered": n >= n_cover,
-            "gate_floor_bits": n - math.ceil(slope * hi), "input_range": (island.in_bounds[0] * island.in_scale,
-                                                                           island.in_bounds[1] * island.in_scale),
-            "input_bounds_known": island.in_bounds_known}
+            "gate_floor_bits": n - math.ceil(slope * hi)}
 
 
 @register
-class ShiftGelu(Pass):
+class ShiftGelu(IslandPass):
     name = "shift-gelu"
     preconditions = ("every GELU is a float island hwact.dequantize → aten.gelu → hwact.quantize "
                      "(run fold-quant-scales first)",)
+    ops = GELU_OPS
 
-    def check(self, graph: Graph) -> list[str]:
-        islands, violations = find_islands(graph, GELU_OPS)
-        for island in islands:
-            try:  # the op's own guards, with the n the pass would pick
-                gelu_constants(island.in_scale, island.out_scale, choose_clamp(island, SHIFT_GELU_LAMBDA)["n"],
-                               SHIFT_GELU_LAMBDA)
-            except PreconditionError as exc:
-                violations.append(f"{island.name}: {exc.message}")
-        return violations
+    def guard(self, graph: Graph, island: Island) -> None:
+        """The op's own guards, with the n the pass would pick."""
+        gelu_constants(island.in_scale, island.out_scale, choose_clamp(island, SHIFT_GELU_LAMBDA)["n"],
+                       SHIFT_GELU_LAMBDA)
 
-    def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        replaced = 0
-        for island in each_island(graph, GELU_OPS):
-            replaced += 1
-            choice = choose_clamp(island, SHIFT_GELU_LAMBDA)
-            replace_island(graph, island, hw.shift_gelu.default,
-                           (island.q_in, island.in_scale, island.out_scale, island.qmin, island.qmax, choice["n"]))
-            record(graph, {"pass": self.name, "node": island.name, "module": island.module, **choice})
-        if replaced:
-            graph.recompile()
-        return graph, replaced
+    def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
+        choice = choose_clamp(island, SHIFT_GELU_LAMBDA)
+        return hw.shift_gelu.default, (island.q_in, island.in_scale, island.out_scale, island.qmin, island.qmax,
+                                       choice["n"]), choice

@@ -27,10 +27,9 @@ import math
 import torch
 
 from hwact.ir.graph import Graph
-from hwact.errors import PreconditionError
 from hwact.ir.int_nonlinear_ops import softmax_constants, softmax_max_n
-from hwact.passes._islands import Island, each_island, find_islands, record, replace_island
-from hwact.passes.base import Pass, register
+from hwact.passes._islands import Island, IslandPass
+from hwact.passes.base import register
 from hwact.passes.shift_gelu import LOG2E_SHIFT
 
 hw = torch.ops.hwact
@@ -48,41 +47,27 @@ def row_length(node, dim: int) -> int:
 
 
 def choose_clamp(island: Island, channels: int) -> dict:
-    lo, hi = island.in_bounds[0] * island.in_scale, island.in_bounds[1] * island.in_scale
+    lo, hi = island.input_range
     n_cover = max(1, math.ceil(LOG2E_SHIFT * (hi - lo)))
     n_max = softmax_max_n(island.in_scale, channels)
     n = max(1, min(n_cover, n_max))
-    return {"n": n, "n_cover": n_cover, "n_max": n_max, "covered": n >= n_cover, "row_length": channels,
-            "input_range": (lo, hi), "input_bounds_known": island.in_bounds_known}
+    return {"n": n, "n_cover": n_cover, "n_max": n_max, "covered": n >= n_cover, "row_length": channels}
 
 
 @register
-class Shiftmax(Pass):
+class Shiftmax(IslandPass):
     name = "shiftmax"
     preconditions = ("every softmax is a float island hwact.dequantize → aten.softmax → hwact.quantize "
                      "(run fold-quant-scales first)",)
+    ops = SOFTMAX_OPS
 
-    def check(self, graph: Graph) -> list[str]:
-        islands, violations = find_islands(graph, SOFTMAX_OPS)
-        for island in islands:
-            dim = softmax_dim(island.op)
-            try:  # the op's own guards, with the n the pass would pick
-                softmax_constants(island.in_scale, island.out_scale,
-                                  choose_clamp(island, row_length(island.op, dim))["n"], row_length(island.op, dim))
-            except PreconditionError as exc:
-                violations.append(f"{island.name}: {exc.message}")
-        return violations
+    def guard(self, graph: Graph, island: Island) -> None:
+        """The op's own guards, with the n the pass would pick."""
+        channels = row_length(island.op, softmax_dim(island.op))
+        softmax_constants(island.in_scale, island.out_scale, choose_clamp(island, channels)["n"], channels)
 
-    def __call__(self, graph: Graph) -> tuple[Graph, int]:
-        replaced = 0
-        for island in each_island(graph, SOFTMAX_OPS):
-            replaced += 1
-            dim = softmax_dim(island.op)
-            choice = choose_clamp(island, row_length(island.op, dim))
-            replace_island(graph, island, hw.shiftmax.default,
-                           (island.q_in, island.in_scale, island.out_scale, dim, island.qmin, island.qmax,
-                            choice["n"]))
-            record(graph, {"pass": self.name, "node": island.name, "module": island.module, **choice})
-        if replaced:
-            graph.recompile()
-        return graph, replaced
+    def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
+        dim = softmax_dim(island.op)
+        choice = choose_clamp(island, row_length(island.op, dim))
+        return hw.shiftmax.default, (island.q_in, island.in_scale, island.out_scale, dim, island.qmin, island.qmax,
+                                     choice["n"]), choice
