@@ -46,6 +46,14 @@ bad:
     return NULL;
 }
 
+dl_net *dl_read_net(const char *path) {
+    size_t size;
+    uint8_t *blob = delta_read_file(path, &size);   /* the net points into it: kept until the process ends */
+    dl_net *net = blob ? dl_load(blob, size) : NULL;
+    if (!net) fprintf(stderr, "%s: not a delta net\n", path);
+    return net;
+}
+
 void dl_free(dl_net *net) {
     if (!net) return;
     for (int32_t l = 0; l < net->n_layers; l++) free(net->layers[l].limit);

@@ -24,6 +24,9 @@ typedef struct {
 
 /* Parse a net blob (kept alive by the caller). Returns NULL on a malformed blob. */
 dl_net *dl_load(const uint8_t *blob, size_t size);
+/* The net in file `path` (for the stand-alone runners). Returns NULL, after a message, when it cannot be
+ * read or is malformed. */
+dl_net *dl_read_net(const char *path);
 void dl_free(dl_net *net);
 int64_t dl_state_len(const dl_net *net);
 int32_t dl_input_size(const dl_net *net);

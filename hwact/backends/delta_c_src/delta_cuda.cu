@@ -92,10 +92,8 @@ template <typename T> static T *upload(const T *host, size_t count) {
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense] [repeats]\n", argv[0]); return 2; }
-    size_t net_size;
-    uint8_t *blob = delta_read_file(argv[1], &net_size);
-    dl_net *net = blob ? dl_load(blob, net_size) : NULL;
-    if (!net) { fprintf(stderr, "%s: not a delta net\n", argv[1]); return 2; }
+    dl_net *net = dl_read_net(argv[1]);
+    if (!net) return 2;
     int32_t batch, steps, n_in = dl_input_size(net);
     const float *x = delta_read_frames(argv[2], n_in, &batch, &steps);
     if (!x) return 2;

@@ -8,12 +8,9 @@
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: %s NET IN OUT [dense]\n", argv[0]); return 2; }
-    size_t net_size;
-    uint8_t *blob = delta_read_file(argv[1], &net_size);
-    dl_net *net = blob ? dl_load(blob, net_size) : NULL;
-    if (!net) { fprintf(stderr, "%s: not a delta net\n", argv[1]); return 2; }
+    dl_net *net = dl_read_net(argv[1]);
     int32_t batch, steps;
-    const float *x = delta_read_frames(argv[2], dl_input_size(net), &batch, &steps);
+    const float *x = net ? delta_read_frames(argv[2], dl_input_size(net), &batch, &steps) : NULL;
     if (!x) return 2;
     int dense = argc > 4 && argv[4][0] == '1';
     int32_t n_out = dl_output_size(net);
