@@ -58,6 +58,10 @@ class _Group(click.Group):
                 raise
             click.echo(f"hwact: error: {one_line(str(exc))}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:   # a bad option value: one line too, like every other user error
+            command = exc.ctx.command_path if exc.ctx else "hwact"
+            click.echo(f"hwact: error: {one_line(exc.format_message())} (hint: see `{command} --help`)", err=True)
+            sys.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:

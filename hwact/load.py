@@ -31,7 +31,7 @@ from hwact import models
 from hwact.errors import InputError
 from hwact.ir.graph import Graph, InputSpec, first_line, from_exported, trace
 from hwact.ir.ops import load_all_ops
-from hwact.safe_pt2 import load_exported
+from hwact.safe_pt2 import ZIP_ERRORS, load_exported
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "int64": torch.int64,
            "int32": torch.int32, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
@@ -121,7 +121,7 @@ def detect_format(path: Path) -> str:
     if head.startswith(b"PK\x03\x04"):
         try:
             names = zipfile.ZipFile(path).namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
+        except ZIP_ERRORS as exc:
             raise InputError(f"{path}: truncated or corrupt zip archive ({first_line(exc)})") from exc
         if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
             return "pt2"
@@ -307,6 +307,7 @@ def _from_module(module: torch.nn.Module, shapes: list[InputSpec], source: str, 
     module = module.eval()
     with quiet_torch():  # torch.export logs pages of context before it raises on a shape that does not fit
         graph = trace(module, shapes, source)
+    _check_runs(graph, source)
     return Loaded(source, fmt, digest, shapes, graph, module)
 
 

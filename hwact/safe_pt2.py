@@ -28,6 +28,7 @@ import operator
 import pickle
 import re
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 
 import torch
@@ -36,6 +37,9 @@ from torch.export.pt2_archive import constants as pt2
 from hwact.errors import InputError
 from hwact.ir.graph import first_line
 
+# what Python's zipfile raises on a damaged archive (bad CRC, names, versions, extra fields, streams)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError,
+              UnicodeDecodeError, RuntimeError)
 TRUST_HINT = "re-export it with torch.export.save from plain tensors, or pass --trust-checkpoint if you trust this file"
 # torch.export.save stores members uncompressed; a member that inflates far beyond the file is a zip bomb
 MAX_INFLATION = 4
@@ -90,8 +94,11 @@ def check_archive(data: bytes, source: str) -> None:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        damaged = archive.testzip()   # torch's reader checks no CRC: a flipped weight byte would load
+    except ZIP_ERRORS as exc:
         raise InputError(f"{source}: truncated or corrupt zip archive ({first_line(exc)})") from exc
+    if damaged is not None:
+        raise InputError(f"{source}: member {damaged} is corrupt (its CRC does not match)")
     declared = sum(m.file_size for m in members)
     if declared > MAX_INFLATION * len(data) + 2**20:
         raise InputError(f"{source}: its members claim {declared / 2**20:.0f} MiB, {declared / len(data):.0f}x the "
@@ -127,7 +134,7 @@ def _inner_names(members: list[zipfile.ZipInfo], source: str) -> dict[str, str]:
 def _read_json(archive: zipfile.ZipFile, name: str, source: str):
     try:
         return json.loads(archive.read(name))
-    except (ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
+    except (RecursionError, *ZIP_ERRORS) as exc:
         raise InputError(f"{source}: member {name} is not valid JSON ({first_line(exc)})") from exc
 
 

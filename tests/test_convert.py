@@ -204,3 +204,36 @@ def test_static_batch_onnx_benches_only_at_its_batch(tmp_path, cli):
     assert code == 2 and "fixed batch of 2" in stderr and "--batch 2" in stderr
     code, stdout, stderr = cli("bench", tmp_path / "o", "--iterations", "2", "--batch", "2", "--json")
     assert code == 0, stderr
+
+
+def test_a_target_defined_by_a_toml_file_alone(tmp_path, cli):
+    """Adding a target is one TOML file: its default recipe and backend chain drive the convert."""
+    (tmp_path / "edge-relu.toml").write_text('''
+name = "edge-relu"
+kind = "cpu"
+description = "test target: float models get GELU -> ReLU by default, exported to ONNX"
+numeric_formats = ["float32"]
+
+[deploy.tensor]
+recipe = "relu"
+backends = ["onnx"]
+
+[[rule]]
+ops = ["aten.*"]
+native = true
+reason = "every ATen op"
+''')
+    code, stdout, stderr = cli("convert", "zoo:vit-tiny", "--target", tmp_path / "edge-relu.toml", "-o", tmp_path / "out")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["target"] == "edge-relu" and report["backends"] == ["onnx"]
+    assert [p["name"] for p in report["passes"]] == ["gelu-to-relu", "fold-bn", "cleanup"]
+    assert report["passes"][0]["changed"] > 0 and report["target_support"]["deployable"] is True
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", tmp_path / "edge-relu.toml", "--recipe", "none",
+                          "-o", tmp_path / "plain")
+    assert code == 0 and json.loads((tmp_path / "plain" / "report.json").read_text())["passes"] == []
+    (tmp_path / "broken.toml").write_text('name = "broken"\n[deploy.tensor]\nrecipe = "relu"\n')
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", tmp_path / "broken.toml", "-o", tmp_path / "b")
+    assert code == 2 and "not a valid target file" in stderr and not (tmp_path / "b").exists()
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", "no-such-target", "-o", tmp_path / "n")
+    assert code == 2 and "unknown target 'no-such-target'" in stderr

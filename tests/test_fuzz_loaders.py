@@ -215,16 +215,13 @@ def corrupt_member(data: bytes, how: str, suffix: str) -> bytes:
     return bytes(out)
 
 
-LEAD = pytest.mark.xfail(strict=True, reason="pt2 intake: lead")
-
-
 @pytest.mark.parametrize("how, member", [
-    pytest.param("crc", "sample_inputs/model.pt", marks=LEAD),   # BadZipFile from safe_pt2.check_archive
+    ("crc", "sample_inputs/model.pt"),
     ("crc", "models/model.json"),
-    pytest.param("name", "models/model.json", marks=LEAD),       # UnicodeDecodeError from load.detect_format
-    pytest.param("version", "models/model.json", marks=LEAD),    # NotImplementedError from load.detect_format
-    pytest.param("extra", "sample_inputs/model.pt", marks=LEAD),  # EOFError from safe_pt2.check_archive
-    pytest.param("extra", "models/model.json", marks=LEAD),      # EOFError from safe_pt2._read_json
+    ("name", "models/model.json"),
+    ("version", "models/model.json"),
+    ("extra", "sample_inputs/model.pt"),
+    ("extra", "models/model.json"),
 ])
 def test_pt2_with_a_damaged_zip_member(sandbox, pt2_bytes, how, member):
     attempt(sandbox, "model.pt2", corrupt_member(pt2_bytes, how, member), load)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import zipfile
 
 import pytest
@@ -204,6 +205,19 @@ def test_empty_payload_claiming_elements_refused(clean_archive, tmp_path):
     path = tmp_path / "huge.pt2"
     path.write_bytes(_rewrite(clean_archive, change))
     with pytest.raises(InputError, match="1000000000000 elements with an empty payload"):
+        load(str(path))
+
+
+def test_a_flipped_weight_byte_is_caught_by_the_crc(clean_archive, tmp_path):
+    """torch's own zip reader checks no CRC: without this check the altered weight would load silently."""
+    with zipfile.ZipFile(io.BytesIO(clean_archive)) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data/weights/weight_0"))
+    data = bytearray(clean_archive)
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
+    data[info.header_offset + 30 + name_length + extra_length + 5] ^= 0xFF   # a byte of its payload
+    path = tmp_path / "flipped.pt2"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="weight_0 is corrupt"):
         load(str(path))
 
 
