@@ -34,7 +34,7 @@ from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
 from hwact.ir.delta_ops import code_thresholds, delta_frames, quantize_codes
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation
 
 TO_THE_END = 2**62             # a Slice end past any axis
 
@@ -64,7 +64,7 @@ def initial_conv_state(batch: int, channels: int, size: tuple[int, int], out_siz
             torch.zeros(1, dtype=torch.int64))
 
 
-@torch.library.custom_op("hwact::delta_conv2d", mutates_args=())
+@hwact_op("delta_conv2d")
 def delta_conv2d(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch.Tensor, scale: torch.Tensor,
                  bias_acc: torch.Tensor, threshold: torch.Tensor, key_interval: int, stride: list[int],
                  padding: list[int], dilation: list[int], state: Optional[torch.Tensor] = None,

@@ -55,7 +55,7 @@ from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset20 as op
 
 from hwact.ir.delta_ops import code_thresholds, quantize_codes, send
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation, op_args
 from hwact.ir.params import constant_value
 
 TANH_CLAMP = 7.90531110763549805
@@ -132,7 +132,7 @@ def float_gru(x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh, threshold_x, th
     return y, qx * step_x, qh_seq, fired_x, fired_h
 
 
-@torch.library.custom_op("hwact::delta_gru_float", mutates_args=())
+@hwact_op("delta_gru_float")
 def delta_gru_float(x: torch.Tensor, step_x: torch.Tensor, step_h: torch.Tensor, levels: int, w_ih: torch.Tensor,
                     w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor, threshold_x: float,
                     threshold_h: float) -> torch.Tensor:
@@ -161,7 +161,7 @@ def add_columns(acc: torch.Tensor, weight: torch.Tensor, change: torch.Tensor) -
 SEVEN_TENSORS = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-@torch.library.custom_op("hwact::delta_gru", mutates_args=())
+@hwact_op("delta_gru")
 def delta_gru(x: torch.Tensor, step_x: torch.Tensor, step_h: torch.Tensor, levels: int, weight_x: torch.Tensor,
               weight_h: torch.Tensor, scale_x: torch.Tensor, scale_h: torch.Tensor, bias_x: torch.Tensor,
               bias_h: torch.Tensor, threshold: torch.Tensor, key_interval: int,
@@ -281,8 +281,9 @@ def delta_gru_layers(graph) -> list[dict]:
     for node in graph.call_nodes():
         if node.target is not DELTA_GRU:
             continue
-        values = {key: constant_value(graph, node.args[i + 1]) for i, key in enumerate(names)}
+        args = op_args(node)
+        values = {key: constant_value(graph, getattr(args, key)) for key in names}
         values["levels"], values["key_interval"] = int(values["levels"]), int(values["key_interval"])
         out = next(u for u in node.users if u.target is operator.getitem and u.args[1] == 0)
-        layers.append({"node": node, "input": node.args[0], "output": out, **values})
+        layers.append({"node": node, "input": args.x, "output": out, **values})
     return layers

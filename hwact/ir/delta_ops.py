@@ -37,7 +37,7 @@ from onnxscript import INT32, INT64, FLOAT
 from onnxscript import opset20 as op
 
 from hwact.errors import InputError
-from hwact.ir.ops import onnx_translation
+from hwact.ir.ops import hwact_op, onnx_translation, op_args
 from hwact.ir.params import constant_value
 
 
@@ -59,7 +59,7 @@ def quantize_codes(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Te
     return torch.clamp(torch.round(x / step), -levels, levels).to(torch.int32)
 
 
-@torch.library.custom_op("hwact::delta_act", mutates_args=())
+@hwact_op("delta_act")
 def delta_act(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
     return quantize_codes(x, step, levels).to(x.dtype) * step
 
@@ -113,7 +113,7 @@ def initial_state(batch: int, n_in: int, bias_acc: torch.Tensor):
             torch.zeros(1, dtype=torch.int64))
 
 
-@torch.library.custom_op("hwact::delta_linear", mutates_args=())
+@hwact_op("delta_linear")
 def delta_linear(x: torch.Tensor, step: torch.Tensor, levels: int, weight: torch.Tensor,
                  scale: torch.Tensor, bias_acc: torch.Tensor, threshold: torch.Tensor, key_interval: int,
                  state: Optional[torch.Tensor] = None, acc: Optional[torch.Tensor] = None,
@@ -182,11 +182,12 @@ def delta_layers(graph) -> list[dict]:
     for node in graph.call_nodes():
         if node.target is not torch.ops.hwact.delta_linear.default:
             continue
-        values = {key: constant_value(graph, node.args[i]) for key, i in
-                  (("step", 1), ("weight", 3), ("scale", 4), ("bias_acc", 5), ("threshold", 6))}
+        args = op_args(node)
+        values = {key: constant_value(graph, getattr(args, key)) for key in
+                  ("step", "weight", "scale", "bias_acc", "threshold")}
         out = next(u for u in node.users if u.target is operator.getitem and u.args[1] == 0)
         users = list(out.users)
         relu = len(users) == 1 and users[0].target is torch.ops.aten.relu.default
-        layers.append({"node": node, "levels": int(node.args[2]), "key_interval": int(node.args[7]),
-                       "relu": relu, "input": node.args[0], "output": users[0] if relu else out, **values})
+        layers.append({"node": node, "levels": int(args.levels), "key_interval": int(args.key_interval),
+                       "relu": relu, "input": args.x, "output": users[0] if relu else out, **values})
     return layers

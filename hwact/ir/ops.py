@@ -50,6 +50,7 @@ class OpSpec:
     """What a hwact op declares next to its definition (module docstring)."""
 
     names: tuple[str, ...]                                 # its arguments, in order
+    defaults: dict[str, object]                            # the values of arguments a call may leave out
     bounds: tuple[int | str, int | str] | None = None      # output value range: ints or argument names
     codes_of: str | None = None                            # the argument whose codes it passes on unchanged
 
@@ -65,12 +66,13 @@ def hwact_op(name: str, *, bounds: tuple[int | str, int | str] | None = None, co
         op = torch.library.custom_op(f"hwact::{name}", mutates_args=())(fn)
         overload = getattr(torch.ops.hwact, name).default
         names = tuple(argument.name for argument in overload._schema.arguments)
+        defaults = {a.name: a.default_value for a in overload._schema.arguments if a.has_default_value()}
         named = [b for b in bounds or () if isinstance(b, str)] + ([codes_of] if codes_of else [])
         unknown = [n for n in named if n not in names]
         if unknown or (bounds is not None and codes_of is not None):
             raise ValueError(f"hwact::{name}: bounds {bounds!r} / codes_of {codes_of!r} do not name its "
                              f"arguments {names} (or both are given)")
-        OP_SPECS[overload] = OpSpec(names, bounds, codes_of)
+        OP_SPECS[overload] = OpSpec(names, defaults, bounds, codes_of)
         return op
 
     return decorate
@@ -86,9 +88,10 @@ def op_spec(target) -> OpSpec:
 
 
 def bind_args(target, args: tuple, kwargs: dict | None = None) -> SimpleNamespace:
-    """The arguments of a call of hwact op `target` by name (values as given: fx nodes or constants)."""
+    """The arguments of a call of hwact op `target` by name (values as given: fx nodes or constants; the
+    declared default of an argument the call leaves out)."""
     spec = op_spec(target)
-    values = dict(zip(spec.names, args), **(kwargs or {}))
+    values = {**spec.defaults, **dict(zip(spec.names, args)), **(kwargs or {})}
     if len(args) > len(spec.names) or set(values) != set(spec.names):
         raise TypeError(f"{target}: arguments {args!r} {kwargs!r} do not match its declared names {spec.names}")
     return SimpleNamespace(**values)

@@ -31,6 +31,7 @@ import torch.fx
 import hwact.ir.delta_conv_ops  # noqa: F401  (registers hwact::delta_conv2d)
 from hwact.errors import PreconditionError
 from hwact.ir.delta_ops import quantize_linear
+from hwact.ir.ops import op_args
 from hwact.ir.params import constant_value
 
 DELTA_ACT = torch.ops.hwact.delta_act.default
@@ -109,7 +110,7 @@ def _conv_args(conv) -> tuple:
 
 def _channel_step(graph, act, channels: int) -> torch.Tensor:
     """The (C,) step of a per-channel (or per-layer) delta_act on (B, T, C, H, W)."""
-    step = constant_value(graph, act.args[1]).to(torch.float32)
+    step = constant_value(graph, op_args(act).step).to(torch.float32)
     if step.numel() == 1:
         return step.reshape(1).expand(channels).contiguous()
     if step.shape != (channels, 1, 1):          # (C,) or (W,) would broadcast along the last axis
@@ -122,7 +123,7 @@ def _conv_problem(graph, act, chain) -> str | None:
     """Why one delta_act -> conv2d chain cannot be lowered, or None."""
     conv = chain[1]
     try:
-        _channel_step(graph, act, int(_shape(act.args[0])[2]))
+        _channel_step(graph, act, int(_shape(op_args(act).x)[2]))
         for operand in conv.args[1:3]:
             constant_value(graph, operand)
     except PreconditionError as exc:
@@ -150,7 +151,7 @@ def conv_violations(graph) -> list[str]:
             problems += [problem] if problem else []
         elif linear_head(act) is not None:
             try:
-                _feature_step(graph, act, _shape(act.args[0]))
+                _feature_step(graph, act, _shape(op_args(act).x))
             except (PreconditionError, RuntimeError) as exc:
                 problems.append(getattr(exc, "message", None) or f"{act.name}: {exc}")
     return problems
@@ -175,6 +176,7 @@ def register_buffers(graph, prefix: str, tensors: dict) -> dict:
 
 def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: int) -> None:
     fold, conv, unfold = chain
+    source = op_args(act)
     weight = constant_value(graph, conv.args[1])
     bias = constant_value(graph, conv.args[2]) if len(conv.args) > 2 and conv.args[2] is not None else None
     step = _channel_step(graph, act, weight.shape[1])
@@ -185,7 +187,7 @@ def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: i
     with graph.fx.inserting_before(unfold):
         attrs = register_buffers(graph, f"dconv{index}", tensors)
         node = graph.fx.call_function(DELTA_CONV2D,
-                                      (act.args[0], attrs["step"], int(act.args[2]), attrs["weight"], attrs["scale"],
+                                      (source.x, attrs["step"], int(source.levels), attrs["weight"], attrs["scale"],
                                        attrs["bias_acc"], attrs["threshold"], int(key_interval), stride, padding,
                                        dilation, None, None, None))
         out = graph.fx.call_function(operator.getitem, (node, 0))
@@ -197,18 +199,19 @@ def _lower_conv(graph, act, chain, index: int, threshold: float, key_interval: i
 
 def _feature_step(graph, act, shape: tuple) -> torch.Tensor:
     """The step of a delta_act on (B, T, C, H, W) (per channel, neuron or layer) as one per flattened feature."""
-    step = constant_value(graph, act.args[1]).to(torch.float32)
+    step = constant_value(graph, op_args(act).step).to(torch.float32)
     return step.expand(*shape[2:]).reshape(-1).contiguous()
 
 
 def _move_behind_flatten(graph, act, head, index: int) -> None:
     flat, linear = head
-    per_feature = _feature_step(graph, act, _shape(act.args[0]))
-    flat.args = (act.args[0], *flat.args[1:])
+    source = op_args(act)
+    per_feature = _feature_step(graph, act, _shape(source.x))
+    flat.args = (source.x, *flat.args[1:])
     with graph.fx.inserting_after(flat):
         attrs = register_buffers(graph, f"dhead{index}", {"step": per_feature})
     with graph.fx.inserting_after(attrs["step"]):
-        moved = graph.fx.call_function(DELTA_ACT, (flat, attrs["step"], int(act.args[2])))
+        moved = graph.fx.call_function(DELTA_ACT, (flat, attrs["step"], int(source.levels)))
     moved.meta.update(flat.meta)
     linear.args = (moved, *linear.args[1:])
     graph.fx.erase_node(act)

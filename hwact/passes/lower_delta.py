@@ -40,6 +40,7 @@ import hwact.ir.delta_gru_ops  # noqa: F401  (registers hwact::delta_gru_float a
 from hwact.errors import PreconditionError
 from hwact.ir.delta_ops import quantize_linear, require_key_interval, require_threshold
 from hwact.ir.graph import Graph
+from hwact.ir.ops import op_args, set_op_args
 from hwact.ir.params import constant_value
 from hwact.passes._delta_conv_lowering import (DELTA_CONV2D, conv_handled, conv_violations, lower_delta_conv,
                                                register_buffers)
@@ -50,7 +51,7 @@ DELTA_LINEAR = torch.ops.hwact.delta_linear.default
 DELTA_GRU_FLOAT = torch.ops.hwact.delta_gru_float.default
 DELTA_GRU = torch.ops.hwact.delta_gru.default
 LINEAR = torch.ops.aten.linear.default
-THRESHOLD_AT = {DELTA_LINEAR: 6, DELTA_CONV2D: 6, DELTA_GRU: 10}   # the threshold argument; key_interval next
+STATEFUL = (DELTA_LINEAR, DELTA_CONV2D, DELTA_GRU)   # each has arguments `threshold` (a constant), `key_interval`
 
 
 @register
@@ -76,7 +77,7 @@ class LowerDelta(Pass):
                     problems.append(f"{node.name}: used by {user.name} ({user.target}), not by a Linear; "
                                     "delta propagation is exact only through linear layers")
             try:
-                step = constant_value(graph, node.args[1])
+                step = constant_value(graph, op_args(node).step)
             except PreconditionError as exc:
                 problems.append(exc.message)
                 continue
@@ -100,8 +101,9 @@ class LowerDelta(Pass):
         for node in list(graph.call_nodes()):
             if node.target is not DELTA_ACT:
                 continue
-            step = constant_value(graph, node.args[1]).to(torch.float32)
-            levels = int(node.args[2])
+            act = op_args(node)
+            step = constant_value(graph, act.step).to(torch.float32)
+            levels = int(act.levels)
             for user in list(node.users):
                 weight = constant_value(graph, user.args[1])
                 bias = constant_value(graph, user.args[2]) if len(user.args) > 2 and user.args[2] is not None else None
@@ -111,7 +113,7 @@ class LowerDelta(Pass):
                            "threshold": torch.tensor(self.threshold, dtype=torch.float32)}
                 with graph.fx.inserting_before(user):
                     attrs = register_buffers(graph, f"delta{index}", tensors)
-                    op = graph.fx.call_function(DELTA_LINEAR, (node.args[0], attrs["step"], levels, attrs["weight"],
+                    op = graph.fx.call_function(DELTA_LINEAR, (act.x, attrs["step"], levels, attrs["weight"],
                                                                attrs["scale"], attrs["bias_acc"], attrs["threshold"],
                                                                self.key_interval, None, None, None))
                 _replace(graph, user, op)
@@ -127,16 +129,16 @@ class LowerDelta(Pass):
         for node in list(graph.call_nodes()):
             if node.target is not DELTA_GRU_FLOAT:
                 continue
-            x, step_x, step_h, levels, w_ih, w_hh, b_ih, b_hh = node.args[:8]
-            levels = int(levels)
+            gru = op_args(node)
+            levels = int(gru.levels)
             if not 1 <= levels <= 127:
                 raise PreconditionError(f"{node.name}: delta GRU with {levels} code levels; "
                                         "the int8 kernels take 1..127")
-            w_ih, w_hh = constant_value(graph, w_ih), constant_value(graph, w_hh)
-            step_x = constant_value(graph, step_x).to(torch.float32).reshape(-1).expand(w_ih.shape[1]).contiguous()
-            step_h = constant_value(graph, step_h).to(torch.float32).reshape(-1).expand(w_hh.shape[1]).contiguous()
-            weight_x, scale_x, bias_x = quantize_linear(w_ih, constant_value(graph, b_ih), step_x)
-            weight_h, scale_h, bias_h = quantize_linear(w_hh, constant_value(graph, b_hh), step_h)
+            w_ih, w_hh = constant_value(graph, gru.w_ih), constant_value(graph, gru.w_hh)
+            step_x = constant_value(graph, gru.step_x).to(torch.float32).reshape(-1).expand(w_ih.shape[1]).contiguous()
+            step_h = constant_value(graph, gru.step_h).to(torch.float32).reshape(-1).expand(w_hh.shape[1]).contiguous()
+            weight_x, scale_x, bias_x = quantize_linear(w_ih, constant_value(graph, gru.b_ih), step_x)
+            weight_h, scale_h, bias_h = quantize_linear(w_hh, constant_value(graph, gru.b_hh), step_h)
             tensors = {"step_x": step_x, "step_h": step_h, "weight_x": weight_x, "weight_h": weight_h,
                        "scale_x": scale_x, "scale_h": scale_h, "bias_x": bias_x, "bias_h": bias_h,
                        "threshold": torch.full((2,), self.threshold, dtype=torch.float32)}
@@ -145,8 +147,8 @@ class LowerDelta(Pass):
                 prefix += "_"
             with graph.fx.inserting_before(node):
                 attrs = list(register_buffers(graph, prefix, tensors).values())
-                op = graph.fx.call_function(DELTA_GRU, (x, attrs[0], attrs[1], levels, *attrs[2:], self.key_interval,
-                                                        None, None, None, None, None, None))
+                op = graph.fx.call_function(DELTA_GRU, (gru.x, attrs[0], attrs[1], levels, *attrs[2:],
+                                                        self.key_interval, None, None, None, None, None, None))
             _replace(graph, node, op)
             count += 1
         return count
@@ -170,11 +172,10 @@ def set_threshold(graph: Graph, threshold: float, key_interval: int | None = Non
     if key_interval is not None:
         require_key_interval(key_interval)
     for node in graph.call_nodes():
-        at = THRESHOLD_AT.get(node.target)
-        if at is None:
+        if node.target not in STATEFUL:
             continue
         values = [thresholds[0], thresholds[-1]] if node.target is DELTA_GRU else float(threshold)
-        getattr(graph.module, node.args[at].target).copy_(torch.tensor(values))
+        getattr(graph.module, op_args(node).threshold.target).copy_(torch.tensor(values))
         if key_interval is not None:
-            node.args = node.args[:at + 1] + (int(key_interval),) + node.args[at + 2:]
+            set_op_args(node, key_interval=int(key_interval))
     graph.module.recompile()
