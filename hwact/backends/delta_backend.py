@@ -40,8 +40,9 @@ DELTA_GRU = torch.ops.hwact.delta_gru.default
 
 @register
 class DeltaCBackend(Backend):
-    """Delta C runtime (AVX2 / NEON), ONNX step model with explicit state and a dense baseline, each
-    checked bit-exact against the lowered graph's reference over random-walk sequences."""
+    """Delta C runtime (AVX2 / NEON), ONNX step model and a dense baseline, checked bit-exact.
+
+    Each is checked against the lowered graph's reference over random-walk sequences."""
     name = "delta-c"
     section = "delta"
     options = {"delta_threshold": 0.0, "key_interval": 0}

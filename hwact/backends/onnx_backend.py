@@ -24,6 +24,7 @@ def is_integer(graph: Graph) -> bool:
 
 @register
 class OnnxBackend(Backend):
+    """One self-contained model.onnx (opset 20), verified with onnxruntime (bit-exact when integer)."""
     name = "onnx"
 
     def __init__(self, filename: str = MODEL, shown: str | None = None):
