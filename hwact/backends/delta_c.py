@@ -119,8 +119,8 @@ def _bad_net(source: str, reason: str) -> InputError:
 
 
 def net_header(blob: bytes, magic: bytes, source: str) -> tuple[int, int]:
-    """(n_layers, key_interval) from the 16 bytes every delta net file starts with: the format's magic,
-    int32 version = 1, n_layers (1 to MAX_LAYERS), key_interval (>= 0), each checked."""
+    """(n_layers, key_interval) from the 16 bytes a chain's net file starts with (HWDL, HWDG): the format's
+    magic, int32 version = 1, n_layers (1 to MAX_LAYERS), key_interval (>= 0), each checked."""
     if len(blob) < 16 or blob[:4] != magic:
         raise _bad_net(source, f"no {magic.decode()} header")
     version, count, key_interval = struct.unpack_from("<iii", blob, 4)

@@ -87,7 +87,8 @@ def run_tool(command: list[str], what: str, cwd: Path | None = None) -> subproce
     if done.returncode != 0:
         text = (done.stderr + done.stdout).splitlines()
         tail = [line for line in text if "error" in line.lower()][:2] or text[-2:] or ["no message"]
-        raise VerificationError(f"{what} failed (exit {done.returncode}): {' | '.join(line.strip() for line in tail)}")
+        quoted = " | ".join(line.strip() for line in tail)
+        raise VerificationError(f"{what} failed (exit {done.returncode}): {quoted}")
     return done
 
 
@@ -112,8 +113,8 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
-def run_runner(runner: Path, inputs: dict[str, bytes], workdir: Path, what: str, emulator: list[str] = (),
-               args: tuple[str, ...] = ()) -> tuple[bytes, str]:
+def run_runner(runner: Path, inputs: dict[str, bytes], workdir: Path, what: str,
+               emulator: list[str] | tuple[str, ...] = (), args: tuple[str, ...] = ()) -> tuple[bytes, str]:
     """Write `inputs` (file name -> bytes, in the runner's argument order) into workdir, run
     `emulator... RUNNER INPUTS... out.bin ARGS...` and return the bytes of out.bin and what it printed."""
     workdir = Path(workdir)
