@@ -1,8 +1,8 @@
 """Recipes: the one table of named pass lists, with the postconditions each must establish.
 
 A target names its default recipe per kind of model (hwact/targets/*.toml); `--recipe NAME` overrides
-it and `--passes a,b` replaces it with a list of one's own (which has no postconditions: the user
-composes). A postcondition is a check on the final graph, run and reported by the pass manager:
+it and `--passes a,b` replaces it with a list of one's own, which may name postconditions too (they run
+after the passes, wherever they are listed). A postcondition is a check on the final graph, run and reported by the pass manager:
 
     integer-only   no node computes in floating point between the input quantize and the output
                    dequantize (hwact.ir.summary.float_compute_nodes): what the int8 recipes promise
@@ -53,13 +53,15 @@ def resolve(passes: str | None, recipe: str | None, default: str = "none") -> Re
     """The recipe asked for by `--passes a,b`, `--recipe NAME` (not both), or the target's default."""
     if passes and recipe:
         raise InputError("give either --passes or --recipe, not both")
-    if passes is not None and not recipe:
+    if passes is not None and not recipe:   # a postcondition may be named among the passes; it runs last
         names = tuple(p.strip() for p in passes.split(",") if p.strip())
         registry = all_passes()
         for name in names:
-            if name not in registry:
-                raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
-        return Recipe(names)
+            if name not in registry and name not in POSTCONDITIONS:
+                raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry)
+                                 + "; postconditions: " + ", ".join(POSTCONDITIONS))
+        return Recipe(tuple(n for n in names if n not in POSTCONDITIONS),
+                      tuple(n for n in names if n in POSTCONDITIONS))
     name = recipe or default
     if name not in RECIPES:
         raise InputError(f"unknown recipe '{name}'", hint="known recipes: " + ", ".join(sorted(RECIPES)))
