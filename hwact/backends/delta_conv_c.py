@@ -42,6 +42,7 @@ from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.delta_conv_ops import output_shape
 from hwact.ir.delta_ops import require_threshold
 from hwact.ir.graph import Graph
+from hwact.ir.ops import bind_args, op_args, set_op_args
 from hwact.ir.params import constant_value
 
 DELTA_CONV2D = torch.ops.hwact.delta_conv2d.default
@@ -57,11 +58,12 @@ def conv_layers(graph: Graph) -> list[dict]:
     for node in graph.call_nodes():
         if node.target is not DELTA_CONV2D:
             continue
-        values = {key: constant_value(graph, node.args[i]) for key, i in
-                  (("step", 1), ("weight", 3), ("scale", 4), ("bias_acc", 5), ("threshold", 6))}
-        shape = tuple(node.args[0].meta["val"].shape)
-        layers.append({"node": node, "levels": int(node.args[2]), "key_interval": int(node.args[7]),
-                       "stride": list(node.args[8]), "padding": list(node.args[9]), "dilation": list(node.args[10]),
+        args = op_args(node)
+        values = {key: constant_value(graph, getattr(args, key)) for key in
+                  ("step", "weight", "scale", "bias_acc", "threshold")}
+        shape = tuple(args.x.meta["val"].shape)
+        layers.append({"node": node, "levels": int(args.levels), "key_interval": int(args.key_interval),
+                       "stride": list(args.stride), "padding": list(args.padding), "dilation": list(args.dilation),
                        "in_shape": tuple(int(d) for d in shape[2:]), **values})
     if not layers:
         raise UnsupportedError("the graph has no hwact.delta_conv2d layer", hint="run the lower-delta pass first")
@@ -182,7 +184,7 @@ class ConvLayerRuntime(StreamRuntime):
 
 
 class _LayerRunner(torch.fx.Interpreter):
-    """Runs a lowered graph with every delta_conv2d node replaced by `run_layer(index, node, x)`."""
+    """Runs a lowered graph with every delta_conv2d call replaced by `run_layer(index, arguments by name)`."""
 
     def __init__(self, graph: Graph, run_layer):
         super().__init__(graph.module)
@@ -190,7 +192,7 @@ class _LayerRunner(torch.fx.Interpreter):
 
     def call_function(self, target, args, kwargs):
         if target is DELTA_CONV2D:
-            y = self.run_layer(self.index, args)
+            y = self.run_layer(self.index, bind_args(target, args, kwargs))
             self.index += 1
             return (y, None, None, None)
         return super().call_function(target, args, kwargs)
@@ -201,10 +203,10 @@ def run_model(graph: Graph, x: torch.Tensor, runtimes: list[ConvLayerRuntime]) -
     PyTorch. Returns y and the fired inputs per conv layer."""
     fired = []
 
-    def run_layer(index, args):
+    def run_layer(index, call):
         runtime = runtimes[index]
         runtime.reset(x.shape[0])
-        y, used = runtime.run(args[0].detach().numpy())
+        y, used = runtime.run(call.x.detach().numpy())
         fired.append(used)
         return torch.from_numpy(y)
 
@@ -218,13 +220,13 @@ def reference_fired(graph: Graph, x: torch.Tensor) -> tuple[torch.Tensor, list[i
     as the transmitted codes that changed."""
     fired = []
 
-    def run_layer(index, args):
-        h, rest = args[0], list(args[1:11])
+    def run_layer(index, call):
         state = acc = frame = None
         used, outputs = 0, []
-        for t in range(h.shape[1]):
+        for t in range(call.x.shape[1]):
             before = state
-            y, state, acc, frame = DELTA_CONV2D(h[:, t:t + 1].contiguous(), *rest, state, acc, frame)
+            y, state, acc, frame = DELTA_CONV2D(**{**vars(call), "x": call.x[:, t:t + 1].contiguous(), "state": state,
+                                                   "acc": acc, "frame": frame})
             used += int((state != 0).sum()) if before is None else int((state != before).sum())
             outputs.append(y)
         fired.append(used)
@@ -255,9 +257,8 @@ def step_graph(graph: Graph) -> torch.fx.GraphModule:
             inputs[name] = fx.placeholder(name)
     outputs = {"state": [], "acc": []}
     for i, node in enumerate(nodes):
-        threshold_at = 6
-        node.args = (*node.args[:threshold_at], inputs[f"threshold_{i}"], *node.args[threshold_at + 1:-3],
-                     inputs[f"state_{i}"], inputs[f"acc_{i}"], inputs["frame"])
+        set_op_args(node, threshold=inputs[f"threshold_{i}"], state=inputs[f"state_{i}"], acc=inputs[f"acc_{i}"],
+                    frame=inputs["frame"])
         with fx.inserting_after(node):
             items = [fx.call_function(operator.getitem, (node, k)) for k in (1, 2, 3)]
         outputs["state"].append(items[0])
@@ -289,14 +290,15 @@ def initial_state(graph: Graph, batch: int, threshold: float | None = None) -> d
         require_threshold(threshold)
     feeds = {}
     for i, node in enumerate(_stateful(graph)):
-        shape = tuple(int(d) for d in node.args[0].meta["val"].shape[2:])
-        bias_acc = constant_value(graph, node.args[5]).to(torch.int32).numpy()
-        value = float(constant_value(graph, node.args[6])) if threshold is None else float(threshold)
+        args = op_args(node)
+        shape = tuple(int(d) for d in args.x.meta["val"].shape[2:])
+        bias_acc = constant_value(graph, args.bias_acc).to(torch.int32).numpy()
+        value = float(constant_value(graph, args.threshold)) if threshold is None else float(threshold)
         feeds[f"threshold_{i}"] = np.array([value], np.float32)
         feeds[f"state_{i}"] = np.zeros((batch, *shape), np.int32)
         if node.target is DELTA_CONV2D:
-            weight = constant_value(graph, node.args[3])
-            oh, ow = output_shape(shape, weight.shape, node.args[8], node.args[9], node.args[10])
+            weight = constant_value(graph, args.weight)
+            oh, ow = output_shape(shape, weight.shape, args.stride, args.padding, args.dilation)
             feeds[f"acc_{i}"] = np.ascontiguousarray(np.broadcast_to(bias_acc[None, :, None, None],
                                                                      (batch, len(bias_acc), oh, ow)), np.int32)
         else:
