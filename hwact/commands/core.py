@@ -226,9 +226,10 @@ def demo(outdir, force):
     start = time.perf_counter()
     click.echo("hwact demo: the zoo ViT (vit-tiny, random weights), GELU -> ReLU, BatchNorm folding, ONNX, benchmark\n")
     with atomic_dir(out, force) as tmp:   # both models, or nothing
-        export_onnx(load("zoo:vit-tiny"), ConvertOptions(), tmp / original.name, force=False, log=click.echo)
-        report = run_convert(load("zoo:vit-tiny"), ConvertOptions(recipe="relu"), load_target("cpu"),
-                             tmp / converted.name, force=False, log=click.echo)
+        loaded = load("zoo:vit-tiny")   # traced once: the original is exported before the passes change it
+        export_onnx(loaded, ConvertOptions(), tmp / original.name, force=False, log=click.echo)
+        report = run_convert(loaded, ConvertOptions(recipe="relu"), load_target("cpu"), tmp / converted.name,
+                             force=False, log=click.echo)
     _print_convert_summary(report, converted)
     click.echo("\nbenchmark (onnxruntime, batch 1, interleaved A/B):")
     runners = [make_runner(original, 1, 0), make_runner(converted / "model.onnx", 1, 0)]
