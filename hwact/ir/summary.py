@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hwact.ir.graph import Graph, op_name
 from hwact.ir.ops import load_all_ops
+from hwact.ir.record import record
 
 # Ops that only move or describe data; they are listed in the census but never block a target.
 _BOOKKEEPING = ("getitem", "_operator.getitem", "aten.sym_size.int")
@@ -49,21 +50,13 @@ def float_compute_nodes(graph: Graph) -> list[torch.fx.Node]:
         %q2 = hwact.quantize(%g, 0.02, -128, 127)
     """
     load_all_ops()
-    recorder = _DtypeRecorder(graph.module)
-    with torch.no_grad():
-        recorder.run(*graph.example_inputs(batch=2, seed=0))
-    dequantize = torch.ops.hwact.dequantize.default
-    return [node for node, floating in recorder.floating.items() if floating and node.target is not dequantize]
+    floating: dict[torch.fx.Node, bool] = {}
 
-
-class _DtypeRecorder(torch.fx.Interpreter):
-    def __init__(self, module):
-        super().__init__(module)
-        self.floating: dict[torch.fx.Node, bool] = {}
-
-    def run_node(self, node):
-        result = super().run_node(node)
+    def note_dtype(node: torch.fx.Node, value) -> None:
         if node.op == "call_function":
-            tensors = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
-            self.floating[node] = any(t.is_floating_point() for t in tensors)
-        return result
+            tensors = [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+            floating[node] = any(t.is_floating_point() for t in tensors)
+
+    record(graph.module, [graph.example_inputs(batch=2, seed=0)], note_dtype)
+    dequantize = torch.ops.hwact.dequantize.default
+    return [node for node, is_float in floating.items() if is_float and node.target is not dequantize]
