@@ -40,3 +40,13 @@ def test_layers_import_one_way(package):
 
 def test_architecture_diagram_is_current():
     assert DOC.read_text() == refreshed(DOC.read_text()), "run: python scripts/architecture_diagram.py --write"
+
+
+def test_every_pass_declares_exactly_the_options_its_constructor_takes():
+    import inspect
+
+    from hwact.passes.base import all_passes
+
+    for name, cls in all_passes().items():
+        parameters = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        assert set(cls.takes) == parameters, name

@@ -60,7 +60,7 @@ def error_means(graph: Graph, targets: dict, batches: list[tuple]) -> dict[torch
 @register
 class BiasCorrection(Pass):
     name = "bias-correction"
-    takes = ("calibration_batches",)
+    takes = ("calibration_batches", "weight_bits", "per_channel_weights")
     preconditions = ("calibration batches are given",)
     tolerance = None
 

@@ -177,7 +177,7 @@ def find_pairs(graph: Graph) -> list[Pair]:
 @register
 class CrossLayerEqualization(Pass):
     name = "cle"
-    takes = ("calibration_batches",)
+    takes = ("calibration_batches", "iterations", "absorb_bias")
     preconditions = ("layer pairs are joined by positively homogeneous activations (ReLU-like)",)
     tolerance = 1e-3
 
