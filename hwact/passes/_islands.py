@@ -137,11 +137,6 @@ def replace_island(graph: Graph, island: Island, target, args: tuple) -> torch.f
     return node
 
 
-def record(graph: Graph, entry: dict) -> None:
-    """Append one per-layer line to graph.meta['hwact_nonlinear'] (what each pass chose)."""
-    graph.meta.setdefault("hwact_nonlinear", []).append(entry)
-
-
 class IslandPass(Pass):
     """A pass that replaces every float island around `ops` by one integer op (module docstring)."""
 
@@ -168,8 +163,9 @@ class IslandPass(Pass):
         for island in each_island(graph, self.ops):
             target, args, details = self.lower(graph, island)
             replace_island(graph, island, target, args)
-            record(graph, {"pass": self.name, "node": island.name, "module": island.module, **details,
-                           "input_range": island.input_range, "input_bounds_known": island.in_bounds_known})
+            graph.meta.setdefault("hwact_nonlinear", []).append(  # what the pass chose, per layer
+                {"pass": self.name, "node": island.name, "module": island.module, **details,
+                 "input_range": island.input_range, "input_bounds_known": island.in_bounds_known})
             replaced += 1
         if replaced:
             graph.recompile()
