@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hwact.backends import delta_gru_c  # noqa: E402
-from hwact.backends.delta_backend import best_seconds  # noqa: E402
+from hwact.bench.timing import best_seconds  # noqa: E402
 from hwact.backends.delta_onnx import session  # noqa: E402
 from hwact.data import speech  # noqa: E402
 from hwact.ir.graph import InputSpec, trace  # noqa: E402

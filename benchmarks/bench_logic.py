@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwact.bench.timing import best_seconds  # noqa: E402
 from hwact.backends import logic_c
 from hwact.ir import logic_ops  # noqa: F401 - registers hwact::logic_netlist
 from hwact.ir.netlist import Netlist
@@ -128,16 +129,6 @@ def torch_bool_counts(netlist: Netlist, bits: torch.Tensor) -> torch.Tensor:
     return out.reshape(netlist.num_classes, -1, out.shape[1]).sum(dim=1, dtype=torch.int32).t()
 
 
-def best_time(function, repeat: int) -> float:
-    function()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True,
                   text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
@@ -192,7 +183,7 @@ def main() -> None:
         check_planes, _ = logic_c.pack_bits(check_bits, netlist.num_inputs)
         counts = baseline_counts(lib, check_planes, checked, 10)
         assert np.array_equal(counts, expected), "baseline not bit-exact"
-        seconds = best_time(lambda: baseline_counts(lib, planes, args.samples, 10), args.repeat)
+        seconds = best_seconds(lambda: baseline_counts(lib, planes, args.samples, 10), args.repeat, warmup=True)
         baseline_rate = args.samples / seconds
         rows.append(("difflogic-style straight-line C, 64-bit, gcc -O1 (anchor)", baseline_rate, baseline_compile,
                      accuracy_of(counts)))
@@ -232,7 +223,7 @@ def main() -> None:
                                 lambda: torch.ops.hwact.logic_netlist(sample_bits, *tensors, 10)),
                                ("PyTorch bool ops over the levels (truth-table minterms), 1 thread",
                                 lambda: torch_bool_counts(netlist, sample_bits))):
-            seconds = best_time(function, max(1, args.repeat // 2))
+            seconds = best_seconds(function, max(1, args.repeat // 2), warmup=True)
             rows.append((name, args.torch_samples / seconds, 0.0, torch_accuracy))
             print(f"{name}: {args.torch_samples / seconds:.4g} samples/s", flush=True)
 

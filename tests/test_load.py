@@ -129,7 +129,7 @@ def test_format_is_detected_from_bytes_not_extension(files, tmp_path):
     ("ts", ["--trust-checkpoint"], "--input-shape"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3x48x48"], "could not trace"),
     ("sd", ["--arch", "vit-tiny", "--input-shape", "1x3xbad"], "bad --input-shape"),
-    ("corrupt_pt2", [], "corrupt or truncated .pt2 archive"),
+    ("corrupt_pt2", [], "is corrupt (its CRC does not match)"),
     ("pickle_garbage", [], "corrupt or truncated torch.save file"),
     ("truncated_st", ["--arch", "vit-tiny"], "corrupt or truncated safetensors file"),
     ("pt2", ["--input-shape", "2x3x32x32", "--input-shape", "2x3x32x32"], "2 --input-shape values for a model with 1"),

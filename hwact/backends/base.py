@@ -18,17 +18,13 @@ backend is one module in hwact/backends/ with a class decorated by `@register`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from hwact.errors import InputError, UnsupportedError
+from hwact.errors import UnsupportedError
 from hwact.ir.graph import Graph
-
-_REGISTRY: dict[str, type["Backend"]] = {}
-
+from hwact.registry import Registry
 
 @dataclass
 class EmitContext:
@@ -74,24 +70,7 @@ class Backend:
         raise UnsupportedError(f"{outdir}: the {cls.name} backend has no benchmark runner")
 
 
-def register(cls: type[Backend]) -> type[Backend]:
-    if not cls.name or cls.name != cls.name.lower() or " " in cls.name or "_" in cls.name:
-        raise ValueError(f"backend name must be kebab-case: {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def all_backends() -> dict[str, type[Backend]]:
-    """Every registered backend (importing each module of hwact/backends/ registers its classes)."""
-    package = importlib.import_module("hwact.backends")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "base":
-            importlib.import_module(f"hwact.backends.{info.name}")
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_backend(name: str) -> type[Backend]:
-    backends = all_backends()
-    if name not in backends:
-        raise InputError(f"unknown backend '{name}'", hint="known backends: " + ", ".join(backends))
-    return backends[name]
+_REGISTRY = Registry("hwact.backends", "backend", skip=("base",))
+register = _REGISTRY.register          # class decorator
+all_backends = _REGISTRY.all           # name -> Backend class
+get_backend = _REGISTRY.get            # InputError for an unknown name

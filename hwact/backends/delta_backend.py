@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwact.bench.timing import best_seconds
 from hwact.backends.base import Backend, BenchRequest, EmitContext, register
 from hwact.errors import InputError, VerificationError
 from hwact.ir import delta_conv_ops, delta_gru_ops, delta_ops  # noqa: F401  (register the delta ops)
@@ -181,16 +182,6 @@ def dense_session(path: Path, frame: np.ndarray, n_out: int):
     if shape != (1, n_out):
         raise InputError(f"{path}: gives outputs of shape {shape} for one frame, delta_net.bin gives (1, {n_out})")
     return sess
-
-
-def best_seconds(run, repeats: int) -> float:
-    """The fastest of `repeats` timed calls of run()."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_stream(outdir, stream_npz, threshold: float | None = None, repeats: int = 5,

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwact.bench.timing import best_seconds
 from hwact.backends.base import Backend, BenchRequest, EmitContext, register
 from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
 from hwact.ir.logic_ops import LOGIC_NETLIST, netlist_of_node
+from hwact.ir.ops import op_args
 
 TOP = "logic_net"
 CHECK_SAMPLES = 4096
@@ -48,13 +50,14 @@ class LogicBackend(Backend):
         nodes = [node for node in graph.call_nodes() if node.target is LOGIC_NETLIST]
         if len(nodes) != 1:
             return [f"a logic model holds exactly one hwact::logic_netlist node, this one has {len(nodes)}"]
-        val = nodes[0].args[0].meta.get("val") if isinstance(nodes[0].args[0], torch.fx.Node) else None
+        bits = op_args(nodes[0]).bits
+        val = bits.meta.get("val") if isinstance(bits, torch.fx.Node) else None
         return [] if val is not None and val.ndim == 2 else [f"node {nodes[0].name}: unknown input bit shape"]
 
     def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
         start = time.perf_counter()
         node = _logic_node(graph)
-        netlist = netlist_of_node(graph.module, node, int(node.args[0].meta["val"].shape[1]))
+        netlist = netlist_of_node(graph.module, node, int(op_args(node).bits.meta["val"].shape[1]))
         (outdir / "netlist.npz").write_bytes(netlist.to_bytes())
         artifacts = ["netlist.npz"]
         thresholds = thermometer_thresholds(graph, node)
@@ -130,7 +133,7 @@ def _attr(graph: Graph, node) -> torch.Tensor | None:
 
 def thermometer_thresholds(graph: Graph, node) -> np.ndarray | None:
     """The (F, T) thresholds when the bits are `x[..., None] > thresholds` (train-logic's encoding)."""
-    current = node.args[0]
+    current = op_args(node).bits
     while isinstance(current, torch.fx.Node) and current.op == "call_function" and "gt" not in str(current.target):
         current = current.args[0] if current.args else None
     if isinstance(current, torch.fx.Node) and current.op == "call_function" and len(current.args) > 1:
@@ -267,11 +270,7 @@ def bench(outdir, request: BenchRequest) -> dict:
     torch_samples = _bench_samples(1 << 14, 9 * inputs + nodes // 8 + 4 * classes)  # int64 packing, words
     tensors = [torch.as_tensor(t) for t in (netlist.ops.astype(np.int64), netlist.a, netlist.b, netlist.outputs)]
     torch_bits = torch.as_tensor(random_bits(netlist.num_inputs, torch_samples, seed=8))
-    best = float("inf")
-    for _ in range(max(1, min(repeat, 3))):
-        begin = time.perf_counter()
-        LOGIC_NETLIST(torch_bits, *tensors, netlist.num_classes)
-        best = min(best, time.perf_counter() - begin)
+    best = best_seconds(lambda: LOGIC_NETLIST(torch_bits, *tensors, netlist.num_classes), min(repeat, 3))
     torch_rate = torch_samples / best
     return {"backend": LogicCBackend.name, "gates": netlist.num_gates, "depth": netlist.depth(), "kernel": kernel_name,
             "c_samples_per_s": c_rate, "c_samples": samples, "c_compile_s": built["compile_s"],

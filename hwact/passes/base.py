@@ -16,15 +16,10 @@ Recipes (named pass lists) are in hwact/passes/recipes.py.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
-from hwact.errors import InputError
 from hwact.ir.graph import Graph
-
-_REGISTRY: dict[str, type["Pass"]] = {}
-
+from hwact.registry import Registry
 
 class Pass:
     name: ClassVar[str] = ""
@@ -43,19 +38,9 @@ class Pass:
         raise NotImplementedError
 
 
-def register(cls: type[Pass]) -> type[Pass]:
-    if not cls.name or cls.name != cls.name.lower() or " " in cls.name or "_" in cls.name:
-        raise ValueError(f"pass name must be kebab-case: {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def all_passes() -> dict[str, type[Pass]]:
-    package = importlib.import_module("hwact.passes")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base", "manager"):
-            importlib.import_module(f"hwact.passes.{info.name}")
-    return dict(sorted(_REGISTRY.items()))
+_REGISTRY = Registry("hwact.passes", "pass", skip=("base", "manager", "recipes"))
+register = _REGISTRY.register          # class decorator
+all_passes = _REGISTRY.all             # name -> Pass class
 
 
 def option_names(name: str) -> set[str]:
@@ -65,8 +50,5 @@ def option_names(name: str) -> set[str]:
 
 def make_pass(name: str, options: dict) -> Pass:
     """Instantiate pass `name` with the options (of `options`) it declares; the others are not its."""
-    registry = all_passes()
-    if name not in registry:
-        raise InputError(f"unknown pass '{name}'", hint="known passes: " + ", ".join(registry))
-    cls = registry[name]
+    cls = _REGISTRY.get(name)
     return cls(**{k: options[k] for k in cls.takes if options.get(k) is not None})

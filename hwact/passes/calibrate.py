@@ -12,7 +12,8 @@ placeholder and every call_function node whose output is a floating tensor gets 
                                (uint8 when the tensor is never negative)
 
 The graph itself is not changed (outputs are bit-identical: tolerance 0); the pass returns the number of
-nodes annotated. graph.meta["hwact_calibration"] records the method and the number of samples.
+nodes annotated. graph.meta["hwact_calibration"] records the method, the number of samples and every
+range (node name -> [lo, hi]); the pass manager puts it in the pass's report.json details.
 
 Before:                                     After (same nodes, meta added):
     %x = placeholder                            %x     meta hwact_range=(-2.9, 3.1)
@@ -95,11 +96,12 @@ class Calibrate(Pass):
 
         record(graph.module, self.batches, observe)
         samples = sum(batch[0].shape[0] if batch and batch[0].dim() else 1 for batch in self.batches)
-        annotated = 0
+        ranges = {}
         for node, observer in observers.items():
             if observer.count == 0:
                 continue
-            node.meta[RANGE_KEY] = observer.range()
-            annotated += 1
-        graph.meta["hwact_calibration"] = {"method": self.method, "samples": samples, "nodes": annotated}
+            node.meta[RANGE_KEY] = ranges[node.name] = observer.range()
+        annotated = len(ranges)
+        graph.meta["hwact_calibration"] = {"method": self.method, "samples": samples, "nodes": annotated,
+                                           "ranges": {name: list(r) for name, r in ranges.items()}}
         return graph, annotated

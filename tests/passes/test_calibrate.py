@@ -39,7 +39,10 @@ def test_calibrate_annotates_every_float_node_of_vit_digits(vit_digits, method):
         assert isinstance(lo, float) and isinstance(hi, float) and lo <= hi, node.name
     # int-valued nodes (sym_size) and get_attr weights are not annotated
     assert all(RANGE_KEY not in n.meta for n in graph.fx.nodes if n.op == "get_attr")
-    assert graph.meta["hwact_calibration"] == {"method": method, "samples": 32, "nodes": len(nodes)}
+    summary = graph.meta["hwact_calibration"]
+    assert {k: summary[k] for k in ("method", "samples", "nodes")} == {"method": method, "samples": 32, "nodes": len(nodes)}
+    # the ranges reach the pass's record (report.json "passes"[i]["details"])
+    assert records[0].details["hwact_calibration"]["ranges"] == {n.name: list(n.meta[RANGE_KEY]) for n in nodes}
     # annotations survive a copy of the graph (later passes work on copies)
     assert sum(RANGE_KEY in n.meta for n in graph.copy().fx.nodes) == len(nodes)
 
