@@ -96,6 +96,10 @@ def plan(graph: Graph, options: ConvertOptions, target: Target, source: str) -> 
     backends, backend_options = [], {}
     for name in deployment.backends:
         backend = get_backend(name)
+        unknown = sorted(set(target.backend_options.get(name, {})) - set(backend.options))
+        if unknown:
+            raise InputError(f"target {target.name}: [backend.{name}] sets {', '.join(unknown)}, which the {name} "
+                             f"backend does not take", hint=f"its options: {', '.join(backend.options) or 'none'}")
         settings = {**backend.options, **target.backend_options.get(name, {})}
         settings.update({k: v for k, v in options.given().items() if k in backend.options})
         backends.append(backend())
@@ -120,7 +124,7 @@ def _refuse_unused_options(options: ConvertOptions, recipe: Recipe, backends: li
         flag = "--" + key.replace("_", "-")
         ran = ", ".join(recipe.passes) or "none"
         where = (f"{' and '.join(takers)} {'does' if len(takers) == 1 else 'do'} not run here" if takers
-                 else f"only {', '.join(RECOVERY_OPTIONS)} apply to tensor models" if key in RECOVERY_OPTIONS
+                 else "accuracy recovery (--recover kd) fine-tunes tensor models only" if key in RECOVERY_OPTIONS
                  else "nothing takes it")
         raise InputError(f"{flag} does not apply to {source}, a {kind} model: {where} (passes: {ran}; backends: "
                          f"{', '.join(b.name for b in backends)})",

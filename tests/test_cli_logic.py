@@ -129,6 +129,9 @@ def test_lut_budget_and_missing_yosys(small_model, tmp_path, monkeypatch, cli):
     code, _, err = cli("convert", small_model / "logic_model.pt2", "--target", tmp_path / "tiny-fpga.toml",
                        "-o", tmp_path / "budget")
     assert code == 2 and "5-LUT budget" in err and "tiny-fpga" in err and not (tmp_path / "budget").exists()
+    (tmp_path / "typo.toml").write_text(toml.replace("lut_budget = 53200", "lut_budjet = 53200"))
+    code, _, err = cli("convert", small_model / "logic_model.pt2", "--target", tmp_path / "typo.toml", "-o", tmp_path / "t")
+    assert code == 2 and "[backend.verilog] sets lut_budjet, which the verilog backend does not take" in err
     empty = tmp_path / "empty_path"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))

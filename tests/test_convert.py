@@ -237,3 +237,4 @@ reason = "every ATen op"
     assert code == 2 and "not a valid target file" in stderr and not (tmp_path / "b").exists()
     code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", "no-such-target", "-o", tmp_path / "n")
     assert code == 2 and "unknown target 'no-such-target'" in stderr
+

@@ -101,7 +101,7 @@ def test_a_pass_that_makes_outputs_nan_fails_verification(models):
                                                     "batch 1 of 2 .they were finite before it."):
             run_passes(graph, ["poison-for-test"], {}, random_batches(graph.inputs, 8, 4))
     finally:
-        base._REGISTRY.pop("poison-for-test")
+        base._REGISTRY.classes.pop("poison-for-test")
 
 
 def test_verify_names_the_artifact_by_its_final_name(models, tmp_path):
