@@ -97,7 +97,8 @@ def _non_classifier(tmp_path):
     return path
 
 
-def test_bad_input_is_one_line_and_exit_2(cli_process, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path):
+    """In-process (a real process per case took 45 s); tests/test_load.py checks a real process's stderr."""
     np.savez(tmp_path / "labels.npz", x=np.zeros((8, 1, 8, 8), np.float32), y=np.array([0, 1, 2, 3, 4, 5, 6, 12]))
     (tmp_path / "empty").mkdir()
     _folder(tmp_path / "big", 16, "L")
@@ -116,7 +117,7 @@ def test_bad_input_is_one_line_and_exit_2(cli_process, tmp_path):
     ]
     np.savez(tmp_path / "unlabeled.npz", x=np.zeros((8, 1, 8, 8), np.float32))
     for args, message in cases:
-        code, stdout, stderr = cli_process("finetune", *args, "-o", tmp_path / "never", "--no-progress")
+        code, stdout, stderr = cli("finetune", *args, "-o", tmp_path / "never", "--no-progress")
         lines = stderr.strip().splitlines()
         assert code == 2, (args, stderr)
         assert len(lines) == 1 and lines[0].startswith("hwact: error:") and message in lines[0], (args, stderr)
