@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -29,3 +30,14 @@ def cli_process():
         return done.returncode, done.stdout, done.stderr
 
     return run
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """400 real digits (labels kept), so training runs stay fast."""
+    from hwact.train.data import load_dataset
+
+    digits = load_dataset("digits")
+    path = tmp_path_factory.mktemp("data") / "digits400.npz"
+    np.savez(path, x=digits.x[:400].numpy(), y=digits.y[:400].numpy())
+    return path

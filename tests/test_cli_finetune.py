@@ -16,17 +16,6 @@ from hwact.load import load
 FAST = ["--epochs", "1", "--no-progress", "--batch-size", "128"]
 
 
-@pytest.fixture(scope="module")
-def small_npz(tmp_path_factory):
-    """400 real digits (labels kept) so runs stay fast."""
-    from hwact.train.data import load_dataset
-
-    ds = load_dataset("digits")
-    path = tmp_path_factory.mktemp("data") / "digits400.npz"
-    np.savez(path, x=ds.x[:400].numpy(), y=ds.y[:400].numpy())
-    return path
-
-
 def test_finetune_writes_pt2_state_dict_and_report(cli, small_npz, tmp_path):
     out = tmp_path / "out"
     code, stdout, stderr = cli("finetune", "zoo:vit-digits", "--data", small_npz, "-o", out, "--stages", "2", *FAST)

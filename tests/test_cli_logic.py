@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hwact.errors import ToolMissingError, UnsupportedError
+from hwact.errors import ToolMissingError
 from hwact.ir.logic_ops import LogicNetlistModule
 from hwact.ir.netlist import Netlist
 

@@ -21,16 +21,6 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.fixture(scope="module")
-def small_npz(tmp_path_factory):
-    from hwact.train.data import load_dataset
-
-    digits = load_dataset("digits")
-    path = tmp_path_factory.mktemp("data") / "digits300.npz"
-    np.savez(path, x=digits.x[:300].numpy(), y=digits.y[:300].numpy())
-    return path
-
-
 @pytest.mark.parametrize("args, message", [
     (["finetune", "zoo:vit-digits", "--data", "digits", "--lr", "inf"], "--lr inf: not a finite number"),
     (["finetune", "zoo:vit-digits", "--data", "digits", "--temperature", "nan"], "--temperature nan: not a finite"),

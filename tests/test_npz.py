@@ -1,7 +1,6 @@
 """hwact.npz, the one reader of user .npz files: hostile archives end in one InputError line (exit 2 in the
 CLI), only the rows used are read, and memory stays bounded whatever an archive claims."""
 
-import io
 import json
 import os
 import zipfile

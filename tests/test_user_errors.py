@@ -1,7 +1,6 @@
 """Issue 12, class 6: causes a user controls end with exit 2 and one line that names them (never an
 "internal error", a traceback, a temporary path or a split line). Hostile files are built in tmp_path."""
 
-import json
 import struct
 import zlib
 

@@ -19,7 +19,6 @@ users and is never loaded) and checks it against the reference.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np

@@ -11,7 +11,7 @@ import click
 from hwact.commands.params import FINITE, Count
 from hwact.errors import InputError
 from hwact.limits import MAX_BENCH_RUNS, MAX_EPOCHS, THREADS_PER_CPU, max_threads
-from hwact.outputs import atomic_dir, atomic_file, check_output
+from hwact.outputs import atomic_dir, check_output
 
 _DEMO_DIR = "hwact-demo"
 

@@ -13,8 +13,9 @@ the model inputs (or `x` for a single-input model). A pass whose constructor tak
 
 from __future__ import annotations
 
-import time
 import copy
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
