@@ -1,6 +1,7 @@
 """train-delta -> convert -> bench --stream through the CLI, and its bad-input errors (exit 2)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,9 +53,23 @@ def test_train_convert_bench(cli, trained, tmp_path):
     assert "latency_per_frame" in out and "temporal_sparsity" in out
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_convert_for_a_gpu_target(cli, trained, tmp_path):
+    """cuda-sm80 deploys delta models with the delta-cuda backend: nvcc builds the runner for sm_80, and
+    on a GPU machine it runs bit-exact against the reference (compile only here)."""
+    from hwact.backends.toolchain import gpu_available
+
+    code, _, err = cli("convert", trained / "delta_model.pt2", "--target", "cuda-sm80", "-o", tmp_path / "gpu")
+    assert code == 0, err
+    report = json.loads((tmp_path / "gpu" / "report.json").read_text())
+    assert report["backends"] == ["delta-cuda"] and report["delta"]["arch"] == "sm_80"
+    assert report["delta"]["ran_on_gpu"] is gpu_available()
+    assert (tmp_path / "gpu" / "delta_cuda_main").stat().st_size > 0 and (tmp_path / "gpu" / "delta_net.bin").exists()
+
+
 def test_bad_inputs_exit_2(cli, trained, tmp_path):
     code, out, err = cli("convert", trained / "delta_model.pt2", "--target", "fpga-lut6", "-o", tmp_path / "x")
-    assert code == 2 and "not delta models (hint: targets for delta models: cpu)" in err
+    assert code == 2 and "not delta models (hint: targets for delta models: cpu, cuda-sm80)" in err
     assert not (tmp_path / "x").exists()
     code, _, err = cli("convert", trained / "delta_model.pt2", "-o", tmp_path / "conv")
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""The `delta-c` backend, for delta-activation models on CPUs.
+"""The `delta-c` and `delta-cuda` backends, for delta-activation models on CPUs and NVIDIA GPUs.
 
 The target's recipe for delta models (`delta` = lower-delta, with --delta-threshold and --key-interval)
 leaves delta_linear, delta_conv2d or delta_gru layers. For a chain of delta_linear layers it writes
@@ -10,6 +10,9 @@ and checks the C runtime and the ONNX step model bit-exact against the PyTorch r
 random-walk sequences (and reports the int8 lowering error against the trained model). A per-frame CNN
 (delta_conv2d) or a DeltaGRU chain goes to hwact/backends/delta_conv_c.py / delta_gru_c.py, which write
 and check their own kernels and step models.
+
+`delta-cuda` (cuda-sm80) writes delta_net.bin and the nvcc-built runner delta_cuda_main for the target's
+`arch`, and runs it bit-exact against the reference when a GPU is present (compile only otherwise).
 
 `hwact bench OUT --stream DATA.npz` -> `bench_stream(OUT, DATA.npz, ...)`. The folder is untrusted
 data: bench compiles the runtime from hwact's own sources (its libhwact_delta.so is an artifact for
@@ -60,6 +63,49 @@ class DeltaCBackend(Backend):
     @classmethod
     def bench(cls, outdir: Path, request: BenchRequest) -> dict:
         return bench(outdir, request)
+
+
+@register
+class DeltaCudaBackend(Backend):
+    """Delta CUDA kernel (one thread block per stream) built with nvcc, bit-exact on a GPU when present."""
+    name = "delta-cuda"
+    section = "delta"
+    options = {"delta_threshold": 0.0, "key_interval": 0, "arch": "sm_80"}
+
+    def check(self, graph: Graph) -> list[str]:
+        stateful = [n.name for n in graph.call_nodes() if n.target in (DELTA_CONV2D, DELTA_GRU)]
+        return [f"{name}: the CUDA kernel runs chains of delta_linear layers, not conv/GRU layers (use --target cpu)"
+                for name in stateful]
+
+    def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        from hwact.backends import delta_c, delta_cuda
+
+        blob = delta_c.net_blob(graph)
+        (outdir / "delta_net.bin").write_bytes(blob)
+        arch = str(context.options["arch"]).removeprefix("sm_")
+        exe = delta_cuda.build_cuda(outdir, archs=(arch,))
+        return {"arch": f"sm_{arch}", "threshold": float(context.options["delta_threshold"] or 0.0),
+                "key_interval": int(context.options["key_interval"] or 0), "ran_on_gpu": False,
+                "artifacts": ["delta_net.bin", exe.name]}
+
+    def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        """On a GPU: the kernel's outputs and fired columns equal the reference's on random walks."""
+        import tempfile
+
+        from hwact.backends import delta_c, delta_cuda
+        from hwact.backends.toolchain import gpu_available
+
+        if not gpu_available():
+            return {"ran_on_gpu": False, "note": "compiled only: no GPU on this machine"}
+        layers = delta_c.chain(graph)
+        x = delta_c.random_walk(2, 32, int(layers[0]["weight"].shape[1]))
+        reference, fired = delta_c.reference_stream(graph, x)
+        with tempfile.TemporaryDirectory(prefix="hwact_delta_cuda_") as work:
+            result = delta_cuda.run_cuda(outdir / "delta_cuda_main", (outdir / "delta_net.bin").read_bytes(),
+                                         x.numpy(), Path(work))
+        if not np.array_equal(result["y"], reference.numpy()) or result["fired"].tolist() != fired:
+            raise VerificationError("the CUDA delta kernel differs from the reference on random-walk sequences")
+        return {"ran_on_gpu": True, "bit_exact": True}
 
 
 def _convert_linear(lowered: Graph, original: Graph, outdir: Path, threshold: float, key_interval: int,
