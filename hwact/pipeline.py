@@ -207,7 +207,8 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
     check_finite(graph, loaded.source)
     the_plan = plan(graph, options, target, loaded.source)
     batches = calibration(graph, options.calib)
-    original = graph.copy()
+    # the graph as loaded, for the backends that compare against it (a deep copy: only when one does)
+    original = graph.copy() if any(backend.reads_original for backend in the_plan.backends) else None
     graph, body = run_recipe(graph, the_plan.recipe, options, batches, log)
     problems = [f"{backend.name}: {line}" for backend in the_plan.backends for line in backend.check(graph)]
     if problems:

@@ -29,12 +29,12 @@ from hwact.registry import Registry
 @dataclass
 class EmitContext:
     """What a backend gets besides the graph: the target, its options, the calibration batches, the
-    graph as loaded (before the recipe), the report sections of the backends before it, and each
-    pass of the recipe (its record as in report.json, by pass name)."""
+    graph as loaded (before the recipe; None unless a backend of the chain reads_original), the report
+    sections of the backends before it, and each pass of the recipe (its record as in report.json)."""
     target: Any
     options: dict
     batches: list[tuple]
-    original: Graph
+    original: Graph | None
     log: Callable[[str], None] = print
     sections: dict = field(default_factory=dict)
     passes: dict = field(default_factory=dict)
@@ -54,6 +54,7 @@ class Backend:
     name: ClassVar[str] = ""
     section: ClassVar[str] = ""                 # report.json key of its section (default: name)
     options: ClassVar[dict[str, Any]] = {}      # option -> default
+    reads_original: ClassVar[bool] = False      # uses context.original (the pipeline then keeps a copy)
 
     def check(self, graph: Graph) -> list[str]:
         """What this backend cannot take, one line per node and reason; empty when it can."""

@@ -48,6 +48,7 @@ class DeltaCBackend(Backend):
     Each is checked against the lowered graph's reference over random-walk sequences."""
     name = "delta-c"
     section = "delta"
+    reads_original = True   # the int8 lowering error against the trained model
     options = {"delta_threshold": 0.0, "key_interval": 0}
 
     def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:

@@ -45,6 +45,7 @@ BENCH_BYTES = 1 << 28    # memory of one batch in bench: wide or deep nets are m
 class LogicBackend(Backend):
     """What every logic backend shares: the netlist files and the report's "logic" section."""
     section = "logic"
+    reads_original = True   # the trained accuracy train-logic stored on the module
 
     def check(self, graph: Graph) -> list[str]:
         nodes = [node for node in graph.call_nodes() if node.target is LOGIC_NETLIST]
