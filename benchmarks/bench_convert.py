@@ -26,7 +26,7 @@ from hwact.report import machine
 
 HWACT = str(Path(sys.executable).with_name("hwact"))
 FLOOR_MODEL = "vit-tiny"
-ANCHOR = ("import torch, onnx, onnxruntime, onnxscript, hwact.convert, hwact.models as m; "
+ANCHOR = ("import torch, onnx, onnxruntime, onnxscript, hwact.pipeline, hwact.models as m; "
           "module, _ = m.build('{model}')")
 
 

@@ -32,7 +32,8 @@ from hwact import models
 from hwact.backends.onnx import export_onnx
 from hwact.bench.ort_runner import make_runner, measure
 from hwact.ir.graph import trace
-from hwact.passes.base import RECIPES, all_passes
+from hwact.passes.base import all_passes
+from hwact.passes.recipes import RECIPES
 from hwact.passes.manager import random_batches, run_passes
 from hwact.report import machine
 from hwact.train.data import load_dataset, split
@@ -49,7 +50,8 @@ def quiet(*_args, **_kwargs):
 
 
 def lower(graph, recipe: str, batches):
-    lowered, records = run_passes(graph.copy(), list(RECIPES[recipe]), {}, batches)
+    lowered, records = run_passes(graph.copy(), list(RECIPES[recipe].passes), {}, batches,
+                                 postconditions=RECIPES[recipe].postconditions)
     return lowered, records
 
 
