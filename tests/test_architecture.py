@@ -50,3 +50,12 @@ def test_every_pass_declares_exactly_the_options_its_constructor_takes():
     for name, cls in all_passes().items():
         parameters = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}  # object's
         assert set(cls.takes) == parameters, name
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py")))
+def test_benchmark_scripts_import(script):
+    """The scripts behind BENCHMARKS.md follow the package's moves (a stale import failed two of them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script[:-3], ROOT / "benchmarks" / script)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
