@@ -5,27 +5,57 @@ channel c with s_c = γ_c/√(σ²_c + ε):
 
     W'_c = s_c · W_c          b'_c = s_c · (b_c − μ_c) + β_c          BN(W·x + b) = W'·x + b'
 
-exact up to float rounding. Applies to conv1d/conv2d/convolution (not transposed) and to linear whose
-output is (N, C) (BatchNorm1d normalizes dim 1, which is the linear's output features only then).
+exact up to float rounding. BatchNorm normalizes dim 1 of its input z, so the fold needs the element
+z[n, c, ...] to be output channel c of the layer:
+
+  * conv1d/conv2d/conv3d/convolution (not transposed, integer padding: run explicit-padding first for
+    padding="same"/"valid"): z is the conv's output (N, C, ...), channel c on dim 1.
+  * linear, directly or through row-major reshapes only (view, reshape, flatten, unflatten, squeeze,
+    unsqueeze, reshape_as, view_as; LeViT's `bn(linear(x).flatten(0, 1))`): a reshape keeps the
+    row-major order of the elements, and output feature c of a linear with C features is the element
+    of flat index i with i mod C = c. z of shape (M, C', 1, ..., 1) holds at [m, c'] flat index
+    m·C' + c', which is feature c' for every m exactly when C' = C. So the fold applies when z's dim 1
+    is C and every later dim is 1, and is refused otherwise (a (B, L, C) linear output fed to a
+    BatchNorm1d directly normalizes over L, not the features; a permute or transpose between them
+    moves the features).
+
+The layer (and each reshape) must have no other user that reads its values: the layer's output changes.
+Users that read only its shape (sym_size, the `other` of reshape_as/view_as) are allowed.
+aten.batch_norm and aten._native_batch_norm_legit_no_training (which returns (out, mean, invstd),
+read through getitem) are both folded.
 
 Before:                                          After:
     %conv = aten.conv2d(%x, %w, None, ...)          %conv = aten.conv2d(%x, %w_folded, %b_folded, ...)
     %bn = aten.batch_norm(%conv, %g, %b, %m, %v,
                           False, 0.1, 1e-5, True)
     %relu = aten.relu(%bn)                          %relu = aten.relu(%conv)
+
+    %fc = aten.linear(%h, %w, %b)   (B, L, C)       %fc = aten.linear(%h, %w_folded, %b_folded)
+    %flat = aten.flatten(%fc, 0, 1) (B·L, C)        %flat = aten.flatten(%fc, 0, 1)
+    %bn = aten.batch_norm(%flat, ...)
+    %out = aten.reshape_as(%bn, %fc)                %out = aten.reshape_as(%flat, %fc)
 """
 
 from __future__ import annotations
 
-import torch
+import math
+import operator
 
-from hwact.ir.graph import Graph
+import torch
+import torch.fx
+
+from hwact.ir.graph import Graph, op_name
 from hwact.ir.params import add_constant, get_tensor
 from hwact.passes.base import Pass, register
 
 aten = torch.ops.aten
 _CONVS = (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
 _BATCH_NORMS = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default)
+# ops whose output is their input (args[0]) with another shape and the same row-major element order
+_RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+             aten.unflatten.int, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default,
+             aten.reshape_as.default, aten.view_as.default)
+_SHAPE_OF_ARG1 = (aten.reshape_as.default, aten.view_as.default)   # read only the shape of args[1]
 
 
 def _bn_parts(bn):
@@ -37,17 +67,80 @@ def _bn_parts(bn):
     return (x, w, b, mean, var, eps)
 
 
-def _foldable_producer(node) -> bool:
-    if not isinstance(node, torch.fx.Node) or node.op != "call_function" or len(node.users) != 1:
-        return False
-    if node.target in _CONVS:
+def _is_constant(node) -> bool:
+    return node is None or (isinstance(node, torch.fx.Node) and node.op == "get_attr")
+
+
+def _reads_only_shape(user: torch.fx.Node, node: torch.fx.Node) -> bool:
+    """`user` reads the shape of `node`, never its values (so rescaling `node` leaves it as it is)."""
+    if user.target is aten.sym_size.int:
         return True
-    if node.target is aten.convolution.default:
-        return not node.args[6]  # transposed
-    if node.target is aten.linear.default:
-        value = node.meta.get("val")
-        return value is not None and value.dim() == 2
-    return False
+    return (user.target in _SHAPE_OF_ARG1 and len(user.args) == 2 and user.args[1] is node
+            and user.args[0] is not node and node not in user.kwargs.values())
+
+
+def _value_users(node: torch.fx.Node) -> list[torch.fx.Node]:
+    return [u for u in node.users if not _reads_only_shape(u, node)]
+
+
+def _shape(node) -> tuple | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _show(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _foldable_layer(graph: Graph, x) -> tuple[torch.fx.Node | None, str]:
+    """(the conv/linear whose output channels are dim 1 of the BatchNorm input `x`, "") or (None, why not)."""
+    if not isinstance(x, torch.fx.Node) or x.op != "call_function":
+        return None, "fed by a graph input or constant"
+    layer, between = x, []
+    while layer.target in _RESHAPES and isinstance(layer.args[0], torch.fx.Node):
+        between.append(layer)
+        layer = layer.args[0]
+    if layer.target is aten.convolution.default and layer.args[6]:
+        return None, "fed by a transposed convolution"
+    is_conv = layer.target in _CONVS or layer.target is aten.convolution.default
+    if not is_conv and layer.target is not aten.linear.default:
+        hint = " (string padding: run explicit-padding first)" if str(layer.target).endswith(".padding") else ""
+        return None, f"fed by {op_name(layer)}{hint}"
+    if is_conv and between:
+        return None, f"{op_name(between[-1])} between {layer.name} and it (a conv's channels must stay on dim 1)"
+    for node in [layer] + between[::-1]:
+        users = _value_users(node)
+        if len(users) != 1:
+            return None, f"{node.name} has {len(users)} users"
+    args = layer.args
+    if len(args) < 2 or not _is_constant(args[1]) or not _is_constant(args[2] if len(args) > 2 else None):
+        return None, f"{layer.name}'s weight or bias is computed, not a constant"
+    weight, shape = get_tensor(graph, args[1]), _shape(x)
+    if is_conv and shape is not None and len(shape) != weight.dim():
+        return None, f"{layer.name} runs on an unbatched input {_show(shape)}"
+    if layer.target is aten.linear.default:
+        features = weight.shape[0]
+        if shape is None:
+            return None, f"the shape of {x.name} is unknown"
+        trailing = shape[2:]
+        if (len(shape) < 2 or not isinstance(shape[1], int) or shape[1] != features
+                or not all(isinstance(d, int) for d in trailing) or math.prod(trailing) != 1):
+            return None, (f"its channel dim 1 of {_show(shape)} is not the {features} output features of "
+                          f"{layer.name}")
+    return layer, ""
+
+
+def _bn_output_users_ok(bn: torch.fx.Node) -> str:
+    """"" when the BatchNorm's output alone is read; else why not (the saved statistics of
+    _native_batch_norm_legit_no_training, or the tuple used as a whole)."""
+    if bn.target is aten.batch_norm.default:
+        return ""
+    for user in bn.users:
+        if user.target is not operator.getitem:
+            return f"its result tuple is read by {user.name}"
+        if user.args[1] != 0 and user.users:
+            return f"its saved statistics are read ({user.name})"
+    return ""
 
 
 def scale_layer_output(graph: Graph, layer, scale: torch.Tensor, offset: torch.Tensor, stem: str) -> None:
@@ -79,24 +172,35 @@ class FoldBatchNorm(Pass):
             if bn.target not in _BATCH_NORMS or _bn_parts(bn) is None:
                 continue
             x, gamma, beta, mean, var, eps = _bn_parts(bn)
-            if not _foldable_producer(x):
-                kept.append(bn.name)
+            layer, why = _foldable_layer(graph, x)
+            why = why or _bn_output_users_ok(bn)
+            if not why and not all(_is_constant(n) for n in (gamma, beta, mean, var)):
+                why = "its statistics or affine parameters are computed, not constants"
+            if why:
+                kept.append(f"{bn.name} ({why})")
                 continue
-            self._fold(graph, x, bn, [get_tensor(graph, n) for n in (gamma, beta, mean, var)], eps)
+            self._fold(graph, layer, x, bn, [get_tensor(graph, n) for n in (gamma, beta, mean, var)], eps)
             changed += 1
         # a BatchNorm after something other than a single-use conv/linear stays (it is a scale and shift)
-        kept_names = ", ".join(kept)
-        self.note = f"kept {len(kept)} BatchNorm not fed by a single-use conv/linear: {kept_names}" if kept else ""
+        self.note = (f"kept {len(kept)} BatchNorm not fed by a single-use conv/linear: {', '.join(kept)}"
+                     if kept else "")
         if changed:
             graph.recompile()
         return graph, changed
 
     @staticmethod
-    def _fold(graph: Graph, layer, bn, stats, eps: float) -> None:
+    def _fold(graph: Graph, layer, x, bn, stats, eps: float) -> None:
         gamma, beta, mean, var = stats
         scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
         shift = beta if beta is not None else torch.zeros_like(var)
         scale_layer_output(graph, layer, scale, shift - mean * scale, "folded")
-        layer.meta = dict(bn.meta, nn_module_stack=layer.meta.get("nn_module_stack", {}))
-        bn.replace_all_uses_with(layer)
+        if x is layer and bn.target is aten.batch_norm.default:
+            layer.meta = dict(bn.meta, nn_module_stack=layer.meta.get("nn_module_stack", {}))
+        if bn.target is aten.batch_norm.default:
+            bn.replace_all_uses_with(x)
+        else:  # (out, mean, invstd): getitem 0 reads the output, the statistics are unread
+            for item in list(bn.users):
+                if item.args[1] == 0:
+                    item.replace_all_uses_with(x)
+                graph.fx.erase_node(item)
         graph.fx.erase_node(bn)
