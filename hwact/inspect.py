@@ -5,6 +5,7 @@ from __future__ import annotations
 from hwact.ir import activations
 from hwact.ir.summary import flops, op_census, param_count, weight_bytes
 from hwact.load import Loaded
+from hwact.passes.lowerable import lowering_advice
 from hwact.report import table
 from hwact.targets import load_target, target_names
 
@@ -23,7 +24,7 @@ def inspect_loaded(loaded: Loaded) -> dict:
         "flops_per_sample": flops(graph),
         "ops": op_census(graph),
         "activations": [s.describe() for s in activations.find_sites(graph)],
-        "targets": {name: load_target(name).support_report(graph) for name in target_names()},
+        "targets": {name: load_target(name).support_report(graph, lowering_advice) for name in target_names()},
     })
     return info
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -79,23 +80,29 @@ class Target:
     def has_float_units(self) -> bool:
         return any(fmt.startswith(("float", "bfloat")) for fmt in self.numeric_formats)
 
-    def support_report(self, graph: Graph) -> dict:
-        """Per op: native or not, with the reason and (for blockers) the first nodes and module paths."""
+    def support_report(self, graph: Graph, advice: Callable[[str], str] | None = None) -> dict:
+        """Per op: native or not, with the reason and (for blockers) the first nodes and module paths.
+
+        `advice(op)` (hwact.passes.lowerable.lowering_advice: targets sit below the passes and cannot import
+        their table, so the caller hands it in) is appended to the reason of an op that blocks this target
+        only because it computes in float, on a target with no float units that runs hwact's integer ops."""
         native: dict[str, int] = {}
         blocked: dict[str, dict] = {}
         # an op the target has a datapath for still needs integer operands when it has no float units
         float_nodes = set() if self.has_float_units else set(float_compute_nodes(graph))
+        integer_ops = self.support("hwact.int_linear.default")[0]
         for node in graph.call_nodes():
             name = op_name(node)
             if is_bookkeeping(node):
                 continue
             ok, reason = self.support(name)
             if ok and node in float_nodes:
-                ok, reason = False, (f"computes in float: {self.name} has no float units "
-                                     "(lower it with --recipe int8-relu or int8-shiftgelu)")
+                ok, reason = False, f"computes in float: {self.name} has no float units"
             if ok:
                 native[name] = native.get(name, 0) + 1
                 continue
+            if advice is not None and integer_ops and node in float_nodes:
+                reason = f"{reason}; {advice(name)}"
             entry = blocked.setdefault(name, {"count": 0, "reason": reason, "nodes": []})
             entry["count"] += 1
             if len(entry["nodes"]) < 5:
