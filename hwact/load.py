@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 
 from hwact import models
 from hwact.errors import InputError
@@ -155,9 +156,8 @@ def _looks_like_onnx(path: Path) -> bool:
 def _load_pt2(path: Path, data: bytes, digest: str, shapes: list[InputSpec], trust: bool) -> Loaded:
     with quiet_torch():  # torch.export.load logs a traceback before it raises
         ep = load_exported(data, str(path), trust)
-    names = [spec.arg.name for spec in ep.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    names, example = flat_call(ep, str(path))
     if not shapes:
-        example = ep.example_inputs[0] if ep.example_inputs else None
         if example is None:
             raise InputError(f"{path}: the archive has no example inputs", hint="pass --input-shape")
         shapes = [_spec_from_tensor(name, t) for name, t in zip(names, example)]
@@ -173,6 +173,82 @@ def _load_pt2(path: Path, data: bytes, digest: str, shapes: list[InputSpec], tru
                          hint="export with dynamic_shapes for a dynamic batch, or give that batch")
     _check_runs(graph, str(path))
     return Loaded(str(path), "pt2", digest, shapes, graph, graph.module)
+
+
+def flat_call(ep: torch.export.ExportedProgram, source: str) -> tuple[list[str], tuple | None]:
+    """Make `ep` a program called with positional tensors that returns what hwact converts; returns the
+    input names and the flat example inputs (None when the archive has none).
+
+    Inputs: the user inputs in the order of the call's in_spec, positional args then keyword args (a
+    program exported with `kwargs={"input_ids": ..., "attention_mask": ...}` becomes
+    `forward(input_ids, attention_mask)`), each named as the graph signature names it (the forward's
+    parameter or keyword name), which is also the name of its calibration array in --calib.
+    Output: a tensor, or a tuple/list of tensors, is kept as it is. Any other output (a dict, a Hugging
+    Face ModelOutput read as a dict of its fields by hwact.safe_pt2.read_treespec, nested containers)
+    becomes one tensor: the leaf of the top-level field `logits` when there is one, else the first leaf
+    (a base model's last_hidden_state)."""
+    from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
+
+    user = [s for s in ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    names = [s.arg.name for s in user]
+    if any(not isinstance(s.arg, TensorArgument) for s in user):
+        odd = next(s.arg.name for s in user if not isinstance(s.arg, TensorArgument))
+        raise InputError(f"{source}: input '{odd}' is not a tensor (exported as a constant or a symbolic int); "
+                         "hwact converts models whose inputs are all tensors",
+                         hint="re-export with tensor inputs only")
+    signature = ep.module_call_graph[0].signature
+    in_spec, out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
+    example = None
+    if ep.example_inputs:
+        args, kwargs = ep.example_inputs
+        example = tuple(pytree.tree_leaves((args, {k: kwargs[k] for k in _kwarg_order(in_spec, kwargs)})))
+        if len(example) != len(names) or not all(isinstance(t, torch.Tensor) for t in example):
+            example = None
+    positional = pytree.tree_structure(((0,) * len(names), {}))
+    if signature is None or in_spec is None or in_spec.num_leaves != len(names):
+        raise InputError(f"{source}: the archive's call signature does not match its {len(names)} inputs")
+    if in_spec != positional:
+        signature.in_spec, signature.forward_arg_names = positional, list(names)
+        ep._example_inputs = (example, {}) if example is not None else None
+    if out_spec is not None and _needs_one_output(out_spec):
+        _keep_one_output(ep, _output_leaf(out_spec), OutputKind)
+        signature.out_spec = pytree.tree_structure(0)
+    return names, example
+
+
+def _kwarg_order(in_spec, kwargs: dict) -> list:
+    """The keyword names in the order the in_spec flattens them (the order they were exported in)."""
+    spec = in_spec.child(1) if in_spec is not None and in_spec.num_children == 2 else None
+    order = list(spec.context) if spec is not None and spec.type is dict else []
+    return order if set(order) == set(kwargs) else list(kwargs)
+
+
+def _needs_one_output(spec) -> bool:
+    """False for a tensor or a flat tuple/list of tensors (kept as they are), True for anything else."""
+    if spec.is_leaf():
+        return False
+    return not (spec.type in (tuple, list) and all(child.is_leaf() for child in spec.children()))
+
+
+def _output_leaf(spec) -> int:
+    """Index among the flat outputs of the top-level `logits` field's first leaf, else 0."""
+    if spec.type is dict and "logits" in spec.context:
+        index = list(spec.context).index("logits")
+        return sum(child.num_leaves for child in spec.children()[:index])
+    return 0
+
+
+def _keep_one_output(ep: torch.export.ExportedProgram, index: int, OutputKind) -> None:
+    """Make the graph return only its `index`-th user output (buffer mutations stay as they are)."""
+    output = ep.graph.output_node()
+    values = list(output.args[0])
+    specs = ep.graph_signature.output_specs
+    user = [i for i, s in enumerate(specs) if s.kind == OutputKind.USER_OUTPUT]
+    keep = [i for i, s in enumerate(specs) if s.kind != OutputKind.USER_OUTPUT] + [user[index]]
+    output.args = (tuple(values[i] for i in keep),)
+    specs[:] = [specs[i] for i in keep]
+    ep.graph.eliminate_dead_code()
+    ep.graph_module.recompile()
 
 
 def _spec_from_tensor(name: str, tensor: torch.Tensor) -> InputSpec:

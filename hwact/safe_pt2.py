@@ -15,6 +15,13 @@ native code, pickled payloads, expressions that are not plain sympy constructor 
 outside aten/prims/hwact ops, higher-order ops and a short list of arithmetic builtins; torch then
 loads the bytes already read (no second read of a file that may change) while any full unpickle is
 refused, the guards code is dropped, and every node of the loaded graph is checked again by object.
+
+Pytree specs (the call's in_spec/out_spec) are read by hwact's own reader, trusted or not (`read_treespec`):
+torch's resolves each node's type by the name the file gives (a Hugging Face `ModelOutput` is unknown unless
+transformers was imported first) and parses contexts with a JSON hook that imports any module named under
+"__enum__". hwact keeps tuple, list and dict nodes and reads every other node as a plain container of its
+leaves (see `read_treespec`); nothing is imported. Errors are torch's own cause, never "see the warnings
+above" (which hwact silences).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import zlib
 from pathlib import PurePosixPath
 
 import torch
+import torch.utils._pytree as pytree
 from torch.export.pt2_archive import constants as pt2
 
 from hwact.errors import InputError
@@ -74,14 +82,24 @@ def load_exported(data: bytes, source: str, trust: bool) -> torch.export.Exporte
     """The ExportedProgram in `data` (the bytes of the .pt2 file `source`); see the module docstring."""
     if not trust:
         check_archive(data, source)
+    # torch.export.load logs the cause of a failure and raises "check the warnings above": load_pt2 raises it
+    from torch.export.pt2_archive._package import load_pt2
+
     try:
-        with contextlib.nullcontext() if trust else _no_full_unpickling():
-            ep = torch.export.load(io.BytesIO(data))
+        with contextlib.nullcontext() if trust else _no_full_unpickling(), _own_treespec_reader():
+            programs = load_pt2(io.BytesIO(data)).exported_programs
     except _RefusedPickle as exc:
         raise InputError(f"{source}: a member of the archive needs full pickle to load ({exc}); unpickling runs "
                          "code from the file, so it is refused", hint=TRUST_HINT) from None
+    except InputError as exc:
+        raise InputError(f"{source}: {exc.message}", hint=exc.hint) from None
     except Exception as exc:
-        raise InputError(f"{source}: corrupt or truncated .pt2 archive ({first_line(exc)})") from exc
+        raise InputError(f"{source}: corrupt or truncated .pt2 archive ({type(exc).__name__}: "
+                         f"{first_line(exc)})") from exc
+    ep = programs.get("model")
+    if ep is None:
+        raise InputError(f"{source}: the archive holds no exported program named 'model' "
+                         f"({', '.join(programs) or 'none at all'})", hint="save it with torch.export.save")
     if not trust:
         ep._guards_code = []  # exec'd by ep.module(); hwact drops the guard call anyway (ir.graph)
         check_graph(ep, source)
@@ -325,3 +343,73 @@ def _no_full_unpickling():
     finally:
         torch.load, pickle.loads, torch._C._pickle_load_obj = real_load, real_loads, real_obj
 
+
+
+# ---------------------------------------------------------------------------------------------- treespecs
+_MAX_SPEC_DEPTH = 64
+_KEPT_CONTAINERS = {"builtins.tuple": tuple, "builtins.list": list, "torch.fx.immutable_collections.immutable_list": list}
+_DICTS = ("builtins.dict", "collections.OrderedDict", "torch.fx.immutable_collections.immutable_dict")
+
+
+def read_treespec(serialized: str) -> pytree.TreeSpec:
+    """A pytree spec from its serialized JSON (protocol 1), without resolving any type the file names.
+
+    Rule, node by node: a leaf stays a leaf; tuple and list nodes stay tuples and lists; dict nodes stay
+    dicts with their keys; every other node (a Hugging Face ModelOutput, a dataclass, a namedtuple, ...)
+    becomes a dict when its context is a JSON list of distinct field names, one per child (what
+    transformers writes for a ModelOutput, e.g. ["logits"]), else a tuple. The leaves and their order are
+    unchanged, so a graph's flat inputs and outputs are too. Contexts are parsed as plain JSON: no hook,
+    no import, no lookup in torch's type registry."""
+    try:
+        protocol, schema = json.loads(serialized)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InputError(f"a pytree spec is not valid JSON ({first_line(exc)})") from None
+    if protocol != 1:
+        raise InputError(f"a pytree spec has protocol {protocol!r}; hwact reads protocol 1 (torch 2.x)")
+    return pytree.tree_structure(_spec_value(schema, 0))
+
+
+def _spec_value(schema, depth: int):
+    """A stand-in value (zeros for leaves) with the structure `schema` describes; see read_treespec."""
+    if depth > _MAX_SPEC_DEPTH:
+        raise InputError(f"a pytree spec nests deeper than {_MAX_SPEC_DEPTH} levels")
+    if not isinstance(schema, dict) or not isinstance(schema.get("children_spec"), list):
+        raise InputError("a pytree spec node is not an object with a children_spec list")
+    kind, children = schema.get("type"), schema["children_spec"]
+    if kind is None:
+        if children:
+            raise InputError("a pytree spec leaf has children")
+        return 0
+    values = [_spec_value(child, depth + 1) for child in children]
+    if kind in _KEPT_CONTAINERS:
+        return _KEPT_CONTAINERS[kind](values)
+    names = _context_names(schema.get("context"), len(values), keys_only=kind in _DICTS)
+    return dict(zip(names, values)) if names is not None else tuple(values)
+
+
+def _context_names(context, count: int, keys_only: bool) -> list | None:
+    """The node's keys (dicts) or field names (other types) from its JSON context, or None."""
+    try:
+        names = json.loads(context) if isinstance(context, str) else None
+    except (ValueError, RecursionError):
+        names = None
+    allowed = (str, int) if keys_only else (str,)
+    if (isinstance(names, list) and len(names) == count and all(isinstance(n, allowed) for n in names)
+            and len(set(names)) == count):
+        return names
+    if keys_only:
+        raise InputError(f"a dict node of a pytree spec has keys that are not {count} distinct names")
+    return None
+
+
+@contextlib.contextmanager
+def _own_treespec_reader():
+    """While torch deserializes an archive, its module call specs are read by read_treespec."""
+    from torch._export.serde import serialize
+
+    real = serialize.treespec_loads
+    serialize.treespec_loads = read_treespec
+    try:
+        yield
+    finally:
+        serialize.treespec_loads = real
