@@ -1,7 +1,7 @@
 """cleanup: constant folding, dead-code elimination and removal of unused weights.
 
-Constant folding: a node all of whose inputs are constants (get_attr tensors or literals) computes a
-constant; each such node that feeds a non-constant node is evaluated once and replaced by a buffer.
+Constant folding: a node all of whose inputs are constants (get_attr tensors or literals; a creation op
+with no tensor input at all, such as arange(16) or zeros(1, 16), counts) computes a constant; each such node that feeds a non-constant node is evaluated once and replaced by a buffer.
 Dead-code elimination then drops everything without users, and parameters/buffers that no get_attr
 reads any more are deleted from the module (so exports carry only live weights).
 
@@ -35,8 +35,12 @@ def _is_constant(node: torch.fx.Node, constant: set) -> bool:
         return False
     if torch.Tag.nondeterministic_seeded in node.target.tags:
         return False
-    inputs = node.all_input_nodes
-    return bool(inputs) and all(i in constant for i in inputs)
+    if node.target._opname.startswith(("empty", "_assert", "sym_")):
+        return False   # uninitialised memory, assertions and shape queries are not values to freeze
+    value = node.meta.get("val")
+    if isinstance(value, torch.Tensor) and any(not isinstance(d, int) for d in value.shape):
+        return False   # a size that follows the batch (arange(batch)) is not a constant
+    return all(i in constant for i in node.all_input_nodes)   # no inputs: arange(16), zeros(...), full(...)
 
 
 @register
