@@ -263,6 +263,26 @@ def test_i_layernorm():
     ]
 
 
+def test_lut_activations():
+    # the island on int16 codes becomes one table of 65536 int32 entries (a weight), indexed from -32768
+    assert after("lut-activations", island(F.silu, 4 / 32767, 0.03, in_bits=16), 1) == [
+        "hwact.quantize.default(x, 0.0001221, -32768, 32767)",
+        "hwact.int_lut.default(quantize, silu_lut_0, -32768, -128, 127)",
+        "hwact.dequantize.default(int_lut, 0.03)",
+        "output(dequantize)",
+    ]
+
+
+def test_lut_gelu():
+    # tanh-approximate GELU on int8 codes, uint8 output: 256 entries indexed from -128, clamped to [0, 255]
+    assert after("lut-gelu", island(lambda z: F.gelu(z, approximate="tanh"), 4 / 127, 0.03, (0, 255)), 1) == [
+        "hwact.quantize.default(x, 0.0315, -128, 127)",
+        "hwact.int_lut.default(quantize, gelu_lut_0, -128, 0, 255)",
+        "hwact.dequantize.default(int_lut, 0.03)",
+        "output(dequantize)",
+    ]
+
+
 # ----- layer lowerings ---------------------------------------------------------------------------------
 
 def test_lower_logic():
