@@ -122,11 +122,11 @@ def _foldable_layer(graph: Graph, x) -> tuple[torch.fx.Node | None, str]:
         features = weight.shape[0]
         if shape is None:
             return None, f"the shape of {x.name} is unknown"
-        trailing = shape[2:]
-        if (len(shape) < 2 or not isinstance(shape[1], int) or shape[1] != features
-                or not all(isinstance(d, int) for d in trailing) or math.prod(trailing) != 1):
-            return None, (f"its channel dim 1 of {_show(shape)} is not the {features} output features of "
-                          f"{layer.name}")
+        if len(shape) < 2 or not isinstance(shape[1], int) or shape[1] != features:
+            return None, f"its channel dim 1 of {_show(shape)} is not the {features} output features of {layer.name}"
+        if not all(isinstance(d, int) for d in shape[2:]) or math.prod(shape[2:]) != 1:
+            return None, (f"its input {_show(shape)} has dims after the channel dim 1: each of its channels "
+                          f"would mix the {features} output features of {layer.name}")
     return layer, ""
 
 
