@@ -130,6 +130,27 @@ def test_fold_bn():
     ]
 
 
+class StringPaddedConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.same3, self.same2 = nn.Conv2d(3, 4, 3, padding="same"), nn.Conv2d(4, 4, 2, padding="same", bias=False)
+        self.valid = nn.Conv2d(4, 2, 3, stride=2, padding="valid")
+
+    def forward(self, x):
+        return self.valid(self.same2(self.same3(x)))
+
+
+def test_explicit_padding():
+    # 3x3 "same": 1 per side; 2x2 "same": one zero appended at the bottom and right, then no conv padding
+    assert after("explicit-padding", trace(StringPaddedConvs(), [InputSpec("x", (2, 3, 6, 6))]), 3) == [
+        "aten.conv2d.default(x, same3.weight, same3.bias, [1, 1], [1, 1], [1, 1], 1)",
+        "aten.constant_pad_nd.default(conv2d, [0, 1, 0, 1], 0)",
+        "aten.conv2d.default(constant_pad_nd, same2.weight, None, [1, 1], [0, 0], [1, 1], 1)",
+        "aten.conv2d.default(conv2d_1, valid.weight, valid.bias, [2, 2], [0, 0], [1, 1], 1)",
+        "output(conv2d_2)",
+    ]
+
+
 class LayerScales(nn.Module):
     """A per-channel scale after a linear (scale second) and after a conv (scale first), and a per-element
     product, which is not a layer scale."""
