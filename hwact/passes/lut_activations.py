@@ -42,9 +42,8 @@ import torch
 import torch.fx
 
 from hwact.errors import PreconditionError
-from hwact.ir import int_elementwise_ops  # noqa: F401  (registers hwact::int_lut)
 from hwact.ir.graph import Graph
-from hwact.ir.int_elementwise_ops import TABLE_LIMIT
+from hwact.ir.int_elementwise_ops import TABLE_LIMIT  # (importing it registers hwact::int_lut)
 from hwact.ir.params import add_constant
 from hwact.passes._islands import Island, IslandPass
 from hwact.passes.base import register
