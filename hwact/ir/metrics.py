@@ -5,7 +5,8 @@ Below the passes and the backends, which both verify what they produce against t
 emitted them from). For two runs y (reference) and y' on the same inputs, over all floating-point
 outputs flattened per sample:
     max_abs_err = max |y' − y|        mean_abs_err = mean |y' − y|
-    cosine      = <y', y> / (|y'|·|y|)  (all outputs of all samples as one vector)
+    cosine      = <y', y> / (|y'|·|y|)  (all outputs of all samples as one vector); 1.0 when y' = y exactly
+                  (also when both are all zero, where the formula is 0/0), 0.0 when only one is all zero
     top1_agreement = share of samples whose argmax class is unchanged (when the first output is (N, C>1))
 """
 
@@ -68,13 +69,33 @@ def require_finite_reference(outputs: Outputs, batches: list[tuple], what: str =
                      "check the model's weights and the --calib values: a layer overflows float32")
 
 
+def degenerate(outputs: Outputs) -> str | None:
+    """Why a cosine against these reference outputs means nothing, or None: they are all zero, or one
+    constant value, on every calibration sample."""
+    flat = outputs.flat
+    if not flat.numel():
+        return None
+    low, high = float(flat.min()), float(flat.max())
+    if low != high:
+        return None
+    return "all zero" if low == 0.0 else f"all {low:g}"
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """<a, b> / (|a|·|b|) of two flattened runs; 1.0 when they are equal (both all zero included: the formula
+    is 0/0 there, and torch returns 0), 0.0 when exactly one is all zero."""
+    if not a.numel() or torch.equal(a, b):
+        return 1.0
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
 def compare(before: Outputs, after: Outputs) -> dict:
     """max/mean abs error, cosine similarity and top-1 agreement of two runs on the same inputs."""
     a, b = before.flat, after.flat
     diff = (a - b).abs()
-    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item() if a.numel() else 1.0
     top1 = None
     if before.classes is not None and after.classes is not None:
         top1 = (before.classes == after.classes).double().mean().item()
     return {"max_abs_err": diff.max().item() if diff.numel() else 0.0,
-            "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cos, "top1_agreement": top1}
+            "mean_abs_err": diff.mean().item() if diff.numel() else 0.0, "cosine": cosine(a, b),
+            "top1_agreement": top1}

@@ -11,6 +11,11 @@ placeholder and every call_function node whose output is a floating tensor gets 
                  = mse         the observed range clipped to ±c, c minimising E[(x − Q_c(x))²] for int8
                                (uint8 when the tensor is never negative)
 
+±inf values of intermediate tensors (a -inf attention mask constant, e.g. after run_decompositions, flows
+into the scores before softmax) are left out of their node's range and counted in
+graph.meta["hwact_calibration"]["infinite_values"] (node name -> count); NaN anywhere, and any non-finite
+calibration input, is refused.
+
 The graph itself is not changed (outputs are bit-identical: tolerance 0); the pass returns the number of
 nodes annotated. graph.meta["hwact_calibration"] records the method, the number of samples and every
 range (node name -> [lo, hi]); the pass manager puts it in the pass's report.json details.
@@ -90,7 +95,7 @@ class Calibrate(Pass):
             if node not in observers:
                 observers[node] = make_observer(self.method)
             try:
-                observers[node].observe(value)
+                observers[node].observe(value, ignore_infinite=node.op != "placeholder")
             except InputError as exc:
                 raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
 
@@ -103,5 +108,8 @@ class Calibrate(Pass):
             node.meta[RANGE_KEY] = ranges[node.name] = observer.range()
         annotated = len(ranges)
         graph.meta["hwact_calibration"] = {"method": self.method, "samples": samples, "nodes": annotated,
-                                           "ranges": {name: list(r) for name, r in ranges.items()}}
+                                           "ranges": {name: list(r) for name, r in ranges.items()},
+                                           "infinite_values": {node.name: observer.infinite
+                                                               for node, observer in observers.items()
+                                                               if observer.infinite}}
         return graph, annotated

@@ -3,9 +3,13 @@
 After every pass the new graph and the graph it was given are run on the same calibration batches and
 compared on all floating-point outputs:
     max_abs_err = max |y' − y|        mean_abs_err = mean |y' − y|
-    cosine      = <y', y> / (|y'|·|y|)  (outputs flattened per run)
+    cosine      = <y', y> / (|y'|·|y|)  (outputs flattened per run; 1.0 when y' = y exactly)
     top1_agreement = share of samples whose argmax class is unchanged (when the first output is (N, C>1))
 A pass with a declared `tolerance` that exceeds it fails with an error naming it and the passes before it.
+When the reference outputs are all zero (or one constant) on the calibration batches, one warning line
+goes to stderr (every cosine is then meaningless) and into the first record's details.
+Every error raised while a pass checks, runs or is verified names the pass (and, for an op that fails
+while the graph runs, e.g. a requantization multiplier no int32 dyadic holds, the node).
 Calibration batches are random (seeded) by default, or come from a user .npz whose arrays are named after
 the model inputs (or `x` for a single-input model). A pass whose constructor takes `calibration_batches`
 (e.g. one that collects activation ranges) receives these same batches.
@@ -14,6 +18,7 @@ the model inputs (or `x` for a single-input model). A pass whose constructor tak
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,8 +28,8 @@ import torch
 
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
-from hwact.ir.graph import Graph, InputSpec, first_line
-from hwact.ir.metrics import compare, nonfinite_batch, require_finite_reference, run_outputs
+from hwact.ir.graph import Graph, InputSpec, first_line, module_path, op_name
+from hwact.ir.metrics import Outputs, compare, degenerate, nonfinite_batch, require_finite_reference, run_outputs
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 from hwact.passes.recipes import POSTCONDITIONS
@@ -119,48 +124,100 @@ def check_site_globs(graph: Graph, names: list[str], options: dict) -> None:
     activations.require_matches(activations.gelu_sites(graph), only, skip)
 
 
+def _failing_node(graph: Graph, batches: list[tuple]) -> torch.fx.Node | None:
+    """The node whose evaluation raises a PreconditionError on `batches` (run again node by node)."""
+    current: list[torch.fx.Node] = []
+
+    class Locator(torch.fx.Interpreter):
+        def run_node(self, node):
+            current[:] = [node]
+            return super().run_node(node)
+
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                Locator(graph.module).run(*batch)
+    except PreconditionError:
+        return current[0] if current else None
+    return None
+
+
+def _outputs(graph: Graph, batches: list[tuple], where: str) -> Outputs:
+    """run_outputs, with a PreconditionError an op raises while running (hwact.ir.int_ops.dyadic's knows no
+    node) naming `where` (the pass) and the node that raised it."""
+    try:
+        return run_outputs(graph, batches)
+    except PreconditionError as exc:
+        node = _failing_node(graph, batches)
+        at = "" if node is None else \
+            f" at {node.name} ({op_name(node)}{', ' + module_path(node) if module_path(node) else ''})"
+        raise PreconditionError(f"{where}: the graph fails to run{at}: {exc.message}", hint=exc.hint) from None
+
+
+def _warn(message: str) -> None:
+    print(f"hwact: warning: {message}", file=sys.stderr)
+
+
 def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tuple],
-               log=lambda message: None, postconditions: tuple[str, ...] = ()) -> tuple[Graph, list[PassRecord]]:
+               log=lambda message: None, postconditions: tuple[str, ...] = (),
+               warn=_warn) -> tuple[Graph, list[PassRecord]]:
     """Run `names` in order on `graph` (mutated), verifying each, then check the `postconditions` (names
-    in hwact.passes.recipes.POSTCONDITIONS) on the result; returns the graph and one record per pass."""
+    in hwact.passes.recipes.POSTCONDITIONS) on the result; returns the graph and one record per pass.
+    `warn(line)` gets the one warning about degenerate reference outputs (stderr by default)."""
     records: list[PassRecord] = []
     check_site_globs(graph, names, options)
     try:
-        before_outputs = run_outputs(graph, batches)
+        before_outputs = _outputs(graph, batches, "the graph given to the passes")
+    except PreconditionError:
+        raise
     except Exception as exc:  # e.g. token ids beyond the embedding table
         raise InputError(f"the model rejects the calibration inputs ({first_line(exc)})",
                          hint="check --input-shape (e.g. a sequence longer than the position table) and the "
                               "--calib arrays' values (token ids must be below the vocabulary size)") from exc
     require_finite_reference(before_outputs, batches)
+    flat = degenerate(before_outputs) if names else None
+    warning = None
+    if flat is not None:
+        warning = (f"the model's outputs are {flat} on the calibration data: cosine is meaningless; "
+                   "check the weights/calibration")
+        warn(warning)
     for index, name in enumerate(names):
         done = ", ".join(names[:index]) or "none"
+        where = f"pass {name} (after: {done})"
         the_pass = make_pass(name, {**options, "calibration_batches": batches})
         violations = the_pass.check(graph)
         if violations:
-            raise PreconditionError(f"pass {name} (after: {done}): precondition "
-                                    f"'{' and '.join(the_pass.preconditions)}' fails at {_shown(violations)}")
+            stated = " and ".join(the_pass.preconditions)
+            if "hwact_integer" in graph.meta:  # it ran: the violations say what it left in float
+                stated = stated.replace(" (run fold-quant-scales first)", "")
+            raise PreconditionError(f"{where}: precondition '{stated}' fails at {_shown(violations)}")
         start = time.perf_counter()
         meta_before = {k: copy.copy(v) for k, v in graph.meta.items()}
-        graph, changed = the_pass(graph)
+        try:
+            graph, changed = the_pass(graph)
+        except PreconditionError as exc:  # a pass's own error line may lack its name (or be prefixed by it)
+            raise PreconditionError(f"{where}: {exc.message.removeprefix(name + ': ')}", hint=exc.hint) from None
         details = {k: v for k, v in graph.meta.items() if k not in meta_before or meta_before[k] != v}
         seconds = time.perf_counter() - start
         if not changed:
             record = PassRecord(name, 0, 0.0, 0.0, 1.0, 1.0, round(seconds, 4),
                                 "; ".join(filter(None, ["no change: nothing matched", the_pass.note])))
         else:
-            after_outputs = run_outputs(graph, batches)
+            after_outputs = _outputs(graph, batches, where)
             broken = nonfinite_batch(after_outputs)
             if broken is not None:
-                raise VerificationError(f"pass {name} (after: {done}) made the outputs NaN/Inf on calibration "
+                raise VerificationError(f"{where} made the outputs NaN/Inf on calibration "
                                         f"batch {broken + 1} of {len(batches)} (they were finite before it)")
             metrics = compare(before_outputs, after_outputs)
             record = PassRecord(name, changed, **metrics, seconds=round(time.perf_counter() - start, 4),
                                 note=the_pass.note)
             if the_pass.tolerance is not None and not metrics["max_abs_err"] <= the_pass.tolerance:  # NaN fails
-                raise VerificationError(f"pass {name} (after: {done}) changed outputs by {metrics['max_abs_err']:.3g}, "
+                raise VerificationError(f"{where} changed outputs by {metrics['max_abs_err']:.3g}, "
                                         f"over its tolerance {the_pass.tolerance:g}")
             before_outputs = after_outputs
         record.details = details
+        if warning is not None and not records:
+            record.details = {**details, "warning": warning}
         records.append(record)
         log(record)
     check_postconditions(graph, names, postconditions)

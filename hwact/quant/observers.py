@@ -22,6 +22,11 @@ HistogramObserver   a histogram of `bins` equal bins over the symmetric interval
                     `candidates` values in (0, max|x|]. The range returned is the observed range
                     clipped to [−c, c].
 
+Infinite values: `observe(x, ignore_infinite=True)` (what calibrate does for intermediate tensors: a -inf
+attention mask constant, e.g. from a decomposed scaled_dot_product_attention or masked_fill(-inf), flows
+into them) leaves ±inf out of the range and counts them in `infinite`; NaN is always refused, and so is
+any non-finite value when ignore_infinite is False (the default, and calibrate's choice for graph inputs).
+
 A range is always returned as python floats (lo, hi) with lo ≤ 0 ≤ hi not enforced: a consumer that
 needs a symmetric scale takes max(|lo|, |hi|).
 """
@@ -53,6 +58,8 @@ class Observer:
     def seen(self) -> int:
         return self.count
 
+    infinite = 0   # ±inf values left out of the range (observe(..., ignore_infinite=True))
+
 
 def _checked(x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -61,6 +68,24 @@ def _checked(x: torch.Tensor) -> torch.Tensor:
     if x.numel() and not bool(torch.isfinite(x).all()):
         raise InputError("tensor holds NaN or infinite values", hint="check the calibration data")
     return x
+
+
+def _finite(observer: Observer, x: torch.Tensor, ignore_infinite: bool) -> torch.Tensor:
+    """`x` checked; with ignore_infinite, its ±inf values counted in observer.infinite and dropped
+    (flattened: for per-tensor observers). NaN is refused either way."""
+    if not ignore_infinite:
+        return _checked(x)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return _checked(x)
+    x = x.detach()
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise InputError("tensor holds NaN values", hint="check the model's weights and the calibration data")
+    infinite = torch.isinf(x)
+    count = int(infinite.sum())
+    if not count:
+        return x
+    observer.infinite += count
+    return x[~infinite]
 
 
 class MinMaxObserver(Observer):
@@ -72,8 +97,8 @@ class MinMaxObserver(Observer):
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
 
-    def observe(self, x: torch.Tensor) -> None:
-        x = _checked(x)
+    def observe(self, x: torch.Tensor, ignore_infinite: bool = False) -> None:
+        x = _finite(self, x, ignore_infinite and self.axis is None)
         if x.numel() == 0:
             return
         if self.axis is None:
@@ -163,8 +188,8 @@ class HistogramObserver(Observer):
         self.count = 0
 
     # ----- accumulation ------------------------------------------------------------------------
-    def observe(self, x: torch.Tensor) -> None:
-        x = _checked(x)
+    def observe(self, x: torch.Tensor, ignore_infinite: bool = False) -> None:
+        x = _finite(self, x, ignore_infinite)
         if x.numel() == 0:
             return
         x = x.reshape(-1).double()
