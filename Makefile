@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.hwact-installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0          # first: the CPU wheel, never a CUDA build
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,hf]'   # hf: the Hugging Face intake, which the tests cover
 	touch $(STAMP)
 
 install: $(STAMP)

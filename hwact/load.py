@@ -8,6 +8,7 @@ Formats (detected from the bytes, not the extension):
   * .pt2 archives are read by hwact.safe_pt2, which refuses every route to running the file's code.
   * ONNX (.onnx): only for commands that need nothing but ONNX (bench, inspect).
   * zoo:NAME: a built-in zoo model with its seeded random weights.
+  * a Hugging Face model folder (config.json + model.safetensors): hwact.hf_folder, needs `hwact[hf]`.
 Every failure a user can cause raises InputError naming the file and the cause; nothing is written.
 """
 
@@ -94,7 +95,12 @@ def load(source: str, arch: str | None = None, input_shapes: tuple[str, ...] = (
     if not path.exists():
         raise InputError(f"{source}: no such file", hint="give a checkpoint path or zoo:NAME (see `hwact inspect --help`)")
     if path.is_dir():
-        raise InputError(f"{source}: is a directory, not a checkpoint file")
+        from hwact import hf_folder
+
+        if hf_folder.is_model_folder(path):
+            return hf_folder.load_folder(path, input_shapes, trust)
+        raise InputError(f"{source}: is a directory, not a checkpoint file",
+                         hint=f"a Hugging Face model folder holds {hf_folder.CONFIG}")
     if not path.is_file():  # a FIFO or device would block or never end
         raise InputError(f"{source}: not a regular file")
     if path.stat().st_size == 0:
