@@ -11,10 +11,11 @@ placeholder and every call_function node whose output is a floating tensor gets 
                  = mse         the observed range clipped to ±c, c minimising E[(x − Q_c(x))²] for int8
                                (uint8 when the tensor is never negative)
 
-±inf values of intermediate tensors (a -inf attention mask constant, e.g. after run_decompositions, flows
-into the scores before softmax) are left out of their node's range and counted in
-graph.meta["hwact_calibration"]["infinite_values"] (node name -> count); NaN anywhere, and any non-finite
-calibration input, is refused.
+±inf values of intermediate tensors that come from a constant (a -inf attention mask, e.g. after
+run_decompositions, flows into the scores before softmax: a node with no tensor input, or one fed an
+infinite value) are left out of their node's range and counted in
+graph.meta["hwact_calibration"]["infinite_values"] (node name -> count). An infinity a node makes from
+finite inputs (float overflow), NaN anywhere and any non-finite calibration input are refused.
 
 The graph itself is not changed (outputs are bit-identical: tolerance 0); the pass returns the number of
 nodes annotated. graph.meta["hwact_calibration"] records the method, the number of samples and every
@@ -33,7 +34,7 @@ import torch.fx
 
 from hwact.errors import InputError
 from hwact.ir.graph import Graph
-from hwact.ir.record import record
+from hwact.ir.record import Recorder
 from hwact.passes.base import Pass, register
 from hwact.quant.observers import METHODS, make_observer
 
@@ -94,12 +95,20 @@ class Calibrate(Pass):
                 return
             if node not in observers:
                 observers[node] = make_observer(self.method)
+            constant_infinity = node.op == "call_function" and bool(torch.isinf(value).any()) and _inherits(node)
             try:
-                observers[node].observe(value, ignore_infinite=node.op != "placeholder")
+                observers[node].observe(value, ignore_infinite=constant_infinity)
             except InputError as exc:
                 raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
 
-        record(graph.module, self.batches, observe)
+        def _inherits(node: torch.fx.Node) -> bool:
+            """The node's infinities come from a constant: it has no tensor input, or an input is infinite."""
+            args, kwargs = recorder.inputs(node)
+            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            return not tensors or any(t.is_floating_point() and bool(torch.isinf(t).any()) for t in tensors)
+
+        recorder = Recorder(graph.module, observe)
+        recorder.run_batches(self.batches)
         samples = sum(batch[0].shape[0] if batch and batch[0].dim() else 1 for batch in self.batches)
         ranges = {}
         for node, observer in observers.items():
