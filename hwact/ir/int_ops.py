@@ -327,3 +327,38 @@ def int_max_pool2d_onnx(q: INT32, kernel: list[int], stride: list[int], padding:
     if isinstance(pooled, (tuple, list)):  # traced MaxPool yields (values, indices)
         pooled = pooled[0]
     return op.Cast(pooled, to=INT32_TYPE)
+
+
+# ----- lookups and masks ----------------------------------------------------------------------------
+@hwact_op("int_embedding", bounds=(-127, 127))
+def int_embedding(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """codes = table[ids]: an embedding table quantized offline (int8, one symmetric scale for the
+    table, so every looked-up row shares it), indexed by integer token ids; int32 out."""
+    return table.to(torch.int32)[ids.to(torch.int64)]
+
+
+@int_embedding.register_fake
+def _(table, ids):
+    return torch.empty(tuple(ids.shape) + (table.shape[1],), dtype=torch.int32, device=table.device)
+
+
+@onnx_translation(torch.ops.hwact.int_embedding.default)
+def int_embedding_onnx(table: INT8, ids) -> INT32:
+    return op.Cast(op.Gather(table, op.Cast(ids, to=INT64_TYPE), axis=0), to=INT32_TYPE)
+
+
+@hwact_op("int_mask", codes_of="q")
+def int_mask(q: torch.Tensor, keep: torch.Tensor, fill: int) -> torch.Tensor:
+    """where(keep, q, fill): masked attention scores (an additive −inf mask) take the lowest code of
+    q's range, so shiftmax gives them the smallest weight it can express; the codes stay q's."""
+    return torch.where(keep, q.to(torch.int32), torch.tensor(fill, dtype=torch.int32))
+
+
+@int_mask.register_fake
+def _(q, keep, fill):
+    return torch.empty(torch.broadcast_shapes(q.shape, keep.shape), dtype=torch.int32, device=q.device)
+
+
+@onnx_translation(torch.ops.hwact.int_mask.default)
+def int_mask_onnx(q: INT32, keep, fill: int) -> INT32:
+    return op.Where(op.Cast(keep, to=9), q, op.Cast(op.Constant(value_int=int(fill)), to=INT32_TYPE))

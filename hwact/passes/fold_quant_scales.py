@@ -15,6 +15,13 @@ and the graph is rewritten, node by node, into hwact integer ops (hwact/ir/int_o
                              hwact.int_linear / hwact.int_conv2d; a ReLU that is the layer's only user
                              is fused as the clamp [0, 255] (its scale from the ReLU's range)
     relu (not fused)         aten.clamp(q, 0)                                   (scale unchanged)
+    hardtanh(lo, hi), relu6, clamp
+                             aten.clamp(q, round(lo / S), round(hi / S))        (scale unchanged)
+    embedding(W, ids)        hwact.int_embedding(W_q, ids): W_q = clamp(round(W / S_W), ±127) int8 with
+                             one scale S_W = max|W| / 127 (every row looked up shares it)
+    a · b (two activations)  hwact.int_mul, multiplier S_a·S_b / S_out (squeeze-excite gates)
+    where(m, x, −inf)        hwact.int_mask(q, m, qmin): masked scores get the lowest code (decompose-sdpa)
+    constant_pad_nd(x, 0)    aten.constant_pad_nd(q, pad, 0): code 0 is the real 0 (scale unchanged)
     x · c, x / c (c a number) folded into the scale: S_out = S·|c| (aten.neg when c < 0)
     a + b                    hwact.int_add: each branch requantized to S_out once, then added (int16)
     a @ b (activations)      hwact.int_matmul, multiplier S_a·S_b / S_out
@@ -51,8 +58,8 @@ import torch
 import torch.fx
 
 from hwact.errors import PreconditionError
-from hwact.ir import int_ops  # noqa: F401  (registers the hwact integer ops)
-from hwact.ir.graph import Graph
+from hwact.ir import int_elementwise_ops, int_ops  # noqa: F401  (registers the hwact integer ops)
+from hwact.ir.graph import Graph, module_path, op_name
 from hwact.ir.int_ops import dyadic_tensors
 from hwact.ir.params import add_constant, get_tensor
 from hwact.passes.base import Pass, register
@@ -79,6 +86,9 @@ SCALINGS = {aten.mul.Tensor: False, aten.mul.Scalar: False, aten.div.Tensor: Tru
 MATMULS = {aten.matmul.default, aten.bmm.default}
 MEANS = {aten.mean.dim}
 POOLS = {aten.max_pool2d.default}
+CLAMPS = {aten.hardtanh.default: (-1.0, 1.0), aten.relu6.default: (0.0, 6.0), aten.clamp.default: (None, None)}
+MASK_FILLS = {aten.where.ScalarOther}
+MASKED_BELOW = -1e9
 
 
 @dataclass
@@ -212,7 +222,13 @@ class _Lowering:
                     self.ints[node] = self._quantize_float(node)
             elif node.op == "call_function" and node not in self.ints:
                 with self.graph.fx.inserting_before(node):
-                    self._lower(node)
+                    try:
+                        self._lower(node)
+                    except PreconditionError as exc:   # a scale the integer ops cannot hold: name the node
+                        where = module_path(node)
+                        raise PreconditionError(f"fold-quant-scales: node {node.name} ({op_name(node)}"
+                                                f"{', ' + where if where else ''}): {exc.message}",
+                                                hint=exc.hint) from None
             elif node.op == "output":
                 self._lower_output(node)
         return self.changed
@@ -220,6 +236,8 @@ class _Lowering:
     def _lower(self, node: torch.fx.Node) -> None:
         if node.target in SHAPE_OPS and node.args and isinstance(node.args[0], torch.fx.Node):
             self._int(node.args[0])  # a float constant moved around (a class token): quantize it offline
+        if node.target is aten.embedding.default and self._lower_embedding(node):
+            return
         inputs = [a for a in node.all_input_nodes if a in self.ints]
         if not inputs or RANGE_KEY not in node.meta:
             return  # no integer input (shape arithmetic, constants) or no float output
@@ -231,6 +249,21 @@ class _Lowering:
             qt = self.ints[node.args[0]]
             clamped = self._call(aten.clamp.default, (qt.node, 0), node)
             self.ints[node] = QTensor(clamped, qt.scale, max(qt.qmin, 0), qt.qmax)
+        elif target in CLAMPS and node.args[0] in self.ints:
+            self._lower_clamp(node)
+        elif target in MASK_FILLS and node.args[1] in self.ints and isinstance(node.args[2], (int, float)) \
+                and node.args[2] < MASKED_BELOW:
+            qt = self.ints[node.args[1]]
+            masked = self._call(hw.int_mask.default, (qt.node, node.args[0], qt.qmin), node)
+            self.ints[node] = QTensor(masked, qt.scale, qt.qmin, qt.qmax)
+        elif target is aten.constant_pad_nd.default and node.args[0] in self.ints \
+                and float(node.args[2] if len(node.args) > 2 else 0.0) == 0.0:
+            qt = self.ints[node.args[0]]
+            padded = self._call(aten.constant_pad_nd.default, (qt.node, list(node.args[1]), 0), node)
+            self.ints[node] = QTensor(padded, qt.scale, min(qt.qmin, 0), max(qt.qmax, 0))
+        elif target is aten.mul.Tensor and all(isinstance(a, torch.fx.Node) for a in node.args[:2]) \
+                and all(self._int(a) for a in node.args[:2]):
+            self._lower_product(node)
         elif target in SCALINGS and isinstance(node.args[1], (int, float)) and node.args[1] != 0 \
                 and node.args[0] in self.ints:
             self._lower_scaling(node, SCALINGS[target])
@@ -305,6 +338,35 @@ class _Lowering:
             self.ints[node] = QTensor(negated, scale, -qt.qmax, -qt.qmin)
         else:
             self.ints[node] = QTensor(qt.node, scale, qt.qmin, qt.qmax)
+
+    def _lower_clamp(self, node: torch.fx.Node) -> None:
+        qt = self.ints[node.args[0]]
+        low, high = CLAMPS[node.target]
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min", low)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max", high)
+        code_low = qt.qmin if low is None else max(qt.qmin, round(float(low) / qt.scale))
+        code_high = qt.qmax if high is None else min(qt.qmax, round(float(high) / qt.scale))
+        clamped = self._call(aten.clamp.default, (qt.node, code_low, code_high), node)
+        self.ints[node] = QTensor(clamped, qt.scale, min(code_low, code_high), code_high)
+
+    def _lower_embedding(self, node: torch.fx.Node) -> bool:
+        table, ids = node.args[0], node.args[1]
+        if not (isinstance(table, torch.fx.Node) and table.op == "get_attr") or RANGE_KEY not in node.meta:
+            return False
+        weight = get_tensor(self.graph, table).detach().to(torch.float64)
+        magnitude = float(weight.abs().max())
+        scale = magnitude / 127 if magnitude > 0 else 1.0
+        codes = torch.clamp(torch.round(weight / scale), -127, 127).to(torch.int8)
+        table_q = self._constant(f"{node.name}_table_q", codes, node)
+        out = self._call(hw.int_embedding.default, (table_q, ids), node)
+        self.ints[node] = QTensor(out, scale, -127, 127)
+        return True
+
+    def _lower_product(self, node: torch.fx.Node) -> None:
+        a, b = (self._int(arg) for arg in node.args[:2])
+        scale, qmin, qmax = self._out(node)
+        out = self._call(hw.int_mul.default, (a.node, b.node, a.scale * b.scale / scale, qmin, qmax), node)
+        self.ints[node] = QTensor(out, scale, qmin, qmax)
 
     def _lower_add(self, node: torch.fx.Node) -> bool:
         a, b = (self._int(arg, INT16) for arg in node.args[:2])

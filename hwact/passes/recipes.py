@@ -24,17 +24,21 @@ class Recipe:
     postconditions: tuple[str, ...] = ()
 
 
+INTEGER_PREPARE = ("canonicalize", "decompose-sdpa", "explicit-padding", "fold-bn", "fold-layer-scale", "cleanup")
+
 RECIPES: dict[str, Recipe] = {
     "none": Recipe(()),
     "relu": Recipe(("gelu-to-relu", "fold-bn", "cleanup")),
     "helu": Recipe(("gelu-to-helu", "fold-bn", "cleanup")),
     "fold-bn": Recipe(("fold-bn", "cleanup")),
-    # cleanup folds constant subgraphs (Swin's relative-position bias: a table indexed by a constant) into
-    # one constant, which fold-quant-scales then adds in integers
-    "int8-relu": Recipe(("gelu-to-relu", "fold-bn", "fold-layer-scale", "cleanup", "cle", "calibrate",
-                         "fold-quant-scales", "i-layernorm", "shiftmax"), ("integer-only",)),
-    "int8-shiftgelu": Recipe(("fold-bn", "fold-layer-scale", "cleanup", "calibrate", "fold-quant-scales",
-                              "shift-gelu", "i-layernorm", "shiftmax"), ("integer-only",)),
+    # canonicalize + decompose-sdpa + explicit-padding bring exported models (Hugging Face: eval dropout,
+    # SDPA, string padding, addmm, conv1d, in-place ops) to the forms the lowering knows; cleanup folds
+    # constant subgraphs (Swin's relative-position bias, position ids, causal masks) into constants,
+    # which fold-quant-scales then quantizes offline
+    "int8-relu": Recipe(INTEGER_PREPARE[:3] + ("gelu-to-relu",) + INTEGER_PREPARE[3:] + ("cle", "calibrate",
+                        "fold-quant-scales", "lut-activations", "i-layernorm", "shiftmax"), ("integer-only",)),
+    "int8-shiftgelu": Recipe(INTEGER_PREPARE + ("calibrate", "fold-quant-scales", "shift-gelu",
+                                                "lut-activations", "i-layernorm", "shiftmax"), ("integer-only",)),
     "logic": Recipe(("lower-logic",)),
     "delta": Recipe(("lower-delta",)),
 }
