@@ -15,6 +15,7 @@ Every rewrite leaves the function unchanged (up to float rounding):
     conv1d(x, W)              squeeze(conv2d(unsqueeze(x, 2), W[:, :, None, :], stride (1, s),
                               padding (0, p), dilation (1, d)), 2): one integer conv kernel for both
     adaptive_avg_pool2d(x, 1) mean(x, [-2, -1], keepdim)   adaptive_avg_pool1d(x, 1) -> mean(x, [-1], keepdim)
+                              avg_pool2d with one window over the whole input, no padding -> the same mean
     split / split_with_sizes  each getitem(split(x, ...), i) becomes slice(x, dim, start, end)
     pad(x, p, "constant", v)  constant_pad_nd(x, p, v)
     cat([empty, x, ...])      1-D empty tensors dropped from cat (GPT-2's empty key/value cache)
@@ -74,6 +75,18 @@ def _functional(target):
         return None
     packet = getattr(aten, name[:-1], None)
     return getattr(packet, target._overloadname, None) if packet is not None else None
+
+
+def _global_avg_pool(node: torch.fx.Node) -> bool:
+    """avg_pool2d whose one window covers the whole input (no padding, no divisor override): a mean."""
+    if node.target is not aten.avg_pool2d.default or not isinstance(_val(node.args[0]), torch.Tensor):
+        return False
+    args = list(node.args) + [None] * (7 - len(node.args))
+    kernel = list(args[1]) * (2 if len(args[1]) == 1 else 1)
+    height, width = _val(node.args[0]).shape[-2:]
+    padding = args[3] or [0]
+    return (isinstance(height, int) and isinstance(width, int) and kernel[0] >= height and kernel[1] >= width
+            and all(int(p) == 0 for p in padding) and args[6] is None and tuple(_val(node).shape[-2:]) == (1, 1))
 
 
 @register
@@ -171,10 +184,11 @@ class Canonicalize(Pass):
 
     @staticmethod
     def _adaptive_pools(graph: Graph) -> int:
-        dims = {aten.adaptive_avg_pool2d.default: [-2, -1], aten.adaptive_avg_pool1d.default: [-1]}
+        dims = {aten.adaptive_avg_pool2d.default: [-2, -1], aten.adaptive_avg_pool1d.default: [-1],
+                aten.avg_pool2d.default: [-2, -1]}
         changed = 0
         for node in list(graph.call_nodes()):
-            if node.target in dims and all(int(s) == 1 for s in node.args[1]):
+            if node.target in dims and all(int(s) == 1 for s in node.args[1]) or _global_avg_pool(node):
                 with graph.fx.inserting_before(node):
                     mean = call(graph, aten.mean.dim, (node.args[0], dims[node.target], True), node)
                 replace(graph, node, mean)
