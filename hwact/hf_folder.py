@@ -37,6 +37,7 @@ import inspect
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -109,8 +110,6 @@ def _quiet_transformers(transformers):
     log.setLevel(logging.CRITICAL)
     transformers.utils.logging.disable_progress_bar()
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
@@ -260,7 +259,7 @@ def _build(model_class, config, state: dict, path: Path) -> torch.nn.Module:
                  if isinstance(first, tuple) and len(first) == 3 else str(first))
         problems.append(f"{len(mismatched)} with the wrong shape (e.g. {shown})")
     if info.get("error_msgs"):
-        problems.append(first_line(Exception(str(info["error_msgs"][0]))))
+        problems.append(str(info["error_msgs"][0]).strip().split("\n")[0][:200])
     if problems:
         raise InputError(f"{path}: weights do not match {model_class.__name__}: " + "; ".join(problems),
                          hint="the weights were saved from a different architecture or config")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -203,7 +204,16 @@ def test_bert_folder_converts_with_named_input_shape(folders, tmp_path, cli):
     assert report["onnx"]["ort_max_abs_err"] < 1e-4
 
 
-def _variant(folders, tmp_path, name="vit") -> object:
+def test_sharded_safetensors_folder_loads(folders, tmp_path):
+    _, model, entry = folders["vit"]
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    loaded = load(str(tmp_path / "sharded"))
+    x = entry.inputs(2, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(loaded.graph(*x), _logits(model, entry.input_names, x), rtol=1e-5, atol=1e-5)
+
+
+def _variant(folders, tmp_path, name="vit") -> Path:
     target = tmp_path / f"{name}-variant"
     shutil.copytree(folders[name][0], target)
     return target
