@@ -19,6 +19,7 @@ holding config.json. `transformers` is the optional extra `hwact[hf]`; nothing f
         input_ids         (1, min(max_position_embeddings, 128)) int64 in [0, vocab_size)
         attention_mask    the shape of input_ids, int64 0/1 (when the forward takes it)
         input_features    (1, num_mel_bins, 2 * max_source_positions) float  (Whisper)
+        decoder_input_ids (1, 1) int64 in [0, vocab_size)  (encoder-decoder models: one decoder step)
     `--input-shape NAME=SHAPE[:dtype]` sets the input NAME (a parameter of the forward); an unnamed one
     replaces the default inputs in order; without a dtype an input keeps its default dtype; attention_mask
     follows input_ids' shape unless set itself.
@@ -322,6 +323,8 @@ def _default_inputs(config, parameters: list[str]) -> list[InputSpec]:
     if "input_features" in parameters and getattr(config, "num_mel_bins", None):
         frames = 2 * int(getattr(config, "max_source_positions", 1500))
         specs.append(InputSpec("input_features", (1, int(config.num_mel_bins), frames)))
+    if specs and "decoder_input_ids" in parameters and getattr(config, "is_encoder_decoder", False):
+        specs.append(InputSpec("decoder_input_ids", (1, 1), torch.int64, int(getattr(config, "vocab_size", 2) or 2)))
     return specs
 
 
