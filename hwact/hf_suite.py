@@ -153,3 +153,45 @@ def export(name: str, seed: int = 0, batch: int = 2) -> torch.export.ExportedPro
     inputs = entry.inputs(batch, torch.Generator().manual_seed(seed))
     dim = torch.export.Dim("batch", min=1, max=1024)
     return torch.export.export(model, inputs, dynamic_shapes=tuple({0: dim} for _ in inputs))
+
+
+def save_inputs(name: str, path, samples: int, seed: int) -> dict:
+    """An .npz of `samples` inputs from the entry's generator, arrays named after the model's inputs
+    (what `hwact convert --calib` reads); returns the arrays."""
+    import numpy as np
+
+    entry = _entries()[name]
+    values = entry.inputs(samples, torch.Generator().manual_seed(seed))
+    arrays = {key: value.numpy() for key, value in zip(entry.input_names, values)}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def agreement(reference, candidate) -> dict:
+    """Cosine similarity of the flattened outputs and top-1 agreement over the last (class) axis."""
+    reference = torch.as_tensor(reference, dtype=torch.float64)
+    candidate = torch.as_tensor(candidate, dtype=torch.float64)
+    cosine = torch.nn.functional.cosine_similarity(reference.flatten(), candidate.flatten(), dim=0)
+    top1 = (reference.argmax(-1) == candidate.argmax(-1)).double().mean()
+    return {"cosine": float(cosine), "top1": float(top1)}
+
+
+def reference_outputs(pt2_path, recipe: str, arrays: dict):
+    """The float model's outputs on `arrays`: the .pt2 as exported, after gelu-to-relu for int8-relu (the
+    recipe's integer model is compared with the float model after the same GELU -> ReLU swap)."""
+    from hwact.load import load
+    from hwact.passes.base import make_pass
+
+    graph = load(str(pt2_path)).graph
+    if recipe == "int8-relu":
+        graph, _ = make_pass("gelu-to-relu", {})(graph)
+    with torch.no_grad():
+        return graph(*(torch.from_numpy(arrays[spec.name]) for spec in graph.inputs))
+
+
+def onnx_outputs(onnx_path, arrays: dict):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
+    return session.run(None, feeds)[0]
