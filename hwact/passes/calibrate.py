@@ -12,8 +12,8 @@ placeholder and every call_function node whose output is a floating tensor gets 
                                (uint8 when the tensor is never negative)
 
 ±inf values of intermediate tensors that come from a constant (a -inf attention mask, e.g. after
-run_decompositions, flows into the scores before softmax: a node with no tensor input, or one fed an
-infinite value) are left out of their node's range and counted in
+run_decompositions, flows into the scores before softmax: a node with no tensor input, one fed an
+infinite value, or one that takes an infinite number, like decompose-sdpa's where(mask, scores, -inf)) are left out of their node's range and counted in
 graph.meta["hwact_calibration"]["infinite_values"] (node name -> count). An infinity a node makes from
 finite inputs (float overflow), NaN anywhere and any non-finite calibration input are refused.
 
@@ -28,6 +28,8 @@ Before:                                     After (same nodes, meta added):
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.fx
@@ -102,10 +104,13 @@ class Calibrate(Pass):
                 raise InputError(f"calibrate: node {node.name}: {exc.message}", hint=exc.hint) from None
 
         def _inherits(node: torch.fx.Node) -> bool:
-            """The node's infinities come from a constant: it has no tensor input, or an input is infinite."""
+            """The node's infinities come from a constant: it has no tensor input, an input is infinite, or
+            it takes an infinite number (where(mask, scores, -inf): decompose-sdpa's masked fill)."""
             args, kwargs = recorder.inputs(node)
-            tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-            return not tensors or any(t.is_floating_point() and bool(torch.isinf(t).any()) for t in tensors)
+            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+            tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+            literal = any(isinstance(v, float) and math.isinf(v) for v in leaves)
+            return not tensors or literal or any(t.is_floating_point() and bool(torch.isinf(t).any()) for t in tensors)
 
         recorder = Recorder(graph.module, observe)
         recorder.run_batches(self.batches)
