@@ -2,7 +2,9 @@
 
     SDPA(q, k, v, mask, is_causal, scale) = softmax(masked(q·kᵀ·s)) · v,   s = scale or 1/√E
 
-    masked(a) = where(causal, a, −inf)          is_causal: causal = tril(ones(L, S)), a constant
+    masked(a) = where(causal, a, −inf)          is_causal: causal = tril(ones(L, S)), a constant: query i
+                                                attends keys j ≤ i, aligned top-left as torch's SDPA does
+                                                when L ≠ S (not bottom-right)
               = where(mask, a, −inf)            boolean mask (True = attend)
               = where(keep, a + finite, −inf)   additive float mask M: keep = M > −1e9 (HF writes
                                                 finfo.min, torch −inf), finite = where(keep, M, 0)
@@ -74,7 +76,7 @@ class DecomposeSdpa(Pass):
         scores = call(graph, aten.mul.Tensor, (scores, scale), node)
         if causal:
             length, source = int(q_shape[-2]), int(k_shape[-2])
-            table = torch.ones(length, source, dtype=torch.bool).tril(diagonal=source - length)
+            table = torch.ones(length, source, dtype=torch.bool).tril(diagonal=0)
             causal_mask = add_constant(graph, "causal_mask", table, node, trainable=False)
             scores = call(graph, aten.where.ScalarOther, (causal_mask, scores, float("-inf")), node)
         if isinstance(mask, torch.fx.Node) and mask.meta["val"].dtype == torch.bool:
