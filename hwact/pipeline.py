@@ -34,6 +34,7 @@ from hwact.load import Loaded
 from hwact.npz import INTEGER, open_npz
 from hwact.outputs import atomic_dir, atomic_file
 from hwact.passes.base import all_passes, option_names
+from hwact.passes.lowerable import lowering_advice
 from hwact.passes.manager import calibration_arrays, iter_calibration, load_calibration, random_batches, run_passes
 from hwact.passes.recipes import Recipe, resolve
 from hwact.report import versions, write_report
@@ -227,7 +228,7 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
             section.update(backend.verify(graph, tmp, context))
             sections[backend.section or backend.name] = section
         body.update(sections)
-        body["target_support"] = target.support_report(graph)
+        body["target_support"] = target.support_report(graph, lowering_advice)  # inspect's advice
         report = {"input": loaded.describe(), "target": target.name, **body, "versions": versions()}
         report["artifacts"] = sorted(set(artifacts) | {"report.json", "report.md"})
         write_report(tmp, report)

@@ -106,6 +106,21 @@ def test_a_target_with_float_units_gets_no_integer_advice(tmp_path, cli):
     assert json.loads(stdout)["targets"]["cpu"]["deployable"] is True
 
 
+def test_convert_reports_the_same_advice_as_inspect(tmp_path, cli):
+    program = torch.export.export(Mixed().eval(), (torch.randn(2, 8),))
+    torch.export.save(program, tmp_path / "mixed.pt2")
+    code, stdout, _ = cli("inspect", tmp_path / "mixed.pt2", "--json")
+    assert code == 0
+    inspected = json.loads(stdout)["targets"]["npu-int8"]["not_native"]
+    code, _, stderr = cli("convert", tmp_path / "mixed.pt2", "--target", "npu-int8", "-o", tmp_path / "out")
+    assert code == 0, stderr
+    reported = json.loads((tmp_path / "out" / "report.json").read_text())["target_support"]["not_native"]
+    for op in ("aten.sigmoid.default", "aten.exp.default", "aten.gelu.default"):
+        assert reported[op]["reason"] == inspected[op]["reason"]
+    assert reported["aten.sigmoid.default"]["reason"].endswith("; " + lowering_advice("aten.sigmoid.default"))
+    assert reported["aten.exp.default"]["reason"].endswith("; no integer lowering exists for this op")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vit-tiny", "cnn-tiny"])
 def test_what_inspect_calls_lowerable_the_recipe_lowers(model):
