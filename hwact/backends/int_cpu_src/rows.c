@@ -1,0 +1,405 @@
+/* hwact integer CPU runtime: row and element kernels (issue 15), see hwact_int.h.
+
+   Every kernel is bit-exact with its reference in hwact/ir/int_ops.py, int_nonlinear_ops.py and
+   int_elementwise_ops.py. The scalar functions (suffix _scalar) are the reference paths and run on every
+   CPU; on x86-64 the hot kernels also have AVX2 paths (suffix _avx2, compiled with a per-function target
+   attribute and chosen at run time when hw_isa() >= HW_ISA_AVX2).
+
+   C details that differ from torch: C's / truncates (floor_div below floors), left shifts of negative
+   numbers are undefined (shl multiplies through uint64), >> of a negative int64 is arithmetic in gcc
+   (as torch's >>). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hwact_int.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HW_ROWS_X86 1
+#else
+#define HW_ROWS_X86 0
+#endif
+
+#define SAT_MIN (-32768)
+#define SAT_MAX 32767
+#define SIGMOID_BITS 15
+#define PROB_BITS 16
+#define FACTOR_BITS 62
+#define ISQRT_STEPS 8
+
+/* ----- scalar helpers -------------------------------------------------------------------------- */
+static inline int64_t ld(const void *p, int type, int64_t i) {
+    switch (type) {
+    case HW_I8: return ((const int8_t *)p)[i];
+    case HW_U8: return ((const uint8_t *)p)[i];
+    case HW_I16: return ((const int16_t *)p)[i];
+    default: return ((const int32_t *)p)[i];
+    }
+}
+
+static inline void st(void *p, int type, int64_t i, int64_t v) {
+    switch (type) {
+    case HW_I8: ((int8_t *)p)[i] = (int8_t)v; break;
+    case HW_U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+    case HW_I16: ((int16_t *)p)[i] = (int16_t)v; break;
+    default: ((int32_t *)p)[i] = (int32_t)v; break;
+    }
+}
+
+static inline int64_t sat16(int64_t v) { return hw_clamp64(v, SAT_MIN, SAT_MAX); }
+static inline int64_t shl(int64_t v, int s) { return (int64_t)((uint64_t)v << s); }
+
+/* floor(a / b) for b != 0 (C's / truncates toward zero) */
+static inline int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b, r = a % b;
+    return (r != 0 && ((r < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* I-ViT shift exponential of x <= 0 (hwact.ir.int_nonlinear_ops.shift_exp) */
+static inline int64_t shift_exp(int64_t x, int64_t x0, int n) {
+    x = x + (x >> 1) - (x >> 4);
+    int64_t lo = (int64_t)n * x0;
+    if (x < lo) x = lo;
+    int64_t q = x / x0;                 /* x <= 0, x0 < 0: the quotient is >= 0, truncation = floor */
+    int64_t r = x - x0 * q;
+    int64_t e = (r >> 1) - x0;
+    return shl(e, (int)(n - q));
+}
+
+/* floor(sqrt(v)) as isqrt_newton: start 2^(floor(log4 v) + 1), 8 Newton steps with min */
+static int64_t isqrt_newton(int64_t v) {
+    int64_t k = 0;
+    for (int bit = 16; bit >= 1; bit >>= 1) {
+        int64_t c = k + bit > 31 ? 31 : k + bit;
+        if (v >= ((int64_t)1 << (2 * c))) k += bit;
+    }
+    int64_t s = (int64_t)1 << (k + 1);
+    for (int i = 0; i < ISQRT_STEPS; i++) {
+        int64_t t = (s + v / s) >> 1;   /* v >= 1, s >= 1: v / s = floor */
+        if (t < s) s = t;
+    }
+    return s;
+}
+
+static inline int use_avx2(void) {
+#if HW_ROWS_X86
+    return hw_isa() >= HW_ISA_AVX2;
+#else
+    return 0;
+#endif
+}
+
+/* ----- Shiftmax --------------------------------------------------------------------------------- */
+static void shiftmax_scalar(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0,
+                            int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    int64_t *e = malloc((size_t)(C > 0 ? C : 1) * sizeof(int64_t));
+    if (!e) return;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C, mx = SAT_MIN;
+        for (int64_t k = 0; k < C; k++) {
+            int64_t v = sat16(ld(x, x_type, base + k));
+            if (v > mx) mx = v;
+        }
+        int64_t sum = 0;
+        for (int64_t k = 0; k < C; k++) {
+            e[k] = shift_exp(sat16(ld(x, x_type, base + k)) - mx, x0, n);
+            sum += e[k];
+        }
+        int64_t factor = ((int64_t)1 << FACTOR_BITS) / sum;   /* sum > 0 */
+        for (int64_t k = 0; k < C; k++) {
+            int64_t p = hw_rs(e[k] * factor, 1, FACTOR_BITS - PROB_BITS);
+            st(out, out_type, base + k, hw_clamp64(hw_rs(p, m0, shift), qmin, qmax));
+        }
+    }
+    free(e);
+}
+
+/* ----- ShiftGELU -------------------------------------------------------------------------------- */
+static inline int64_t gelu_one(int64_t v, int64_t e1, int64_t e2, int32_t m0, int shift, int32_t qmin,
+                               int32_t qmax) {
+    int64_t total = e1 + e2;
+    if (total < 1) total = 1;
+    int64_t sig = shl(e1, SIGMOID_BITS) / total;           /* both >= 0: truncation = floor */
+    return hw_clamp64(hw_rs(v * sig, m0, shift), qmin, qmax);
+}
+
+static void shift_gelu_scalar(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int drop,
+                              int32_t m0, int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C, m = 0;
+        for (int64_t k = 0; k < C; k++) {
+            int64_t v = sat16(ld(x, x_type, base + k));
+            if (v > m) m = v;
+        }
+        int64_t e2 = shift_exp(-m, x0, n) >> drop;
+        for (int64_t k = 0; k < C; k++) {
+            int64_t v = sat16(ld(x, x_type, base + k));
+            int64_t e1 = shift_exp(v - m, x0, n) >> drop;
+            st(out, out_type, base + k, gelu_one(v, e1, e2, m0, shift, qmin, qmax));
+        }
+    }
+}
+
+/* ----- I-LayerNorm ------------------------------------------------------------------------------ */
+static inline int64_t ln_stats(const void *x, int x_type, int64_t base, int64_t C, int64_t eps_int, int precision,
+                               int64_t *mean_out) {
+    int64_t sum = 0;
+    for (int64_t k = 0; k < C; k++) sum += shl(sat16(ld(x, x_type, base + k)), precision);
+    int64_t mean = floor_div(2 * sum + C, 2 * C);
+    int64_t sq = 0;
+    for (int64_t k = 0; k < C; k++) {
+        int64_t d = shl(sat16(ld(x, x_type, base + k)), precision) - mean;
+        sq += d * d;
+    }
+    int64_t v = sq + shl(eps_int, 2 * precision);
+    if (v < 1) v = 1;
+    *mean_out = mean;
+    return isqrt_newton(v);
+}
+
+static void i_layernorm_scalar(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
+                               const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0, int shift,
+                               int32_t qmin, int32_t qmax, void *out, int out_type) {
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C, mean;
+        int64_t s = ln_stats(x, x_type, base, C, eps_int, precision, &mean);
+        for (int64_t c = 0; c < C; c++) {
+            int64_t d = shl(sat16(ld(x, x_type, base + c)), precision) - mean;
+            int64_t z = floor_div(2 * k * d + s, 2 * s);
+            int64_t acc = z * gamma[c] + beta[c];
+            st(out, out_type, base + c, hw_clamp64(hw_rs(acc, m0, shift), qmin, qmax));
+        }
+    }
+}
+
+/* ----- element kernels -------------------------------------------------------------------------- */
+static void requantize_scalar(const void *x, int x_type, int64_t count, int32_t m0, int shift, int32_t qmin,
+                              int32_t qmax, void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++)
+        st(out, out_type, i, hw_clamp64(hw_rs(ld(x, x_type, i), m0, shift), qmin, qmax));
+}
+
+static void add_scalar(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div,
+                       int64_t b_mod, int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax,
+                       void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t t = hw_rs(ld(a, a_type, i), m0a, shifta) + hw_rs(ld(b, b_type, (i / b_div) % b_mod), m0b, shiftb);
+        st(out, out_type, i, hw_clamp64(t, qmin, qmax));
+    }
+}
+
+static void lut_scalar(const void *x, int x_type, int64_t count, const int32_t *table, int32_t in_qmin,
+                       int32_t size, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t idx = hw_clamp64(ld(x, x_type, i) - in_qmin, 0, size - 1);
+        st(out, out_type, i, hw_clamp64(table[idx], qmin, qmax));
+    }
+}
+
+static void clamp_scalar(const void *x, int x_type, int64_t count, int32_t lo, int32_t hi, void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++) st(out, out_type, i, hw_clamp64(ld(x, x_type, i), lo, hi));
+}
+
+/* ===== AVX2 paths ================================================================================ */
+#if HW_ROWS_X86
+#define AVX2 __attribute__((target("avx2")))
+
+/* 8 elements of `type` at p[i..i+7] as int32 lanes */
+AVX2 static inline __m256i v_load8(const void *p, int type, int64_t i) {
+    switch (type) {
+    case HW_I8: return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)p + i)));
+    case HW_U8: return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)p + i)));
+    case HW_I16: return _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)((const int16_t *)p + i)));
+    default: return _mm256_loadu_si256((const __m256i *)((const int32_t *)p + i));
+    }
+}
+
+/* store 8 int32 lanes (already within the bounds of `type`) to p[i..i+7] */
+AVX2 static inline void v_store8(void *p, int type, int64_t i, __m256i v) {
+    if (type == HW_I32) {
+        _mm256_storeu_si256((__m256i *)((int32_t *)p + i), v);
+        return;
+    }
+    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    if (type == HW_I16) _mm_storeu_si128((__m128i *)((int16_t *)p + i), w);
+    else if (type == HW_I8) _mm_storel_epi64((__m128i *)((int8_t *)p + i), _mm_packs_epi16(w, w));
+    else _mm_storel_epi64((__m128i *)((uint8_t *)p + i), _mm_packus_epi16(w, w));
+}
+
+/* the rounding rule on 4 int64 lanes: floor((p + half) / 2^shift), the floor shift through offset binary
+   (AVX2 has no arithmetic 64-bit right shift): ((p + half) ^ 2^63) >>logical s − (2^63 >> s) */
+typedef struct { __m256i half, flip, bias, lo, hi; __m128i count; int shift; } v_rs_t;
+
+AVX2 static inline v_rs_t v_rs_init(int shift, int64_t lo, int64_t hi) {
+    v_rs_t r;
+    uint64_t top = (uint64_t)1 << 63;
+    r.shift = shift;
+    r.half = _mm256_set1_epi64x(shift ? (int64_t)1 << (shift - 1) : 0);
+    r.flip = _mm256_set1_epi64x((int64_t)top);
+    r.bias = _mm256_set1_epi64x((int64_t)(top >> shift));
+    r.lo = _mm256_set1_epi64x(lo);
+    r.hi = _mm256_set1_epi64x(hi);
+    r.count = _mm_cvtsi32_si128(shift);
+    return r;
+}
+
+AVX2 static inline __m256i v_rs_shift(__m256i p, const v_rs_t *r) {
+    if (r->shift == 0) return p;
+    __m256i u = _mm256_xor_si256(_mm256_add_epi64(p, r->half), r->flip);
+    return _mm256_sub_epi64(_mm256_srl_epi64(u, r->count), r->bias);
+}
+
+AVX2 static inline __m256i v_clamp64(__m256i v, const v_rs_t *r) {
+    v = _mm256_blendv_epi8(v, r->lo, _mm256_cmpgt_epi64(r->lo, v));
+    return _mm256_blendv_epi8(v, r->hi, _mm256_cmpgt_epi64(v, r->hi));
+}
+
+/* even / odd int64 lanes (low 32 bits hold int32 results) back to 8 int32 lanes */
+AVX2 static inline __m256i v_join(__m256i even, __m256i odd) {
+    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+/* clamp(rs(x, m0, shift), lo, hi) of 8 int32 lanes */
+AVX2 static inline __m256i v_requant8(__m256i x, __m256i m0v, const v_rs_t *r) {
+    __m256i even = _mm256_mul_epi32(x, m0v);
+    __m256i odd = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m0v);
+    even = v_clamp64(v_rs_shift(even, r), r);
+    odd = v_clamp64(v_rs_shift(odd, r), r);
+    return v_join(even, odd);
+}
+
+AVX2 static void requantize_avx2(const void *x, int x_type, int64_t count, int32_t m0, int shift, int32_t qmin,
+                                 int32_t qmax, void *out, int out_type) {
+    v_rs_t r = v_rs_init(shift, qmin, qmax);
+    __m256i m0v = _mm256_set1_epi64x(m0);
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) v_store8(out, out_type, i, v_requant8(v_load8(x, x_type, i), m0v, &r));
+    requantize_scalar((const char *)x + i * (x_type == HW_I32 ? 4 : x_type == HW_I16 ? 2 : 1), x_type, count - i,
+                      m0, shift, qmin, qmax, (char *)out + i * (out_type == HW_I32 ? 4 : out_type == HW_I16 ? 2 : 1),
+                      out_type);
+}
+#endif
+
+/* ===== public entry points ======================================================================= */
+void hw_shiftmax(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0, int shift,
+                 int32_t qmin, int32_t qmax, void *out, int out_type) {
+    if (rows <= 0 || C <= 0) return;
+    shiftmax_scalar(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type);
+}
+
+void hw_shift_gelu(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int drop, int32_t m0,
+                   int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    if (rows <= 0 || C <= 0) return;
+    shift_gelu_scalar(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
+}
+
+void hw_i_layernorm(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
+                    const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0, int shift,
+                    int32_t qmin, int32_t qmax, void *out, int out_type) {
+    if (rows <= 0 || C <= 0) return;
+    i_layernorm_scalar(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
+}
+
+void hw_requantize(const void *x, int x_type, int64_t count, int32_t m0, int shift, int32_t qmin, int32_t qmax,
+                   void *out, int out_type) {
+#if HW_ROWS_X86
+    if (use_avx2()) {
+        requantize_avx2(x, x_type, count, m0, shift, qmin, qmax, out, out_type);
+        return;
+    }
+#endif
+    requantize_scalar(x, x_type, count, m0, shift, qmin, qmax, out, out_type);
+}
+
+void hw_add(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div, int64_t b_mod,
+            int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    add_scalar(a, a_type, b, b_type, count, b_div, b_mod, m0a, shifta, m0b, shiftb, qmin, qmax, out, out_type);
+}
+
+void hw_mul(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div, int64_t b_mod,
+            int32_t m0, int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t p = ld(a, a_type, i) * ld(b, b_type, (i / b_div) % b_mod);
+        st(out, out_type, i, hw_clamp64(hw_rs(p, m0, shift), qmin, qmax));
+    }
+}
+
+void hw_lut(const void *x, int x_type, int64_t count, const int32_t *table, int32_t in_qmin, int32_t size,
+            int32_t qmin, int32_t qmax, void *out, int out_type) {
+    lut_scalar(x, x_type, count, table, in_qmin, size, qmin, qmax, out, out_type);
+}
+
+void hw_clamp(const void *x, int x_type, int64_t count, int32_t lo, int32_t hi, void *out, int out_type) {
+    clamp_scalar(x, x_type, count, lo, hi, out, out_type);
+}
+
+void hw_mask(const void *x, int x_type, const uint8_t *keep, int64_t count, int64_t k_div, int64_t k_mod,
+             int32_t fill, void *out, int out_type) {
+    for (int64_t i = 0; i < count; i++)
+        st(out, out_type, i, keep[(i / k_div) % k_mod] ? ld(x, x_type, i) : fill);
+}
+
+void hw_max_pool2d(const void *x, int x_type, int64_t planes, int64_t H, int64_t W, int kh, int kw, int sh, int sw,
+                   int ph, int pw, void *out, int out_type) {
+    int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
+    if (OH <= 0 || OW <= 0) return;
+    for (int64_t p = 0; p < planes; p++) {
+        int64_t in = p * H * W, o = p * OH * OW;
+        for (int64_t oy = 0; oy < OH; oy++)
+            for (int64_t ox = 0; ox < OW; ox++) {
+                int64_t best = INT64_MIN;
+                for (int ky = 0; ky < kh; ky++) {
+                    int64_t y = oy * sh - ph + ky;
+                    if (y < 0 || y >= H) continue;
+                    for (int kx = 0; kx < kw; kx++) {
+                        int64_t xx = ox * sw - pw + kx;
+                        if (xx < 0 || xx >= W) continue;
+                        int64_t v = ld(x, x_type, in + y * W + xx);
+                        if (v > best) best = v;
+                    }
+                }
+                st(out, out_type, o + oy * OW + ox, best);
+            }
+    }
+}
+
+void hw_sum_requantize(const void *x, int x_type, int64_t outer, int64_t reduce, int64_t inner, int32_t m0,
+                       int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t sum = 0;
+            for (int64_t r = 0; r < reduce; r++) sum += ld(x, x_type, (o * reduce + r) * inner + i);
+            st(out, out_type, o * inner + i, hw_clamp64(hw_rs(sum, m0, shift), qmin, qmax));
+        }
+}
+
+void hw_embedding(const int8_t *table, int64_t rows, int64_t dim, const int64_t *ids, int64_t count, void *out,
+                  int out_type) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t id = ids[i] < 0 ? ids[i] + rows : ids[i];   /* torch indexes negative ids from the end */
+        const int8_t *row = table + id * dim;
+        if (out_type == HW_I8) {
+            memcpy((int8_t *)out + i * dim, row, (size_t)dim);
+        } else {
+            for (int64_t j = 0; j < dim; j++) st(out, out_type, i * dim + j, row[j]);
+        }
+    }
+}
+
+void hw_quantize(const float *x, int64_t count, float scale, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    float lo = (float)qmin, hi = (float)qmax;
+    for (int64_t i = 0; i < count; i++) {
+        float r = rintf(x[i] / scale);
+        if (isnan(r)) {
+            st(out, out_type, i, qmin);   /* torch casts NaN to an unspecified int32; we give qmin */
+            continue;
+        }
+        r = r < lo ? lo : (r > hi ? hi : r);
+        st(out, out_type, i, (int64_t)r);
+    }
+}
+
+void hw_dequantize(const void *q, int q_type, int64_t count, float scale, float *out) {
+    for (int64_t i = 0; i < count; i++) out[i] = (float)ld(q, q_type, i) * scale;
+}
