@@ -1,0 +1,522 @@
+/* GEMM family of the integer CPU runtime (hwact_int.h): packed-weight linear with a fused requantization
+   (+ LUT) epilogue, batched activation matmul, im2col, depthwise conv.
+
+   One driver, one packed layout shape, one micro-kernel per ISA. Weights (N x K) are packed as
+   [N/nr][K/ku][nr][ku] (N and K zero-padded to multiples of nr and ku), elements int16 or int8 per ISA;
+   a packed buffer starts with a header naming the ISA it was packed for (hw_linear runs that ISA's
+   kernel) and the column sums Σ_k W[j, k] (int32, for the offset corrections below).
+
+   The activation rows a thread owns are converted once into the layout its kernel reads (padding rows
+   and columns are 0). A kernel computes an mr x nr int32 tile over the whole (padded) K; the epilogue
+   adds bias and correction in int64, applies rs(), the clamp and the LUT, and stores with the out
+   strides. Accumulation is exact in int32 on every path (|Σ| <= K·255·128 < 2^31 for K < 65793).
+
+     ISA          mr x nr  ku  weights  activations (what the kernel reads)        exactness
+     scalar        1 x 1    1  int16    int16                                       plain int32 MACs
+     AVX2          4 x 16   2  int16    int16 pairs (broadcast)                    vpmaddwd: 16x16->32 bit, the
+                                                                                    pair sum <= 2·255·128 fits
+                                                                                    int32: no saturation (we never
+                                                                                    use vpmaddubsw, whose int16
+                                                                                    pair sums saturate)
+     AVX-512 VNNI 8 x 32    4  int8     uint8 quads (int8 a: a + 128)               vpdpbusd: u8 x s8 -> int32, no
+                                                                                    intermediate saturation; the
+                                                                                    +128 costs −128·Σ_k W[j,k]
+     NEON         4 x 16    1  int16    int16 [k][4 rows]                           smlal (vmlal_lane_s16)
+     NEON dotprod 4 x 16    4  int8     int8 [k/4][4 rows][4] (uint8 a: a − 128)    sdot s8 x s8 -> int32; the
+                                                                                    −128 costs +128·Σ_k W[j,k]
+*/
+#include "hwact_int.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+/* ----- geometry of each ISA's packed layout and micro-kernel ----------------------------------------- */
+typedef struct {
+    int mr, nr, ku;   /* tile rows, tile columns, K unroll (the K padding) */
+    int esw, esa;     /* bytes per packed weight, per converted activation */
+    int corr_i8;      /* correction factor times Σ_k W[j, k] for int8 activations */
+    int corr_u8;      /* ... for uint8 activations */
+    int wide_weights; /* weights held in int16: any 8-bit value (uint8 too) may be packed */
+} geometry;
+
+static geometry geometry_of(int isa) {
+    switch (isa) {
+    case HW_ISA_AVX2: return (geometry){4, 16, 2, 2, 2, 0, 0, 1};
+    case HW_ISA_AVX512VNNI: return (geometry){8, 32, 4, 1, 1, -128, 0, 0};
+    case HW_ISA_NEON: return (geometry){4, 16, 1, 2, 2, 0, 0, 1};
+    case HW_ISA_NEON_DOTPROD: return (geometry){4, 16, 4, 1, 1, 0, 128, 0};
+    default: return (geometry){1, 1, 1, 2, 2, 0, 0, 1};
+    }
+}
+
+#define PACK_MAGIC 0x31504348u /* "HCP1" */
+typedef struct {
+    uint32_t magic;
+    int32_t isa;
+    int64_t n, k, kp, np;
+    int64_t reserved[3];
+} pack_header; /* 64 bytes */
+
+static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+static size_t pack_bytes(int isa, int64_t n, int64_t k) {
+    geometry g = geometry_of(isa);
+    int64_t np = round_up(n, g.nr), kp = round_up(k, g.ku);
+    return sizeof(pack_header) + (size_t)round_up(4 * np, 64) + (size_t)(np * kp * g.esw);
+}
+
+static const int32_t *pack_sums(const pack_header *h) { return (const int32_t *)(h + 1); }
+static const void *pack_weights(const pack_header *h) {
+    return (const char *)(h + 1) + round_up(4 * h->np, 64);
+}
+
+/* An 8-bit matrix read through strides: element (i, j) at p + i·s0 + j·s1. */
+typedef struct {
+    const void *p;
+    int type;
+    int64_t s0, s1;
+} view2d;
+
+static inline int32_t view_get(const view2d *v, int64_t i, int64_t j) {
+    int64_t at = i * v->s0 + j * v->s1;
+    return v->type == HW_U8 ? (int32_t)((const uint8_t *)v->p)[at] : (int32_t)((const int8_t *)v->p)[at];
+}
+
+/* Pack the n x k matrix `w` (any 8-bit view; int8 weights must fit s8) for `isa`. */
+static void pack_view(int isa, const view2d *w, int64_t n, int64_t k, void *packed) {
+    geometry g = geometry_of(isa);
+    pack_header *h = packed;
+    memset(h, 0, sizeof *h);
+    h->magic = PACK_MAGIC;
+    h->isa = isa;
+    h->n = n;
+    h->k = k;
+    h->kp = round_up(k, g.ku);
+    h->np = round_up(n, g.nr);
+    int32_t *sums = (int32_t *)(h + 1);
+    char *dst = (char *)pack_weights(h);
+    int64_t kp = h->kp, kblocks = kp / g.ku;
+    for (int64_t j = 0; j < h->np; j++) {
+        int32_t total = 0;
+        int64_t jb = j / g.nr, jr = j % g.nr;
+        for (int64_t kk = 0; kk < kp; kk++) {
+            int32_t v = (j < n && kk < k) ? view_get(w, j, kk) : 0;
+            total += v;
+            int64_t at = ((jb * kblocks + kk / g.ku) * g.nr + jr) * g.ku + kk % g.ku;
+            if (g.esw == 2)
+                ((int16_t *)dst)[at] = (int16_t)v;
+            else
+                ((int8_t *)dst)[at] = (int8_t)v;
+        }
+        sums[j] = total;
+    }
+}
+
+size_t hw_pack_size(int64_t n, int64_t k) { return pack_bytes(hw_isa(), n, k); }
+
+void hw_pack(const int8_t *w, int64_t n, int64_t k, void *packed) {
+    view2d v = {w, HW_I8, k, 1};
+    pack_view(hw_isa(), &v, n, k, packed);
+}
+
+/* ----- activation conversion: mr rows (row0.., `valid` of them real) into the kernel's layout ------- */
+static void convert_rows(int isa, const geometry *g, const view2d *a, int64_t row0, int64_t valid, int64_t k,
+                         int64_t kp, void *buf) {
+    int mr = g->mr;
+    memset(buf, 0, (size_t)(mr * kp * g->esa));
+    for (int64_t r = 0; r < valid; r++) {
+        int64_t row = row0 + r;
+        for (int64_t kk = 0; kk < k; kk++) {
+            int32_t v = view_get(a, row, kk);
+            switch (isa) {
+            case HW_ISA_AVX512VNNI: /* uint8 [mr][kp]; int8 a -> a + 128 */
+                ((uint8_t *)buf)[r * kp + kk] = (uint8_t)(a->type == HW_U8 ? v : v + 128);
+                break;
+            case HW_ISA_NEON: /* int16 [kp][mr] */
+                ((int16_t *)buf)[kk * mr + r] = (int16_t)v;
+                break;
+            case HW_ISA_NEON_DOTPROD: /* int8 [kp/4][mr][4]; uint8 a -> a − 128 */
+                ((int8_t *)buf)[((kk / 4) * mr + r) * 4 + kk % 4] = (int8_t)(a->type == HW_U8 ? v - 128 : v);
+                break;
+            default: /* scalar, AVX2: int16 [mr][kp] */
+                ((int16_t *)buf)[r * kp + kk] = (int16_t)v;
+            }
+        }
+    }
+}
+
+/* ----- micro-kernels: acc[mr][nr] = Σ_k a[r][k]·W[c][k] over the padded K ---------------------------- */
+static inline int32_t load32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static void kernel_scalar(const void *a_, const void *w_, int64_t kp, int32_t *acc) {
+    const int16_t *a = a_, *w = w_;
+    int32_t s = 0;
+    for (int64_t k = 0; k < kp; k++)
+        s += (int32_t)a[k] * (int32_t)w[k];
+    acc[0] = s;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void kernel_avx2(const void *a_, const void *w_, int64_t kp,
+                                                        int32_t *acc) {
+    const int16_t *a = a_, *w = w_;
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+            c31 = c00;
+    for (int64_t k = 0; k < kp; k += 2, w += 32) {
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
+#define AVX2_ROW(r)                                                                                           \
+    {                                                                                                         \
+        __m256i av = _mm256_set1_epi32(load32(a + (r) * kp + k));                                             \
+        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(av, w0));                                       \
+        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(av, w1));                                       \
+    }
+        AVX2_ROW(0) AVX2_ROW(1) AVX2_ROW(2) AVX2_ROW(3)
+#undef AVX2_ROW
+    }
+    _mm256_storeu_si256((__m256i *)(acc + 0), c00);
+    _mm256_storeu_si256((__m256i *)(acc + 8), c01);
+    _mm256_storeu_si256((__m256i *)(acc + 16), c10);
+    _mm256_storeu_si256((__m256i *)(acc + 24), c11);
+    _mm256_storeu_si256((__m256i *)(acc + 32), c20);
+    _mm256_storeu_si256((__m256i *)(acc + 40), c21);
+    _mm256_storeu_si256((__m256i *)(acc + 48), c30);
+    _mm256_storeu_si256((__m256i *)(acc + 56), c31);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
+kernel_vnni(const void *a_, const void *w_, int64_t kp, int32_t *acc) {
+    const uint8_t *a = a_;
+    const int8_t *w = w_;
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    for (int64_t k = 0; k < kp; k += 4, w += 128) {
+        __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+#define VNNI_ROW(r)                                                                                           \
+    {                                                                                                         \
+        __m512i av = _mm512_set1_epi32(load32(a + (r) * kp + k));                                             \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, w0);                                                       \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, w1);                                                       \
+    }
+        VNNI_ROW(0) VNNI_ROW(1) VNNI_ROW(2) VNNI_ROW(3) VNNI_ROW(4) VNNI_ROW(5) VNNI_ROW(6) VNNI_ROW(7)
+#undef VNNI_ROW
+    }
+#define VNNI_STORE(r)                                                                                         \
+    _mm512_storeu_si512((void *)(acc + (r) * 32), c##r##0);                                                   \
+    _mm512_storeu_si512((void *)(acc + (r) * 32 + 16), c##r##1);
+    VNNI_STORE(0) VNNI_STORE(1) VNNI_STORE(2) VNNI_STORE(3) VNNI_STORE(4) VNNI_STORE(5) VNNI_STORE(6)
+    VNNI_STORE(7)
+#undef VNNI_STORE
+}
+#endif
+
+#if defined(__aarch64__)
+static void kernel_neon(const void *a_, const void *w_, int64_t kp, int32_t *acc) {
+    const int16_t *a = a_, *w = w_;
+    int32x4_t c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++)
+            c[r][q] = vdupq_n_s32(0);
+    for (int64_t k = 0; k < kp; k++, w += 16, a += 4) {
+        int16x8_t w0 = vld1q_s16(w), w1 = vld1q_s16(w + 8);
+        int16x4_t av = vld1_s16(a);
+#define NEON_ROW(r)                                                                                           \
+    c[r][0] = vmlal_lane_s16(c[r][0], vget_low_s16(w0), av, r);                                               \
+    c[r][1] = vmlal_high_lane_s16(c[r][1], w0, av, r);                                                        \
+    c[r][2] = vmlal_lane_s16(c[r][2], vget_low_s16(w1), av, r);                                               \
+    c[r][3] = vmlal_high_lane_s16(c[r][3], w1, av, r);
+        NEON_ROW(0) NEON_ROW(1) NEON_ROW(2) NEON_ROW(3)
+#undef NEON_ROW
+    }
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++)
+            vst1q_s32(acc + r * 16 + q * 4, c[r][q]);
+}
+
+__attribute__((target("arch=armv8.2-a+dotprod"))) static void kernel_dotprod(const void *a_, const void *w_,
+                                                                              int64_t kp, int32_t *acc) {
+    const int8_t *a = a_, *w = w_;
+    int32x4_t c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++)
+            c[r][q] = vdupq_n_s32(0);
+    for (int64_t k = 0; k < kp; k += 4, w += 64, a += 16) {
+        int8x16_t w0 = vld1q_s8(w), w1 = vld1q_s8(w + 16), w2 = vld1q_s8(w + 32), w3 = vld1q_s8(w + 48);
+        int8x16_t av = vld1q_s8(a);
+#define DOT_ROW(r)                                                                                            \
+    c[r][0] = vdotq_laneq_s32(c[r][0], w0, av, r);                                                            \
+    c[r][1] = vdotq_laneq_s32(c[r][1], w1, av, r);                                                            \
+    c[r][2] = vdotq_laneq_s32(c[r][2], w2, av, r);                                                            \
+    c[r][3] = vdotq_laneq_s32(c[r][3], w3, av, r);
+        DOT_ROW(0) DOT_ROW(1) DOT_ROW(2) DOT_ROW(3)
+#undef DOT_ROW
+    }
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++)
+            vst1q_s32(acc + r * 16 + q * 4, c[r][q]);
+}
+#endif
+
+typedef void (*kernel_fn)(const void *, const void *, int64_t, int32_t *);
+
+static kernel_fn kernel_of(int isa) {
+    switch (isa) {
+#if defined(__x86_64__)
+    case HW_ISA_AVX2: return kernel_avx2;
+    case HW_ISA_AVX512VNNI: return kernel_vnni;
+#elif defined(__aarch64__)
+    case HW_ISA_NEON: return kernel_neon;
+    case HW_ISA_NEON_DOTPROD: return kernel_dotprod;
+#endif
+    default: return kernel_scalar;
+    }
+}
+
+/* ----- epilogue ----------------------------------------------------------------------------------- */
+static inline void store_value(void *out, int type, int64_t at, int32_t v) {
+    switch (type) {
+    case HW_I8: ((int8_t *)out)[at] = (int8_t)v; break;
+    case HW_U8: ((uint8_t *)out)[at] = (uint8_t)v; break;
+    case HW_I16: ((int16_t *)out)[at] = (int16_t)v; break;
+    default: ((int32_t *)out)[at] = v;
+    }
+}
+
+typedef struct {
+    int isa;
+    const pack_header *h;
+    view2d a;
+    int64_t M;
+    const int32_t *bias, *m0, *shift; /* per column; m0/shift NULL: the scalars below */
+    int32_t m0_all, shift_all;
+    int32_t qmin, qmax;
+    const int32_t *lut;
+    int32_t lut_min;
+    void *out;
+    int out_type;
+    int64_t osm, osn;
+    int64_t row_begin, row_end;
+} job;
+
+static void epilogue(const job *jb, int corr, const int32_t *acc, int nr, int64_t r0, int rows, int64_t c0,
+                     int cols) {
+    const int32_t *sums = pack_sums(jb->h);
+    for (int c = 0; c < cols; c++) {
+        int64_t j = c0 + c;
+        int64_t add = (jb->bias ? (int64_t)jb->bias[j] : 0) + (int64_t)corr * sums[j];
+        int64_t m0 = jb->m0 ? jb->m0[j] : jb->m0_all;
+        int shift = jb->shift ? jb->shift[j] : jb->shift_all;
+        char *base = (char *)jb->out;
+        for (int r = 0; r < rows; r++) {
+            int64_t v = hw_clamp64(hw_rs((int64_t)acc[r * nr + c] + add, m0, shift), jb->qmin, jb->qmax);
+            if (jb->lut)
+                v = jb->lut[v - jb->lut_min];
+            store_value(base, jb->out_type, (r0 + r) * jb->osm + j * jb->osn, (int32_t)v);
+        }
+    }
+}
+
+/* ----- the driver: one thread's rows -------------------------------------------------------------------- */
+#define PANEL_BYTES (256 * 1024) /* weight columns per pass kept within a core's L2 */
+
+static void run_rows(const job *jb) {
+    geometry g = geometry_of(jb->isa);
+    const pack_header *h = jb->h;
+    int64_t kp = h->kp, np = h->np, n = h->n, k = h->k;
+    int64_t rows = jb->row_end - jb->row_begin;
+    if (rows <= 0 || n <= 0)
+        return;
+    int64_t blocks = (rows + g.mr - 1) / g.mr;
+    size_t block_bytes = (size_t)(g.mr * kp * g.esa);
+    size_t total = (size_t)round_up((int64_t)(blocks * block_bytes) + 64, 64);
+    char *abuf = aligned_alloc(64, total);
+    if (!abuf)
+        return;
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t row0 = jb->row_begin + b * g.mr;
+        int64_t valid = jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr;
+        convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes);
+    }
+    int corr = jb->a.type == HW_U8 ? g.corr_u8 : g.corr_i8;
+    kernel_fn kern = kernel_of(jb->isa);
+    const char *w = pack_weights(h);
+    size_t col_bytes = (size_t)(kp * g.esw); /* one packed column */
+    int64_t chunk = col_bytes ? (int64_t)(PANEL_BYTES / col_bytes) / g.nr * g.nr : np;
+    if (chunk < g.nr)
+        chunk = g.nr;
+    int32_t acc[8 * 32];
+    for (int64_t c0 = 0; c0 < np; c0 += chunk) {
+        int64_t c1 = c0 + chunk < np ? c0 + chunk : np;
+        for (int64_t b = 0; b < blocks; b++) {
+            int64_t row0 = jb->row_begin + b * g.mr;
+            int valid = (int)(jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr);
+            for (int64_t cb = c0; cb < c1; cb += g.nr) {
+                kern(abuf + b * block_bytes, w + cb * col_bytes, kp, acc);
+                int cols = (int)(n - cb < g.nr ? n - cb : g.nr);
+                if (cols > 0)
+                    epilogue(jb, corr, acc, g.nr, row0, valid, cb, cols);
+            }
+        }
+    }
+    free(abuf);
+}
+
+static void *thread_main(void *p) {
+    run_rows(p);
+    return NULL;
+}
+
+static void run_threads(const job *base, int threads) {
+    geometry g = geometry_of(base->isa);
+    int64_t blocks = (base->M + g.mr - 1) / g.mr;
+    if (threads > blocks)
+        threads = (int)blocks;
+    if (threads > 64)
+        threads = 64;
+    if (threads <= 1) {
+        job one = *base;
+        one.row_begin = 0;
+        one.row_end = base->M;
+        run_rows(&one);
+        return;
+    }
+    job jobs[64];
+    pthread_t ids[64];
+    int started[64] = {0};
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = *base;
+        int64_t r0 = blocks * t / threads * g.mr, r1 = blocks * (t + 1) / threads * g.mr;
+        jobs[t].row_begin = r0;
+        jobs[t].row_end = r1 < base->M ? r1 : base->M;
+    }
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&ids[t], NULL, thread_main, &jobs[t]) == 0;
+    run_rows(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            run_rows(&jobs[t]);
+    }
+}
+
+void hw_linear(const void *a, int a_type, int64_t M, int64_t K, int64_t lda, const void *packed, int64_t N,
+               const int32_t *bias, const int32_t *m0, const int32_t *shift, int32_t qmin, int32_t qmax,
+               const int32_t *lut, int32_t lut_min, void *out, int out_type, int64_t out_stride_m,
+               int64_t out_stride_n, int threads) {
+    const pack_header *h = packed;
+    if (!h || h->magic != PACK_MAGIC || h->n != N || h->k != K || M <= 0 || N <= 0)
+        return;
+    job jb = {.isa = h->isa, .h = h, .a = {a, a_type, lda, 1}, .M = M, .bias = bias, .m0 = m0,
+              .shift = shift, .qmin = qmin, .qmax = qmax, .lut = lut, .lut_min = lut_min, .out = out,
+              .out_type = out_type, .osm = out_stride_m, .osn = out_stride_n};
+    run_threads(&jb, threads);
+}
+
+/* ----- batched activation matmul ---------------------------------------------------------------------
+   Per batch, one operand is packed as the "weights" (transposed to N x K) and the other streams as the
+   activation rows. The int8-weight paths (VNNI, dotprod) need int8 weights: with B int8 it is packed
+   as is; with B uint8 and A int8 the product is taken transposed (out^T = B^T·A^T: B^T streams, A is
+   packed, the out strides swap); with both uint8 the int16-weight path of this ISA family runs. */
+void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_sk,
+               const void *b, int b_type, int64_t b_sb, int64_t b_sk, int64_t b_sj,
+               int64_t batch, int64_t M, int64_t K, int64_t N, int32_t m0, int32_t shift, int32_t qmin, int32_t qmax,
+               void *out, int out_type, int threads) {
+    if (batch <= 0 || M <= 0 || N <= 0)
+        return;
+    int isa = hw_isa();
+    int swap = 0;
+    if (!geometry_of(isa).wide_weights && b_type == HW_U8) {
+        if (a_type == HW_I8)
+            swap = 1;
+        else
+            isa = isa == HW_ISA_AVX512VNNI ? HW_ISA_AVX2 : (isa == HW_ISA_NEON_DOTPROD ? HW_ISA_NEON : HW_ISA_SCALAR);
+    }
+    int64_t rows = swap ? N : M, cols = swap ? M : N; /* activation rows, packed columns */
+    size_t bytes = pack_bytes(isa, cols, K);
+    void *packed = aligned_alloc(64, (size_t)round_up((int64_t)bytes, 64));
+    if (!packed)
+        return;
+    size_t osize = out_type == HW_I32 ? 4 : (out_type == HW_I16 ? 2 : 1);
+    size_t asize = 1; /* both operands are 8-bit */
+    for (int64_t i = 0; i < batch; i++) {
+        const char *ap = (const char *)a + i * a_sb * (int64_t)asize, *bp = (const char *)b + i * b_sb * (int64_t)asize;
+        view2d weights, acts;
+        if (swap) { /* weights = A (M x K), activations = B^T (N x K) */
+            weights = (view2d){ap, a_type, a_sm, a_sk};
+            acts = (view2d){bp, b_type, b_sj, b_sk};
+        } else { /* weights = B^T (N x K), activations = A (M x K) */
+            weights = (view2d){bp, b_type, b_sj, b_sk};
+            acts = (view2d){ap, a_type, a_sm, a_sk};
+        }
+        pack_view(isa, &weights, cols, K, packed);
+        job jb = {.isa = isa, .h = packed, .a = acts, .M = rows, .m0_all = m0, .shift_all = shift, .qmin = qmin,
+                  .qmax = qmax, .out = (char *)out + (size_t)(i * M * N) * osize, .out_type = out_type,
+                  .osm = swap ? 1 : N, .osn = swap ? N : 1};
+        run_threads(&jb, threads);
+    }
+    free(packed);
+}
+
+/* ----- convolution helpers ------------------------------------------------------------------------------ */
+static int64_t conv_out(int64_t size, int k, int s, int p, int d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
+
+void hw_im2col(const void *x, int x_type, int64_t C, int64_t H, int64_t W, int kh, int kw, int sh, int sw,
+               int ph, int pw, int dh, int dw, void *cols) {
+    (void)x_type; /* 8-bit either way: a byte copy, padding is code 0 */
+    const uint8_t *src = x;
+    uint8_t *dst = cols;
+    int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    for (int64_t oy = 0; oy < OH; oy++)
+        for (int64_t ox = 0; ox < OW; ox++)
+            for (int64_t c = 0; c < C; c++)
+                for (int ky = 0; ky < kh; ky++) {
+                    int64_t iy = oy * sh - ph + (int64_t)ky * dh;
+                    for (int kx = 0; kx < kw; kx++) {
+                        int64_t ix = ox * sw - pw + (int64_t)kx * dw;
+                        *dst++ = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? src[(c * H + iy) * W + ix] : 0;
+                    }
+                }
+}
+
+void hw_depthwise_conv2d(const void *x, int x_type, int64_t C, int64_t H, int64_t W, const int8_t *w, int kh,
+                         int kw, int sh, int sw, int ph, int pw, int dh, int dw, const int32_t *bias,
+                         const int32_t *m0, const int32_t *shift, int32_t qmin, int32_t qmax, void *out,
+                         int out_type) {
+    int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    const uint8_t *xu = x;
+    const int8_t *xs = x;
+    for (int64_t c = 0; c < C; c++) {
+        const int8_t *wc = w + c * kh * kw;
+        int64_t b = bias ? bias[c] : 0;
+        for (int64_t oy = 0; oy < OH; oy++)
+            for (int64_t ox = 0; ox < OW; ox++) {
+                int32_t acc = 0;
+                for (int ky = 0; ky < kh; ky++) {
+                    int64_t iy = oy * sh - ph + (int64_t)ky * dh;
+                    if (iy < 0 || iy >= H)
+                        continue;
+                    for (int kx = 0; kx < kw; kx++) {
+                        int64_t ix = ox * sw - pw + (int64_t)kx * dw;
+                        if (ix < 0 || ix >= W)
+                            continue;
+                        int64_t at = (c * H + iy) * W + ix;
+                        int32_t v = x_type == HW_U8 ? (int32_t)xu[at] : (int32_t)xs[at];
+                        acc += v * wc[ky * kw + kx];
+                    }
+                }
+                int64_t v = hw_clamp64(hw_rs((int64_t)acc + b, m0[c], shift[c]), qmin, qmax);
+                store_value(out, out_type, (c * OH + oy) * OW + ox, (int32_t)v);
+            }
+    }
+}
