@@ -211,6 +211,8 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
     # the graph as loaded, for the backends that compare against it (a deep copy: only when one does)
     original = graph.copy() if any(backend.reads_original for backend in the_plan.backends) else None
     graph, body = run_recipe(graph, the_plan.recipe, options, batches, log)
+    skipped = [backend.name for backend in the_plan.backends if not backend.applies(graph)]
+    the_plan = dataclasses.replace(the_plan, backends=[b for b in the_plan.backends if b.name not in skipped])
     problems = [f"{backend.name}: {line}" for backend in the_plan.backends for line in backend.check(graph)]
     if problems:
         raise InputError(f"{loaded.source}: target {target.name} cannot take this graph: " + "; ".join(problems[:5])
@@ -218,6 +220,8 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
     with atomic_dir(outdir, force, inputs=(loaded.source, options.calib, options.data)) as tmp:
         body["model"] = the_plan.kind
         body["backends"] = [backend.name for backend in the_plan.backends]
+        if skipped:
+            body["backends_not_applicable"] = skipped
         artifacts: list[str] = []
         sections: dict = {}
         for backend in the_plan.backends:

@@ -48,6 +48,8 @@ class BenchRequest:
     batch: int = 1
     iterations: int | None = None
     duration: float = 3.0
+    threads: int = 0                 # 0: the runner's default
+    compare: str | None = None       # a second model to time interleaved with it (an .onnx path)
 
 
 class Backend:
@@ -55,6 +57,11 @@ class Backend:
     section: ClassVar[str] = ""                 # report.json key of its section (default: name)
     options: ClassVar[dict[str, Any]] = {}      # option -> default
     reads_original: ClassVar[bool] = False      # uses context.original (the pipeline then keeps a copy)
+
+    def applies(self, graph: Graph) -> bool:
+        """Whether this backend of the chain deploys `graph` at all (the integer runtime: only graphs an
+        int8 recipe made); the pipeline leaves out one that does not, and says so in the report."""
+        return True
 
     def check(self, graph: Graph) -> list[str]:
         """What this backend cannot take, one line per node and reason; empty when it can."""

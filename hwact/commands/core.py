@@ -153,7 +153,8 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
     if threads > max_threads():  # onnxruntime hangs at thousands of threads and crashes at 100000
         raise InputError(f"--threads {threads}: at most {max_threads()} here ({THREADS_PER_CPU} per CPU, "
                          f"{os.cpu_count()} CPUs)", hint="0 lets onnxruntime choose")
-    flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration)
+    flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration, threads,
+                              str(_onnx_of(other)) if other else None)
     if flow_result is not None:
         click.echo(to_json({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
                               indent=2, default=str))
@@ -177,7 +178,7 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
 
 def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch: int, iterations: int | None,
-                duration: float) -> dict | None:
+                duration: float, threads: int = 0, compare: str | None = None) -> dict | None:
     """Benchmark a convert folder with the runner of the backend that wrote it (None: an ONNX folder)."""
     from hwact.backends.base import Backend, BenchRequest, get_backend
     from hwact.load import read_json
@@ -195,7 +196,7 @@ def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch
         raise InputError(f"--stream and --threshold apply to a delta model's convert folder; {folder} is not one")
     if not runners:
         return None
-    return runners[0].bench(folder, BenchRequest(stream, threshold, batch, iterations, duration))
+    return runners[0].bench(folder, BenchRequest(stream, threshold, batch, iterations, duration, threads, compare))
 
 
 def _onnx_of(artifact: str) -> Path:

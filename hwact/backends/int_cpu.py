@@ -1,0 +1,98 @@
+"""int-cpu backend: the integer graph an int8 recipe made, run by hwact's integer CPU kernels (issue 15).
+
+    emit    plan.json + constants.npz (hwact/backends/int_cpu_plan.py: the graph as data) and
+            libhwact_int.so, built from hwact/backends/int_cpu_src/ for the target's `arch`
+            (x86_64: scalar, AVX2 and AVX-512 VNNI paths; aarch64: NEON and NEON dot-product paths; the
+            best one the CPU has is chosen when the library is loaded)
+    verify  the plan run by the kernels (hwact/backends/int_cpu_runtime.py) equals the integer reference
+            (the graph itself) bit for bit on every calibration batch, or the convert fails; an aarch64
+            build on another host is compiled, not run (said in the report)
+    bench   `hwact bench OUT` (hwact/bench/int_cpu_bench.py) times it against onnxruntime
+
+The runtime never loads the library in the output folder: `hwact bench` rebuilds it from hwact's own
+sources (cached by their hash) and reads plan.json / constants.npz as hostile input.
+"""
+
+from __future__ import annotations
+
+import collections
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from hwact.backends import int_cpu_lib
+from hwact.backends.base import Backend, BenchRequest, EmitContext, register
+from hwact.backends.int_cpu_plan import make_plan, read_plan, unsupported, write_plan
+from hwact.backends.int_cpu_runtime import IntCpuProgram
+from hwact.errors import InputError, VerificationError
+from hwact.ir.graph import Graph
+from hwact.ir.summary import float_compute_nodes
+
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512-vnni", 3: "neon", 4: "neon-dotprod"}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return "aarch64" if machine in ("aarch64", "arm64") else "x86_64"
+
+
+def open_program(outdir: Path, threads: int = 1) -> IntCpuProgram:
+    """The plan in `outdir` with hwact's own build of the library for this machine."""
+    library = int_cpu_lib.load(int_cpu_lib.build(host_arch()))
+    return IntCpuProgram(read_plan(outdir), library, threads)
+
+
+@register
+class IntCpuBackend(Backend):
+    """Integer graphs on the host CPU with hwact's fused int8 kernels, checked bit-exact."""
+
+    name = "int-cpu"
+    section = "int_cpu"
+    options = {"arch": "x86_64", "threads": 1}
+
+    def applies(self, graph: Graph) -> bool:
+        return "hwact_integer" in graph.meta      # set by fold-quant-scales: an int8 recipe ran
+
+    def check(self, graph: Graph) -> list[str]:
+        floats = [f"{node.name} ({node.target}) computes in float: the integer runtime runs integer graphs only"
+                  for node in float_compute_nodes(graph)]
+        return floats + unsupported(graph)
+
+    def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        arch = str(context.options["arch"])
+        if arch not in int_cpu_lib.COMPILERS:
+            raise InputError(f"int-cpu: unknown arch '{arch}'", hint="x86_64 or aarch64")
+        plan = make_plan(graph)
+        artifacts = write_plan(plan, outdir)
+        shutil.copyfile(int_cpu_lib.build(arch), outdir / int_cpu_lib.LIBRARY_NAME)   # built once per source hash
+        kernels = collections.Counter(step.op_name for step in plan.steps if step.op_name.startswith("hwact."))
+        return {"arch": arch, "library": int_cpu_lib.LIBRARY_NAME, "steps": len(plan.steps),
+                "kernels": dict(sorted(kernels.items())),
+                "constant_bytes": int(sum(value.nbytes for value in plan.constants.values())),
+                "artifacts": artifacts + [int_cpu_lib.LIBRARY_NAME]}
+
+    def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
+        arch = str(context.options["arch"])
+        if arch != host_arch():
+            return {"verified": False, "reason": f"built for {arch} on a {host_arch()} host: compiled, not run"}
+        program = open_program(outdir, int(context.options["threads"] or 1))
+        isa = ISA_NAMES.get(int(program.lib.hw_isa()), "unknown")
+        with torch.no_grad():
+            for index, batch in enumerate(context.batches):
+                expected = graph(*batch)
+                expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+                produced = program(*batch)
+                for which, (want, got) in enumerate(zip(expected, produced)):
+                    if want.shape != got.shape or not torch.equal(want.to(got.dtype), got):
+                        error = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else None
+                        raise VerificationError(f"int-cpu: output {which} differs from the integer reference on "
+                                                f"calibration batch {index} ({isa} path; max |err| {error})")
+        context.log(f"  int-cpu ({isa}) vs integer reference: bit-exact on {len(context.batches)} batches")
+        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(context.batches)}
+
+    @classmethod
+    def bench(cls, outdir: Path, request: BenchRequest) -> dict:
+        from hwact.bench.int_cpu_bench import bench
+        return bench(outdir, request)

@@ -1,0 +1,319 @@
+"""Run a plan (hwact/backends/int_cpu_plan.py) with the integer CPU kernels (hwact/backends/int_cpu_src/).
+
+Every hwact op of the plan runs one kernel of the library (ctypes); the few aten ops a plan may hold
+(layout, index arithmetic, masks: int_cpu_plan.TORCH_OPS) run as torch ops on the same arrays (views
+where torch can). Integer tensors are stored in the narrowest type their bounds allow (int8, uint8,
+int16, int32: the plan's out_type), so an 8-bit activation moves one byte per value. Every constant a
+kernel needs besides its inputs (dyadic m0/shift, exponent zero points, LayerNorm constants) is derived
+once with the functions the op's Python reference uses, and weights are packed once for the ISA in use.
+
+    program = IntCpuProgram(read_plan(folder), load(build()), threads=2)
+    logits = program(pixel_values)           # numpy or torch in, torch tensors out
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import torch
+import torch.fx
+
+from hwact.backends.int_cpu_plan import Const, Plan, Ref
+from hwact.errors import UnsupportedError
+from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, layernorm_constants, softmax_constants
+from hwact.ir.int_ops import dyadic
+
+hw = torch.ops.hwact
+TORCH_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
+               "float32": torch.float32}
+KERNEL_TYPE = {torch.int8: 0, torch.uint8: 1, torch.int16: 2, torch.int32: 3}
+
+
+def _ptr(tensor: torch.Tensor | None):
+    return None if tensor is None else ctypes.c_void_p(tensor.data_ptr())
+
+
+def _int32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to(torch.int32).contiguous()
+
+
+def _codes(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous integer tensor in a type the kernels read (int64 sums become int32: they fit)."""
+    if tensor.dtype not in KERNEL_TYPE:
+        tensor = tensor.to(torch.int32)
+    return tensor.contiguous()
+
+
+def broadcast_pattern(shape: tuple, small: tuple) -> tuple[int, int] | None:
+    """(div, mod) with small[index] = big[(i / div) % mod] for a tensor of `small` shape broadcast to
+    `shape`, when small's non-1 dims are one contiguous block of shape's dims; None otherwise."""
+    small = (1,) * (len(shape) - len(small)) + tuple(small)
+    dims = [i for i, size in enumerate(small) if size != 1]
+    if not dims:
+        return math.prod(shape), 1          # one value for every element
+    first, last = dims[0], dims[-1]
+    if any(small[i] != shape[i] for i in range(first, last + 1)):
+        return None
+    return math.prod(shape[last + 1:]), math.prod(shape[first:last + 1])
+
+
+class IntCpuProgram:
+    def __init__(self, plan: Plan, library, threads: int = 1):
+        self.plan, self.lib, self.threads = plan, library, max(1, int(threads))
+        self.constants = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in plan.constants.items()}
+        self.packed: dict[tuple, tuple] = {}
+        self.memo: dict[tuple, tuple] = {}
+        self.kernels = {hw.quantize.default: self._quantize, hw.dequantize.default: self._dequantize,
+                        hw.requantize.default: self._requantize, hw.int_linear.default: self._linear,
+                        hw.int_conv2d.default: self._conv2d, hw.int_matmul.default: self._matmul,
+                        hw.int_add.default: self._add, hw.int_mul.default: self._mul, hw.int_lut.default: self._lut,
+                        hw.int_mask.default: self._mask, hw.int_max_pool2d.default: self._max_pool2d,
+                        hw.int_embedding.default: self._embedding, hw.shiftmax.default: self._shiftmax,
+                        hw.shift_gelu.default: self._shift_gelu, hw.lambda_shift_gelu.default: self._shift_gelu,
+                        hw.i_layernorm.default: self._layernorm}
+        missing = sorted({s.op_name for s in plan.steps if s.op_name.startswith("hwact.") and s.op not in self.kernels})
+        if missing:
+            raise UnsupportedError(f"the integer CPU runtime has no kernel for {', '.join(missing)}")
+
+    # ----- running -------------------------------------------------------------------------------
+    def __call__(self, *inputs) -> list[torch.Tensor]:
+        env = {name: torch.as_tensor(value) for name, value in zip(self.plan.inputs, inputs)}
+        with torch.no_grad():
+            for step in self.plan.steps:
+                args = self._resolve(step.args, env)
+                kwargs = self._resolve(step.kwargs, env)
+                kernel = self.kernels.get(step.op)
+                env[step.name] = kernel(step, *args, **kwargs) if kernel else self._torch_op(step, args, kwargs)
+        return [env[name] for name in self.plan.outputs]
+
+    @staticmethod
+    def _torch_op(step, args, kwargs):
+        """An aten op of the plan on codes: code arguments first widened to the step's type (so -(-128)
+        and a cat of int8 with int16 are exact), the result in that type."""
+        dtype = TORCH_TYPES.get(step.out_type) if step.out_type != "float32" else None
+        if dtype is not None:
+            args = torch.fx.node.map_aggregate(
+                args, lambda a: a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype in KERNEL_TYPE else a)
+        result = step.op(*args, **kwargs)
+        if dtype is not None and isinstance(result, torch.Tensor) and result.dtype != dtype \
+                and result.dtype in (*KERNEL_TYPE, torch.int64):
+            result = result.to(dtype)
+        return result
+
+    def _resolve(self, value, env):
+        if isinstance(value, Ref):
+            return env[value]
+        if isinstance(value, Const):
+            return self.constants[value]
+        if isinstance(value, list):
+            return [self._resolve(v, env) for v in value]
+        if isinstance(value, dict):
+            return {k: self._resolve(v, env) for k, v in value.items()}
+        return value
+
+    def _out(self, step, shape) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=TORCH_TYPES[step.out_type])
+
+    def _memo(self, key, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+    # ----- kernels -------------------------------------------------------------------------------
+    def _quantize(self, step, x, scale, qmin, qmax):
+        x = x.to(torch.float32).contiguous()
+        out = self._out(step, x.shape)
+        self.lib.hw_quantize(_ptr(x), x.numel(), float(scale), int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _dequantize(self, step, q, scale):
+        q = _codes(q)
+        out = torch.empty(q.shape, dtype=torch.float32)
+        self.lib.hw_dequantize(_ptr(q), KERNEL_TYPE[q.dtype], q.numel(), float(scale), _ptr(out))
+        return out
+
+    def _requantize(self, step, q, in_scale, out_scale, qmin, qmax):
+        q = _codes(q)
+        m0, shift = dyadic(in_scale / out_scale)
+        out = self._out(step, q.shape)
+        self.lib.hw_requantize(_ptr(q), KERNEL_TYPE[q.dtype], q.numel(), m0, shift, int(qmin), int(qmax), _ptr(out),
+                               KERNEL_TYPE[out.dtype])
+        return out
+
+    def _pack(self, key, weight: torch.Tensor):
+        """(packed buffer, N, K) of an int8 (N, K) weight, packed once."""
+        if key not in self.packed:
+            weight = weight.to(torch.int8).contiguous()
+            n, k = weight.shape
+            buffer = ctypes.create_string_buffer(max(1, int(self.lib.hw_pack_size(n, k))))
+            self.lib.hw_pack(_ptr(weight), n, k, buffer)
+            self.packed[key] = (buffer, n, k)
+        return self.packed[key]
+
+    def _epilogue(self, step, bias, m0, shift, start=0, stop=None):
+        return self._memo((step.name, "epi", start), lambda: (_int32(bias[start:stop]), _int32(m0[start:stop]),
+                                                              _int32(shift[start:stop])))
+
+    def _linear(self, step, q, weight, bias, m0, shift, unsigned_input, qmin, qmax):
+        x = _codes(q)
+        packed, n, k = self._pack(step.name, weight)
+        bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+        rows = x.numel() // k
+        out = self._out(step, (*x.shape[:-1], n))
+        self.lib.hw_linear(_ptr(x), KERNEL_TYPE[x.dtype], rows, k, k, packed, n, _ptr(bias_c), _ptr(m0_c),
+                           _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out), KERNEL_TYPE[out.dtype], n, 1,
+                           self.threads)
+        return out
+
+    def _conv2d(self, step, q, weight, bias, m0, shift, stride, padding, dilation, groups, unsigned_input, qmin, qmax):
+        x = _codes(q)
+        batch, channels, height, width = x.shape
+        c_out, c_in, kh, kw = weight.shape
+        oh = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        out = self._out(step, (batch, c_out, oh, ow))
+        geometry = (kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+        if groups == channels == c_out and c_in == 1:
+            w = self._memo((step.name, "dw"), lambda: weight.to(torch.int8).reshape(c_out, kh, kw).contiguous())
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+            for image in range(batch):
+                self.lib.hw_depthwise_conv2d(_ptr(x[image]), KERNEL_TYPE[x.dtype], channels, height, width, _ptr(w),
+                                             *geometry, _ptr(bias_c), _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax),
+                                             _ptr(out[image]), KERNEL_TYPE[out.dtype])
+            return out
+        per_group = c_out // groups
+        columns = torch.empty((oh * ow, c_in * kh * kw), dtype=x.dtype)
+        for group in range(groups):
+            lo, hi = group * per_group, (group + 1) * per_group
+            packed, _, k = self._pack((step.name, group), weight[lo:hi].reshape(per_group, -1))
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, lo, hi)
+            for image in range(batch):
+                source = x[image, group * c_in:(group + 1) * c_in].contiguous()
+                self.lib.hw_im2col(_ptr(source), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry, _ptr(columns))
+                self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], oh * ow, k, k, packed, per_group, _ptr(bias_c),
+                                   _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out[image, lo]),
+                                   KERNEL_TYPE[out.dtype], 1, oh * ow, self.threads)
+        return out
+
+    def _matmul(self, step, a, b, a_unsigned, b_unsigned, multiplier, qmin, qmax):
+        a, b = (t if t.dtype in KERNEL_TYPE else t.to(torch.int32) for t in (a, b))
+        batch_shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        rows, depth, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+        a3 = a.expand(*batch_shape, rows, depth).reshape(-1, rows, depth)
+        b3 = b.expand(*batch_shape, depth, cols).reshape(-1, depth, cols)
+        m0, shift = dyadic(multiplier)
+        out = self._out(step, (*batch_shape, rows, cols))
+        self.lib.hw_matmul(_ptr(a3), KERNEL_TYPE[a3.dtype], *a3.stride(), _ptr(b3), KERNEL_TYPE[b3.dtype], *b3.stride(),
+                           a3.shape[0], rows, depth, cols, m0, shift, int(qmin), int(qmax), _ptr(out),
+                           KERNEL_TYPE[out.dtype], self.threads)
+        return out
+
+    def _binary(self, step, a, b):
+        """(a, b, swapped, div, mod, out): a has the output's shape, b is broadcast by (div, mod)."""
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        swapped = tuple(a.shape) != tuple(shape)
+        if swapped:
+            a, b = b, a
+        a = _codes(a.expand(shape)) if tuple(a.shape) != tuple(shape) else _codes(a)
+        pattern = broadcast_pattern(tuple(shape), tuple(b.shape))
+        if pattern is None:
+            b, pattern = b.expand(shape), (1, math.prod(shape))
+        return a, _codes(b), swapped, pattern[0], pattern[1], self._out(step, shape)
+
+    def _add(self, step, a, b, a_multiplier, b_multiplier, qmin, qmax):
+        a, b, swapped, div, mod, out = self._binary(step, a, b)
+        (ma, sa), (mb, sb) = dyadic(a_multiplier), dyadic(b_multiplier)
+        if swapped:
+            (ma, sa), (mb, sb) = (mb, sb), (ma, sa)
+        self.lib.hw_add(_ptr(a), KERNEL_TYPE[a.dtype], _ptr(b), KERNEL_TYPE[b.dtype], out.numel(), div, mod, ma, sa,
+                        mb, sb, int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _mul(self, step, a, b, multiplier, qmin, qmax):
+        a, b, _, div, mod, out = self._binary(step, a, b)
+        m0, shift = dyadic(multiplier)
+        self.lib.hw_mul(_ptr(a), KERNEL_TYPE[a.dtype], _ptr(b), KERNEL_TYPE[b.dtype], out.numel(), div, mod, m0, shift,
+                        int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _mask(self, step, q, keep, fill):
+        shape = torch.broadcast_shapes(q.shape, keep.shape)
+        x = _codes(q.expand(shape))
+        pattern = broadcast_pattern(tuple(shape), tuple(keep.shape))
+        if pattern is None:
+            keep, pattern = keep.expand(shape), (1, math.prod(shape))
+        flags = keep.to(torch.uint8).contiguous()
+        out = self._out(step, shape)
+        self.lib.hw_mask(_ptr(x), KERNEL_TYPE[x.dtype], _ptr(flags), out.numel(), pattern[0], pattern[1], int(fill),
+                         _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _lut(self, step, q, table, in_qmin, qmin, qmax):
+        x = _codes(q)
+        table_c = self._memo((step.name, "table"), lambda: _int32(table))
+        out = self._out(step, x.shape)
+        self.lib.hw_lut(_ptr(x), KERNEL_TYPE[x.dtype], x.numel(), _ptr(table_c), int(in_qmin), table_c.numel(),
+                        int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _max_pool2d(self, step, q, kernel, stride, padding, unsigned_input):
+        x = _codes(q)
+        batch, channels, height, width = x.shape
+        oh = (height + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        ow = (width + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        out = torch.empty((batch, channels, oh, ow), dtype=x.dtype)
+        self.lib.hw_max_pool2d(_ptr(x), KERNEL_TYPE[x.dtype], batch * channels, height, width, kernel[0], kernel[1],
+                               stride[0], stride[1], padding[0], padding[1], _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _embedding(self, step, table, ids):
+        table_c = self._memo((step.name, "table"), lambda: table.to(torch.int8).contiguous())
+        index = ids.to(torch.int64).contiguous()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table_c.shape[0]):
+            raise IndexError(f"{step.name}: token ids must lie in [0, {table_c.shape[0]})")
+        out = self._out(step, (*index.shape, table_c.shape[1]))
+        self.lib.hw_embedding(_ptr(table_c), table_c.shape[0], table_c.shape[1], _ptr(index), index.numel(),
+                              _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _rows(self, q, dim: int = -1):
+        """(contiguous codes with `dim` last, the permutation that undoes it or None)."""
+        dim = dim % q.dim()
+        if dim == q.dim() - 1:
+            return _codes(q), None
+        order = [d for d in range(q.dim()) if d != dim] + [dim]
+        inverse = [order.index(d) for d in range(q.dim())]
+        return _codes(q.permute(order)), inverse
+
+    def _shiftmax(self, step, q, in_scale, out_scale, dim, qmin, qmax, n):
+        x, inverse = self._rows(q, dim)
+        channels = x.shape[-1]
+        x0, m0, shift = self._memo((step.name, channels), lambda: softmax_constants(in_scale, out_scale, n, channels))
+        out = self._out(step, x.shape)
+        self.lib.hw_shiftmax(_ptr(x), KERNEL_TYPE[x.dtype], x.numel() // channels, channels, x0, n, m0, shift,
+                             int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out if inverse is None else out.permute(inverse)
+
+    def _shift_gelu(self, step, q, in_scale, out_scale, qmin, qmax, n, lam=SHIFT_GELU_LAMBDA):
+        x = _codes(q)
+        channels = x.shape[-1] if x.dim() else 1
+        x0, drop, m0, shift = self._memo((step.name,), lambda: gelu_constants(in_scale, out_scale, n, lam))
+        out = self._out(step, x.shape)
+        self.lib.hw_shift_gelu(_ptr(x), KERNEL_TYPE[x.dtype], x.numel() // channels, channels, x0, n, drop, m0, shift,
+                               int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
+        return out
+
+    def _layernorm(self, step, q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, qmin, qmax):
+        x = _codes(q)
+        channels = x.shape[-1]
+        k, eps_int, precision, m0, shift = self._memo(
+            (step.name, "c"), lambda: layernorm_constants(channels, in_scale, out_scale, gamma_scale, eps))
+        gamma_c, beta_c = self._memo((step.name, "gb"), lambda: (_int32(gamma_int), _int32(beta_int)))
+        out = self._out(step, x.shape)
+        self.lib.hw_i_layernorm(_ptr(x), KERNEL_TYPE[x.dtype], x.numel() // channels, channels, _ptr(gamma_c),
+                                _ptr(beta_c), k, eps_int, precision, m0, shift, int(qmin), int(qmax), _ptr(out),
+                                KERNEL_TYPE[out.dtype])
+        return out
+
