@@ -347,18 +347,21 @@ def int_embedding_onnx(table: INT8, ids) -> INT32:
     return op.Cast(op.Gather(table, op.Cast(ids, to=INT64_TYPE), axis=0), to=INT32_TYPE)
 
 
-@hwact_op("int_mask", codes_of="q")
-def int_mask(q: torch.Tensor, keep: torch.Tensor, fill: int) -> torch.Tensor:
-    """where(keep, q, fill): masked attention scores (an additive −inf mask) take the lowest code of
-    q's range, so shiftmax gives them the smallest weight it can express; the codes stay q's."""
+@hwact_op("int_mask", bounds=("fill", "qmax"))
+def int_mask(q: torch.Tensor, keep: torch.Tensor, fill: int, qmax: int) -> torch.Tensor:
+    """out = where(keep, q, fill), keep a bool tensor broadcast against q: masked attention scores (an
+    additive −inf / finfo.min mask) take the code `fill`, below every code of q; the rest keep q's codes
+    and scale. Declared codes [fill, qmax], qmax the upper bound of q's codes. fold-quant-scales passes
+    fill = −32768 (int16's lowest code, the lowest shiftmax takes), so a masked score is −32768·S_q, far
+    below the scores' range, and shiftmax gives it the smallest weight it can express (2^−n)."""
     return torch.where(keep, q.to(torch.int32), torch.tensor(fill, dtype=torch.int32))
 
 
 @int_mask.register_fake
-def _(q, keep, fill):
+def _(q, keep, fill, qmax):
     return torch.empty(torch.broadcast_shapes(q.shape, keep.shape), dtype=torch.int32, device=q.device)
 
 
 @onnx_translation(torch.ops.hwact.int_mask.default)
-def int_mask_onnx(q: INT32, keep, fill: int) -> INT32:
+def int_mask_onnx(q: INT32, keep, fill: int, qmax: int) -> INT32:
     return op.Where(op.Cast(keep, to=9), q, op.Cast(op.Constant(value_int=int(fill)), to=INT32_TYPE))

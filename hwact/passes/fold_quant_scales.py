@@ -20,7 +20,11 @@ and the graph is rewritten, node by node, into hwact integer ops (hwact/ir/int_o
     embedding(W, ids)        hwact.int_embedding(W_q, ids): W_q = clamp(round(W / S_W), ±127) int8 with
                              one scale S_W = max|W| / 127 (every row looked up shares it)
     a · b (two activations)  hwact.int_mul, multiplier S_a·S_b / S_out (squeeze-excite gates)
-    where(m, x, −inf)        hwact.int_mask(q, m, qmin): masked scores get the lowest code (decompose-sdpa)
+    where(m, x, f), f < −1e9 hwact.int_mask(q, m, −32768, qmax_q): masked scores (decompose-sdpa's −inf,
+                             canonicalize's additive finfo.min masks) get int16's lowest code at q's scale,
+                             codes [−32768, qmax_q]: the real −32768·S_q lies ≥ 256 ranges below the
+                             scores, so shiftmax (its clamp n then at n_max) gives them weight 2^−n ≈ 0;
+                             q's own lowest code would leave them e^−(range of the scores), not near 0
     constant_pad_nd(x, 0)    aten.constant_pad_nd(q, pad, 0): code 0 is the real 0 (scale unchanged)
     x · c, x / c (c a number) folded into the scale: S_out = S·|c| (aten.neg when c < 0)
     a + b                    hwact.int_add: each branch requantized to S_out once, then added (int16)
@@ -254,8 +258,8 @@ class _Lowering:
         elif target in MASK_FILLS and node.args[1] in self.ints and isinstance(node.args[2], (int, float)) \
                 and node.args[2] < MASKED_BELOW:
             qt = self.ints[node.args[1]]
-            masked = self._call(hw.int_mask.default, (qt.node, node.args[0], qt.qmin), node)
-            self.ints[node] = QTensor(masked, qt.scale, qt.qmin, qt.qmax)
+            masked = self._call(hw.int_mask.default, (qt.node, node.args[0], INT16[0], qt.qmax), node)
+            self.ints[node] = QTensor(masked, qt.scale, INT16[0], qt.qmax)
         elif target is aten.constant_pad_nd.default and node.args[0] in self.ints \
                 and float(node.args[2] if len(node.args) > 2 else 0.0) == 0.0:
             qt = self.ints[node.args[0]]
