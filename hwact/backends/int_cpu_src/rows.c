@@ -47,6 +47,8 @@ static inline void st(void *p, int type, int64_t i, int64_t v) {
     }
 }
 
+static inline size_t type_size(int type) { return type == HW_I32 ? 4 : type == HW_I16 ? 2 : 1; }
+static inline void *at(const void *p, int type, int64_t i) { return (char *)p + i * (int64_t)type_size(type); }
 static inline int64_t sat16(int64_t v) { return hw_clamp64(v, SAT_MIN, SAT_MAX); }
 static inline int64_t shl(int64_t v, int s) { return (int64_t)((uint64_t)v << s); }
 
@@ -275,9 +277,238 @@ AVX2 static void requantize_avx2(const void *x, int x_type, int64_t count, int32
     __m256i m0v = _mm256_set1_epi64x(m0);
     int64_t i = 0;
     for (; i + 8 <= count; i += 8) v_store8(out, out_type, i, v_requant8(v_load8(x, x_type, i), m0v, &r));
-    requantize_scalar((const char *)x + i * (x_type == HW_I32 ? 4 : x_type == HW_I16 ? 2 : 1), x_type, count - i,
-                      m0, shift, qmin, qmax, (char *)out + i * (out_type == HW_I32 ? 4 : out_type == HW_I16 ? 2 : 1),
-                      out_type);
+    requantize_scalar(at(x, x_type, i), x_type, count - i, m0, shift, qmin, qmax, at(out, out_type, i), out_type);
+}
+
+/* ShiftGELU on 8-bit inputs, exactly restructured: with m = max(0, row max) the output of code v is
+   g_m(v) = clamp(rs(v · sig, m0, shift)), sig = floor(e1·2^15 / max(e1 + e2, 1)), e1 = E[m − v],
+   e2 = E[m], E[d] = shift_exp(−d) >> drop for d = 0..255 (one table per call). A table of g_m over the
+   codes lo..m is built in scalar C the first time a row has maximum m (cached for the call: rows share few
+   maxima), then applied to the row: 8-bit outputs by 16-byte vpshufb lookups (code − lo split into 16
+   blocks of 16), wider outputs by a plain table read. */
+AVX2 static void shift_gelu_avx2_8bit(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n,
+                                      int drop, int32_t m0, int shift, int32_t qmin, int32_t qmax, void *out,
+                                      int out_type) {
+    int lo = x_type == HW_I8 ? -128 : 0, maxima = x_type == HW_I8 ? 128 : 256;
+    int bytes = out_type == HW_I8 || out_type == HW_U8;
+    int64_t E[256];
+    for (int d = 0; d < 256; d++) E[d] = shift_exp(-d, x0, n) >> drop;
+    uint8_t *tab8 = NULL;
+    int32_t *tab32 = NULL;
+    if (bytes) tab8 = calloc((size_t)maxima * 256, 1);
+    else tab32 = calloc((size_t)maxima * 256, sizeof(int32_t));
+    uint8_t built[256] = {0};
+    if (!tab8 && !tab32) {
+        shift_gelu_scalar(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
+        return;
+    }
+    const __m256i flip = _mm256_set1_epi8((char)0x80), sat = _mm256_set1_epi8(0x70), step = _mm256_set1_epi8(16);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)x + r * C;
+        /* row maximum, codes as biased bytes b = code − lo (0..255, order-preserving) */
+        __m256i vmax = _mm256_setzero_si256();
+        int64_t k = 0;
+        for (; k + 32 <= C; k += 32) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(row + k));
+            if (x_type == HW_I8) v = _mm256_xor_si256(v, flip);
+            vmax = _mm256_max_epu8(vmax, v);
+        }
+        uint8_t lanes[32];
+        _mm256_storeu_si256((__m256i *)lanes, vmax);
+        int bmax = 0;
+        for (int j = 0; j < 32; j++) bmax = lanes[j] > bmax ? lanes[j] : bmax;
+        for (; k < C; k++) {
+            int b = x_type == HW_I8 ? (row[k] ^ 0x80) : row[k];
+            bmax = b > bmax ? b : bmax;
+        }
+        int m = bmax + lo < 0 ? 0 : bmax + lo;
+        int top = m - lo;                    /* codes lo..m: biased 0..top */
+        if (!built[m]) {
+            int64_t e2 = E[m];
+            for (int b = 0; b <= top; b++) {
+                int64_t v = lo + b;
+                int64_t g = gelu_one(v, E[m - v], e2, m0, shift, qmin, qmax);
+                if (bytes) tab8[(size_t)m * 256 + b] = (uint8_t)g;
+                else tab32[(size_t)m * 256 + b] = (int32_t)g;
+            }
+            built[m] = 1;
+        }
+        if (!bytes) {
+            const int32_t *t = tab32 + (size_t)m * 256;
+            for (int64_t j = 0; j < C; j++) {
+                int b = x_type == HW_I8 ? (row[j] ^ 0x80) : row[j];
+                st(out, out_type, r * C + j, t[b]);
+            }
+            continue;
+        }
+        const uint8_t *t = tab8 + (size_t)m * 256;
+        uint8_t *dst = (uint8_t *)out + r * C;
+        int blocks = top / 16 + 1;
+        __m256i tb[16];
+        for (int j = 0; j < blocks; j++) tb[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(t + 16 * j)));
+        for (k = 0; k + 32 <= C; k += 32) {
+            __m256i idx = _mm256_loadu_si256((const __m256i *)(row + k));
+            if (x_type == HW_I8) idx = _mm256_xor_si256(idx, flip);
+            /* block j: idx − 16j in 0..15 → adds 0x70 keeps bit 7 clear (vpshufb looks up); any other
+               byte saturates to >= 0x80 (vpshufb gives 0) */
+            __m256i res = _mm256_shuffle_epi8(tb[0], _mm256_adds_epu8(idx, sat));
+            for (int j = 1; j < blocks; j++) {
+                idx = _mm256_sub_epi8(idx, step);
+                res = _mm256_or_si256(res, _mm256_shuffle_epi8(tb[j], _mm256_adds_epu8(idx, sat)));
+            }
+            _mm256_storeu_si256((__m256i *)(dst + k), res);
+        }
+        for (; k < C; k++) dst[k] = t[x_type == HW_I8 ? (row[k] ^ 0x80) : row[k]];
+    }
+    free(tab8);
+    free(tab32);
+}
+
+/* Shiftmax with a table of the exponential: e(x − max) depends on d = max − x >= 0 only, and the clamp
+   at n·x0 makes it constant from the first d whose scaled exponent reaches n·x0 on (the scaling
+   x + (x >> 1) − (x >> 4) is non-increasing in d), so E[min(d, D)] is exact with D + 1 entries. Rows then
+   take a gathered sum, one division, and the 64-bit products e·factor (e < 2^42, factor < 2^62, product
+   <= 2^62: three 32x32 multiplies modulo 2^64) on 4 lanes. Used when D < SOFTMAX_TABLE. */
+#define SOFTMAX_TABLE 4096
+AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0,
+                              int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    int64_t floor_x = (int64_t)n * x0, D = 0;
+    while (D < SOFTMAX_TABLE && (-D + ((-D) >> 1) - ((-D) >> 4)) > floor_x) D++;
+    if (D >= SOFTMAX_TABLE) return 0;
+    int64_t E[SOFTMAX_TABLE];
+    for (int64_t d = 0; d <= D; d++) E[d] = shift_exp(-d, x0, n);
+    v_rs_t rq = v_rs_init(shift, qmin, qmax);
+    const __m256i half46 = _mm256_set1_epi64x((int64_t)1 << (FACTOR_BITS - PROB_BITS - 1));
+    const __m256i m0v = _mm256_set1_epi64x(m0), Dv = _mm256_set1_epi32((int32_t)D);
+    const __m256i sat_lo = _mm256_set1_epi32(SAT_MIN), sat_hi = _mm256_set1_epi32(SAT_MAX);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C, k;
+        __m256i vmax = _mm256_set1_epi32(SAT_MIN);
+        for (k = 0; k + 8 <= C; k += 8) vmax = _mm256_max_epi32(vmax, v_load8(x, x_type, base + k));
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, vmax);
+        int64_t mx = SAT_MIN;
+        for (int j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
+        for (; k < C; k++) {
+            int64_t v = ld(x, x_type, base + k);
+            mx = v > mx ? v : mx;
+        }
+        mx = sat16(mx);
+        const __m256i mxv = _mm256_set1_epi32((int32_t)mx);
+        /* pass 1: the sum of e */
+        __m256i acc = _mm256_setzero_si256();
+        for (k = 0; k + 8 <= C; k += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + k), sat_lo), sat_hi);
+            __m256i d = _mm256_min_epi32(_mm256_sub_epi32(mxv, v), Dv);
+            acc = _mm256_add_epi64(acc, _mm256_i32gather_epi64((const long long *)E, _mm256_castsi256_si128(d), 8));
+            acc = _mm256_add_epi64(acc, _mm256_i32gather_epi64((const long long *)E, _mm256_extracti128_si256(d, 1), 8));
+        }
+        int64_t sums[4];
+        _mm256_storeu_si256((__m256i *)sums, acc);
+        int64_t sum = sums[0] + sums[1] + sums[2] + sums[3];
+        for (int64_t j = k; j < C; j++) {
+            int64_t d = mx - sat16(ld(x, x_type, base + j));
+            sum += E[d < D ? d : D];
+        }
+        int64_t factor = ((int64_t)1 << FACTOR_BITS) / sum;
+        const __m256i f_lo = _mm256_set1_epi64x(factor & 0xffffffff), f_hi = _mm256_set1_epi64x(factor >> 32);
+        /* pass 2: p = (e·factor + 2^45) >> 46, out = clamp(rs(p, m0, shift)) */
+        for (k = 0; k + 8 <= C; k += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + k), sat_lo), sat_hi);
+            __m256i d = _mm256_min_epi32(_mm256_sub_epi32(mxv, v), Dv);
+            __m256i res[2];
+            for (int h = 0; h < 2; h++) {
+                __m128i dh = h ? _mm256_extracti128_si256(d, 1) : _mm256_castsi256_si128(d);
+                __m256i e = _mm256_i32gather_epi64((const long long *)E, dh, 8);
+                __m256i e_hi = _mm256_srli_epi64(e, 32);
+                __m256i prod = _mm256_add_epi64(
+                    _mm256_mul_epu32(e, f_lo),
+                    _mm256_slli_epi64(_mm256_add_epi64(_mm256_mul_epu32(e, f_hi), _mm256_mul_epu32(e_hi, f_lo)), 32));
+                __m256i p = _mm256_srli_epi64(_mm256_add_epi64(prod, half46), FACTOR_BITS - PROB_BITS);
+                __m256i q = v_clamp64(v_rs_shift(_mm256_mul_epu32(p, m0v), &rq), &rq);
+                res[h] = _mm256_permutevar8x32_epi32(q, pick);   /* the 4 results in the low half */
+            }
+            v_store8(out, out_type, base + k, _mm256_permute2x128_si256(res[0], res[1], 0x20));
+        }
+        for (; k < C; k++) {
+            int64_t d = mx - sat16(ld(x, x_type, base + k));
+            int64_t p = hw_rs(E[d < D ? d : D] * factor, 1, FACTOR_BITS - PROB_BITS);
+            st(out, out_type, base + k, hw_clamp64(hw_rs(p, m0, shift), qmin, qmax));
+        }
+    }
+    return 1;
+}
+
+/* add on one run of a: b either contiguous (bp) or one value (bp == NULL: rb = rs(b, m0b, shiftb)) */
+AVX2 static void add_run_avx2(const void *a, int a_type, const void *bp, int b_type, int64_t rb, int64_t len,
+                              int32_t m0a, int shifta, int32_t m0b, int shiftb, const v_rs_t *ra, const v_rs_t *rbs,
+                              int32_t qmin, int32_t qmax, void *out, int out_type) {
+    const __m256i m0av = _mm256_set1_epi64x(m0a), m0bv = _mm256_set1_epi64x(m0b), rbv = _mm256_set1_epi64x(rb);
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256i av = v_load8(a, a_type, i);
+        __m256i ea = v_rs_shift(_mm256_mul_epi32(av, m0av), ra);
+        __m256i oa = v_rs_shift(_mm256_mul_epi32(_mm256_srli_epi64(av, 32), m0av), ra);
+        if (bp) {
+            __m256i bv = v_load8(bp, b_type, i);
+            ea = _mm256_add_epi64(ea, v_rs_shift(_mm256_mul_epi32(bv, m0bv), rbs));
+            oa = _mm256_add_epi64(oa, v_rs_shift(_mm256_mul_epi32(_mm256_srli_epi64(bv, 32), m0bv), rbs));
+        } else {
+            ea = _mm256_add_epi64(ea, rbv);
+            oa = _mm256_add_epi64(oa, rbv);
+        }
+        v_store8(out, out_type, i, v_join(v_clamp64(ea, ra), v_clamp64(oa, ra)));
+    }
+    for (; i < len; i++) {
+        int64_t t = hw_rs(ld(a, a_type, i), m0a, shifta) + (bp ? hw_rs(ld(bp, b_type, i), m0b, shiftb) : rb);
+        st(out, out_type, i, hw_clamp64(t, qmin, qmax));
+    }
+}
+
+AVX2 static void add_avx2(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div,
+                          int64_t b_mod, int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax,
+                          void *out, int out_type) {
+    v_rs_t ra = v_rs_init(shifta, qmin, qmax), rbs = v_rs_init(shiftb, qmin, qmax);
+    for (int64_t i = 0; i < count;) {
+        int64_t len;
+        if (b_div == 1) {
+            int64_t j = i % b_mod;
+            len = b_mod - j < count - i ? b_mod - j : count - i;
+            add_run_avx2(at(a, a_type, i), a_type, at(b, b_type, j), b_type, 0, len, m0a, shifta, m0b, shiftb, &ra,
+                         &rbs, qmin, qmax, at(out, out_type, i), out_type);
+        } else {
+            int64_t j = (i / b_div) % b_mod, rest = b_div - i % b_div;
+            len = rest < count - i ? rest : count - i;
+            add_run_avx2(at(a, a_type, i), a_type, NULL, b_type, hw_rs(ld(b, b_type, j), m0b, shiftb), len, m0a,
+                         shifta, m0b, shiftb, &ra, &rbs, qmin, qmax, at(out, out_type, i), out_type);
+        }
+        i += len;
+    }
+}
+
+AVX2 static void lut_avx2(const void *x, int x_type, int64_t count, const int32_t *table, int32_t in_qmin,
+                          int32_t size, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    int64_t top = (int64_t)in_qmin + size - 1;
+    const __m256i lo = _mm256_set1_epi32(in_qmin), hi = _mm256_set1_epi32((int32_t)(top > INT32_MAX ? INT32_MAX : top));
+    const __m256i qlo = _mm256_set1_epi32(qmin), qhi = _mm256_set1_epi32(qmax);
+    int64_t i = 0;
+    if (top <= INT32_MAX) {
+        for (; i + 8 <= count; i += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, i), lo), hi);
+            __m256i t = _mm256_i32gather_epi32((const int *)table, _mm256_sub_epi32(v, lo), 4);
+            v_store8(out, out_type, i, _mm256_min_epi32(_mm256_max_epi32(t, qlo), qhi));
+        }
+    }
+    lut_scalar(at(x, x_type, i), x_type, count - i, table, in_qmin, size, qmin, qmax, at(out, out_type, i), out_type);
+}
+
+AVX2 static void clamp_avx2(const void *x, int x_type, int64_t count, int32_t lo, int32_t hi, void *out, int out_type) {
+    const __m256i l = _mm256_set1_epi32(lo), h = _mm256_set1_epi32(hi);
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        v_store8(out, out_type, i, _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, i), l), h));
+    clamp_scalar(at(x, x_type, i), x_type, count - i, lo, hi, at(out, out_type, i), out_type);
 }
 #endif
 
@@ -285,12 +516,21 @@ AVX2 static void requantize_avx2(const void *x, int x_type, int64_t count, int32
 void hw_shiftmax(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0, int shift,
                  int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+#if HW_ROWS_X86
+    if (use_avx2() && shiftmax_avx2(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type)) return;
+#endif
     shiftmax_scalar(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type);
 }
 
 void hw_shift_gelu(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int drop, int32_t m0,
                    int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+#if HW_ROWS_X86
+    if (use_avx2() && (x_type == HW_I8 || x_type == HW_U8)) {
+        shift_gelu_avx2_8bit(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
+        return;
+    }
+#endif
     shift_gelu_scalar(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
 }
 
@@ -314,6 +554,12 @@ void hw_requantize(const void *x, int x_type, int64_t count, int32_t m0, int shi
 
 void hw_add(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div, int64_t b_mod,
             int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax, void *out, int out_type) {
+#if HW_ROWS_X86
+    if (use_avx2()) {
+        add_avx2(a, a_type, b, b_type, count, b_div, b_mod, m0a, shifta, m0b, shiftb, qmin, qmax, out, out_type);
+        return;
+    }
+#endif
     add_scalar(a, a_type, b, b_type, count, b_div, b_mod, m0a, shifta, m0b, shiftb, qmin, qmax, out, out_type);
 }
 
@@ -327,10 +573,22 @@ void hw_mul(const void *a, int a_type, const void *b, int b_type, int64_t count,
 
 void hw_lut(const void *x, int x_type, int64_t count, const int32_t *table, int32_t in_qmin, int32_t size,
             int32_t qmin, int32_t qmax, void *out, int out_type) {
+#if HW_ROWS_X86
+    if (use_avx2()) {
+        lut_avx2(x, x_type, count, table, in_qmin, size, qmin, qmax, out, out_type);
+        return;
+    }
+#endif
     lut_scalar(x, x_type, count, table, in_qmin, size, qmin, qmax, out, out_type);
 }
 
 void hw_clamp(const void *x, int x_type, int64_t count, int32_t lo, int32_t hi, void *out, int out_type) {
+#if HW_ROWS_X86
+    if (use_avx2()) {
+        clamp_avx2(x, x_type, count, lo, hi, out, out_type);
+        return;
+    }
+#endif
     clamp_scalar(x, x_type, count, lo, hi, out, out_type);
 }
 
