@@ -282,23 +282,19 @@ static kernel_fn kernel_of(int isa) {
     }
 }
 
-/* ----- epilogue ----------------------------------------------------------------------------------- */
-static inline void store_value(void *out, int type, int64_t at, int32_t v) {
-    switch (type) {
-    case HW_I8: ((int8_t *)out)[at] = (int8_t)v; break;
-    case HW_U8: ((uint8_t *)out)[at] = (uint8_t)v; break;
-    case HW_I16: ((int16_t *)out)[at] = (int16_t)v; break;
-    default: ((int32_t *)out)[at] = v;
-    }
-}
-
+/* ----- epilogue ------------------------------------------------------------------------------------
+   Per column j the call precomputes (int64) mul[j] = m0[j], sh[j] = shift[j] and
+   add[j] = (bias[j] + corr·Σ_k W[j, k])·m0[j] + 2^(shift[j]−1) (0 when shift is 0), so that
+   rs(acc + bias + corr·ΣW, m0, shift) = (acc·m0 + add) >> shift: acc·m0 is an exact 32 x 32 -> 64 bit
+   product (vpmuldq / smull), the rest int64 adds and an arithmetic shift (two's complement, as the int64
+   reference). The tile is requantized into res (int32, already clamped), then stored with the out strides
+   (LUT applied there). */
 typedef struct {
     int isa;
     const pack_header *h;
     view2d a;
     int64_t M;
-    const int32_t *bias, *m0, *shift; /* per column; m0/shift NULL: the scalars below */
-    int32_t m0_all, shift_all;
+    const int64_t *add, *mul, *sh; /* per packed column (np) */
     int32_t qmin, qmax;
     const int32_t *lut;
     int32_t lut_min;
@@ -308,23 +304,130 @@ typedef struct {
     int64_t row_begin, row_end;
 } job;
 
-static void epilogue(const job *jb, int corr, const int32_t *acc, int nr, int64_t r0, int rows, int64_t c0,
-                     int cols) {
-    const int32_t *sums = pack_sums(jb->h);
-    for (int c = 0; c < cols; c++) {
-        int64_t j = c0 + c;
-        int64_t add = (jb->bias ? (int64_t)jb->bias[j] : 0) + (int64_t)corr * sums[j];
-        int64_t m0 = jb->m0 ? jb->m0[j] : jb->m0_all;
-        int shift = jb->shift ? jb->shift[j] : jb->shift_all;
-        char *base = (char *)jb->out;
+static void requant_scalar(const int32_t *acc, int32_t *res, int nr, int rows, int cols, const int64_t *add,
+                           const int64_t *mul, const int64_t *sh, int32_t qmin, int32_t qmax) {
+    for (int c = 0; c < cols; c++)
         for (int r = 0; r < rows; r++) {
-            int64_t v = hw_clamp64(hw_rs((int64_t)acc[r * nr + c] + add, m0, shift), jb->qmin, jb->qmax);
-            if (jb->lut)
-                v = jb->lut[v - jb->lut_min];
-            store_value(base, jb->out_type, (r0 + r) * jb->osm + j * jb->osn, (int32_t)v);
+            int64_t v = ((int64_t)acc[r * nr + c] * mul[c] + add[c]) >> sh[c];
+            res[r * nr + c] = (int32_t)hw_clamp64(v, qmin, qmax);
+        }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void requant_avx2(const int32_t *acc, int32_t *res, int nr, int rows,
+                                                         int cols, const int64_t *add, const int64_t *mul,
+                                                         const int64_t *sh, int32_t qmin, int32_t qmax) {
+    (void)cols; /* whole tile: padded columns have mul = add = 0 */
+    const __m256i zero = _mm256_setzero_si256(), lo = _mm256_set1_epi64x(qmin), hi = _mm256_set1_epi64x(qmax);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (int c = 0; c < nr; c += 4) {
+        __m256i m = _mm256_loadu_si256((const __m256i *)(mul + c)), a = _mm256_loadu_si256((const __m256i *)(add + c));
+        __m256i s = _mm256_loadu_si256((const __m256i *)(sh + c));
+        for (int r = 0; r < rows; r++) {
+            __m256i v = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(acc + r * nr + c)));
+            __m256i p = _mm256_add_epi64(_mm256_mul_epi32(v, m), a);
+            __m256i sign = _mm256_cmpgt_epi64(zero, p); /* arithmetic shift = ~(~p >>> s) for p < 0 */
+            p = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(p, sign), s), sign);
+            p = _mm256_blendv_epi8(p, hi, _mm256_cmpgt_epi64(p, hi));
+            p = _mm256_blendv_epi8(p, lo, _mm256_cmpgt_epi64(lo, p));
+            _mm_storeu_si128((__m128i *)(res + r * nr + c),
+                             _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(p, even)));
         }
     }
 }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
+requant_avx512(const int32_t *acc, int32_t *res, int nr, int rows, int cols, const int64_t *add, const int64_t *mul,
+               const int64_t *sh, int32_t qmin, int32_t qmax) {
+    (void)cols;
+    const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
+    for (int c = 0; c < nr; c += 8) {
+        __m512i m = _mm512_loadu_si512((const void *)(mul + c)), a = _mm512_loadu_si512((const void *)(add + c));
+        __m512i s = _mm512_loadu_si512((const void *)(sh + c));
+        for (int r = 0; r < rows; r++) {
+            __m512i v = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(acc + r * nr + c)));
+            __m512i p = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), a), s);
+            p = _mm512_min_epi64(_mm512_max_epi64(p, lo), hi);
+            _mm256_storeu_si256((__m256i *)(res + r * nr + c), _mm512_cvtepi64_epi32(p));
+        }
+    }
+}
+#endif
+
+#if defined(__aarch64__)
+static void requant_neon(const int32_t *acc, int32_t *res, int nr, int rows, int cols, const int64_t *add,
+                         const int64_t *mul, const int64_t *sh, int32_t qmin, int32_t qmax) {
+    (void)cols;
+    const int64x2_t lo = vdupq_n_s64(qmin), hi = vdupq_n_s64(qmax);
+    for (int c = 0; c < nr; c += 4) {
+        int32x2_t m01 = vmovn_s64(vld1q_s64(mul + c)), m23 = vmovn_s64(vld1q_s64(mul + c + 2));
+        int64x2_t a01 = vld1q_s64(add + c), a23 = vld1q_s64(add + c + 2);
+        int64x2_t s01 = vnegq_s64(vld1q_s64(sh + c)), s23 = vnegq_s64(vld1q_s64(sh + c + 2)); /* sshl by −s */
+        for (int r = 0; r < rows; r++) {
+            int32x4_t v = vld1q_s32(acc + r * nr + c);
+            int64x2_t p01 = vshlq_s64(vmlal_s32(a01, vget_low_s32(v), m01), s01);
+            int64x2_t p23 = vshlq_s64(vmlal_s32(a23, vget_high_s32(v), m23), s23);
+            p01 = vbslq_s64(vcgtq_s64(p01, hi), hi, vbslq_s64(vcltq_s64(p01, lo), lo, p01));
+            p23 = vbslq_s64(vcgtq_s64(p23, hi), hi, vbslq_s64(vcltq_s64(p23, lo), lo, p23));
+            vst1q_s32(res + r * nr + c, vcombine_s32(vmovn_s64(p01), vmovn_s64(p23)));
+        }
+    }
+}
+#endif
+
+typedef void (*requant_fn)(const int32_t *, int32_t *, int, int, int, const int64_t *, const int64_t *,
+                           const int64_t *, int32_t, int32_t);
+
+static requant_fn requant_of(int isa) {
+    switch (isa) {
+#if defined(__x86_64__)
+    case HW_ISA_AVX2: return requant_avx2;
+    case HW_ISA_AVX512VNNI: return requant_avx512;
+#elif defined(__aarch64__)
+    case HW_ISA_NEON:
+    case HW_ISA_NEON_DOTPROD: return requant_neon;
+#endif
+    default: return requant_scalar;
+    }
+}
+
+static inline void store_value(void *out, int type, int64_t at, int32_t v) {
+    switch (type) {
+    case HW_I8: ((int8_t *)out)[at] = (int8_t)v; break;
+    case HW_U8: ((uint8_t *)out)[at] = (uint8_t)v; break;
+    case HW_I16: ((int16_t *)out)[at] = (int16_t)v; break;
+    default: ((int32_t *)out)[at] = v;
+    }
+}
+
+/* Store rows x cols of res (row stride nr) at out element (r0 + r, c0 + c), through the LUT if any. */
+#define STORE_LOOP(T)                                                                                         \
+    {                                                                                                         \
+        T *d = (T *)jb->out + r0 * jb->osm + c0 * jb->osn;                                                    \
+        if (jb->lut) {                                                                                        \
+            for (int r = 0; r < rows; r++)                                                                    \
+                for (int c = 0; c < cols; c++)                                                                \
+                    d[r * jb->osm + c * jb->osn] = (T)jb->lut[res[r * nr + c] - jb->lut_min];                 \
+        } else if (jb->osn == 1) {                                                                            \
+            for (int r = 0; r < rows; r++)                                                                    \
+                for (int c = 0; c < cols; c++)                                                                \
+                    d[r * jb->osm + c] = (T)res[r * nr + c];                                                  \
+        } else {                                                                                              \
+            for (int c = 0; c < cols; c++)                                                                    \
+                for (int r = 0; r < rows; r++)                                                                \
+                    d[r * jb->osm + c * jb->osn] = (T)res[r * nr + c];                                        \
+        }                                                                                                     \
+    }
+
+static void store_tile(const job *jb, const int32_t *res, int nr, int64_t r0, int rows, int64_t c0, int cols) {
+    switch (jb->out_type) {
+    case HW_I8: STORE_LOOP(int8_t) break;
+    case HW_U8: STORE_LOOP(uint8_t) break;
+    case HW_I16: STORE_LOOP(int16_t) break;
+    default: STORE_LOOP(int32_t)
+    }
+}
+#undef STORE_LOOP
 
 /* ----- the driver: one thread's rows -------------------------------------------------------------------- */
 #define PANEL_BYTES (256 * 1024) /* weight columns per pass kept within a core's L2 */
@@ -347,14 +450,14 @@ static void run_rows(const job *jb) {
         int64_t valid = jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr;
         convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes);
     }
-    int corr = jb->a.type == HW_U8 ? g.corr_u8 : g.corr_i8;
     kernel_fn kern = kernel_of(jb->isa);
+    requant_fn requant = requant_of(jb->isa);
     const char *w = pack_weights(h);
     size_t col_bytes = (size_t)(kp * g.esw); /* one packed column */
     int64_t chunk = col_bytes ? (int64_t)(PANEL_BYTES / col_bytes) / g.nr * g.nr : np;
     if (chunk < g.nr)
         chunk = g.nr;
-    int32_t acc[8 * 32];
+    int32_t acc[8 * 32], res[8 * 32];
     for (int64_t c0 = 0; c0 < np; c0 += chunk) {
         int64_t c1 = c0 + chunk < np ? c0 + chunk : np;
         for (int64_t b = 0; b < blocks; b++) {
@@ -363,8 +466,10 @@ static void run_rows(const job *jb) {
             for (int64_t cb = c0; cb < c1; cb += g.nr) {
                 kern(abuf + b * block_bytes, w + cb * col_bytes, kp, acc);
                 int cols = (int)(n - cb < g.nr ? n - cb : g.nr);
-                if (cols > 0)
-                    epilogue(jb, corr, acc, g.nr, row0, valid, cb, cols);
+                if (cols <= 0)
+                    continue;
+                requant(acc, res, g.nr, valid, cols, jb->add + cb, jb->mul + cb, jb->sh + cb, jb->qmin, jb->qmax);
+                store_tile(jb, res, g.nr, row0, valid, cb, cols);
             }
         }
     }
@@ -410,6 +515,29 @@ static void run_threads(const job *base, int threads) {
     }
 }
 
+/* The per-column epilogue constants of one call (see the epilogue): 3·np int64, to free; NULL: no memory. */
+static int64_t *column_constants(const pack_header *h, int a_type, const int32_t *bias, const int32_t *m0,
+                                 const int32_t *shift, int32_t m0_all, int32_t shift_all) {
+    geometry g = geometry_of(h->isa);
+    int64_t corr = a_type == HW_U8 ? g.corr_u8 : g.corr_i8, np = h->np;
+    int64_t *table = malloc((size_t)(3 * np + 8) * sizeof(int64_t));
+    if (!table)
+        return NULL;
+    const int32_t *sums = pack_sums(h);
+    for (int64_t j = 0; j < np; j++) {
+        int64_t m = 0, s = 0, x = 0;
+        if (j < h->n) {
+            m = m0 ? m0[j] : m0_all;
+            s = shift ? shift[j] : shift_all;
+            x = (bias ? (int64_t)bias[j] : 0) + corr * sums[j];
+        }
+        table[j] = x * m + (s ? (int64_t)1 << (s - 1) : 0);
+        table[np + j] = m;
+        table[2 * np + j] = s;
+    }
+    return table;
+}
+
 void hw_linear(const void *a, int a_type, int64_t M, int64_t K, int64_t lda, const void *packed, int64_t N,
                const int32_t *bias, const int32_t *m0, const int32_t *shift, int32_t qmin, int32_t qmax,
                const int32_t *lut, int32_t lut_min, void *out, int out_type, int64_t out_stride_m,
@@ -417,10 +545,14 @@ void hw_linear(const void *a, int a_type, int64_t M, int64_t K, int64_t lda, con
     const pack_header *h = packed;
     if (!h || h->magic != PACK_MAGIC || h->n != N || h->k != K || M <= 0 || N <= 0)
         return;
-    job jb = {.isa = h->isa, .h = h, .a = {a, a_type, lda, 1}, .M = M, .bias = bias, .m0 = m0,
-              .shift = shift, .qmin = qmin, .qmax = qmax, .lut = lut, .lut_min = lut_min, .out = out,
+    int64_t *table = column_constants(h, a_type, bias, m0, shift, 0, 0);
+    if (!table)
+        return;
+    job jb = {.isa = h->isa, .h = h, .a = {a, a_type, lda, 1}, .M = M, .add = table, .mul = table + h->np,
+              .sh = table + 2 * h->np, .qmin = qmin, .qmax = qmax, .lut = lut, .lut_min = lut_min, .out = out,
               .out_type = out_type, .osm = out_stride_m, .osn = out_stride_n};
     run_threads(&jb, threads);
+    free(table);
 }
 
 /* ----- batched activation matmul ---------------------------------------------------------------------
@@ -460,10 +592,15 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
             acts = (view2d){ap, a_type, a_sm, a_sk};
         }
         pack_view(isa, &weights, cols, K, packed);
-        job jb = {.isa = isa, .h = packed, .a = acts, .M = rows, .m0_all = m0, .shift_all = shift, .qmin = qmin,
-                  .qmax = qmax, .out = (char *)out + (size_t)(i * M * N) * osize, .out_type = out_type,
+        int64_t *table = column_constants(packed, acts.type, NULL, NULL, NULL, m0, shift);
+        if (!table)
+            break;
+        int64_t np = ((const pack_header *)packed)->np;
+        job jb = {.isa = isa, .h = packed, .a = acts, .M = rows, .add = table, .mul = table + np, .sh = table + 2 * np,
+                  .qmin = qmin, .qmax = qmax, .out = (char *)out + (size_t)(i * M * N) * osize, .out_type = out_type,
                   .osm = swap ? 1 : N, .osn = swap ? N : 1};
         run_threads(&jb, threads);
+        free(table);
     }
     free(packed);
 }

@@ -1,0 +1,84 @@
+"""GOPS of the integer CPU runtime's hw_linear / hw_matmul per ISA path (issue 15), ops = 2·M·N·K.
+
+ViT-S/16 shapes: the MLP (M=197, K=384, N=1536 and K=1536, N=384), the QKV projection (N=1152) and
+one attention batch (6 heads, 197x64 @ 64x197). A float32 numpy matmul of the same shape is printed as
+the fp32 anchor (what a float runtime's GEMM does on this machine).
+
+    .venv/bin/python benchmarks/bench_int_cpu_kernels.py [--threads 1 2] [--seconds 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from hwact.backends import int_cpu_lib
+
+SHAPES = [(197, 384, 1536), (197, 1536, 384), (197, 384, 1152)]
+
+
+def _timeit(fn, seconds):
+    fn()
+    runs, start = 0, time.perf_counter()
+    best = float("inf")
+    while time.perf_counter() - start < seconds or runs < 3:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        runs += 1
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=0.5)
+    args = parser.parse_args()
+    lib = int_cpu_lib.load(int_cpu_lib.build("x86_64"))
+    isas = [i for i in range(5) if lib.hw_isa_available(i)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in SHAPES:
+        a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+        w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        bias = rng.integers(-1000, 1000, n).astype(np.int32)
+        m0 = np.full(n, 1 << 30, np.int32)
+        shift = np.full(n, 40, np.int32)
+        out = np.zeros((m, n), np.int8)
+        ops = 2.0 * m * n * k
+        af, wf = a.astype(np.float32), w.astype(np.float32).T.copy()
+        rows.append((f"linear {m}x{k}x{n}", "numpy fp32", "-", ops / _timeit(lambda: af @ wf, args.seconds) / 1e9))
+        for isa in isas:
+            lib.hw_force_isa(isa)
+            packed = np.zeros(lib.hw_pack_size(n, k), np.uint8)
+            lib.hw_pack(w.ctypes.data, n, k, packed.ctypes.data)
+            for threads in args.threads:
+                call = lambda: lib.hw_linear(a.ctypes.data, 0, m, k, k, packed.ctypes.data, n, bias.ctypes.data,  # noqa: E731
+                                             m0.ctypes.data, shift.ctypes.data, -128, 127, None, 0, out.ctypes.data,
+                                             0, n, 1, threads)
+                rows.append((f"linear {m}x{k}x{n}", lib.hw_isa_name(isa).decode(), threads,
+                             ops / _timeit(call, args.seconds) / 1e9))
+    heads, m, k, n = 6, 197, 64, 197
+    q = rng.integers(-128, 128, (heads, m, k)).astype(np.int8)
+    key = rng.integers(-128, 128, (heads, n, k)).astype(np.int8)
+    out = np.zeros((heads, m, n), np.int8)
+    ops = 2.0 * heads * m * n * k
+    qf, kf = q.astype(np.float32), key.astype(np.float32).transpose(0, 2, 1)
+    rows.append((f"matmul {heads}x{m}x{k}x{n}", "numpy fp32", "-", ops / _timeit(lambda: qf @ kf, args.seconds) / 1e9))
+    for isa in isas:
+        lib.hw_force_isa(isa)
+        for threads in args.threads:
+            call = lambda: lib.hw_matmul(q.ctypes.data, 0, m * k, k, 1, key.ctypes.data, 0, n * k, 1, k, heads, m, k,  # noqa: E731
+                                         n, 1 << 30, 40, -128, 127, out.ctypes.data, 0, threads)
+            rows.append((f"matmul {heads}x{m}x{k}x{n}", lib.hw_isa_name(isa).decode(), threads,
+                         ops / _timeit(call, args.seconds) / 1e9))
+    lib.hw_force_isa(-2)
+    print(f"{'problem':<26}{'path':<14}{'threads':>8}{'GOPS':>10}")
+    for problem, path, threads, gops in rows:
+        print(f"{problem:<26}{path:<14}{threads!s:>8}{gops:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
