@@ -84,12 +84,27 @@ typedef struct {
     int64_t s0, s1;
 } view2d;
 
-static inline int32_t view_get(const view2d *v, int64_t i, int64_t j) {
-    int64_t at = i * v->s0 + j * v->s1;
-    return v->type == HW_U8 ? (int32_t)((const uint8_t *)v->p)[at] : (int32_t)((const int8_t *)v->p)[at];
+/* Row i of an 8-bit view as int16 into dst[0..k), zeros up to kp. */
+static void view_row(const view2d *v, int64_t i, int64_t k, int64_t kp, int16_t *dst) {
+    int64_t s1 = v->s1;
+    if (v->type == HW_U8) {
+        const uint8_t *src = (const uint8_t *)v->p + i * v->s0;
+        if (s1 == 1)
+            for (int64_t j = 0; j < k; j++) dst[j] = src[j];
+        else
+            for (int64_t j = 0; j < k; j++) dst[j] = src[j * s1];
+    } else {
+        const int8_t *src = (const int8_t *)v->p + i * v->s0;
+        if (s1 == 1)
+            for (int64_t j = 0; j < k; j++) dst[j] = src[j];
+        else
+            for (int64_t j = 0; j < k; j++) dst[j] = src[j * s1];
+    }
+    for (int64_t j = k; j < kp; j++)
+        dst[j] = 0;
 }
 
-/* Pack the n x k matrix `w` (any 8-bit view; int8 weights must fit s8) for `isa`. */
+/* Pack the n x k matrix `w` (any 8-bit view; int8-weight ISAs need values in int8) for `isa`. */
 static void pack_view(int isa, const view2d *w, int64_t n, int64_t k, void *packed) {
     geometry g = geometry_of(isa);
     pack_header *h = packed;
@@ -103,20 +118,31 @@ static void pack_view(int isa, const view2d *w, int64_t n, int64_t k, void *pack
     int32_t *sums = (int32_t *)(h + 1);
     char *dst = (char *)pack_weights(h);
     int64_t kp = h->kp, kblocks = kp / g.ku;
-    for (int64_t j = 0; j < h->np; j++) {
-        int32_t total = 0;
-        int64_t jb = j / g.nr, jr = j % g.nr;
-        for (int64_t kk = 0; kk < kp; kk++) {
-            int32_t v = (j < n && kk < k) ? view_get(w, j, kk) : 0;
-            total += v;
-            int64_t at = ((jb * kblocks + kk / g.ku) * g.nr + jr) * g.ku + kk % g.ku;
-            if (g.esw == 2)
-                ((int16_t *)dst)[at] = (int16_t)v;
-            else
-                ((int8_t *)dst)[at] = (int8_t)v;
-        }
-        sums[j] = total;
+    int16_t *row = malloc((size_t)(kp + 1) * sizeof(int16_t));
+    if (!row) {
+        h->magic = 0; /* unusable: hw_linear refuses it */
+        return;
     }
+    for (int64_t j = 0; j < h->np; j++) {
+        if (j < n)
+            view_row(w, j, k, kp, row);
+        else
+            memset(row, 0, (size_t)kp * sizeof(int16_t));
+        int32_t total = 0;
+        for (int64_t kk = 0; kk < kp; kk++)
+            total += row[kk];
+        sums[j] = total;
+        int64_t base = (j / g.nr) * kblocks * g.nr * g.ku + (j % g.nr) * g.ku, step = (int64_t)g.nr * g.ku;
+        for (int64_t kb = 0; kb < kblocks; kb++)
+            for (int u = 0; u < g.ku; u++) {
+                int64_t at = base + kb * step + u;
+                if (g.esw == 2)
+                    ((int16_t *)dst)[at] = row[kb * g.ku + u];
+                else
+                    ((int8_t *)dst)[at] = (int8_t)row[kb * g.ku + u];
+            }
+    }
+    free(row);
 }
 
 size_t hw_pack_size(int64_t n, int64_t k) { return pack_bytes(hw_isa(), n, k); }
@@ -128,26 +154,37 @@ void hw_pack(const int8_t *w, int64_t n, int64_t k, void *packed) {
 
 /* ----- activation conversion: mr rows (row0.., `valid` of them real) into the kernel's layout ------- */
 static void convert_rows(int isa, const geometry *g, const view2d *a, int64_t row0, int64_t valid, int64_t k,
-                         int64_t kp, void *buf) {
+                         int64_t kp, void *buf, int16_t *row) {
     int mr = g->mr;
-    memset(buf, 0, (size_t)(mr * kp * g->esa));
+    if (valid < mr)
+        memset(buf, 0, (size_t)(mr * kp * g->esa));
     for (int64_t r = 0; r < valid; r++) {
-        int64_t row = row0 + r;
-        for (int64_t kk = 0; kk < k; kk++) {
-            int32_t v = view_get(a, row, kk);
-            switch (isa) {
-            case HW_ISA_AVX512VNNI: /* uint8 [mr][kp]; int8 a -> a + 128 */
-                ((uint8_t *)buf)[r * kp + kk] = (uint8_t)(a->type == HW_U8 ? v : v + 128);
-                break;
-            case HW_ISA_NEON: /* int16 [kp][mr] */
-                ((int16_t *)buf)[kk * mr + r] = (int16_t)v;
-                break;
-            case HW_ISA_NEON_DOTPROD: /* int8 [kp/4][mr][4]; uint8 a -> a − 128 */
-                ((int8_t *)buf)[((kk / 4) * mr + r) * 4 + kk % 4] = (int8_t)(a->type == HW_U8 ? v - 128 : v);
-                break;
-            default: /* scalar, AVX2: int16 [mr][kp] */
-                ((int16_t *)buf)[r * kp + kk] = (int16_t)v;
-            }
+        view_row(a, row0 + r, k, kp, row);
+        switch (isa) {
+        case HW_ISA_AVX512VNNI: { /* uint8 [mr][kp]; int8 a -> a + 128 (padding stays 0: W is 0 there) */
+            uint8_t *d = (uint8_t *)buf + r * kp;
+            int bias = a->type == HW_U8 ? 0 : 128;
+            for (int64_t kk = 0; kk < k; kk++) d[kk] = (uint8_t)(row[kk] + bias);
+            for (int64_t kk = k; kk < kp; kk++) d[kk] = 0;
+            break;
+        }
+        case HW_ISA_NEON: { /* int16 [kp][mr] */
+            int16_t *d = (int16_t *)buf + r;
+            for (int64_t kk = 0; kk < kp; kk++) d[kk * mr] = row[kk];
+            break;
+        }
+        case HW_ISA_NEON_DOTPROD: { /* int8 [kp/4][mr][4]; uint8 a -> a − 128 */
+            int8_t *d = (int8_t *)buf + r * 4;
+            int bias = a->type == HW_U8 ? -128 : 0;
+            for (int64_t kb = 0; kb < kp / 4; kb++)
+                for (int u = 0; u < 4; u++) {
+                    int64_t kk = kb * 4 + u;
+                    d[kb * mr * 4 + u] = (int8_t)(kk < k ? row[kk] + bias : 0);
+                }
+            break;
+        }
+        default: /* scalar, AVX2: int16 [mr][kp] */
+            memcpy((int16_t *)buf + r * kp, row, (size_t)kp * sizeof(int16_t));
         }
     }
 }
@@ -443,13 +480,18 @@ static void run_rows(const job *jb) {
     size_t block_bytes = (size_t)(g.mr * kp * g.esa);
     size_t total = (size_t)round_up((int64_t)(blocks * block_bytes) + 64, 64);
     char *abuf = aligned_alloc(64, total);
-    if (!abuf)
+    int16_t *row = malloc((size_t)(kp + 1) * sizeof(int16_t));
+    if (!abuf || !row) {
+        free(abuf);
+        free(row);
         return;
+    }
     for (int64_t b = 0; b < blocks; b++) {
         int64_t row0 = jb->row_begin + b * g.mr;
         int64_t valid = jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr;
-        convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes);
+        convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes, row);
     }
+    free(row);
     kernel_fn kern = kernel_of(jb->isa);
     requant_fn requant = requant_of(jb->isa);
     const char *w = pack_weights(h);
@@ -560,6 +602,52 @@ void hw_linear(const void *a, int a_type, int64_t M, int64_t K, int64_t lda, con
    activation rows. The int8-weight paths (VNNI, dotprod) need int8 weights: with B int8 it is packed
    as is; with B uint8 and A int8 the product is taken transposed (out^T = B^T·A^T: B^T streams, A is
    packed, the out strides swap); with both uint8 the int16-weight path of this ISA family runs. */
+typedef struct {
+    int isa, swap, out_type, threads; /* threads: per batch (1 when the batches are split over threads) */
+    const char *a, *b;
+    int a_type, b_type;
+    int64_t a_sb, a_sm, a_sk, b_sb, b_sk, b_sj, M, K, N;
+    int32_t m0, shift, qmin, qmax;
+    char *out;
+    int64_t first, step, batch; /* this worker's batches: first, first + step, ... < batch */
+} matmul_job;
+
+static void matmul_batches(const matmul_job *mj) {
+    int64_t rows = mj->swap ? mj->N : mj->M, cols = mj->swap ? mj->M : mj->N; /* activation rows, packed columns */
+    void *packed = aligned_alloc(64, (size_t)round_up((int64_t)pack_bytes(mj->isa, cols, mj->K), 64));
+    if (!packed)
+        return;
+    size_t osize = mj->out_type == HW_I32 ? 4 : (mj->out_type == HW_I16 ? 2 : 1);
+    for (int64_t i = mj->first; i < mj->batch; i += mj->step) {
+        const char *ap = mj->a + i * mj->a_sb, *bp = mj->b + i * mj->b_sb; /* 8-bit: strides are bytes */
+        view2d weights, acts;
+        if (mj->swap) { /* weights = A (M x K), activations = B^T (N x K) */
+            weights = (view2d){ap, mj->a_type, mj->a_sm, mj->a_sk};
+            acts = (view2d){bp, mj->b_type, mj->b_sj, mj->b_sk};
+        } else { /* weights = B^T (N x K), activations = A (M x K) */
+            weights = (view2d){bp, mj->b_type, mj->b_sj, mj->b_sk};
+            acts = (view2d){ap, mj->a_type, mj->a_sm, mj->a_sk};
+        }
+        pack_view(mj->isa, &weights, cols, mj->K, packed);
+        int64_t *table = column_constants(packed, acts.type, NULL, NULL, NULL, mj->m0, mj->shift);
+        if (!table)
+            break;
+        int64_t np = ((const pack_header *)packed)->np;
+        job jb = {.isa = mj->isa, .h = packed, .a = acts, .M = rows, .add = table, .mul = table + np,
+                  .sh = table + 2 * np, .qmin = mj->qmin, .qmax = mj->qmax,
+                  .out = mj->out + (size_t)(i * mj->M * mj->N) * osize, .out_type = mj->out_type,
+                  .osm = mj->swap ? 1 : mj->N, .osn = mj->swap ? mj->N : 1};
+        run_threads(&jb, mj->threads);
+        free(table);
+    }
+    free(packed);
+}
+
+static void *matmul_thread(void *p) {
+    matmul_batches(p);
+    return NULL;
+}
+
 void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_sk,
                const void *b, int b_type, int64_t b_sb, int64_t b_sk, int64_t b_sj,
                int64_t batch, int64_t M, int64_t K, int64_t N, int32_t m0, int32_t shift, int32_t qmin, int32_t qmax,
@@ -574,35 +662,34 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
         else
             isa = isa == HW_ISA_AVX512VNNI ? HW_ISA_AVX2 : (isa == HW_ISA_NEON_DOTPROD ? HW_ISA_NEON : HW_ISA_SCALAR);
     }
-    int64_t rows = swap ? N : M, cols = swap ? M : N; /* activation rows, packed columns */
-    size_t bytes = pack_bytes(isa, cols, K);
-    void *packed = aligned_alloc(64, (size_t)round_up((int64_t)bytes, 64));
-    if (!packed)
+    matmul_job base = {.isa = isa, .swap = swap, .out_type = out_type, .threads = threads, .a = a, .b = b,
+                       .a_type = a_type, .b_type = b_type, .a_sb = a_sb, .a_sm = a_sm, .a_sk = a_sk, .b_sb = b_sb,
+                       .b_sk = b_sk, .b_sj = b_sj, .M = M, .K = K, .N = N, .m0 = m0, .shift = shift, .qmin = qmin,
+                       .qmax = qmax, .out = out, .first = 0, .step = 1, .batch = batch};
+    int workers = threads > 64 ? 64 : threads;
+    if (workers <= 1 || batch < workers) { /* one batch at a time, rows split over the threads */
+        matmul_batches(&base);
         return;
-    size_t osize = out_type == HW_I32 ? 4 : (out_type == HW_I16 ? 2 : 1);
-    size_t asize = 1; /* both operands are 8-bit */
-    for (int64_t i = 0; i < batch; i++) {
-        const char *ap = (const char *)a + i * a_sb * (int64_t)asize, *bp = (const char *)b + i * b_sb * (int64_t)asize;
-        view2d weights, acts;
-        if (swap) { /* weights = A (M x K), activations = B^T (N x K) */
-            weights = (view2d){ap, a_type, a_sm, a_sk};
-            acts = (view2d){bp, b_type, b_sj, b_sk};
-        } else { /* weights = B^T (N x K), activations = A (M x K) */
-            weights = (view2d){bp, b_type, b_sj, b_sk};
-            acts = (view2d){ap, a_type, a_sm, a_sk};
-        }
-        pack_view(isa, &weights, cols, K, packed);
-        int64_t *table = column_constants(packed, acts.type, NULL, NULL, NULL, m0, shift);
-        if (!table)
-            break;
-        int64_t np = ((const pack_header *)packed)->np;
-        job jb = {.isa = isa, .h = packed, .a = acts, .M = rows, .add = table, .mul = table + np, .sh = table + 2 * np,
-                  .qmin = qmin, .qmax = qmax, .out = (char *)out + (size_t)(i * M * N) * osize, .out_type = out_type,
-                  .osm = swap ? 1 : N, .osn = swap ? N : 1};
-        run_threads(&jb, threads);
-        free(table);
     }
-    free(packed);
+    /* batches split over the threads (each packs its own), one thread per batch's rows */
+    matmul_job jobs[64];
+    pthread_t ids[64];
+    int started[64] = {0};
+    for (int t = 0; t < workers; t++) {
+        jobs[t] = base;
+        jobs[t].threads = 1;
+        jobs[t].first = t;
+        jobs[t].step = workers;
+    }
+    for (int t = 1; t < workers; t++)
+        started[t] = pthread_create(&ids[t], NULL, matmul_thread, &jobs[t]) == 0;
+    matmul_batches(&jobs[0]);
+    for (int t = 1; t < workers; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            matmul_batches(&jobs[t]);
+    }
 }
 
 /* ----- convolution helpers ------------------------------------------------------------------------------ */
