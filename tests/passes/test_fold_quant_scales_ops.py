@@ -215,3 +215,32 @@ def test_product_of_two_activations(tmp_path):
     (mul,) = [n for n in graph.fx.nodes if str(n.target) == "hwact.int_mul.default"]
     assert all(str(a.target) == "hwact.int_linear.default" for a in mul.args[:2])
     done(module, graph, tmp_path)
+
+
+# ----- GroupNorm (canonicalize -> layer_norm + per-channel affine) through the whole int8 recipe --------
+class ConvGroupNormConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv1, self.norm, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 3)
+        with torch.no_grad():
+            self.norm.weight.copy_(1 + 0.2 * torch.randn(8))
+            self.norm.bias.copy_(0.2 * torch.randn(8))
+
+    def forward(self, x):
+        return self.conv2(self.norm(self.conv1(x)))
+
+
+def test_group_norm_with_the_int8_shiftgelu_recipe(tmp_path):
+    from hwact.passes.recipes import RECIPES
+
+    module = ConvGroupNormConv().eval()
+    recipe = RECIPES["int8-shiftgelu"]
+    torch.manual_seed(0)
+    graph = trace(module, [InputSpec("x", (1, 3, 8, 8))])
+    batches = random_batches(graph.inputs, samples=256, batch=64)
+    graph, _ = run_passes(graph, list(recipe.passes), {}, batches, postconditions=recipe.postconditions)
+    ops = census(graph)
+    assert ops["aten.group_norm.default"] == 0 and ops["hwact.i_layernorm.default"] == 1
+    assert ops["hwact.int_mul.default"] == 1 and ops["hwact.int_add.default"] == 1   # x·w[c] + b[c]
+    done(module, graph, tmp_path)

@@ -206,6 +206,63 @@ def test_cleanup():
     assert after("cleanup", graph, 10) == ["aten.add.Tensor(x, folded_const_0)", "output(add)"]
 
 
+# ----- exported-model forms ---------------------------------------------------------------------------
+
+class ExportedForms(nn.Module):
+    """Eval dropout, an in-place residual add, a transformers-style additive mask from integer ids, GroupNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.drop, self.norm = nn.Linear(4, 4), nn.Dropout(0.1), nn.GroupNorm(2, 4)
+
+    def forward(self, x, ids):
+        h = self.drop(self.fc(x))
+        h += x
+        mask = torch.where((ids != 0)[:, None, :], torch.zeros(()), torch.finfo(torch.float32).min)
+        return self.norm(torch.softmax(h @ h.transpose(-1, -2) + mask, -1).transpose(1, 2))
+
+
+def test_canonicalize():
+    graph = trace(ExportedForms(), [InputSpec("x", (2, 4, 4)), InputSpec("ids", (2, 4), torch.int64, high=3)])
+    # dropout removed, add_ -> add, add(scores, where(m, 0, finfo.min)) -> where(m, scores, finfo.min),
+    # group_norm -> reshape, layer_norm over a group, reshape, x·w[c] + b[c]
+    assert after("canonicalize", graph, 4) == [
+        "aten.linear.default(x, fc.weight, fc.bias)",
+        "aten.add.Tensor(linear, x)",
+        "aten.ne.Scalar(ids, 0)",
+        "aten.unsqueeze.default(ne, 1)",
+        "aten.transpose.int(add, -1, -2)",
+        "aten.matmul.default(add, transpose)",
+        "aten.where.ScalarOther(unsqueeze, matmul, -3.403e+38)",
+        "aten.softmax.int(where, -1)",
+        "aten.transpose.int(softmax, 1, 2)",
+        "aten.reshape.default(transpose_1, [-1, 2, 8])",
+        "aten.layer_norm.default(reshape, [8], None, None, 1e-05)",
+        "aten.reshape.default(layer_norm, [-1, 4, 4])",
+        "aten.mul.Tensor(reshape_1, group_norm_weight_0)",
+        "aten.add.Tensor(mul, group_norm_bias_0)",
+        "output(add_1)",
+    ]
+
+
+class CausalAttention(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_decompose_sdpa():
+    graph = trace(CausalAttention(), [InputSpec(n, (2, 2, 3, 4)) for n in "qkv"])
+    assert after("decompose-sdpa", graph, 1) == [
+        "aten.transpose.int(k, -2, -1)",
+        "aten.matmul.default(q, transpose)",
+        "aten.mul.Tensor(matmul, 0.5)",                       # 1/√4
+        "aten.where.ScalarOther(causal_mask_0, mul, -inf)",   # tril(ones(3, 3)), a constant
+        "aten.softmax.int(where, -1)",
+        "aten.matmul.default(softmax, v)",
+        "output(matmul_1)",
+    ]
+
+
 # ----- integer lowering --------------------------------------------------------------------------------
 
 class Residual(nn.Module):
