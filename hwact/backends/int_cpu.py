@@ -1,7 +1,7 @@
 """int-cpu backend: the integer graph an int8 recipe made, run by hwact's integer CPU kernels (issue 15).
 
     emit    plan.json + constants.npz (hwact/backends/int_cpu_plan.py: the graph as data) and
-            libhwact_int.so, built from hwact/backends/int_cpu_src/ for the target's `arch`
+            libhwact_int.so, built from hwact/backends/int_cpu_src/ for the target's `arch` (host by default)
             (x86_64: scalar, AVX2 and AVX-512 VNNI paths; aarch64: NEON and NEON dot-product paths; the
             best one the CPU has is chosen when the library is loaded)
     verify  the plan run by the kernels (hwact/backends/int_cpu_runtime.py) equals the integer reference
@@ -38,6 +38,11 @@ def host_arch() -> str:
     return "aarch64" if machine in ("aarch64", "arm64") else "x86_64"
 
 
+def _arch(context: EmitContext) -> str:
+    arch = str(context.options["arch"] or "host")
+    return host_arch() if arch == "host" else arch
+
+
 def open_program(outdir: Path, threads: int = 1) -> IntCpuProgram:
     """The plan in `outdir` with hwact's own build of the library for this machine."""
     library = int_cpu_lib.load(int_cpu_lib.build(host_arch()))
@@ -50,7 +55,7 @@ class IntCpuBackend(Backend):
 
     name = "int-cpu"
     section = "int_cpu"
-    options = {"arch": "x86_64", "threads": 1}
+    options = {"arch": "host", "threads": 1}
 
     def applies(self, graph: Graph) -> bool:
         return "hwact_integer" in graph.meta      # set by fold-quant-scales: an int8 recipe ran
@@ -61,7 +66,7 @@ class IntCpuBackend(Backend):
         return floats + unsupported(graph)
 
     def emit(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
-        arch = str(context.options["arch"])
+        arch = _arch(context)
         if arch not in int_cpu_lib.COMPILERS:
             raise InputError(f"int-cpu: unknown arch '{arch}'", hint="x86_64 or aarch64")
         plan = make_plan(graph)
@@ -74,7 +79,7 @@ class IntCpuBackend(Backend):
                 "artifacts": artifacts + [int_cpu_lib.LIBRARY_NAME]}
 
     def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
-        arch = str(context.options["arch"])
+        arch = _arch(context)
         if arch != host_arch():
             return {"verified": False, "reason": f"built for {arch} on a {host_arch()} host: compiled, not run"}
         program = open_program(outdir, int(context.options["threads"] or 1))

@@ -238,7 +238,7 @@ class IntCpuProgram:
                         int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
         return out
 
-    def _mask(self, step, q, keep, fill):
+    def _mask(self, step, q, keep, fill, qmax=None):
         shape = torch.broadcast_shapes(q.shape, keep.shape)
         x = _codes(q.expand(shape))
         pattern = broadcast_pattern(tuple(shape), tuple(keep.shape))
