@@ -373,7 +373,14 @@ def test_aarch64_neon_paths_under_qemu(aarch64_driver, tmp_path):
                 assert rc == 3  # the dot-product path refuses a CPU without it
                 break
             assert rc == 0 and np.array_equal(got, ref_linear(a, w, bias, m0, shift, unsigned, qmin, qmax)), (cpu, isa)
-        if available:
+        if available:  # requantization extremes: int32 bias ends, m0 near 2^31, shifts 0..62, int32 clamp
+            a, w, _, _, _ = random_case(rng, 6, 70, 24, cpu == "max")
+            bias = rng.choice([(1 << 31) - 1, -(1 << 31), 1 << 30, -5], 24).astype(np.int32)
+            m0 = rng.choice([(1 << 31) - 1, 1 << 30, 1, 1717986918], 24).astype(np.int32)
+            shift = rng.choice([0, 1, 31, 40, 62], 24).astype(np.int32)
+            rc, got = _qemu_linear(aarch64_driver, tmp_path, cpu, isa, a, cpu == "max", w, bias, m0, shift,
+                                   *BOUNDS[I32], 1)
+            assert rc == 0 and np.array_equal(got, ref_linear(a, w, bias, m0, shift, cpu == "max", *BOUNDS[I32]))
             for a, unsigned, wv in worst:
                 w = np.full((20, a.shape[1]), wv, np.int8)
                 w[1::2] = -w[1::2]

@@ -13,7 +13,7 @@
 
      ISA          mr x nr  ku  weights  activations (what the kernel reads)        exactness
      scalar        1 x 1    1  int16    int16                                       plain int32 MACs
-     AVX2          4 x 16   2  int16    int16 pairs (broadcast)                    vpmaddwd: 16x16->32 bit, the
+     AVX2          6 x 16   2  int16    int16 pairs (broadcast)                    vpmaddwd: 16x16->32 bit, the
                                                                                     pair sum <= 2·255·128 fits
                                                                                     int32: no saturation (we never
                                                                                     use vpmaddubsw, whose int16
@@ -48,7 +48,7 @@ typedef struct {
 
 static geometry geometry_of(int isa) {
     switch (isa) {
-    case HW_ISA_AVX2: return (geometry){4, 16, 2, 2, 2, 0, 0, 1};
+    case HW_ISA_AVX2: return (geometry){6, 16, 2, 2, 2, 0, 0, 1};
     case HW_ISA_AVX512VNNI: return (geometry){8, 32, 4, 1, 1, -128, 0, 0};
     case HW_ISA_NEON: return (geometry){4, 16, 1, 2, 2, 0, 0, 1};
     case HW_ISA_NEON_DOTPROD: return (geometry){4, 16, 4, 1, 1, 0, 128, 0};
@@ -209,7 +209,7 @@ __attribute__((target("avx2"))) static void kernel_avx2(const void *a_, const vo
                                                         int32_t *acc) {
     const int16_t *a = a_, *w = w_;
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-            c31 = c00;
+            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < kp; k += 2, w += 32) {
         __m256i w0 = _mm256_loadu_si256((const __m256i *)w), w1 = _mm256_loadu_si256((const __m256i *)(w + 16));
 #define AVX2_ROW(r)                                                                                           \
@@ -218,7 +218,7 @@ __attribute__((target("avx2"))) static void kernel_avx2(const void *a_, const vo
         c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(av, w0));                                       \
         c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(av, w1));                                       \
     }
-        AVX2_ROW(0) AVX2_ROW(1) AVX2_ROW(2) AVX2_ROW(3)
+        AVX2_ROW(0) AVX2_ROW(1) AVX2_ROW(2) AVX2_ROW(3) AVX2_ROW(4) AVX2_ROW(5)
 #undef AVX2_ROW
     }
     _mm256_storeu_si256((__m256i *)(acc + 0), c00);
@@ -229,6 +229,10 @@ __attribute__((target("avx2"))) static void kernel_avx2(const void *a_, const vo
     _mm256_storeu_si256((__m256i *)(acc + 40), c21);
     _mm256_storeu_si256((__m256i *)(acc + 48), c30);
     _mm256_storeu_si256((__m256i *)(acc + 56), c31);
+    _mm256_storeu_si256((__m256i *)(acc + 64), c40);
+    _mm256_storeu_si256((__m256i *)(acc + 72), c41);
+    _mm256_storeu_si256((__m256i *)(acc + 80), c50);
+    _mm256_storeu_si256((__m256i *)(acc + 88), c51);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
