@@ -280,6 +280,38 @@ AVX2 static void requantize_avx2(const void *x, int x_type, int64_t count, int32
     requantize_scalar(at(x, x_type, i), x_type, count - i, m0, shift, qmin, qmax, at(out, out_type, i), out_type);
 }
 
+/* g[b] = gelu output of code v = m − top + b for b = 0..top (top = m − lo), 4 codes at a time, walking
+   d = m − v = 0, 1, ...: e1 = E[d] (contiguous), sig = floor(e1·2^15 / max(e1 + E[m], 1)). The division in
+   double is exact up to one: e1 < 2^47 and e1 + E[m] < 2^48 convert exactly (2^52 bit trick), the
+   correctly rounded quotient of two exact doubles never falls below an integer the true quotient reaches,
+   so floor(num/den) is the quotient q or q + 1; q·den > num (in int64, den split in 32-bit halves) takes
+   the 1 back. E holds 4 entries of padding past 255. */
+AVX2 static void gelu_table_avx2(const int64_t *E, int m, int top, int32_t m0, const v_rs_t *rq, int64_t *g) {
+    const __m256i magic = _mm256_set1_epi64x(0x4330000000000000LL);   /* the bits of 2^52 */
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0), scale = _mm256_set1_pd(32768.0);
+    const __m256i e2 = _mm256_set1_epi64x(E[m]), one = _mm256_set1_epi64x(1), m0v = _mm256_set1_epi64x(m0);
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    for (int d = 0; d <= top; d += 4) {
+        __m256i e1 = _mm256_loadu_si256((const __m256i *)(E + d));
+        __m256i den = _mm256_add_epi64(e1, e2);
+        den = _mm256_blendv_epi8(den, one, _mm256_cmpgt_epi64(one, den));
+        __m256i num = _mm256_slli_epi64(e1, SIGMOID_BITS);
+        __m256d e1d = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(e1, magic)), two52);
+        __m256d dend = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(den, magic)), two52);
+        __m256d qd = _mm256_floor_pd(_mm256_div_pd(_mm256_mul_pd(e1d, scale), dend));
+        __m256i q = _mm256_xor_si256(_mm256_castpd_si256(_mm256_add_pd(qd, two52)), magic);   /* 0 <= q <= 2^15 */
+        __m256i prod = _mm256_add_epi64(_mm256_mul_epu32(q, den),
+                                        _mm256_slli_epi64(_mm256_mul_epu32(q, _mm256_srli_epi64(den, 32)), 32));
+        q = _mm256_add_epi64(q, _mm256_cmpgt_epi64(prod, num));          /* −1 where q·den > num */
+        __m256i v = _mm256_sub_epi64(_mm256_set1_epi64x(m - d), lane);    /* the codes m − d − j */
+        __m256i t = _mm256_mul_epi32(v, q);                               /* |v · sig| <= 2^30 */
+        __m256i r = v_clamp64(v_rs_shift(_mm256_mul_epi32(t, m0v), rq), rq);
+        int64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, r);
+        for (int j = 0; j < 4 && d + j <= top; j++) g[top - d - j] = lanes[j];
+    }
+}
+
 /* ShiftGELU on 8-bit inputs, exactly restructured: with m = max(0, row max) the output of code v is
    g_m(v) = clamp(rs(v · sig, m0, shift)), sig = floor(e1·2^15 / max(e1 + e2, 1)), e1 = E[m − v],
    e2 = E[m], E[d] = shift_exp(−d) >> drop for d = 0..255 (one table per call). A table of g_m over the
@@ -291,8 +323,9 @@ AVX2 static void shift_gelu_avx2_8bit(const void *x, int x_type, int64_t rows, i
                                       int out_type) {
     int lo = x_type == HW_I8 ? -128 : 0, maxima = x_type == HW_I8 ? 128 : 256;
     int bytes = out_type == HW_I8 || out_type == HW_U8;
-    int64_t E[256];
+    int64_t E[256 + 4] = {0};
     for (int d = 0; d < 256; d++) E[d] = shift_exp(-d, x0, n) >> drop;
+    v_rs_t rq = v_rs_init(shift, qmin, qmax);
     uint8_t *tab8 = NULL;
     int32_t *tab32 = NULL;
     if (bytes) tab8 = calloc((size_t)maxima * 256, 1);
@@ -324,12 +357,11 @@ AVX2 static void shift_gelu_avx2_8bit(const void *x, int x_type, int64_t rows, i
         int m = bmax + lo < 0 ? 0 : bmax + lo;
         int top = m - lo;                    /* codes lo..m: biased 0..top */
         if (!built[m]) {
-            int64_t e2 = E[m];
+            int64_t g[260];
+            gelu_table_avx2(E, m, top, m0, &rq, g);
             for (int b = 0; b <= top; b++) {
-                int64_t v = lo + b;
-                int64_t g = gelu_one(v, E[m - v], e2, m0, shift, qmin, qmax);
-                if (bytes) tab8[(size_t)m * 256 + b] = (uint8_t)g;
-                else tab32[(size_t)m * 256 + b] = (int32_t)g;
+                if (bytes) tab8[(size_t)m * 256 + b] = (uint8_t)g[b];
+                else tab32[(size_t)m * 256 + b] = (int32_t)g[b];
             }
             built[m] = 1;
         }
