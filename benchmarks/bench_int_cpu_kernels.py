@@ -1,8 +1,8 @@
 """GOPS of the integer CPU runtime's hw_linear / hw_matmul per ISA path (issue 15), ops = 2·M·N·K.
 
 ViT-S/16 shapes: the MLP (M=197, K=384, N=1536 and K=1536, N=384), the QKV projection (N=1152) and
-one attention batch (6 heads, 197x64 @ 64x197). A float32 numpy matmul of the same shape is printed as
-the fp32 anchor (what a float runtime's GEMM does on this machine).
+one attention batch (6 heads, 197x64 @ 64x197). The fp32 anchor is onnxruntime's float32 MatMul of the
+same shape with the same thread count (what the float model's GEMMs do here), when onnxruntime is installed.
 
     .venv/bin/python benchmarks/bench_int_cpu_kernels.py [--threads 1 2] [--seconds 0.5]
 """
@@ -31,6 +31,26 @@ def _timeit(fn, seconds):
     return best
 
 
+def _ort_matmul(a, b, threads):
+    """A timed callable: onnxruntime float32 MatMul(a, B) with B a constant initializer, `threads` intra-op threads."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del onnx
+    return lambda: session.run(None, {"a": a})
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -49,7 +69,10 @@ def main():
         out = np.zeros((m, n), np.int8)
         ops = 2.0 * m * n * k
         af, wf = a.astype(np.float32), w.astype(np.float32).T.copy()
-        rows.append((f"linear {m}x{k}x{n}", "numpy fp32", "-", ops / _timeit(lambda: af @ wf, args.seconds) / 1e9))
+        for threads in args.threads:
+            ort_call = _ort_matmul(af, wf, threads)
+            if ort_call is not None:
+                rows.append((f"linear {m}x{k}x{n}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
         for isa in isas:
             lib.hw_force_isa(isa)
             packed = np.zeros(lib.hw_pack_size(n, k), np.uint8)
@@ -65,8 +88,11 @@ def main():
     key = rng.integers(-128, 128, (heads, n, k)).astype(np.int8)
     out = np.zeros((heads, m, n), np.int8)
     ops = 2.0 * heads * m * n * k
-    qf, kf = q.astype(np.float32), key.astype(np.float32).transpose(0, 2, 1)
-    rows.append((f"matmul {heads}x{m}x{k}x{n}", "numpy fp32", "-", ops / _timeit(lambda: qf @ kf, args.seconds) / 1e9))
+    qf, kf = q.astype(np.float32), np.ascontiguousarray(key.astype(np.float32).transpose(0, 2, 1))
+    for threads in args.threads:
+        ort_call = _ort_matmul(qf, kf, threads)
+        if ort_call is not None:
+            rows.append((f"matmul {heads}x{m}x{k}x{n}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
     for isa in isas:
         lib.hw_force_isa(isa)
         for threads in args.threads:
