@@ -472,6 +472,82 @@ AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C
     return 1;
 }
 
+/* I-LayerNorm: |x << P| <= 2^29 (P <= 14) so d = (x << P) − mean is int32, d² accumulates in int64 lanes;
+   z = floor((2kd + s) / 2s) in double: |2kd + s| < 2^47 and 2s are exact, the rounded quotient's floor is
+   z or z + 1 and the exact remainder (num − q·2s, all below 2^53) takes the 1 back; acc = z·gamma + beta
+   (< 2^33, exact) goes to int64 by the 1.5·2^52 bit trick, acc·m0 by 32-bit halves. */
+AVX2 static void i_layernorm_avx2(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
+                                  const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0,
+                                  int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    const __m256i sat_lo = _mm256_set1_epi32(SAT_MIN), sat_hi = _mm256_set1_epi32(SAT_MAX);
+    const __m128i pcount = _mm_cvtsi32_si128(precision);
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);           /* 1.5 · 2^52 */
+    const __m256i magic_bits = _mm256_castpd_si256(magic), m0v = _mm256_set1_epi64x(m0);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256d two_k = _mm256_set1_pd(2.0 * (double)k), zero = _mm256_setzero_pd(), onev = _mm256_set1_pd(1.0);
+    v_rs_t rq = v_rs_init(shift, qmin, qmax);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C, c;
+        __m256i acc = _mm256_setzero_si256();
+        for (c = 0; c + 8 <= C; c += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + c), sat_lo), sat_hi);
+            acc = _mm256_add_epi64(acc, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
+            acc = _mm256_add_epi64(acc, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+        }
+        int64_t parts[4];
+        _mm256_storeu_si256((__m256i *)parts, acc);
+        int64_t sum = parts[0] + parts[1] + parts[2] + parts[3];
+        for (int64_t j = c; j < C; j++) sum += sat16(ld(x, x_type, base + j));
+        sum = shl(sum, precision);
+        int64_t mean = floor_div(2 * sum + C, 2 * C);
+        const __m256i meanv = _mm256_set1_epi32((int32_t)mean);
+        __m256i sq = _mm256_setzero_si256();
+        for (c = 0; c + 8 <= C; c += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + c), sat_lo), sat_hi);
+            __m256i d = _mm256_sub_epi32(_mm256_sll_epi32(v, pcount), meanv);
+            sq = _mm256_add_epi64(sq, _mm256_mul_epi32(d, d));
+            __m256i dodd = _mm256_srli_epi64(d, 32);
+            sq = _mm256_add_epi64(sq, _mm256_mul_epi32(dodd, dodd));
+        }
+        _mm256_storeu_si256((__m256i *)parts, sq);
+        int64_t total = parts[0] + parts[1] + parts[2] + parts[3];
+        for (int64_t j = c; j < C; j++) {
+            int64_t d = shl(sat16(ld(x, x_type, base + j)), precision) - mean;
+            total += d * d;
+        }
+        int64_t var = total + shl(eps_int, 2 * precision);
+        if (var < 1) var = 1;
+        int64_t s = isqrt_newton(var);
+        const __m256d sd = _mm256_set1_pd((double)s), den = _mm256_set1_pd(2.0 * (double)s);
+        for (c = 0; c + 8 <= C; c += 8) {
+            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + c), sat_lo), sat_hi);
+            __m256i d = _mm256_sub_epi32(_mm256_sll_epi32(v, pcount), meanv);
+            __m256i res[2];
+            for (int h = 0; h < 2; h++) {
+                __m256d dd = _mm256_cvtepi32_pd(h ? _mm256_extracti128_si256(d, 1) : _mm256_castsi256_si128(d));
+                __m256d num = _mm256_add_pd(_mm256_mul_pd(two_k, dd), sd);
+                __m256d q = _mm256_floor_pd(_mm256_div_pd(num, den));
+                __m256d rem = _mm256_sub_pd(num, _mm256_mul_pd(q, den));
+                q = _mm256_sub_pd(q, _mm256_and_pd(_mm256_cmp_pd(rem, zero, _CMP_LT_OQ), onev));
+                __m256d g = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(gamma + c + 4 * h)));
+                __m256d b = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(beta + c + 4 * h)));
+                __m256d a = _mm256_add_pd(_mm256_mul_pd(q, g), b);
+                __m256i ai = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(a, magic)), magic_bits);
+                __m256i prod = _mm256_add_epi64(
+                    _mm256_mul_epu32(ai, m0v), _mm256_slli_epi64(_mm256_mul_epi32(_mm256_srli_epi64(ai, 32), m0v), 32));
+                __m256i o = v_clamp64(v_rs_shift(prod, &rq), &rq);
+                res[h] = _mm256_permutevar8x32_epi32(o, pick);
+            }
+            v_store8(out, out_type, base + c, _mm256_permute2x128_si256(res[0], res[1], 0x20));
+        }
+        for (; c < C; c++) {
+            int64_t d = shl(sat16(ld(x, x_type, base + c)), precision) - mean;
+            int64_t z = floor_div(2 * k * d + s, 2 * s);
+            st(out, out_type, base + c, hw_clamp64(hw_rs(z * gamma[c] + beta[c], m0, shift), qmin, qmax));
+        }
+    }
+}
+
 /* add on one run of a: b either contiguous (bp) or one value (bp == NULL: rb = rs(b, m0b, shiftb)) */
 AVX2 static void add_run_avx2(const void *a, int a_type, const void *bp, int b_type, int64_t rb, int64_t len,
                               int32_t m0a, int shifta, int32_t m0b, int shiftb, const v_rs_t *ra, const v_rs_t *rbs,
@@ -570,6 +646,12 @@ void hw_i_layernorm(const void *x, int x_type, int64_t rows, int64_t C, const in
                     const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0, int shift,
                     int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+#if HW_ROWS_X86
+    if (use_avx2() && precision <= 14 && k <= (1 << 16)) {
+        i_layernorm_avx2(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
+        return;
+    }
+#endif
     i_layernorm_scalar(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
 }
 
