@@ -80,12 +80,17 @@ class IntCpuProgram:
     # ----- running -------------------------------------------------------------------------------
     def __call__(self, *inputs) -> list[torch.Tensor]:
         env = {name: torch.as_tensor(value) for name, value in zip(self.plan.inputs, inputs)}
-        with torch.no_grad():
-            for step in self.plan.steps:
-                args = self._resolve(step.args, env)
-                kwargs = self._resolve(step.kwargs, env)
-                kernel = self.kernels.get(step.op)
-                env[step.name] = kernel(step, *args, **kwargs) if kernel else self._torch_op(step, args, kwargs)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # the torch steps are small views and copies: threads only contend
+        try:
+            with torch.no_grad():
+                for step in self.plan.steps:
+                    args = self._resolve(step.args, env)
+                    kwargs = self._resolve(step.kwargs, env)
+                    kernel = self.kernels.get(step.op)
+                    env[step.name] = kernel(step, *args, **kwargs) if kernel else self._torch_op(step, args, kwargs)
+        finally:
+            torch.set_num_threads(torch_threads)
         return [env[name] for name in self.plan.outputs]
 
     @staticmethod
