@@ -399,7 +399,7 @@ AVX2 static void shift_gelu_avx2_8bit(const void *x, int x_type, int64_t rows, i
 /* Shiftmax with a table of the exponential: e(x − max) depends on d = max − x >= 0 only, and the clamp
    at n·x0 makes it constant from the first d whose scaled exponent reaches n·x0 on (the scaling
    x + (x >> 1) − (x >> 4) is non-increasing in d), so E[min(d, D)] is exact with D + 1 entries. Rows then
-   take a gathered sum, one division, and the 64-bit products e·factor (e < 2^42, factor < 2^62, product
+   take a table-read sum, one division, and the 64-bit products e·factor (e < 2^42, factor < 2^62, product
    <= 2^62: three 32x32 multiplies modulo 2^64) on 4 lanes. Used when D < SOFTMAX_TABLE. */
 #define SOFTMAX_TABLE 4096
 AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0,
@@ -409,10 +409,11 @@ AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C
     if (D >= SOFTMAX_TABLE) return 0;
     int64_t E[SOFTMAX_TABLE];
     for (int64_t d = 0; d <= D; d++) E[d] = shift_exp(-d, x0, n);
+    int64_t *ebuf = malloc((size_t)C * sizeof(int64_t));
+    if (!ebuf) return 0;
     v_rs_t rq = v_rs_init(shift, qmin, qmax);
     const __m256i half46 = _mm256_set1_epi64x((int64_t)1 << (FACTOR_BITS - PROB_BITS - 1));
-    const __m256i m0v = _mm256_set1_epi64x(m0), Dv = _mm256_set1_epi32((int32_t)D);
-    const __m256i sat_lo = _mm256_set1_epi32(SAT_MIN), sat_hi = _mm256_set1_epi32(SAT_MAX);
+    const __m256i m0v = _mm256_set1_epi64x(m0);
     const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for (int64_t r = 0; r < rows; r++) {
         int64_t base = r * C, k;
@@ -427,32 +428,20 @@ AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C
             mx = v > mx ? v : mx;
         }
         mx = sat16(mx);
-        const __m256i mxv = _mm256_set1_epi32((int32_t)mx);
-        /* pass 1: the sum of e */
-        __m256i acc = _mm256_setzero_si256();
-        for (k = 0; k + 8 <= C; k += 8) {
-            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + k), sat_lo), sat_hi);
-            __m256i d = _mm256_min_epi32(_mm256_sub_epi32(mxv, v), Dv);
-            acc = _mm256_add_epi64(acc, _mm256_i32gather_epi64((const long long *)E, _mm256_castsi256_si128(d), 8));
-            acc = _mm256_add_epi64(acc, _mm256_i32gather_epi64((const long long *)E, _mm256_extracti128_si256(d, 1), 8));
-        }
-        int64_t sums[4];
-        _mm256_storeu_si256((__m256i *)sums, acc);
-        int64_t sum = sums[0] + sums[1] + sums[2] + sums[3];
-        for (int64_t j = k; j < C; j++) {
-            int64_t d = mx - sat16(ld(x, x_type, base + j));
-            sum += E[d < D ? d : D];
+        /* pass 1: e = E[min(d, D)] into a row buffer (table reads: vpgatherdq is slow on some CPUs), the sum */
+        int64_t sum = 0;
+        for (k = 0; k < C; k++) {
+            int64_t d = mx - sat16(ld(x, x_type, base + k));
+            ebuf[k] = E[d < D ? d : D];
+            sum += ebuf[k];
         }
         int64_t factor = ((int64_t)1 << FACTOR_BITS) / sum;
         const __m256i f_lo = _mm256_set1_epi64x(factor & 0xffffffff), f_hi = _mm256_set1_epi64x(factor >> 32);
         /* pass 2: p = (e·factor + 2^45) >> 46, out = clamp(rs(p, m0, shift)) */
         for (k = 0; k + 8 <= C; k += 8) {
-            __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + k), sat_lo), sat_hi);
-            __m256i d = _mm256_min_epi32(_mm256_sub_epi32(mxv, v), Dv);
             __m256i res[2];
             for (int h = 0; h < 2; h++) {
-                __m128i dh = h ? _mm256_extracti128_si256(d, 1) : _mm256_castsi256_si128(d);
-                __m256i e = _mm256_i32gather_epi64((const long long *)E, dh, 8);
+                __m256i e = _mm256_loadu_si256((const __m256i *)(ebuf + k + 4 * h));
                 __m256i e_hi = _mm256_srli_epi64(e, 32);
                 __m256i prod = _mm256_add_epi64(
                     _mm256_mul_epu32(e, f_lo),
@@ -464,11 +453,11 @@ AVX2 static int shiftmax_avx2(const void *x, int x_type, int64_t rows, int64_t C
             v_store8(out, out_type, base + k, _mm256_permute2x128_si256(res[0], res[1], 0x20));
         }
         for (; k < C; k++) {
-            int64_t d = mx - sat16(ld(x, x_type, base + k));
-            int64_t p = hw_rs(E[d < D ? d : D] * factor, 1, FACTOR_BITS - PROB_BITS);
+            int64_t p = hw_rs(ebuf[k] * factor, 1, FACTOR_BITS - PROB_BITS);
             st(out, out_type, base + k, hw_clamp64(hw_rs(p, m0, shift), qmin, qmax));
         }
     }
+    free(ebuf);
     return 1;
 }
 
