@@ -1,6 +1,6 @@
 /* hwact integer CPU runtime: the kernels that execute hwact's integer graphs (issue 15).
 
-   Every kernel computes exactly what the op's one reference in hwact/ir/*_ops.py computes (tolerance 0);
+   Every kernel computes exactly what the op's one reference in the hwact/ir op modules computes (tolerance 0);
    the Python side (hwact/backends/int_cpu.py) derives every constant (dyadic m0/shift, exponent
    zero points, LayerNorm K/eps/precision, tables) with the same Python functions the reference uses
    and hands them in as integers, so a kernel implements integer formulas only.
