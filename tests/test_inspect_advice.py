@@ -66,8 +66,10 @@ def test_the_table_names_the_newer_lowerings():
                 "aten.tanh.default": "lut-activations", "aten.hardswish.default": "lut-activations",
                 "aten.hardtanh.default": "fold-quant-scales", "aten.relu6.default": "fold-quant-scales",
                 "aten.clamp.default": "fold-quant-scales", "aten.batch_norm.default": "fold-bn",
-                "aten.where.ScalarOther": "fold-quant-scales", "aten.addmm.default": "canonicalize + fold-quant-scales",
-                "aten.split.Tensor": "canonicalize + fold-quant-scales", "aten.add_.Tensor": "canonicalize + fold-quant-scales",
+                "aten.where.ScalarOther": "fold-quant-scales",
+                "aten.addmm.default": "canonicalize + fold-quant-scales",
+                "aten.split.Tensor": "canonicalize + fold-quant-scales",
+                "aten.add_.Tensor": "canonicalize + fold-quant-scales",
                 "aten.conv2d.padding": "explicit-padding + fold-quant-scales"}
     assert {op: INT8_LOWERABLE.get(op) for op in expected} == expected
     assert "-inf" in INT8_CONDITIONS["aten.where.ScalarOther"]
@@ -176,6 +178,11 @@ def _hf_names() -> list[str]:
         return []
 
 
+# canonicalize removes a cast to the dtype a tensor already has (GPT-2's to.dtype_layout), but the table
+# cannot list the op: the same name is a real cast too (token ids to float), where a float path starts
+IDENTITY_CASTS = {"aten.to.dtype", "aten.to.dtype_layout", "aten.to.device", "aten._to_copy.default"}
+
+
 def _float_ops(graph) -> set[str]:
     """The ops support_report judges that compute in float (bookkeeping such as getitem left out)."""
     return {op_name(node) for node in float_compute_nodes(graph) if not is_bookkeeping(node)}
@@ -202,5 +209,5 @@ def test_the_table_matches_what_the_recipe_lowers_on_hugging_face_models(name, h
     listed = all_ops & set(INT8_LOWERABLE)
     assert not (listed & after), f"listed as lowerable but left in float: {sorted(listed & after)}"
     assert not (after & set(INT8_LOWERABLE)), f"still float yet listed: {sorted(after & set(INT8_LOWERABLE))}"
-    unlisted = (before - after) - set(INT8_LOWERABLE)
+    unlisted = (before - after) - set(INT8_LOWERABLE) - IDENTITY_CASTS
     assert not unlisted, f"lowered by {INT8_RECIPE} but inspect says no integer lowering exists: {sorted(unlisted)}"

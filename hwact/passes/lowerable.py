@@ -61,8 +61,9 @@ INT8_LOWERABLE: dict[str, str] = {
     "aten.t.default": "fold-quant-scales",
     "aten.roll.default": "fold-quant-scales",
     "aten._unsafe_view.default": "fold-quant-scales",
-    # canonicalize (hwact/passes/canonicalize.py) removes identities: eval dropout, copies, casts to the
-    # dtype the tensor already has
+    # canonicalize (hwact/passes/canonicalize.py) removes identities: eval dropout, copies (it also removes
+    # casts to the dtype a tensor already has, but a cast is not listed: the same op names a real cast,
+    # e.g. token ids to float, where a float path starts that no pass lowers)
     "aten.dropout.default": "canonicalize",
     "aten.dropout_.default": "canonicalize",
     "aten.feature_dropout.default": "canonicalize",
@@ -74,10 +75,6 @@ INT8_LOWERABLE: dict[str, str] = {
     "aten.detach.default": "canonicalize",
     "aten.detach_.default": "canonicalize",
     "aten.lift_fresh_copy.default": "canonicalize",
-    "aten.to.dtype": "canonicalize",
-    "aten.to.dtype_layout": "canonicalize",
-    "aten.to.device": "canonicalize",
-    "aten._to_copy.default": "canonicalize",
     "aten._assert_tensor_metadata.default": "canonicalize",
     # ... and rewrites these into forms the passes after it lower
     "aten.addmm.default": "canonicalize + fold-quant-scales",
@@ -132,10 +129,6 @@ INT8_CONDITIONS: dict[str, str] = {
     "aten.feature_dropout.default": "in eval mode (train=False: removed)",
     "aten.alpha_dropout.default": "in eval mode (train=False: removed)",
     "aten.feature_alpha_dropout.default": "in eval mode (train=False: removed)",
-    "aten.to.dtype": "to the dtype the tensor already has (removed)",
-    "aten.to.dtype_layout": "to the dtype the tensor already has (removed)",
-    "aten.to.device": "to the dtype the tensor already has (removed)",
-    "aten._to_copy.default": "to the dtype the tensor already has (removed)",
     "aten.addmm.default": "with constant weight and bias (becomes a linear)",
     "aten.conv1d.default": "with constant weights and numeric padding (becomes a conv2d); not with string "
                            "padding (conv1d.padding)",
