@@ -227,3 +227,44 @@ def test_conv_model_tables_are_bit_identical_and_onnx_bit_exact(tmp_path):
     path = export_onnx(graph, tmp_path / "lut.onnx")
     got = ort_session(path).run(None, {"x": x.numpy()})[0]
     assert np.array_equal(got, graph(x).numpy())
+
+
+def test_the_manager_runs_the_graph_again_only_after_a_pass_that_changed_what_it_computes(monkeypatch):
+    """Issue 14 (speed): the verification run after each pass is most of a pass's time on these models
+    (lut-activations' tables are a few ms); calibrate annotates ranges only, so its outputs are the ones
+    before it, not run again, with the same record."""
+    from hwact.passes import manager
+
+    runs = []
+    real = manager._outputs
+    monkeypatch.setattr(manager, "_outputs",
+                        lambda graph, batches, where: runs.append(where) or real(graph, batches, where))
+    graph = trace(GatedConvNet(), [InputSpec("x", (2, 3, 8, 8))])
+    batches = random_batches(graph.inputs, samples=16, batch=8)
+    graph, records = run_passes(graph, ["calibrate", "fold-quant-scales", "lut-activations"], {}, batches)
+    assert [r.changed > 0 for r in records] == [True, True, True]
+    assert runs == ["the graph given to the passes", "pass fold-quant-scales (after: calibrate)",
+                    "pass lut-activations (after: calibrate, fold-quant-scales)"]
+    calibrate = records[0]
+    assert (calibrate.max_abs_err, calibrate.mean_abs_err, calibrate.cosine,
+            calibrate.top1_agreement) == (0.0, 0.0, 1.0, 1.0)
+
+    # what counts as a change: the code, a tensor replaced or modified in place; metadata does not
+    state = manager._state(graph)
+    graph.meta["anything"] = 1
+    next(iter(graph.call_nodes())).meta["hwact_range"] = (0.0, 1.0)
+    assert manager._same_computation(state, graph)
+    table = next(n for n in graph.fx.nodes if n.op == "get_attr" and "lut" in str(n.target))
+    with torch.no_grad():
+        getattr(graph.module, table.target).add_(0)
+    assert not manager._same_computation(state, graph)
+    state = manager._state(graph)
+    setattr(graph.module, table.target, getattr(graph.module, table.target).clone())
+    assert not manager._same_computation(state, graph)
+    state = manager._state(graph)
+    graph.recompile()
+    assert manager._same_computation(state, graph)
+    node = next(n for n in graph.call_nodes() if n.target is hw.int_lut.default)
+    node.args = (node.args[0], node.args[1], node.args[2] - 1, *node.args[3:])
+    graph.recompile()
+    assert not manager._same_computation(state, graph)
