@@ -5,7 +5,8 @@ Every rewrite leaves the function unchanged (up to float rounding):
     identities removed        eval dropout (train=False), clone, contiguous, alias, detach(_),
                               lift_fresh_copy, casts to the dtype the tensor already has
                               (to.dtype / to.dtype_layout / to.device / _to_copy), _assert_tensor_metadata;
-                              a view that read a removed copy becomes a reshape
+                              once a copy is removed, every aten.view becomes aten.reshape (same values;
+                              a view downstream of the copy, through a permute, may need a copy now)
     in-place -> out-of-place  op_(x, ...) becomes op(x, ...) and every later reader of x reads the result
                               (h += x in a residual block: aten.add_.Tensor -> aten.add.Tensor); kept
                               in place when another view of x's memory (its base, when x is a view, or a
@@ -165,11 +166,12 @@ class Canonicalize(Pass):
                 graph.fx.erase_node(node)
                 changed += 1
             elif _is_identity(node):
-                for user in node.users:   # a view of what was a contiguous copy may need the copy
-                    if user.target is aten.view.default:
-                        user.target = aten.reshape.default
                 replace(graph, node, node.args[0])
                 changed += 1
+        if changed:   # a view of what was a contiguous copy (directly or after a permute) may need the copy
+            for node in graph.call_nodes():
+                if node.target is aten.view.default:
+                    node.target = aten.reshape.default
         return changed
 
     @staticmethod

@@ -353,3 +353,27 @@ def test_fully_masked_rows_stay_uniform():
     x, ids = graph.example_inputs(batch=2, seed=5)
     assert torch.equal(graph(x, ids)[0] if isinstance(graph(x, ids), tuple) else graph(x, ids),
                        torch.full((2, 5, 5), 0.2))
+
+
+class Heads(nn.Module):
+    """Split heads, attend, merge heads: after run_decompositions the merge is a view of a permute whose
+    copy (clone) sits upstream."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(x.shape[0], 4, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.out(o.transpose(1, 2).reshape(x.shape[0], 4, 8))
+
+
+def test_views_become_reshapes_once_a_copy_is_removed():
+    module = Heads().eval()
+    ep = torch.export.export(module, (torch.randn(2, 4, 8),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},)).run_decompositions()
+    graph = from_exported(ep, [InputSpec("x", (2, 4, 8))])
+    assert census(graph)["aten.clone.default"] >= 1 and census(graph)["aten.view.default"] >= 1
+    _, after, _ = canonical(module, graph=graph)
+    assert after["aten.clone.default"] == 0 and after["aten.view.default"] == 0
