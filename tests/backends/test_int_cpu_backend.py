@@ -144,3 +144,15 @@ def test_bench_never_loads_the_folders_library(converted, tmp_path, cli_process)
     code, _, stderr = cli_process("bench", folder, "--iterations", "2", "--json")
     assert code == 0, stderr
     assert not marker.exists()
+
+
+def test_an_arm_target_cross_compiles_the_runtime(cli, tmp_path):
+    """--target cortex-a76 builds the library for aarch64 with the cross compiler; this x86 host does not run
+    it (the report says so) — its kernels run under qemu-aarch64 in tests/backends/test_int_cpu_gemm.py."""
+    out = tmp_path / "arm"
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--recipe", "int8-relu", "--target", "cortex-a76", "-o", out)
+    assert code == 0, stderr
+    header = (out / "libhwact_int.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183   # EM_AARCH64
+    section = json.loads((out / "report.json").read_text())["int_cpu"]
+    assert section["arch"] == "aarch64" and section["verified"] is False and "not run" in section["reason"]
