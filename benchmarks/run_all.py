@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("bench_convert", "bench_recovery", "bench_int", "bench_int_gelu", "bench_hf_suite", "bench_cle", "bench_delta",
+SCRIPTS = ("bench_convert", "bench_recovery", "bench_int", "bench_int_gelu", "bench_hf_suite", "bench_int_cpu", "bench_cle", "bench_delta",
            "bench_delta_gru", "bench_logic", "bench_logic_accuracy", "bench_logic_fpga")
 
 
