@@ -1,7 +1,8 @@
 """GOPS of the integer CPU runtime's hw_linear / hw_matmul per ISA path (issue 15), ops = 2·M·N·K.
 
 ViT-S/16 shapes: the MLP (M=197, K=384, N=1536 and K=1536, N=384), the QKV projection (N=1152) and
-one attention batch (6 heads, 197x64 @ 64x197). The fp32 anchor is onnxruntime's float32 MatMul of the
+the two attention matmuls (6 heads: Q·Kᵀ 197x64 @ 64x197 with K a transposed view, and
+P·V 197x197 @ 197x64 with uint8 P). The fp32 anchor is onnxruntime's float32 MatMul of the
 same shape with the same thread count (what the float model's GEMMs do here), when onnxruntime is installed.
 
     .venv/bin/python benchmarks/bench_int_cpu_kernels.py [--threads 1 2] [--seconds 0.5]
@@ -99,6 +100,22 @@ def main():
             call = lambda: lib.hw_matmul(q.ctypes.data, 0, m * k, k, 1, key.ctypes.data, 0, n * k, 1, k, heads, m, k,  # noqa: E731
                                          n, 1 << 30, 40, -128, 127, out.ctypes.data, 0, threads)
             rows.append((f"matmul {heads}x{m}x{k}x{n}", lib.hw_isa_name(isa).decode(), threads,
+                         ops / _timeit(call, args.seconds) / 1e9))
+    # P·V: uint8 probabilities (6, 197, 197) times V (6, 197, 64), V contiguous along N
+    probs = rng.integers(0, 256, (heads, m, n)).astype(np.uint8)
+    value = rng.integers(-128, 128, (heads, n, k)).astype(np.int8)
+    out_pv = np.zeros((heads, m, k), np.int8)
+    pf, vf = probs.astype(np.float32), value.astype(np.float32)
+    for threads in args.threads:
+        ort_call = _ort_matmul(pf, vf, threads)
+        if ort_call is not None:
+            rows.append((f"matmul {heads}x{m}x{n}x{k}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
+    for isa in isas:
+        lib.hw_force_isa(isa)
+        for threads in args.threads:
+            call = lambda: lib.hw_matmul(probs.ctypes.data, 1, m * n, n, 1, value.ctypes.data, 0, n * k, k, 1, heads,  # noqa: E731
+                                         m, n, k, 1 << 30, 40, -128, 127, out_pv.ctypes.data, 0, threads)
+            rows.append((f"matmul {heads}x{m}x{n}x{k}", lib.hw_isa_name(isa).decode(), threads,
                          ops / _timeit(call, args.seconds) / 1e9))
     lib.hw_force_isa(-2)
     print(f"{'problem':<26}{'path':<14}{'threads':>8}{'GOPS':>10}")

@@ -262,6 +262,49 @@ def test_matmul_contiguous_b(lib, isas):
         assert np.array_equal(out.astype(np.int64), expected.astype(np.int64))
 
 
+def _matmul_layout(rng, layout, batch, m, k, n, a_unsigned, b_unsigned):
+    """(a array, a strides, b array, b strides, A values, B values): strides in elements as hw_matmul reads them.
+    qk: B = key^T (contiguous along K); pv: B contiguous along N; strided: neither operand has a unit stride."""
+    if layout == "strided":
+        a_big = _8bit(rng, (batch, k, 2 * m + 1), a_unsigned)          # A[b, i, j] = a_big[b, j, 2i]
+        b_big = _8bit(rng, (batch, 2 * k, 3 * n), b_unsigned)          # B[b, c, j] = b_big[b, 2c, 3j]
+        a_vals = a_big[:, :, : 2 * m : 2].transpose(0, 2, 1)
+        b_vals = b_big[:, ::2, ::3]
+        a_str = (k * (2 * m + 1), 2, 2 * m + 1)
+        b_str = (2 * k * 3 * n, 6 * n, 3)
+        return a_big, a_str, b_big, b_str, a_vals, b_vals
+    a = _8bit(rng, (batch, m, k), a_unsigned)
+    if layout == "qk":
+        key = _8bit(rng, (batch, n, k), b_unsigned)
+        return a, (m * k, k, 1), key, (n * k, 1, k), a, key.transpose(0, 2, 1)
+    b = _8bit(rng, (batch, k, n), b_unsigned)
+    return a, (m * k, k, 1), b, (k * n, n, 1), a, b
+
+
+@pytest.mark.parametrize("layout", ["qk", "pv", "strided"])
+def test_matmul_attention_layouts(lib, isas, layout):
+    """Attention-like shapes and layouts, every output type, multipliers whose shifts fall on both sides of 32
+    (the VNNI epilogue's two forms), 1 to 3 threads (uneven splits of batch x row blocks)."""
+    rng = np.random.default_rng({"qk": 11, "pv": 12, "strided": 13}[layout])
+    shapes = [(3, 37, 64, 45), (2, 20, 197, 64), (5, 8, 7, 33), (1, 9, 130, 16), (4, 3, 5, 100)]
+    for (batch, m, k, n), a_unsigned in zip(shapes, [False, True, False, True, True]):
+        a, a_str, b, b_str, a_vals, b_vals = _matmul_layout(rng, layout, batch, m, k, n, a_unsigned, False)
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x).astype(np.int32))  # noqa: E731
+        for multiplier in (1.0 / (40 * np.sqrt(k)), 0.75, 3.0):
+            m0, shift = int_ops.dyadic(multiplier)
+            for out_type in (I8, U8, I16, I32):
+                qmin, qmax = BOUNDS[out_type]
+                expected = int_ops.int_matmul(t(a_vals), t(b_vals), a_unsigned, False, multiplier, qmin, qmax).numpy()
+                for isa in isas:
+                    assert lib.hw_force_isa(isa) == 0
+                    for threads in (1, 3):
+                        out = np.zeros((batch, m, n), dtype=NP_TYPES[out_type])
+                        lib.hw_matmul(_ptr(a), U8 if a_unsigned else I8, *a_str, _ptr(b), I8, *b_str, batch, m, k, n,
+                                      m0, shift, qmin, qmax, _ptr(out), out_type, threads)
+                        assert np.array_equal(out.astype(np.int64), expected.astype(np.int64)), (
+                            lib.hw_isa_name(isa), layout, threads, batch, m, k, n, out_type, multiplier)
+
+
 # ----- conv: im2col + hw_linear (NCHW strides), depthwise ------------------------------------------
 CONVS = [  # C, H, W, O, kh, kw, stride, padding, dilation
     (3, 11, 9, 8, 3, 3, (1, 1), (1, 1), (1, 1)),

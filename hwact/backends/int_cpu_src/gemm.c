@@ -652,6 +652,250 @@ static void *matmul_thread(void *p) {
     return NULL;
 }
 
+/* ----- AVX-512 VNNI batched matmul (B int8: attention's Q·Kᵀ and P·V) ---------------------------------
+   A direct path for small K and per-head batches, where the generic driver's per-batch costs (a
+   scalar pack through int16 rows, per-batch allocations, a scalar store loop) outweigh the K loop.
+   Work items are (batch, block of 8 rows); each worker takes a contiguous run of items and packs a
+   batch's B when its run enters that batch, into a buffer it keeps: [N/32][K/4][32][4] int8 as the
+   VNNI weights, the 4x4-byte transposes done with byte/word unpacks when B is contiguous along N
+   (P·V: V rows) and with 32-bit moves when it is contiguous along K (Q·Kᵀ: the rows of K). Column sums
+   come from vpdpbusd with ones; the accumulators start at corr[j] = −128·Σ_k B[k, j] (int8 A is read
+   as A + 128, uint8 A as is), so they end at the exact int32 product sum Σ_k A·B (in range: |Σ| <=
+   K·255·128). The epilogue works on the registers: rs() on even / odd int64 lanes (vpmuldq, vpsraq),
+   the clamp in int64, then a masked narrowing store of the valid columns. */
+#if defined(__x86_64__)
+#define VNNI_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+typedef struct {
+    const char *a, *b;
+    int a_type, out_type;
+    int64_t a_sb, a_sm, a_sk, b_sb, b_sk, b_sj, M, K, N;
+    int32_t m0, shift, qmin, qmax;
+    char *out;
+    int64_t item_begin, item_end; /* items: batch · row_blocks + block */
+} vmm_job;
+
+/* B of one batch into w ([np/32][kp/4][32][4]) and corr (np int32) */
+VNNI_ATTR static void vmm_pack(const vmm_job *j, const int8_t *bp, int8_t *w, int32_t *corr, int64_t kp,
+                               int64_t np) {
+    int64_t K = j->K, N = j->N, sk = j->b_sk, sj = j->b_sj;
+    const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+    for (int64_t c0 = 0; c0 < np; c0 += 32) {
+        int8_t *blk = w + c0 * kp;
+        int full = c0 + 32 <= N;
+        int64_t kfull = full ? K / 4 : 0; /* k blocks without padding */
+        if (sk == 1) {
+            for (int c = 0; c < 32; c++) {
+                const int8_t *src = bp + (c0 + c) * sj;
+                for (int64_t kb = 0; kb < kfull; kb++) memcpy(blk + kb * 128 + 4 * c, src + 4 * kb, 4);
+            }
+        } else if (sj == 1) {
+            for (int64_t kb = 0; kb < kfull; kb++) {
+                int8_t *d = blk + kb * 128;
+                for (int h = 0; h < 2; h++) {
+                    const int8_t *s = bp + 4 * kb * sk + c0 + 16 * h;
+                    __m128i r0 = _mm_loadu_si128((const __m128i *)s), r1 = _mm_loadu_si128((const __m128i *)(s + sk));
+                    __m128i r2 = _mm_loadu_si128((const __m128i *)(s + 2 * sk));
+                    __m128i r3 = _mm_loadu_si128((const __m128i *)(s + 3 * sk));
+                    __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
+                    __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
+                    _mm_storeu_si128((__m128i *)(d + 64 * h), _mm_unpacklo_epi16(lo01, lo23));
+                    _mm_storeu_si128((__m128i *)(d + 64 * h + 16), _mm_unpackhi_epi16(lo01, lo23));
+                    _mm_storeu_si128((__m128i *)(d + 64 * h + 32), _mm_unpacklo_epi16(hi01, hi23));
+                    _mm_storeu_si128((__m128i *)(d + 64 * h + 48), _mm_unpackhi_epi16(hi01, hi23));
+                }
+            }
+        } else {
+            kfull = 0;
+        }
+        for (int64_t kb = kfull; kb < kp / 4; kb++) /* padding, edges, other strides */
+            for (int c = 0; c < 32; c++)
+                for (int u = 0; u < 4; u++) {
+                    int64_t col = c0 + c, kk = 4 * kb + u;
+                    blk[kb * 128 + 4 * c + u] = col < N && kk < K ? bp[kk * sk + col * sj] : 0;
+                }
+        __m512i s0 = zero, s1 = zero;
+        for (int64_t kb = 0; kb < kp / 4; kb++) {
+            s0 = _mm512_dpbusd_epi32(s0, ones, _mm512_loadu_si512((const void *)(blk + kb * 128)));
+            s1 = _mm512_dpbusd_epi32(s1, ones, _mm512_loadu_si512((const void *)(blk + kb * 128 + 64)));
+        }
+        if (j->a_type == HW_I8) {
+            s0 = _mm512_sub_epi32(zero, _mm512_slli_epi32(s0, 7));
+            s1 = _mm512_sub_epi32(zero, _mm512_slli_epi32(s1, 7));
+        } else {
+            s0 = s1 = zero;
+        }
+        _mm512_storeu_si512((void *)(corr + c0), s0);
+        _mm512_storeu_si512((void *)(corr + c0 + 16), s1);
+    }
+}
+
+/* rows row0..row0+valid of A (batch pointer ap) as uint8 [8][kp] (int8: a + 128 = a ^ 0x80), zeros
+   in the padding rows and columns */
+VNNI_ATTR static void vmm_rows(const vmm_job *j, const char *ap, int64_t row0, int valid, int64_t kp, uint8_t *abuf) {
+    int64_t K = j->K;
+    uint8_t flip = j->a_type == HW_I8 ? 0x80 : 0;
+    const __m512i flipv = _mm512_set1_epi8((char)flip);
+    for (int r = 0; r < 8; r++) {
+        uint8_t *d = abuf + r * kp;
+        if (r >= valid) {
+            memset(d, 0, (size_t)kp);
+            continue;
+        }
+        const uint8_t *s = (const uint8_t *)ap + (row0 + r) * j->a_sm;
+        int64_t kk = 0;
+        if (j->a_sk == 1) {
+            for (; kk + 64 <= K; kk += 64)
+                _mm512_storeu_si512((void *)(d + kk), _mm512_xor_si512(_mm512_loadu_si512((const void *)(s + kk)), flipv));
+            if (kk < K) {
+                __mmask64 m = ((__mmask64)1 << (K - kk)) - 1;
+                _mm512_mask_storeu_epi8(d + kk, m, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, s + kk), flipv));
+                kk = K;
+            }
+        } else {
+            for (; kk < K; kk++) d[kk] = s[kk * j->a_sk] ^ flip;
+        }
+        for (; kk < kp; kk++) d[kk] = 0;
+    }
+}
+
+/* The epilogue. For shift >= 33 it stays in 32-bit lanes: with t·m0 = H·2^32 + L (0 <= L < 2^32),
+   rs(t, m0, shift) = floor((H + 2^(shift−33)) / 2^(shift−32)) (the low word cannot carry into the
+   rounding bit, which sits at or above bit 32), |H| <= 2^30 so the add stays in int32; H is the high
+   word of the even and odd vpmuldq products, gathered by one vpermt2d. Otherwise in int64 lanes. */
+typedef struct {
+    int narrow;
+    __m512i m0, half, lo, hi, pick, half32, lo32, hi32;
+    __m128i count, count32;
+} vmm_ep;
+
+/* clamp(rs(t, m0, shift)) of 16 int32 sums, the `mask` lanes stored at dst (out_type) */
+VNNI_ATTR static inline void vmm_store(__m512i t, const vmm_ep *e, char *dst, int out_type, __mmask16 mask) {
+    __m512i ev = _mm512_mul_epi32(t, e->m0), od = _mm512_mul_epi32(_mm512_srli_epi64(t, 32), e->m0), v;
+    if (e->narrow) {
+        v = _mm512_sra_epi32(_mm512_add_epi32(_mm512_permutex2var_epi32(ev, e->pick, od), e->half32), e->count32);
+        v = _mm512_min_epi32(_mm512_max_epi32(v, e->lo32), e->hi32);
+    } else {
+        ev = _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(_mm512_add_epi64(ev, e->half), e->count), e->lo), e->hi);
+        od = _mm512_min_epi64(_mm512_max_epi64(_mm512_sra_epi64(_mm512_add_epi64(od, e->half), e->count), e->lo), e->hi);
+        v = _mm512_mask_blend_epi32(0xAAAA, ev, _mm512_slli_epi64(od, 32));
+    }
+    switch (out_type) {
+    case HW_I8:
+    case HW_U8: _mm_mask_storeu_epi8(dst, mask, _mm512_cvtepi32_epi8(v)); break;
+    case HW_I16: _mm256_mask_storeu_epi16(dst, mask, _mm512_cvtepi32_epi16(v)); break;
+    default: _mm512_mask_storeu_epi32(dst, mask, v);
+    }
+}
+
+/* one 8 x 32 tile (cols <= 32 valid, 16 when cols <= 16): out rows at dst, row stride ldo bytes */
+VNNI_ATTR static void vmm_tile(const uint8_t *a, const int8_t *w, int64_t kp, const int32_t *corr, int valid,
+                               int cols, const vmm_ep *e, char *dst, int64_t ldo, int out_type, int osize) {
+    __m512i c00 = _mm512_loadu_si512((const void *)corr), c01 = _mm512_loadu_si512((const void *)(corr + 16));
+    __m512i c10 = c00, c11 = c01, c20 = c00, c21 = c01, c30 = c00, c31 = c01, c40 = c00, c41 = c01, c50 = c00,
+            c51 = c01, c60 = c00, c61 = c01, c70 = c00, c71 = c01;
+    if (cols > 16) {
+        for (int64_t k = 0; k < kp; k += 4, w += 128) {
+            __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + 64));
+#define VMM_ROW(r)                                                                                            \
+    {                                                                                                         \
+        __m512i av = _mm512_set1_epi32(load32(a + (r) * kp + k));                                             \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, w0);                                                       \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, w1);                                                       \
+    }
+            VMM_ROW(0) VMM_ROW(1) VMM_ROW(2) VMM_ROW(3) VMM_ROW(4) VMM_ROW(5) VMM_ROW(6) VMM_ROW(7)
+#undef VMM_ROW
+        }
+    } else {
+        for (int64_t k = 0; k < kp; k += 4, w += 128) {
+            __m512i w0 = _mm512_loadu_si512((const void *)w);
+#define VMM_ROW(r) c##r##0 = _mm512_dpbusd_epi32(c##r##0, _mm512_set1_epi32(load32(a + (r) * kp + k)), w0);
+            VMM_ROW(0) VMM_ROW(1) VMM_ROW(2) VMM_ROW(3) VMM_ROW(4) VMM_ROW(5) VMM_ROW(6) VMM_ROW(7)
+#undef VMM_ROW
+        }
+    }
+    __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+    __mmask16 m1 = cols >= 32 ? 0xFFFF : (cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0);
+#define VMM_OUT(r)                                                                                            \
+    if ((r) < valid) {                                                                                        \
+        vmm_store(c##r##0, e, dst + (r) * ldo, out_type, m0);                                                 \
+        if (m1) vmm_store(c##r##1, e, dst + (r) * ldo + 16 * osize, out_type, m1);                            \
+    }
+    VMM_OUT(0) VMM_OUT(1) VMM_OUT(2) VMM_OUT(3) VMM_OUT(4) VMM_OUT(5) VMM_OUT(6) VMM_OUT(7)
+#undef VMM_OUT
+}
+
+VNNI_ATTR static void vmm_run(const vmm_job *j) {
+    int64_t kp = round_up(j->K, 4), np = round_up(j->N, 32), blocks = (j->M + 7) / 8;
+    if (j->item_end <= j->item_begin)
+        return;
+    int8_t *w = aligned_alloc(64, (size_t)round_up(np * kp, 64) + 64);
+    int32_t *corr = aligned_alloc(64, (size_t)np * sizeof(int32_t) + 64);
+    uint8_t *abuf = aligned_alloc(64, (size_t)round_up(8 * kp, 64) + 64);
+    if (!w || !corr || !abuf) {
+        free(w);
+        free(corr);
+        free(abuf);
+        return;
+    }
+    int osize = j->out_type == HW_I32 ? 4 : (j->out_type == HW_I16 ? 2 : 1);
+    int narrow = j->shift >= 33;
+    vmm_ep e = {narrow, _mm512_set1_epi64(j->m0), _mm512_set1_epi64(j->shift ? (int64_t)1 << (j->shift - 1) : 0),
+                _mm512_set1_epi64(j->qmin), _mm512_set1_epi64(j->qmax),
+                _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31),
+                _mm512_set1_epi32(narrow ? 1 << (j->shift - 33) : 0), _mm512_set1_epi32(j->qmin),
+                _mm512_set1_epi32(j->qmax), _mm_cvtsi32_si128(j->shift), _mm_cvtsi32_si128(narrow ? j->shift - 32 : 0)};
+    int64_t current = -1;
+    for (int64_t item = j->item_begin; item < j->item_end; item++) {
+        int64_t bi = item / blocks, row0 = item % blocks * 8;
+        if (bi != current) {
+            vmm_pack(j, (const int8_t *)j->b + bi * j->b_sb, w, corr, kp, np);
+            current = bi;
+        }
+        int valid = (int)(j->M - row0 < 8 ? j->M - row0 : 8);
+        vmm_rows(j, j->a + bi * j->a_sb, row0, valid, kp, abuf);
+        char *dst = j->out + (size_t)((bi * j->M + row0) * j->N) * osize;
+        for (int64_t c0 = 0; c0 < np; c0 += 32) {
+            int cols = (int)(j->N - c0 < 32 ? j->N - c0 : 32);
+            vmm_tile(abuf, w + c0 * kp, kp, corr + c0, valid, cols, &e, dst + c0 * osize, j->N * osize,
+                     j->out_type, osize);
+        }
+    }
+    free(w);
+    free(corr);
+    free(abuf);
+}
+
+static void *vmm_thread(void *p) {
+    vmm_run(p);
+    return NULL;
+}
+
+static void vmm_matmul(const vmm_job *base, int64_t batch, int threads) {
+    int64_t items = batch * ((base->M + 7) / 8);
+    int workers = threads > 64 ? 64 : (threads < 1 ? 1 : threads);
+    if (workers > items)
+        workers = (int)items;
+    vmm_job jobs[64];
+    pthread_t ids[64];
+    int started[64] = {0};
+    for (int t = 0; t < workers; t++) {
+        jobs[t] = *base;
+        jobs[t].item_begin = items * t / workers;
+        jobs[t].item_end = items * (t + 1) / workers;
+    }
+    for (int t = 1; t < workers; t++)
+        started[t] = pthread_create(&ids[t], NULL, vmm_thread, &jobs[t]) == 0;
+    vmm_run(&jobs[0]);
+    for (int t = 1; t < workers; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            vmm_run(&jobs[t]);
+    }
+}
+#endif
+
 void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_sk,
                const void *b, int b_type, int64_t b_sb, int64_t b_sk, int64_t b_sj,
                int64_t batch, int64_t M, int64_t K, int64_t N, int32_t m0, int32_t shift, int32_t qmin, int32_t qmax,
@@ -659,6 +903,15 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
     if (batch <= 0 || M <= 0 || N <= 0)
         return;
     int isa = hw_isa();
+#if defined(__x86_64__)
+    if (isa == HW_ISA_AVX512VNNI && b_type == HW_I8 && (a_type == HW_I8 || a_type == HW_U8)) {
+        vmm_job vj = {.a = a, .b = b, .a_type = a_type, .out_type = out_type, .a_sb = a_sb, .a_sm = a_sm,
+                      .a_sk = a_sk, .b_sb = b_sb, .b_sk = b_sk, .b_sj = b_sj, .M = M, .K = K, .N = N, .m0 = m0,
+                      .shift = shift, .qmin = qmin, .qmax = qmax, .out = out};
+        vmm_matmul(&vj, batch, threads);
+        return;
+    }
+#endif
     int swap = 0;
     if (!geometry_of(isa).wide_weights && b_type == HW_U8) {
         if (a_type == HW_I8)
