@@ -1,5 +1,5 @@
 """Row and element kernels of the integer CPU runtime (hwact/backends/int_cpu_src/rows.c, issue 15):
-bit-exact (tolerance 0) with the hwact op references, on the scalar path and on the best SIMD path."""
+bit-exact (tolerance 0) with the hwact op references, on the scalar path and on every SIMD path this CPU has (AVX2, AVX-512)."""
 
 import ctypes
 import math
@@ -22,7 +22,7 @@ TYPES = {np.int8: HW_I8, np.uint8: HW_U8, np.int16: HW_I16, np.int32: HW_I32}
 BOUNDS = {np.int8: (-128, 127), np.uint8: (0, 255), np.int16: (-32768, 32767), np.int32: (-(1 << 31), (1 << 31) - 1)}
 ALL = (np.int8, np.uint8, np.int16, np.int32)
 LENGTHS = (1, 3, 17, 197, 384, 1536)
-ISA_SCALAR, ISA_AVX2 = 0, 1
+ISA_SCALAR, ISA_AVX2, ISA_AVX512VNNI = 0, 1, 2
 
 STUB = """#include "hwact_int.h"
 static int g_isa = 1;
@@ -66,13 +66,13 @@ def lib(tmp_path_factory):
     library.hw_force_isa(-2)
 
 
-ISAS = [ISA_SCALAR, ISA_AVX2]
+ISAS = [ISA_SCALAR, ISA_AVX2, ISA_AVX512VNNI]
 
 
-@pytest.fixture(params=ISAS, ids=["scalar", "avx2"])
+@pytest.fixture(params=ISAS, ids=["scalar", "avx2", "avx512vnni"])
 def k(request, lib):
     if lib.hw_force_isa(request.param) != 0:
-        pytest.skip("this CPU has no AVX2")
+        pytest.skip(f"this CPU (or build) has no {['scalar', 'AVX2', 'AVX-512 VNNI'][request.param]} path")
     yield lib
     lib.hw_force_isa(-2)
 

@@ -607,6 +607,109 @@ AVX2 static void clamp_avx2(const void *x, int x_type, int64_t count, int32_t lo
         v_store8(out, out_type, i, _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, i), l), h));
     clamp_scalar(at(x, x_type, i), x_type, count - i, lo, hi, at(out, out_type, i), out_type);
 }
+
+/* ===== AVX-512 paths (hw_isa() == HW_ISA_AVX512VNNI, which implies avx512f/bw/vl) =============== */
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+/* 16 int32 lanes (within the bounds of `type`) to p[i..], the lanes of `m` only */
+AVX512 static inline void v512_store16(void *p, int type, int64_t i, __m512i v, __mmask16 m) {
+    switch (type) {
+    case HW_I8: _mm_mask_storeu_epi8((int8_t *)p + i, m, _mm512_cvtepi32_epi8(v)); break;
+    case HW_U8: _mm_mask_storeu_epi8((uint8_t *)p + i, m, _mm512_cvtepi32_epi8(v)); break;
+    case HW_I16: _mm256_mask_storeu_epi16((int16_t *)p + i, m, _mm512_cvtepi32_epi16(v)); break;
+    default: _mm512_mask_storeu_epi32((int32_t *)p + i, m, v);
+    }
+}
+
+/* t[min(d, 32·blocks − 1)] for 16 int32 indices d >= 0 (t: 32·blocks int32, 64-byte blocks of 16) */
+AVX512 static inline __m512i v512_lookup(const int32_t *t, int blocks, __m512i d) {
+    __m512i r = _mm512_permutex2var_epi32(_mm512_load_si512((const void *)t), d,
+                                          _mm512_load_si512((const void *)(t + 16)));
+    for (int j = 1; j < blocks; j++) {
+        __mmask16 m = _mm512_cmpge_epi32_mask(d, _mm512_set1_epi32(32 * j));
+        r = _mm512_mask_mov_epi32(r, m, _mm512_permutex2var_epi32(_mm512_load_si512((const void *)(t + 32 * j)), d,
+                                                                  _mm512_load_si512((const void *)(t + 32 * j + 16))));
+    }
+    return r;
+}
+
+/* max and min byte of a 64-byte vector (unsigned) */
+AVX512 static inline void v512_minmax_epu8(__m512i hi, __m512i lo, int *mx, int *mn) {
+    __m256i h = _mm256_max_epu8(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1));
+    __m256i l = _mm256_min_epu8(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1));
+    __m128i h1 = _mm_max_epu8(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    __m128i l1 = _mm_min_epu8(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1));
+    for (int s = 8; s >= 1; s >>= 1) {
+        h1 = _mm_max_epu8(h1, _mm_srli_si128(h1, s)); /* the loop unrolls: constant byte shifts */
+        l1 = _mm_min_epu8(l1, _mm_srli_si128(l1, s));
+    }
+    *mx = _mm_extract_epi8(h1, 0);
+    *mn = _mm_extract_epi8(l1, 0);
+}
+
+/* Shiftmax on 8-bit rows, exactly restructured: with the row maximum mx every e = E[d], d = mx − x in
+   0..255, E[d] = shift_exp(−d) (one table per call, constant from D on: the clamp at n·x0), and every
+   output is a function of d given the row's factor: out = T[d], T[d] = clamp(rs(rs(E[d]·factor, 1, 46),
+   m0, shift)). A row takes its max and min (bytes, biased to unsigned), clamps d to R = min(D, mx − mn)
+   (exact: E and T are constant from D on, and no d exceeds mx − mn), sums E[d] by vpermt2d table lookups
+   (32 entries a lookup, ceil((R + 1)/32) of them) in int64 lanes, divides once, builds T[0..R] with
+   8-lane int64 arithmetic (E[d] <= Σe, so E[d]·factor <= 2^62; p <= 2^16, p·m0 < 2^48) and writes T[d]
+   by the same lookups. Needs E[0] = |x0|·2^n < 2^31 (int32 tables); 0 = not handled. */
+AVX512 static int shiftmax_avx512_8bit(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n,
+                                       int32_t m0, int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    if (shift_exp(0, x0, n) > INT32_MAX) return 0;
+    int64_t floor_x = (int64_t)n * x0, D = 0;
+    while (D < 255 && (-D + ((-D) >> 1) - ((-D) >> 4)) > floor_x) D++;
+    int32_t E[256] __attribute__((aligned(64))), T[256] __attribute__((aligned(64)));
+    for (int d = 0; d < 256; d++) E[d] = (int32_t)shift_exp(-d, x0, n);
+    const uint8_t bias = x_type == HW_I8 ? 0x80 : 0;
+    const __m512i flip = _mm512_set1_epi8((char)bias);
+    const __m512i half46 = _mm512_set1_epi64((int64_t)1 << (FACTOR_BITS - PROB_BITS - 1));
+    const __m512i m0v = _mm512_set1_epi64(m0), half = _mm512_set1_epi64(shift ? (int64_t)1 << (shift - 1) : 0);
+    const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *row = (const uint8_t *)x + r * C;
+        /* max and min of the biased bytes b = code − lo8 (order-preserving) */
+        const __m512i fill = _mm512_set1_epi8((char)row[0]);
+        __m512i vmax = _mm512_setzero_si512(), vmin = _mm512_set1_epi8((char)0xff);
+        for (int64_t k = 0; k < C; k += 64) {
+            __mmask64 m = C - k >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (C - k)) - 1;
+            __m512i v = _mm512_xor_si512(_mm512_mask_loadu_epi8(fill, m, row + k), flip);
+            vmax = _mm512_max_epu8(vmax, v);
+            vmin = _mm512_min_epu8(vmin, v);
+        }
+        int bmax, bmin;
+        v512_minmax_epu8(vmax, vmin, &bmax, &bmin);
+        int R = bmax - bmin < D ? bmax - bmin : (int)D;
+        int blocks = R / 32 + 1;
+        const __m128i mxb = _mm_set1_epi8((char)bmax), flip16 = _mm_set1_epi8((char)bias), rb = _mm_set1_epi8((char)R);
+#define SMAX_D(k, m) _mm512_cvtepu8_epi32(_mm_min_epu8(_mm_sub_epi8(mxb, _mm_xor_si128(_mm_maskz_loadu_epi8(m, row + (k)), flip16)), rb))
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t k = 0; k < C; k += 16) {
+            __mmask16 m = C - k >= 16 ? 0xffff : (__mmask16)((1u << (C - k)) - 1);
+            __m512i e = _mm512_maskz_mov_epi32(m, v512_lookup(E, blocks, SMAX_D(k, m)));
+            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
+            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
+        }
+        int64_t sum = _mm512_reduce_add_epi64(acc);
+        int64_t factor = ((int64_t)1 << FACTOR_BITS) / sum;
+        const __m512i f_lo = _mm512_set1_epi64(factor & 0xffffffff), f_hi = _mm512_set1_epi64(factor >> 32);
+        for (int d = 0; d < 32 * blocks; d += 8) {
+            __m512i e = _mm512_cvtepu32_epi64(_mm256_load_si256((const __m256i *)(E + d)));
+            __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(e, f_lo), _mm512_slli_epi64(_mm512_mul_epu32(e, f_hi), 32));
+            __m512i p = _mm512_srli_epi64(_mm512_add_epi64(prod, half46), FACTOR_BITS - PROB_BITS);
+            __m512i q = _mm512_srl_epi64(_mm512_add_epi64(_mm512_mul_epu32(p, m0v), half), count);
+            _mm256_store_si256((__m256i *)(T + d), _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(q, lo), hi)));
+        }
+        for (int64_t k = 0; k < C; k += 16) {
+            __mmask16 m = C - k >= 16 ? 0xffff : (__mmask16)((1u << (C - k)) - 1);
+            v512_store16(out, out_type, r * C + k, v512_lookup(T, blocks, SMAX_D(k, m)), m);
+        }
+#undef SMAX_D
+    }
+    return 1;
+}
 #endif
 
 /* ===== public entry points ======================================================================= */
@@ -614,6 +717,9 @@ void hw_shiftmax(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0,
                  int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
 #if HW_ROWS_X86
+    if (hw_isa() == HW_ISA_AVX512VNNI && (x_type == HW_I8 || x_type == HW_U8) &&
+        shiftmax_avx512_8bit(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type))
+        return;
     if (use_avx2() && shiftmax_avx2(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type)) return;
 #endif
     shiftmax_scalar(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type);
