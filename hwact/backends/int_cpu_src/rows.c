@@ -710,6 +710,80 @@ AVX512 static int shiftmax_avx512_8bit(const void *x, int x_type, int64_t rows, 
     }
     return 1;
 }
+
+/* 16 elements of `type` at p[i..] as int32 lanes saturated to int16 (lanes outside m: 0) */
+AVX512 static inline __m512i v512_load16_sat(const void *p, int type, int64_t i, __mmask16 m) {
+    switch (type) {
+    case HW_I8: return _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)p + i));
+    case HW_U8: return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)p + i));
+    case HW_I16: return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, (const int16_t *)p + i));
+    default:
+        return _mm512_min_epi32(_mm512_max_epi32(_mm512_maskz_loadu_epi32(m, (const int32_t *)p + i),
+                                                 _mm512_set1_epi32(SAT_MIN)), _mm512_set1_epi32(SAT_MAX));
+    }
+}
+
+/* I-LayerNorm, 16 lanes (the AVX2 path's bounds: P <= 14, k <= 2^16): sums in int32 lanes (C < 2^16:
+   |Σ x| < 2^31 per lane), d² in int64 lanes; z = floor((2kd + s) / 2s) from the product with the double
+   reciprocal of 2s (num < 2^47, the quotient < 2^18: relative error < 2^-51 puts its floor at z − 1, z
+   or z + 1) corrected both ways by the exact remainder num − q·2s (< 2^53); z·gamma + beta by vpmuldq,
+   acc·m0 by 32-bit halves, vpsraq. */
+AVX512 static void i_layernorm_avx512(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
+                                      const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0,
+                                      int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
+    const __m128i pcount = _mm_cvtsi32_si128(precision), count = _mm_cvtsi32_si128(shift);
+    const __m512i m0v = _mm512_set1_epi64(m0), half = _mm512_set1_epi64(shift ? (int64_t)1 << (shift - 1) : 0);
+    const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
+    const __m512d two_k = _mm512_set1_pd(2.0 * (double)k), one = _mm512_set1_pd(1.0);
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t base = r * C;
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t c = 0; c < C; c += 16) {
+            __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
+            acc = _mm512_add_epi32(acc, v512_load16_sat(x, x_type, base + c, m));
+        }
+        int64_t sum = shl(_mm512_reduce_add_epi32(acc), precision);
+        int64_t mean = floor_div(2 * sum + C, 2 * C);
+        const __m512i meanv = _mm512_set1_epi32((int32_t)mean);
+        __m512i sq = _mm512_setzero_si512();
+        for (int64_t c = 0; c < C; c += 16) {
+            __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
+            __m512i d = _mm512_maskz_sub_epi32(m, _mm512_sll_epi32(v512_load16_sat(x, x_type, base + c, m), pcount), meanv);
+            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(d, d));
+            __m512i dodd = _mm512_srli_epi64(d, 32);
+            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(dodd, dodd));
+        }
+        int64_t var = _mm512_reduce_add_epi64(sq) + shl(eps_int, 2 * precision);
+        if (var < 1) var = 1;
+        int64_t s = isqrt_newton(var);
+        const __m512d sd = _mm512_set1_pd((double)s), den = _mm512_set1_pd(2.0 * (double)s);
+        const __m512d inv = _mm512_set1_pd(1.0 / (2.0 * (double)s));
+        for (int64_t c = 0; c < C; c += 16) {
+            __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
+            __m512i d = _mm512_sub_epi32(_mm512_sll_epi32(v512_load16_sat(x, x_type, base + c, m), pcount), meanv);
+            __m256i res[2];
+            for (int h = 0; h < 2; h++) {
+                __mmask8 mh = (__mmask8)(m >> (8 * h));
+                __m512d num = _mm512_add_pd(_mm512_mul_pd(two_k, _mm512_cvtepi32_pd(
+                                                                     h ? _mm512_extracti64x4_epi64(d, 1)
+                                                                       : _mm512_castsi512_si256(d))), sd);
+                __m512d q = _mm512_roundscale_pd(_mm512_mul_pd(num, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+                __m512d rem = _mm512_sub_pd(num, _mm512_mul_pd(q, den));
+                q = _mm512_mask_sub_pd(q, _mm512_cmp_pd_mask(rem, _mm512_setzero_pd(), _CMP_LT_OQ), q, one);
+                q = _mm512_mask_add_pd(q, _mm512_cmp_pd_mask(rem, den, _CMP_GE_OQ), q, one);
+                __m512i z = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(q));
+                __m512i g = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, gamma + c + 8 * h));
+                __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, beta + c + 8 * h));
+                __m512i a = _mm512_add_epi64(_mm512_mul_epi32(z, g), b);
+                __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(a, m0v),
+                                                _mm512_slli_epi64(_mm512_mul_epi32(_mm512_srai_epi64(a, 32), m0v), 32));
+                __m512i o = _mm512_sra_epi64(_mm512_add_epi64(prod, half), count);
+                res[h] = _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(o, lo), hi));
+            }
+            v512_store16(out, out_type, base + c, _mm512_inserti64x4(_mm512_castsi256_si512(res[0]), res[1], 1), m);
+        }
+    }
+}
 #endif
 
 /* ===== public entry points ======================================================================= */
@@ -742,6 +816,11 @@ void hw_i_layernorm(const void *x, int x_type, int64_t rows, int64_t C, const in
                     int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
 #if HW_ROWS_X86
+    if (hw_isa() == HW_ISA_AVX512VNNI && precision <= 14 && k <= (1 << 16) && C < (1 << 16)) {
+        i_layernorm_avx512(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out,
+                           out_type);
+        return;
+    }
     if (use_avx2() && precision <= 14 && k <= (1 << 16)) {
         i_layernorm_avx2(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
         return;
