@@ -28,6 +28,9 @@ class Pass:
     # the options the pass reads, named as hwact convert's options (hwact.pipeline.ConvertOptions) plus
     # `calibration_batches` (given by the pass manager); its constructor takes them as keywords
     takes: ClassVar[tuple[str, ...]] = ()
+    # True for a pass that only adds metadata (calibrate): the manager then skips re-running the graph when
+    # module, code and tensors are provably unchanged
+    annotates_only: ClassVar[bool] = False
     note: str = ""   # set by a run that has something to say besides its count (shown in the report)
 
     def check(self, graph: Graph) -> list[str]:

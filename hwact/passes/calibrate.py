@@ -61,6 +61,7 @@ class Calibrate(Pass):
     takes = ("calibration_batches", "calib_method")
     preconditions = ("calibration batches are given",)
     tolerance = 0.0
+    annotates_only = True
 
     def __init__(self, calibration_batches: list[tuple] | None = None, calib_method: str = "minmax"):
         if calib_method not in METHODS:

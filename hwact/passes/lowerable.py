@@ -89,6 +89,7 @@ INT8_LOWERABLE: dict[str, str] = {
     "aten.pow.Tensor_Scalar": "canonicalize + shift-gelu",
     # explicit-padding: string padding to numbers (an even "same" kernel gets a zero constant_pad_nd)
     "aten.conv2d.padding": "explicit-padding + fold-quant-scales",
+    "aten.conv1d.padding": "explicit-padding + canonicalize + fold-quant-scales",
     # decompose-sdpa: q·kᵀ, scaling, masked fill, softmax, ·v
     "aten.scaled_dot_product_attention.default": "decompose-sdpa + fold-quant-scales + shiftmax",
     # cleanup: computed from constants only, folded offline
@@ -130,8 +131,8 @@ INT8_CONDITIONS: dict[str, str] = {
     "aten.alpha_dropout.default": "in eval mode (train=False: removed)",
     "aten.feature_alpha_dropout.default": "in eval mode (train=False: removed)",
     "aten.addmm.default": "with constant weight and bias (becomes a linear)",
-    "aten.conv1d.default": "with constant weights and numeric padding (becomes a conv2d); not with string "
-                           "padding (conv1d.padding)",
+    "aten.conv1d.default": "with constant weights (becomes a conv2d)",
+    "aten.conv1d.padding": "with constant weights; 'valid', or 'same' with stride 1 (becomes a conv2d)",
     "aten.adaptive_avg_pool2d.default": "to output size 1 (becomes a mean)",
     "aten.adaptive_avg_pool1d.default": "to output size 1 (becomes a mean)",
     "aten.avg_pool2d.default": "with one window over the whole input, no padding, no divisor override "

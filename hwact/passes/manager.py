@@ -241,7 +241,9 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
             record = PassRecord(name, 0, 0.0, 0.0, 1.0, 1.0, round(seconds, 4),
                                 "; ".join(filter(None, ["no change: nothing matched", the_pass.note])))
         else:
-            same = _same_computation(state_before, graph)   # metadata only (calibrate): nothing to run again
+            # a pass that declares it only annotates (calibrate), and left module, code and tensors as they
+            # were: nothing to run again (declared, because a write through .data escapes the version check)
+            same = the_pass.annotates_only and _same_computation(state_before, graph)
             after_outputs = before_outputs if same else _outputs(graph, batches, where)
             broken = nonfinite_batch(after_outputs)
             if broken is not None:

@@ -24,7 +24,9 @@ class Recipe:
     postconditions: tuple[str, ...] = ()
 
 
-INTEGER_PREPARE = ("canonicalize", "decompose-sdpa", "explicit-padding", "fold-bn", "fold-layer-scale", "cleanup")
+# explicit-padding first (a conv with string padding gets numbers), fold-bn before canonicalize turns a conv1d into
+# a conv2d (a BatchNorm1d after it would then sit behind a squeeze)
+INTEGER_PREPARE = ("explicit-padding", "fold-bn", "canonicalize", "decompose-sdpa", "fold-layer-scale", "cleanup")
 
 RECIPES: dict[str, Recipe] = {
     "none": Recipe(()),
