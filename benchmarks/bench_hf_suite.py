@@ -36,11 +36,7 @@ GOAL_SECONDS, GOAL_COSINE = 30.0, 0.99
 
 
 def measure(name: str, root: Path) -> list[dict]:
-    pt2 = root / f"{name}.pt2"
-    torch.export.save(hf_suite.export(name), pt2)
-    calib = root / f"{name}_calib.npz"
-    hf_suite.save_inputs(name, calib, samples=16, seed=0)
-    held_out = hf_suite.save_inputs(name, root / f"{name}_held_out.npz", samples=64, seed=1)
+    pt2, calib, held_out = hf_suite.save_files(name, root, calibration=16, held_out=64)
     rows = []
     for recipe in RECIPES:
         out = root / f"{name}_{recipe}"

@@ -195,3 +195,16 @@ def onnx_outputs(onnx_path, arrays: dict):
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = {i.name: arrays[i.name] for i in session.get_inputs()}
     return session.run(None, feeds)[0]
+
+
+def save_files(name: str, folder, calibration: int = 16, held_out: int = 0) -> tuple:
+    """Export `name` into folder/<name>.pt2 and write its calibration .npz (seed 0); with held_out > 0 also
+    held-out inputs (seed 1). Returns (pt2 path, calibration path, held-out arrays or None)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    pt2, calib = folder / f"{name}.pt2", folder / f"{name}_calib.npz"
+    torch.export.save(export(name), pt2)
+    save_inputs(name, calib, samples=calibration, seed=0)
+    arrays = save_inputs(name, folder / f"{name}_held_out.npz", samples=held_out, seed=1) if held_out else None
+    return pt2, calib, arrays

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 hf_suite = pytest.importorskip("hwact.hf_suite")
 pytest.importorskip("transformers")
@@ -32,12 +31,7 @@ def exported(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            pt2 = root / f"{name}.pt2"
-            torch.export.save(hf_suite.export(name), pt2)
-            calib = root / f"{name}_calib.npz"
-            hf_suite.save_inputs(name, calib, samples=16, seed=0)
-            held_out = hf_suite.save_inputs(name, root / f"{name}_held_out.npz", samples=32, seed=1)
-            cache[name] = (pt2, calib, held_out)
+            cache[name] = hf_suite.save_files(name, root, calibration=16, held_out=32)
         return cache[name]
 
     return get

@@ -160,11 +160,7 @@ def hf_exported(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            pt2 = root / f"{name}.pt2"
-            torch.export.save(hf_suite.export(name), pt2)
-            calib = root / f"{name}_calib.npz"
-            hf_suite.save_inputs(name, calib, samples=4, seed=0)
-            cache[name] = (pt2, calib)
+            cache[name] = hf_suite.save_files(name, root, calibration=4)[:2]
         return cache[name]
 
     return get
