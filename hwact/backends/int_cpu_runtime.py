@@ -28,6 +28,7 @@ from hwact.ir.int_ops import dyadic
 hw = torch.ops.hwact
 TORCH_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
                "float32": torch.float32}
+ROWS_PER_THREAD = 128
 KERNEL_TYPE = {torch.int8: 0, torch.uint8: 1, torch.int16: 2, torch.int32: 3}
 
 
@@ -121,6 +122,11 @@ class IntCpuProgram:
     def _out(self, step, shape) -> torch.Tensor:
         return torch.empty(tuple(shape), dtype=TORCH_TYPES[step.out_type])
 
+    def _threads_for(self, rows: int) -> int:
+        """Threads for a GEMM of `rows` rows: the kernels start their threads per call, which costs more
+        than it saves below ROWS_PER_THREAD rows each."""
+        return max(1, min(self.threads, rows // ROWS_PER_THREAD))
+
     def _memo(self, key, make):
         if key not in self.memo:
             self.memo[key] = make()
@@ -169,7 +175,7 @@ class IntCpuProgram:
         out = self._out(step, (*x.shape[:-1], n))
         self.lib.hw_linear(_ptr(x), KERNEL_TYPE[x.dtype], rows, k, k, packed, n, _ptr(bias_c), _ptr(m0_c),
                            _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out), KERNEL_TYPE[out.dtype], n, 1,
-                           self.threads)
+                           self._threads_for(rows))
         return out
 
     def _conv2d(self, step, q, weight, bias, m0, shift, stride, padding, dilation, groups, unsigned_input, qmin, qmax):
@@ -189,6 +195,20 @@ class IntCpuProgram:
                                              _ptr(out[image]), KERNEL_TYPE[out.dtype])
             return out
         per_group = c_out // groups
+        if groups == 1:   # every image's patches in one GEMM (N·OH·OW rows), NHWC result moved to NCHW once
+            packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+            pixels = oh * ow
+            columns = torch.empty((batch * pixels, k), dtype=x.dtype)
+            for image in range(batch):
+                self.lib.hw_im2col(_ptr(x[image]), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry,
+                                   _ptr(columns[image * pixels]))
+            rows_out = torch.empty((batch * pixels, c_out), dtype=out.dtype)
+            self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], batch * pixels, k, k, packed, c_out, _ptr(bias_c),
+                               _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(rows_out),
+                               KERNEL_TYPE[out.dtype], c_out, 1, self._threads_for(batch * pixels))
+            out.copy_(rows_out.view(batch, oh, ow, c_out).permute(0, 3, 1, 2))
+            return out
         columns = torch.empty((oh * ow, c_in * kh * kw), dtype=x.dtype)
         for group in range(groups):
             lo, hi = group * per_group, (group + 1) * per_group
@@ -199,7 +219,7 @@ class IntCpuProgram:
                 self.lib.hw_im2col(_ptr(source), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry, _ptr(columns))
                 self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], oh * ow, k, k, packed, per_group, _ptr(bias_c),
                                    _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out[image, lo]),
-                                   KERNEL_TYPE[out.dtype], 1, oh * ow, self.threads)
+                                   KERNEL_TYPE[out.dtype], 1, oh * ow, self._threads_for(oh * ow))
         return out
 
     def _matmul(self, step, a, b, a_unsigned, b_unsigned, multiplier, qmin, qmax):
@@ -212,7 +232,7 @@ class IntCpuProgram:
         out = self._out(step, (*batch_shape, rows, cols))
         self.lib.hw_matmul(_ptr(a3), KERNEL_TYPE[a3.dtype], *a3.stride(), _ptr(b3), KERNEL_TYPE[b3.dtype], *b3.stride(),
                            a3.shape[0], rows, depth, cols, m0, shift, int(qmin), int(qmax), _ptr(out),
-                           KERNEL_TYPE[out.dtype], self.threads)
+                           KERNEL_TYPE[out.dtype], self._threads_for(a3.shape[0] * rows))
         return out
 
     def _binary(self, step, a, b):
