@@ -70,10 +70,11 @@ def test_the_table_names_the_newer_lowerings():
                 "aten.addmm.default": "canonicalize + fold-quant-scales",
                 "aten.split.Tensor": "canonicalize + fold-quant-scales",
                 "aten.add_.Tensor": "canonicalize + fold-quant-scales",
-                "aten.conv2d.padding": "explicit-padding + fold-quant-scales"}
+                "aten.conv2d.padding": "explicit-padding + fold-quant-scales",
+                "aten.conv1d.padding": "explicit-padding + canonicalize + fold-quant-scales"}
     assert {op: INT8_LOWERABLE.get(op) for op in expected} == expected
     assert "-inf" in INT8_CONDITIONS["aten.where.ScalarOther"]
-    for op in ("aten.sub.Tensor", "aten.exp.default", "aten.conv1d.padding", "aten.repeat_interleave.self_int"):
+    for op in ("aten.sub.Tensor", "aten.exp.default", "aten.repeat_interleave.self_int"):
         assert lowering_advice(op) == "no integer lowering exists for this op"
 
 

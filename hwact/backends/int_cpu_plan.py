@@ -171,10 +171,15 @@ def make_plan(graph: Graph) -> Plan:
 
 
 def _widest(types: list[str]) -> str:
-    codes = [t for t in types if t in STORAGE[:4]]
+    """The storage type that holds every code of `types` (int8 with uint8 needs int16)."""
+    codes = {t for t in types if t in STORAGE[:4]}
     if not codes:
         return types[0]
-    return max(codes, key=lambda t: (t != "int8" and t != "uint8", t == "int32", t == "int16"))
+    if "int32" in codes:
+        return "int32"
+    if "int16" in codes or codes == {"int8", "uint8"}:
+        return "int16"
+    return codes.pop()
 
 
 def write_plan(plan: Plan, outdir: Path) -> list[str]:
