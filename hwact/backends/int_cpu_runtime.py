@@ -21,7 +21,7 @@ import torch
 import torch.fx
 
 from hwact.backends.int_cpu_plan import Const, Plan, Ref
-from hwact.errors import UnsupportedError
+from hwact.errors import InputError, UnsupportedError
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, layernorm_constants, softmax_constants
 from hwact.ir.int_ops import dyadic
 
@@ -45,6 +45,17 @@ def _codes(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dtype not in KERNEL_TYPE:
         tensor = tensor.to(torch.int32)
     return tensor.contiguous()
+
+
+def _check(condition: bool, step, what: str) -> None:
+    """A plan read from a folder is hostile: every shape a kernel relies on is checked before the call (a C
+    kernel given a wrong size would read or write outside its arrays)."""
+    if not condition:
+        raise InputError(f"plan step {step.name} ({step.op_name}): {what}")
+
+
+def _eight_bit(step, x: torch.Tensor) -> None:
+    _check(x.dtype in (torch.int8, torch.uint8), step, f"takes 8-bit codes, got {x.dtype}")
 
 
 def broadcast_pattern(shape: tuple, small: tuple) -> tuple[int, int] | None:
@@ -164,13 +175,19 @@ class IntCpuProgram:
         return self.packed[key]
 
     def _epilogue(self, step, bias, m0, shift, start=0, stop=None):
+        wanted = (stop if stop is not None else bias.numel()) - start
+        _check(all(t.numel() >= start + wanted for t in (bias, m0, shift)) and wanted > 0, step,
+               "bias, m0 and shift need one value per output channel")
         return self._memo((step.name, "epi", start), lambda: (_int32(bias[start:stop]), _int32(m0[start:stop]),
                                                               _int32(shift[start:stop])))
 
     def _linear(self, step, q, weight, bias, m0, shift, unsigned_input, qmin, qmax):
         x = _codes(q)
+        _eight_bit(step, x)
+        _check(weight.dim() == 2 and x.dim() >= 1 and x.shape[-1] == weight.shape[1] and weight.shape[0] > 0, step,
+               f"input {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
         packed, n, k = self._pack(step.name, weight)
-        bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+        bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, n)
         rows = x.numel() // k
         out = self._out(step, (*x.shape[:-1], n))
         self.lib.hw_linear(_ptr(x), KERNEL_TYPE[x.dtype], rows, k, k, packed, n, _ptr(bias_c), _ptr(m0_c),
@@ -180,15 +197,21 @@ class IntCpuProgram:
 
     def _conv2d(self, step, q, weight, bias, m0, shift, stride, padding, dilation, groups, unsigned_input, qmin, qmax):
         x = _codes(q)
+        _eight_bit(step, x)
+        _check(x.dim() == 4 and weight.dim() == 4 and min(weight.shape) > 0 and groups >= 1
+               and weight.shape[0] % groups == 0 and x.shape[1] == weight.shape[1] * groups, step,
+               f"input {tuple(x.shape)} does not match weight {tuple(weight.shape)} with {groups} groups")
+        _check(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0, step, "stride, dilation, padding")
         batch, channels, height, width = x.shape
         c_out, c_in, kh, kw = weight.shape
         oh = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        _check(oh >= 1 and ow >= 1, step, "the kernel is larger than the padded input")
         out = self._out(step, (batch, c_out, oh, ow))
         geometry = (kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
         if groups == channels == c_out and c_in == 1:
             w = self._memo((step.name, "dw"), lambda: weight.to(torch.int8).reshape(c_out, kh, kw).contiguous())
-            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
             for image in range(batch):
                 self.lib.hw_depthwise_conv2d(_ptr(x[image]), KERNEL_TYPE[x.dtype], channels, height, width, _ptr(w),
                                              *geometry, _ptr(bias_c), _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax),
@@ -197,7 +220,7 @@ class IntCpuProgram:
         per_group = c_out // groups
         if groups == 1:   # every image's patches in one GEMM (N·OH·OW rows), NHWC result moved to NCHW once
             packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
-            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift)
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
             pixels = oh * ow
             columns = torch.empty((batch * pixels, k), dtype=x.dtype)
             for image in range(batch):
@@ -223,7 +246,10 @@ class IntCpuProgram:
         return out
 
     def _matmul(self, step, a, b, a_unsigned, b_unsigned, multiplier, qmin, qmax):
-        a, b = (t if t.dtype in KERNEL_TYPE else t.to(torch.int32) for t in (a, b))
+        _eight_bit(step, a)
+        _eight_bit(step, b)
+        _check(a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2], step,
+               f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
         batch_shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         rows, depth, cols = a.shape[-2], a.shape[-1], b.shape[-1]
         a3 = a.expand(*batch_shape, rows, depth).reshape(-1, rows, depth)
@@ -278,6 +304,7 @@ class IntCpuProgram:
     def _lut(self, step, q, table, in_qmin, qmin, qmax):
         x = _codes(q)
         table_c = self._memo((step.name, "table"), lambda: _int32(table))
+        _check(table_c.dim() == 1 and 1 <= table_c.numel() <= 65536, step, "a table of 1 to 65536 entries")
         out = self._out(step, x.shape)
         self.lib.hw_lut(_ptr(x), KERNEL_TYPE[x.dtype], x.numel(), _ptr(table_c), int(in_qmin), table_c.numel(),
                         int(qmin), int(qmax), _ptr(out), KERNEL_TYPE[out.dtype])
@@ -285,19 +312,23 @@ class IntCpuProgram:
 
     def _max_pool2d(self, step, q, kernel, stride, padding, unsigned_input):
         x = _codes(q)
+        _check(x.dim() == 4 and min(kernel) >= 1 and min(stride) >= 1 and min(padding) >= 0
+               and 2 * max(padding) <= min(kernel), step, "pooling geometry")
         batch, channels, height, width = x.shape
         oh = (height + 2 * padding[0] - kernel[0]) // stride[0] + 1
         ow = (width + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        _check(oh >= 1 and ow >= 1, step, "the window is larger than the padded input")
         out = torch.empty((batch, channels, oh, ow), dtype=x.dtype)
         self.lib.hw_max_pool2d(_ptr(x), KERNEL_TYPE[x.dtype], batch * channels, height, width, kernel[0], kernel[1],
                                stride[0], stride[1], padding[0], padding[1], _ptr(out), KERNEL_TYPE[out.dtype])
         return out
 
     def _embedding(self, step, table, ids):
+        _check(table.dim() == 2, step, "the table must be (rows, dim)")
         table_c = self._memo((step.name, "table"), lambda: table.to(torch.int8).contiguous())
         index = ids.to(torch.int64).contiguous()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= table_c.shape[0]):
-            raise IndexError(f"{step.name}: token ids must lie in [0, {table_c.shape[0]})")
+        _check(not index.numel() or (int(index.min()) >= 0 and int(index.max()) < table_c.shape[0]), step,
+               f"token ids must lie in [0, {table_c.shape[0]})")
         out = self._out(step, (*index.shape, table_c.shape[1]))
         self.lib.hw_embedding(_ptr(table_c), table_c.shape[0], table_c.shape[1], _ptr(index), index.numel(),
                               _ptr(out), KERNEL_TYPE[out.dtype])
@@ -333,6 +364,8 @@ class IntCpuProgram:
     def _layernorm(self, step, q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, qmin, qmax):
         x = _codes(q)
         channels = x.shape[-1]
+        _check(gamma_int.numel() == channels and beta_int.numel() == channels, step,
+               "gamma and beta need one value per channel")
         k, eps_int, precision, m0, shift = self._memo(
             (step.name, "c"), lambda: layernorm_constants(channels, in_scale, out_scale, gamma_scale, eps))
         gamma_c, beta_c = self._memo((step.name, "gb"), lambda: (_int32(gamma_int), _int32(beta_int)))

@@ -156,3 +156,21 @@ def test_an_arm_target_cross_compiles_the_runtime(cli, tmp_path):
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183   # EM_AARCH64
     section = json.loads((out / "report.json").read_text())["int_cpu"]
     assert section["arch"] == "aarch64" and section["verified"] is False and "not run" in section["reason"]
+
+
+def test_a_plan_whose_shapes_do_not_fit_is_refused_before_a_kernel_runs(converted, tmp_path):
+    """constants.npz is hostile too: a weight one column short would make the GEMM read past the input."""
+    import numpy as np
+
+    from hwact.backends.int_cpu import open_program
+
+    folder = _copy(converted, tmp_path)
+    plan = json.loads((folder / "plan.json").read_text())
+    linear = next(step for step in plan["steps"] if step["op"] == "hwact.int_linear.default")
+    key = linear["args"][1]["const"]
+    arrays = dict(np.load(folder / "constants.npz"))
+    arrays[key] = arrays[key][:, :-1].copy()
+    np.savez(folder / "constants.npz", **arrays)
+    program = open_program(folder)
+    with pytest.raises(InputError, match=f"plan step {linear['name']} .*does not match weight"):
+        program(torch.randn(2, 3, 32, 32))          # zoo:vit-tiny's input
