@@ -25,23 +25,11 @@ import numpy as np
 import torch
 
 from hwact.backends.int_cpu import open_program
+from hwact.bench.int_cpu_bench import ProgramRunner
 from hwact.bench.ort_runner import make_runner, measure
 from hwact.report import machine
 
 HWACT = str(Path(sys.executable).with_name("hwact"))
-
-
-class RuntimeRunner:
-    path = "hwact int-cpu"
-
-    def __init__(self, program, feeds):
-        self.program = program
-        self.inputs = [torch.from_numpy(feeds[name]) for name in program.plan.inputs]
-
-    def __call__(self) -> float:
-        start = time.perf_counter()
-        self.program(*self.inputs)
-        return time.perf_counter() - start
 
 
 def prepare(model: str, root: Path) -> dict:
@@ -84,7 +72,7 @@ def run(model: str, batch: int, threads: int, files: dict, seconds: float) -> di
     program = open_program(files["converted"], threads)
     integer = make_runner(files["converted"] / "model.onnx", batch, threads)
     feeds = {k: np.ascontiguousarray(v) for k, v in integer.feeds.items()}
-    runners = [RuntimeRunner(program, feeds), make_runner(files["fp32"], batch, threads),
+    runners = [ProgramRunner(program, feeds), make_runner(files["fp32"], batch, threads),
                make_runner(files["qdq"], batch, threads), integer]
     for runner in runners[1:]:
         runner.feeds = {name: feeds[name] for name in runner.feeds}

@@ -201,7 +201,8 @@ def read_plan(outdir: Path) -> Plan:
     if not isinstance(body, dict) or body.get("format") != FORMAT or body.get("version") != VERSION:
         raise InputError(f"{path}: not an hwact integer CPU plan (version {VERSION})")
     constants = load_arrays(Path(outdir) / "constants.npz", ANY)
-    known = set(_strings(body.get("inputs"), path, "inputs"))
+    inputs = _strings(body.get("inputs"), path, "inputs")
+    known = set(inputs)
     steps, kernels = [], kernel_ops()
     for index, raw in enumerate(body.get("steps") or []):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -222,7 +223,7 @@ def read_plan(outdir: Path) -> Plan:
     outputs = _strings(body.get("outputs"), path, "outputs")
     if not outputs or any(o not in known for o in outputs):
         raise InputError(f"{path}: outputs {outputs} are not steps of the plan")
-    return Plan(sorted(known & set(body["inputs"]), key=body["inputs"].index), outputs, steps, constants)
+    return Plan(inputs, outputs, steps, constants)
 
 
 def _strings(value, path, what) -> list[str]:
