@@ -204,6 +204,18 @@ def test_bert_folder_converts_with_named_input_shape(folders, tmp_path, cli):
     assert report["onnx"]["ort_max_abs_err"] < 1e-4
 
 
+def test_bert_folder_converts_integer_only(folders, tmp_path, cli):
+    """The issue's path end to end: a save_pretrained folder in, an integer-only model out (ONNX bit-exact,
+    hwact's integer CPU runtime bit-exact too)."""
+    folder, _, _ = folders["bert"]
+    code, stdout, stderr = cli("convert", folder, "--recipe", "int8-shiftgelu", "--input-shape", "input_ids=1x16",
+                               "-o", tmp_path / "int")
+    assert code == 0, stdout + stderr
+    report = json.loads((tmp_path / "int" / "report.json").read_text())
+    assert report["integer"]["float_nodes"] == [] and report["onnx"]["bit_exact"] is True
+    assert report["int_cpu"]["bit_exact"] is True
+
+
 def test_sharded_safetensors_folder_loads(folders, tmp_path):
     _, model, entry = folders["vit"]
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
