@@ -84,8 +84,10 @@ class IntCpuBackend(Backend):
             return {"verified": False, "reason": f"built for {arch} on a {host_arch()} host: compiled, not run"}
         program = open_program(outdir, int(context.options["threads"] or 1))
         isa = ISA_NAMES.get(int(program.lib.hw_isa()), "unknown")
+        batches = list(context.batches)
         with torch.no_grad():
-            for index, batch in enumerate(context.batches):
+            # the first batch runs again at the end: its first run laid out the arena, the second uses it
+            for index, batch in [*enumerate(batches), (0, batches[0])]:
                 expected = graph(*batch)
                 expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
                 produced = program(*batch)
@@ -94,8 +96,13 @@ class IntCpuBackend(Backend):
                         error = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else None
                         raise VerificationError(f"int-cpu: output {which} differs from the integer reference on "
                                                 f"calibration batch {index} ({isa} path; max |err| {error})")
-        context.log(f"  int-cpu ({isa}) vs integer reference: bit-exact on {len(context.batches)} batches")
-        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(context.batches)}
+        layout = program.layout(*(tuple(value.shape) for value in batches[0]))
+        context.log(f"  int-cpu ({isa}) vs integer reference: bit-exact on {len(batches)} batches; "
+                    f"activation arena {layout.arena_bytes / 2**20:.2f} MiB at batch {len(batches[0][0])}")
+        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(batches),
+                "arena": {"input_shapes": [list(value.shape) for value in batches[0]], "bytes": layout.arena_bytes,
+                          "activation_bytes_without_reuse": layout.activation_bytes,
+                          "buffers": len(layout.offsets)}}
 
     @classmethod
     def bench(cls, outdir: Path, request: BenchRequest) -> dict:

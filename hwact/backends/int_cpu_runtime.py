@@ -7,19 +7,28 @@ int16, int32: the plan's out_type), so an 8-bit activation moves one byte per va
 kernel needs besides its inputs (dyadic m0/shift, exponent zero points, LayerNorm constants) is derived
 once with the functions the op's Python reference uses, and weights are packed once for the ISA in use.
 
+Memory (hwact/backends/int_cpu_memory.py): the first run for a set of input shapes records every kernel
+output's size and lifetime and checks every step's size; later runs with those shapes write the kernel
+outputs into one static arena laid out from that record. A program is not re-entrant (one arena): calls
+are serialized by a lock; use one program per thread for parallel calls.
+
     program = IntCpuProgram(read_plan(folder), load(build()), threads=2)
     logits = program(pixel_values)           # numpy or torch in, torch tensors out
+    program.layout(pixel_values.shape)       # the arena of that shape: arena_bytes, activation_bytes
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import threading
 
 import numpy as np
 import torch
 import torch.fx
 
+from hwact.backends.int_cpu_memory import (ArenaLayout, Buffer, check_size, check_torch_step, memory_limit_bytes,
+                                            place, storages)
 from hwact.backends.int_cpu_plan import Const, Plan, Ref
 from hwact.errors import InputError, UnsupportedError
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, layernorm_constants, softmax_constants
@@ -77,6 +86,11 @@ class IntCpuProgram:
         self.constants = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in plan.constants.items()}
         self.packed: dict[tuple, tuple] = {}
         self.memo: dict[tuple, tuple] = {}
+        self.layouts: dict[tuple, tuple[ArenaLayout, torch.Tensor]] = {}   # input shapes -> (layout, arena)
+        self.memory_limit = memory_limit_bytes()
+        self.lock = threading.Lock()
+        self._layout = self._arena = self._record = None
+        self._index = 0
         self.kernels = {hw.quantize.default: self._quantize, hw.dequantize.default: self._dequantize,
                         hw.requantize.default: self._requantize, hw.int_linear.default: self._linear,
                         hw.int_conv2d.default: self._conv2d, hw.int_matmul.default: self._matmul,
@@ -92,18 +106,59 @@ class IntCpuProgram:
     # ----- running -------------------------------------------------------------------------------
     def __call__(self, *inputs) -> list[torch.Tensor]:
         env = {name: torch.as_tensor(value) for name, value in zip(self.plan.inputs, inputs)}
+        signature = tuple((tuple(value.shape), value.dtype) for value in env.values())
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)   # the torch steps are small views and copies: threads only contend
         try:
-            with torch.no_grad():
-                for step in self.plan.steps:
-                    args = self._resolve(step.args, env)
-                    kwargs = self._resolve(step.kwargs, env)
-                    kernel = self.kernels.get(step.op)
-                    env[step.name] = kernel(step, *args, **kwargs) if kernel else self._torch_op(step, args, kwargs)
+            with self.lock, torch.no_grad():
+                if signature in self.layouts:
+                    self._layout, self._arena = self.layouts[signature]
+                    return self._run(env, record=None)
+                self._layout = self._arena = None
+                record = {"allocations": {}, "last_use": {}}
+                outputs = self._run(env, record)
+                layout = self._plan_arena(record, storages(outputs))
+                self.layouts[signature] = (layout, torch.empty(max(1, layout.arena_bytes), dtype=torch.uint8))
+                return outputs
         finally:
+            self._layout = self._arena = None
             torch.set_num_threads(torch_threads)
+
+    def layout(self, *input_shapes) -> ArenaLayout | None:
+        """The arena laid out for inputs of these shapes (after a first run with them), else None."""
+        for signature, (layout, _) in self.layouts.items():
+            if tuple(shape for shape, _ in signature) == tuple(tuple(shape) for shape in input_shapes):
+                return layout
+        return None
+
+    def _run(self, env: dict, record: dict | None) -> list[torch.Tensor]:
+        """Every step in order. With `record` (the first run of a shape): each torch step's size is checked on
+        meta tensors first, and every kernel output's allocation and last reader are noted."""
+        for index, step in enumerate(self.plan.steps):
+            self._index = index
+            args = self._resolve(step.args, env)
+            kwargs = self._resolve(step.kwargs, env)
+            kernel = self.kernels.get(step.op)
+            if record is not None:
+                for address in storages((args, kwargs)):
+                    record["last_use"][address] = index
+                if kernel is None:
+                    check_torch_step(step, args, kwargs, self.memory_limit)
+                self._record = record["allocations"].setdefault(index, [])
+            env[step.name] = kernel(step, *args, **kwargs) if kernel else self._torch_op(step, args, kwargs)
+        self._record = None
         return [env[name] for name in self.plan.outputs]
+
+    @staticmethod
+    def _plan_arena(record: dict, returned: set[int]) -> ArenaLayout:
+        """The arena of the kernel outputs one recorded run made (int_cpu_memory.place), leaving out those
+        the caller gets back and steps that allocated more than once."""
+        buffers = []
+        for index, allocations in record["allocations"].items():
+            if len(allocations) == 1 and allocations[0][0] not in returned:
+                address, nbytes = allocations[0]
+                buffers.append(Buffer(index, nbytes, index, max(index, record["last_use"].get(address, index))))
+        return place(buffers)
 
     @staticmethod
     def _torch_op(step, args, kwargs):
@@ -130,8 +185,25 @@ class IntCpuProgram:
             return {k: self._resolve(v, env) for k, v in value.items()}
         return value
 
-    def _out(self, step, shape) -> torch.Tensor:
-        return torch.empty(tuple(shape), dtype=TORCH_TYPES[step.out_type])
+    def _out(self, step, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The step's output: its slice of the arena when one is laid out for these shapes, else new memory
+        (whose address and size the recording run notes)."""
+        dtype = dtype or TORCH_TYPES[step.out_type]
+        shape = tuple(int(size) for size in shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self._layout is not None and self._index in self._layout.offsets:
+            offset, planned = self._layout.offsets[self._index]
+            if planned == nbytes:
+                return self._arena[offset:offset + nbytes].view(dtype).view(shape)
+        out = self._scratch(step, shape, dtype)
+        if self._record is not None:
+            self._record.append((out.untyped_storage().data_ptr(), nbytes))
+        return out
+
+    def _scratch(self, step, shape, dtype: torch.dtype) -> torch.Tensor:
+        """New memory for a step, refused when it is larger than one step may use."""
+        check_size(step, shape, dtype, self.memory_limit)
+        return torch.empty(tuple(shape), dtype=dtype)
 
     def _threads_for(self, rows: int) -> int:
         """Threads for a GEMM of `rows` rows: the kernels start their threads per call, which costs more
@@ -152,7 +224,7 @@ class IntCpuProgram:
 
     def _dequantize(self, step, q, scale):
         q = _codes(q)
-        out = torch.empty(q.shape, dtype=torch.float32)
+        out = self._out(step, q.shape, torch.float32)
         self.lib.hw_dequantize(_ptr(q), KERNEL_TYPE[q.dtype], q.numel(), float(scale), _ptr(out))
         return out
 
@@ -222,17 +294,17 @@ class IntCpuProgram:
             packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
             bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
             pixels = oh * ow
-            columns = torch.empty((batch * pixels, k), dtype=x.dtype)
+            columns = self._scratch(step, (batch * pixels, k), x.dtype)
             for image in range(batch):
                 self.lib.hw_im2col(_ptr(x[image]), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry,
                                    _ptr(columns[image * pixels]))
-            rows_out = torch.empty((batch * pixels, c_out), dtype=out.dtype)
+            rows_out = self._scratch(step, (batch * pixels, c_out), out.dtype)
             self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], batch * pixels, k, k, packed, c_out, _ptr(bias_c),
                                _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(rows_out),
                                KERNEL_TYPE[out.dtype], c_out, 1, self._threads_for(batch * pixels))
             out.copy_(rows_out.view(batch, oh, ow, c_out).permute(0, 3, 1, 2))
             return out
-        columns = torch.empty((oh * ow, c_in * kh * kw), dtype=x.dtype)
+        columns = self._scratch(step, (oh * ow, c_in * kh * kw), x.dtype)
         for group in range(groups):
             lo, hi = group * per_group, (group + 1) * per_group
             packed, _, k = self._pack((step.name, group), weight[lo:hi].reshape(per_group, -1))
@@ -252,6 +324,8 @@ class IntCpuProgram:
                f"shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")
         batch_shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         rows, depth, cols = a.shape[-2], a.shape[-1], b.shape[-1]
+        for shape in ((*batch_shape, rows, depth), (*batch_shape, depth, cols)):
+            check_size(step, shape, torch.int16, self.memory_limit)   # the operands may be copied, as int16 at most
         a3 = a.expand(*batch_shape, rows, depth).reshape(-1, rows, depth)
         b3 = b.expand(*batch_shape, depth, cols).reshape(-1, depth, cols)
         m0, shift = dyadic(multiplier)
@@ -264,6 +338,7 @@ class IntCpuProgram:
     def _binary(self, step, a, b):
         """(a, b, swapped, div, mod, out): a has the output's shape, b is broadcast by (div, mod)."""
         shape = torch.broadcast_shapes(a.shape, b.shape)
+        check_size(step, shape, torch.int32, self.memory_limit)       # operands may be expanded and copied
         swapped = tuple(a.shape) != tuple(shape)
         if swapped:
             a, b = b, a
@@ -291,6 +366,7 @@ class IntCpuProgram:
 
     def _mask(self, step, q, keep, fill, qmax=None):
         shape = torch.broadcast_shapes(q.shape, keep.shape)
+        check_size(step, shape, torch.int32, self.memory_limit)
         x = _codes(q.expand(shape))
         pattern = broadcast_pattern(tuple(shape), tuple(keep.shape))
         if pattern is None:
@@ -318,7 +394,7 @@ class IntCpuProgram:
         oh = (height + 2 * padding[0] - kernel[0]) // stride[0] + 1
         ow = (width + 2 * padding[1] - kernel[1]) // stride[1] + 1
         _check(oh >= 1 and ow >= 1, step, "the window is larger than the padded input")
-        out = torch.empty((batch, channels, oh, ow), dtype=x.dtype)
+        out = self._out(step, (batch, channels, oh, ow), x.dtype)
         self.lib.hw_max_pool2d(_ptr(x), KERNEL_TYPE[x.dtype], batch * channels, height, width, kernel[0], kernel[1],
                                stride[0], stride[1], padding[0], padding[1], _ptr(out), KERNEL_TYPE[out.dtype])
         return out
