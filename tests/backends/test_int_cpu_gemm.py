@@ -1,6 +1,6 @@
 """Integer CPU runtime, GEMM family (gemm.c, isa.c): hw_linear / hw_matmul / hw_im2col /
 hw_depthwise_conv2d bit-exact (tolerance 0) with the Python references in hwact.ir.int_ops, on every ISA
-path this machine has (scalar included), with 1 and 2 threads; the aarch64 build compiles, and under
+path this machine has (scalar included), with 1, 2 and 3 threads (the worker pool); the aarch64 build compiles, and under
 qemu-aarch64 its NEON and dot-product paths are bit-exact too."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from hwact.ir import int_ops
 I8, U8, I16, I32 = 0, 1, 2, 3
 NP_TYPES = {I8: np.int8, U8: np.uint8, I16: np.int16, I32: np.int32}
 BOUNDS = {I8: (-128, 127), U8: (0, 255), I16: (-32768, 32767), I32: (-(1 << 31), (1 << 31) - 1)}
-OWN_SOURCES = ("isa.c", "gemm.c")
+OWN_SOURCES = ("isa.c", "gemm.c", "pool.c")
 
 
 def _private_build(arch: str, folder: Path) -> Path:
-    """isa.c + gemm.c alone, with the library's flags (while another kernel file does not build)."""
+    """isa.c + gemm.c + pool.c alone, with the library's flags (while another kernel file does not build)."""
     compiler = int_cpu_lib.COMPILERS[arch]
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not installed")
@@ -94,7 +94,7 @@ def check_all(lib, isas, a, unsigned, w, bias, m0, shift, qmin, qmax, out_type=I
               nchw=False):
     expected = ref_linear(a, w, bias, m0, shift, unsigned, qmin, qmax, lut, lut_min)
     for isa in isas:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             got = run_linear(lib, isa, a, U8 if unsigned else I8, w, bias, m0, shift, qmin, qmax, out_type, lut,
                              lut_min, nchw, threads)
             assert np.array_equal(got.astype(np.int64), expected), (lib.hw_isa_name(isa), threads, a.shape, w.shape)
@@ -237,7 +237,7 @@ def test_matmul_strided(lib, isas, a_unsigned, b_unsigned):
             expected = int_ops.int_matmul(t(a), t(b), a_unsigned, b_unsigned, multiplier, qmin, qmax).numpy()
             for isa in isas:
                 assert lib.hw_force_isa(isa) == 0
-                for threads in (1, 2):
+                for threads in (1, 2, 3):
                     out = np.zeros((batch, m, n), dtype=NP_TYPES[out_type])
                     lib.hw_matmul(_ptr(a), U8 if a_unsigned else I8, m * k, k, 1,
                                   _ptr(key), U8 if b_unsigned else I8, n * k, 1, k,
@@ -297,7 +297,7 @@ def test_matmul_attention_layouts(lib, isas, layout):
                 expected = int_ops.int_matmul(t(a_vals), t(b_vals), a_unsigned, False, multiplier, qmin, qmax).numpy()
                 for isa in isas:
                     assert lib.hw_force_isa(isa) == 0
-                    for threads in (1, 3):
+                    for threads in (1, 2, 3):
                         out = np.zeros((batch, m, n), dtype=NP_TYPES[out_type])
                         lib.hw_matmul(_ptr(a), U8 if a_unsigned else I8, *a_str, _ptr(b), I8, *b_str, batch, m, k, n,
                                       m0, shift, qmin, qmax, _ptr(out), out_type, threads)
@@ -339,7 +339,7 @@ def test_conv_im2col_linear(lib, isas, conv, unsigned):
     cols = np.full((oh * ow, ckk), 77, dtype=x.dtype)
     lib.hw_im2col(_ptr(x), U8 if unsigned else I8, c, h, wd, kh, kw, *stride, *padding, *dilation, _ptr(cols))
     for isa in isas:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             got = run_linear(lib, isa, cols, U8 if unsigned else I8, w.reshape(o, ckk), bias, m0, shift, -128,
                              127, I8, nchw=True, threads=threads)  # (OH·OW, O) view of an (O, OH·OW) array
             assert np.array_equal(got.T.reshape(o, oh, ow).astype(np.int64), expected.astype(np.int64))
@@ -385,7 +385,7 @@ def aarch64_driver(tmp_path_factory):
     target = folder / "gemm_driver"
     src = int_cpu_lib.SOURCE_DIR
     subprocess.run([compiler, "-static", *int_cpu_lib.FLAGS["aarch64"], "-std=c11", "-pthread", "-I", str(src),
-                    str(src / "isa.c"), str(src / "gemm.c"), str(src / "tests" / "gemm_driver.c"), "-o",
+                    str(src / "isa.c"), str(src / "gemm.c"), str(src / "pool.c"), str(src / "tests" / "gemm_driver.c"), "-o",
                     str(target)], check=True, capture_output=True, text=True)
     return target
 

@@ -3,8 +3,12 @@ bit-exact (tolerance 0) with the hwact op references, on the scalar path and on 
 
 import ctypes
 import math
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -35,9 +39,9 @@ const char *hw_isa_name(int isa) { return isa ? "avx2" : "scalar"; }
 
 
 def _private_build(folder):
-    """rows.c (+ isa.c, or a stub ISA selector while isa.c is absent) with int_cpu_lib's flags."""
+    """rows.c + pool.c (+ isa.c, or a stub ISA selector while isa.c is absent) with int_cpu_lib's flags."""
     src = int_cpu_lib.SOURCE_DIR
-    files = [src / "rows.c"]
+    files = [src / "rows.c", src / "pool.c"]
     if (src / "isa.c").is_file():
         files.append(src / "isa.c")
     else:
@@ -425,6 +429,117 @@ def test_quantize_dequantize(k):
         k.hw_dequantize(ptr(q), TYPES[in_type], q.size, scale, ptr(out))
         want = torch.ops.hwact.dequantize(torch.from_numpy(q.astype(np.int32)), scale).numpy()
         np.testing.assert_array_equal(out.view(np.int32), want.view(np.int32))
+
+
+# ----- threads: the row and element kernels split their rows over the worker pool (pool.c) ----------
+THREAD_ROWS = 301   # x 384 = 115,584 elements: 3 threads each get more than POOL_MIN_WORK (32,768), 301 % 2, 3 != 0
+THREAD_ADDS = [((3, 197, 385), (1, 197, 385)), ((4, 96, 17, 19), (4, 96, 1, 1)), ((100_003,), (100_003,))]
+
+
+@pytest.fixture
+def threaded(k):
+    yield k
+    k.hw_set_threads(1)
+
+
+def test_set_threads(lib):
+    for asked, kept in ((0, 1), (-3, 1), (3, 3), (1000, 64), (1, 1)):
+        lib.hw_set_threads(asked)
+        assert lib.hw_threads() == kept
+
+
+def test_row_kernels_threads(threaded):
+    """Every threaded row/element kernel at 1, 2 and 3 threads (row counts that do not divide evenly, element
+    counts not a multiple of the split alignment) equals the reference."""
+    k = threaded
+    rng = np.random.default_rng(21)
+    x8 = codes(rng, (THREAD_ROWS, 384), np.int8)
+    x16 = codes(rng, (THREAD_ROWS, 384), np.int16)
+    x32 = elements(rng, np.int32, 100_003)
+    m0, shift = io.dyadic(3.3e-3)
+    adds = [(codes(rng, a_shape, np.int8), codes(rng, b_shape, np.int16), *broadcast_index(a_shape, b_shape))
+            for a_shape, b_shape in THREAD_ADDS]
+    for threads in (1, 2, 3):
+        k.hw_set_threads(threads)
+        for got, want in (run_gelu(k, x8, GELU_CASES[1], np.int8), run_softmax(k, x8, SOFTMAX_CASES[1], np.uint8),
+                          run_softmax(k, x16, SOFTMAX_CASES[3], np.int16),
+                          run_layernorm(k, x16, LN_CASES[0], np.int8, np.random.default_rng(5))):
+            np.testing.assert_array_equal(got, want, err_msg=f"threads={threads}")
+        out = out_like(x32.size, np.int8)
+        k.hw_requantize(ptr(x32), HW_I32, x32.size, m0, shift, -128, 127, ptr(out), HW_I8)
+        want = io.requantize_values(torch.from_numpy(x32.astype(np.int64)), 3.3e-3, -128, 127)
+        np.testing.assert_array_equal(out.astype(np.int64), ref(want), err_msg=f"threads={threads}")
+        for a, b, b_div, b_mod in adds:
+            out = out_like(a.shape, np.int8)
+            k.hw_add(ptr(a), HW_I8, ptr(b), HW_I16, a.size, b_div, b_mod, *io.dyadic(0.5), *io.dyadic(0.37), -128, 127,
+                     ptr(out), HW_I8)
+            want = torch.ops.hwact.int_add(torch.from_numpy(a.astype(np.int32)), torch.from_numpy(b.astype(np.int32)),
+                                           0.5, 0.37, -128, 127)
+            np.testing.assert_array_equal(out.astype(np.int64), ref(want), err_msg=f"{a.shape} threads={threads}")
+    assert k.hw_pool_workers() >= 2
+
+
+def _requantize_big(lib, x):
+    out = out_like(x.size, np.int8)
+    lib.hw_requantize(ptr(x), HW_I32, x.size, 1 << 30, 40, -128, 127, ptr(out), HW_I8)
+    return out
+
+
+def test_pool_reuses_its_workers(lib):
+    x = elements(np.random.default_rng(22), np.int32, 200_000)
+    lib.hw_set_threads(3)
+    try:
+        first = _requantize_big(lib, x)
+        started = lib.hw_pool_workers()
+        assert 2 <= started < 64
+        for _ in range(50):
+            np.testing.assert_array_equal(_requantize_big(lib, x), first)
+        assert lib.hw_pool_workers() == started   # no thread per call
+    finally:
+        lib.hw_set_threads(1)
+
+
+def test_pool_after_fork(lib):
+    """A forked child (pytest-xdist, multiprocessing) has none of the parent's workers: its first threaded
+    call starts its own pool and gives the same result."""
+    x = elements(np.random.default_rng(23), np.int32, 200_000)
+    lib.hw_set_threads(3)
+    try:
+        expected = _requantize_big(lib, x)   # the parent's pool is running
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                same = np.array_equal(_requantize_big(lib, x), expected) and lib.hw_pool_workers() >= 2
+                code = 0 if same else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung in a threaded kernel call")
+            time.sleep(0.05)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        lib.hw_set_threads(1)
+
+
+def test_interpreter_exits_with_a_running_pool(lib):
+    """The workers are never joined: a process whose pool is started exits promptly (a worker left waiting
+    for work must not hold up interpreter shutdown)."""
+    script = ("import sys, numpy as np; from hwact.backends import int_cpu_lib\n"
+              "lib = int_cpu_lib.load(sys.argv[1]); lib.hw_set_threads(3)\n"
+              "x = np.arange(300000, dtype=np.int32); out = np.zeros(x.size, np.int8)\n"
+              "for _ in range(20): lib.hw_requantize(x.ctypes.data, 3, x.size, 1 << 30, 40, -128, 127, out.ctypes.data, 0)\n"
+              "print(lib.hw_pool_workers())\n")
+    done = subprocess.run([sys.executable, "-c", script, lib._name], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) == 2
 
 
 def test_isqrt_matches_math_isqrt_through_layernorm_constants():

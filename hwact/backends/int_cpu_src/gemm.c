@@ -27,7 +27,6 @@
 */
 #include "hwact_int.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -522,9 +521,9 @@ static void run_rows(const job *jb) {
     free(abuf);
 }
 
-static void *thread_main(void *p) {
-    run_rows(p);
-    return NULL;
+static void rows_task(void *jobs, int t, int tasks) {
+    (void)tasks;
+    run_rows((const job *)jobs + t);
 }
 
 static void run_threads(const job *base, int threads) {
@@ -532,8 +531,8 @@ static void run_threads(const job *base, int threads) {
     int64_t blocks = (base->M + g.mr - 1) / g.mr;
     if (threads > blocks)
         threads = (int)blocks;
-    if (threads > 64)
-        threads = 64;
+    if (threads > POOL_MAX_THREADS)
+        threads = POOL_MAX_THREADS;
     if (threads <= 1) {
         job one = *base;
         one.row_begin = 0;
@@ -541,24 +540,14 @@ static void run_threads(const job *base, int threads) {
         run_rows(&one);
         return;
     }
-    job jobs[64];
-    pthread_t ids[64];
-    int started[64] = {0};
+    job jobs[POOL_MAX_THREADS];
     for (int t = 0; t < threads; t++) {
         jobs[t] = *base;
         int64_t r0 = blocks * t / threads * g.mr, r1 = blocks * (t + 1) / threads * g.mr;
         jobs[t].row_begin = r0;
         jobs[t].row_end = r1 < base->M ? r1 : base->M;
     }
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&ids[t], NULL, thread_main, &jobs[t]) == 0;
-    run_rows(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            run_rows(&jobs[t]);
-    }
+    pool_run(threads, rows_task, jobs);
 }
 
 /* The per-column epilogue constants of one call (see the epilogue): 3·np int64, to free; NULL: no memory. */
@@ -647,9 +636,9 @@ static void matmul_batches(const matmul_job *mj) {
     free(packed);
 }
 
-static void *matmul_thread(void *p) {
-    matmul_batches(p);
-    return NULL;
+static void matmul_task(void *jobs, int t, int tasks) {
+    (void)tasks;
+    matmul_batches((const matmul_job *)jobs + t);
 }
 
 /* ----- AVX-512 VNNI batched matmul (B int8: attention's Q·Kᵀ and P·V) ---------------------------------
@@ -866,33 +855,23 @@ VNNI_ATTR static void vmm_run(const vmm_job *j) {
     free(abuf);
 }
 
-static void *vmm_thread(void *p) {
-    vmm_run(p);
-    return NULL;
+static void vmm_task(void *jobs, int t, int tasks) {
+    (void)tasks;
+    vmm_run((const vmm_job *)jobs + t);
 }
 
 static void vmm_matmul(const vmm_job *base, int64_t batch, int threads) {
     int64_t items = batch * ((base->M + 7) / 8);
-    int workers = threads > 64 ? 64 : (threads < 1 ? 1 : threads);
+    int workers = threads > POOL_MAX_THREADS ? POOL_MAX_THREADS : (threads < 1 ? 1 : threads);
     if (workers > items)
         workers = (int)items;
-    vmm_job jobs[64];
-    pthread_t ids[64];
-    int started[64] = {0};
+    vmm_job jobs[POOL_MAX_THREADS];
     for (int t = 0; t < workers; t++) {
         jobs[t] = *base;
         jobs[t].item_begin = items * t / workers;
         jobs[t].item_end = items * (t + 1) / workers;
     }
-    for (int t = 1; t < workers; t++)
-        started[t] = pthread_create(&ids[t], NULL, vmm_thread, &jobs[t]) == 0;
-    vmm_run(&jobs[0]);
-    for (int t = 1; t < workers; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            vmm_run(&jobs[t]);
-    }
+    pool_run(workers, vmm_task, jobs);
 }
 #endif
 
@@ -923,30 +902,20 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
                        .a_type = a_type, .b_type = b_type, .a_sb = a_sb, .a_sm = a_sm, .a_sk = a_sk, .b_sb = b_sb,
                        .b_sk = b_sk, .b_sj = b_sj, .M = M, .K = K, .N = N, .m0 = m0, .shift = shift, .qmin = qmin,
                        .qmax = qmax, .out = out, .first = 0, .step = 1, .batch = batch};
-    int workers = threads > 64 ? 64 : threads;
+    int workers = threads > POOL_MAX_THREADS ? POOL_MAX_THREADS : threads;
     if (workers <= 1 || batch < workers) { /* one batch at a time, rows split over the threads */
         matmul_batches(&base);
         return;
     }
     /* batches split over the threads (each packs its own), one thread per batch's rows */
-    matmul_job jobs[64];
-    pthread_t ids[64];
-    int started[64] = {0};
+    matmul_job jobs[POOL_MAX_THREADS];
     for (int t = 0; t < workers; t++) {
         jobs[t] = base;
         jobs[t].threads = 1;
         jobs[t].first = t;
         jobs[t].step = workers;
     }
-    for (int t = 1; t < workers; t++)
-        started[t] = pthread_create(&ids[t], NULL, matmul_thread, &jobs[t]) == 0;
-    matmul_batches(&jobs[0]);
-    for (int t = 1; t < workers; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            matmul_batches(&jobs[t]);
-    }
+    pool_run(workers, matmul_task, jobs);
 }
 
 /* ----- convolution helpers ------------------------------------------------------------------------------ */

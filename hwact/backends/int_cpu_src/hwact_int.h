@@ -29,6 +29,24 @@ int hw_isa_available(int isa);           /* 1 when this CPU (and this build) can
 int hw_force_isa(int isa);               /* 0 = done, -1 = not available; -2 resets to the best */
 const char *hw_isa_name(int isa);
 
+/* ----- threads (pool.c): one pool of worker threads, started on first need and reused ---------------
+   The GEMM family takes its thread count per call (`threads`); the row and element kernels (Shiftmax,
+   ShiftGELU, I-LayerNorm, requantize, add) split their rows over hw_threads() threads when each thread
+   gets enough work (POOL_MIN_WORK elements), else they run on the calling thread. Results never depend on
+   the thread count. */
+void hw_set_threads(int n);              /* threads of the row kernels (1 by default; clamped to 1..64) */
+int hw_threads(void);
+int hw_pool_workers(void);               /* worker threads started so far (the calling thread not counted) */
+
+/* Internal, shared by the C files (not called from Python): pool_run runs fn(ctx, t, tasks) for every
+   t < tasks (<= POOL_MAX_THREADS) on the calling thread and the pool's workers; pool_threads_for is
+   min(hw_threads(), work / min_work, items), at least 1. */
+#define POOL_MAX_THREADS 64
+#define POOL_MIN_WORK 32768
+typedef void (*pool_task)(void *ctx, int task, int tasks);
+void pool_run(int tasks, pool_task fn, void *ctx);
+int pool_threads_for(int64_t work, int64_t min_work, int64_t items);
+
 /* ----- GEMM family (gemm.c) ------------------------------------------------------------------------
    Weights W (N x K int8, row-major, values in [-127, 127]) are packed once for the ISA in use;
    hw_pack_size/hw_pack depend on hw_isa(), so pack after any hw_force_isa. */

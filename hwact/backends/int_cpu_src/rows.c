@@ -182,10 +182,11 @@ static void requantize_scalar(const void *x, int x_type, int64_t count, int32_t 
         st(out, out_type, i, hw_clamp64(hw_rs(ld(x, x_type, i), m0, shift), qmin, qmax));
 }
 
-static void add_scalar(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div,
+/* elements begin..end−1 of hw_add */
+static void add_scalar(const void *a, int a_type, const void *b, int b_type, int64_t begin, int64_t end, int64_t b_div,
                        int64_t b_mod, int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax,
                        void *out, int out_type) {
-    for (int64_t i = 0; i < count; i++) {
+    for (int64_t i = begin; i < end; i++) {
         int64_t t = hw_rs(ld(a, a_type, i), m0a, shifta) + hw_rs(ld(b, b_type, (i / b_div) % b_mod), m0b, shiftb);
         st(out, out_type, i, hw_clamp64(t, qmin, qmax));
     }
@@ -563,20 +564,20 @@ AVX2 static void add_run_avx2(const void *a, int a_type, const void *bp, int b_t
     }
 }
 
-AVX2 static void add_avx2(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div,
-                          int64_t b_mod, int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax,
-                          void *out, int out_type) {
+AVX2 static void add_avx2(const void *a, int a_type, const void *b, int b_type, int64_t begin, int64_t end,
+                          int64_t b_div, int64_t b_mod, int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin,
+                          int32_t qmax, void *out, int out_type) {
     v_rs_t ra = v_rs_init(shifta, qmin, qmax), rbs = v_rs_init(shiftb, qmin, qmax);
-    for (int64_t i = 0; i < count;) {
+    for (int64_t i = begin; i < end;) {
         int64_t len;
         if (b_div == 1) {
             int64_t j = i % b_mod;
-            len = b_mod - j < count - i ? b_mod - j : count - i;
+            len = b_mod - j < end - i ? b_mod - j : end - i;
             add_run_avx2(at(a, a_type, i), a_type, at(b, b_type, j), b_type, 0, len, m0a, shifta, m0b, shiftb, &ra,
                          &rbs, qmin, qmax, at(out, out_type, i), out_type);
         } else {
             int64_t j = (i / b_div) % b_mod, rest = b_div - i % b_div;
-            len = rest < count - i ? rest : count - i;
+            len = rest < end - i ? rest : end - i;
             add_run_avx2(at(a, a_type, i), a_type, NULL, b_type, hw_rs(ld(b, b_type, j), m0b, shiftb), len, m0a,
                          shifta, m0b, shiftb, &ra, &rbs, qmin, qmax, at(out, out_type, i), out_type);
         }
@@ -787,68 +788,159 @@ AVX512 static void i_layernorm_avx512(const void *x, int x_type, int64_t rows, i
 #endif
 
 /* ===== public entry points ======================================================================= */
+/* The arguments of one row or element kernel call (each kernel reads its own fields). */
+typedef struct {
+    const void *x, *b;
+    int x_type, b_type, out_type;
+    int64_t C, x0, k, eps_int, b_div, b_mod;
+    int n, drop, shift, shift_b, precision;
+    int32_t m0, m0_b, qmin, qmax;
+    const int32_t *gamma, *beta;
+    void *out;
+} kargs;
+
+typedef void (*range_fn)(const kargs *a, int64_t begin, int64_t end);
+
+typedef struct {
+    range_fn body;
+    const kargs *args;
+    int64_t items, align;
+} split_job;
+
+static void split_task(void *p, int t, int tasks) {
+    const split_job *j = p;
+    int64_t begin = j->items * t / tasks / j->align * j->align;
+    int64_t end = t + 1 == tasks ? j->items : j->items * (t + 1) / tasks / j->align * j->align;
+    if (end > begin) j->body(j->args, begin, end);
+}
+
+/* body(a, 0, items) with the items (of `width` elements each) split over hw_threads() threads at
+   multiples of `align` items, when every thread gets POOL_MIN_WORK elements; else on this thread. */
+static void split_items(range_fn body, const kargs *a, int64_t items, int64_t width, int64_t align) {
+    int threads = pool_threads_for(items * width, POOL_MIN_WORK, (items + align - 1) / align);
+    if (threads <= 1) {
+        body(a, 0, items);
+        return;
+    }
+    split_job j = {body, a, items, align};
+    pool_run(threads, split_task, &j);
+}
+
+static void shiftmax_range(const kargs *a, int64_t r0, int64_t r1) {
+    const void *x = at(a->x, a->x_type, r0 * a->C);
+    void *out = at(a->out, a->out_type, r0 * a->C);
+    int64_t rows = r1 - r0;
+#if HW_ROWS_X86
+    if (hw_isa() == HW_ISA_AVX512VNNI && (a->x_type == HW_I8 || a->x_type == HW_U8) &&
+        shiftmax_avx512_8bit(x, a->x_type, rows, a->C, a->x0, a->n, a->m0, a->shift, a->qmin, a->qmax, out,
+                             a->out_type))
+        return;
+    if (use_avx2() && shiftmax_avx2(x, a->x_type, rows, a->C, a->x0, a->n, a->m0, a->shift, a->qmin, a->qmax, out,
+                                    a->out_type))
+        return;
+#endif
+    shiftmax_scalar(x, a->x_type, rows, a->C, a->x0, a->n, a->m0, a->shift, a->qmin, a->qmax, out, a->out_type);
+}
+
 void hw_shiftmax(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int32_t m0, int shift,
                  int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+    kargs a = {.x = x, .x_type = x_type, .C = C, .x0 = x0, .n = n, .m0 = m0, .shift = shift, .qmin = qmin,
+               .qmax = qmax, .out = out, .out_type = out_type};
+    split_items(shiftmax_range, &a, rows, C, 1);
+}
+
+static void shift_gelu_range(const kargs *a, int64_t r0, int64_t r1) {
+    const void *x = at(a->x, a->x_type, r0 * a->C);
+    void *out = at(a->out, a->out_type, r0 * a->C);
 #if HW_ROWS_X86
-    if (hw_isa() == HW_ISA_AVX512VNNI && (x_type == HW_I8 || x_type == HW_U8) &&
-        shiftmax_avx512_8bit(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type))
+    if (use_avx2() && (a->x_type == HW_I8 || a->x_type == HW_U8)) {
+        shift_gelu_avx2_8bit(x, a->x_type, r1 - r0, a->C, a->x0, a->n, a->drop, a->m0, a->shift, a->qmin, a->qmax,
+                             out, a->out_type);
         return;
-    if (use_avx2() && shiftmax_avx2(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type)) return;
+    }
 #endif
-    shiftmax_scalar(x, x_type, rows, C, x0, n, m0, shift, qmin, qmax, out, out_type);
+    shift_gelu_scalar(x, a->x_type, r1 - r0, a->C, a->x0, a->n, a->drop, a->m0, a->shift, a->qmin, a->qmax, out,
+                      a->out_type);
 }
 
 void hw_shift_gelu(const void *x, int x_type, int64_t rows, int64_t C, int64_t x0, int n, int drop, int32_t m0,
                    int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+    kargs a = {.x = x, .x_type = x_type, .C = C, .x0 = x0, .n = n, .drop = drop, .m0 = m0, .shift = shift,
+               .qmin = qmin, .qmax = qmax, .out = out, .out_type = out_type};
+    split_items(shift_gelu_range, &a, rows, C, 1);
+}
+
+static void i_layernorm_range(const kargs *a, int64_t r0, int64_t r1) {
+    const void *x = at(a->x, a->x_type, r0 * a->C);
+    void *out = at(a->out, a->out_type, r0 * a->C);
+    int64_t rows = r1 - r0, C = a->C;
 #if HW_ROWS_X86
-    if (use_avx2() && (x_type == HW_I8 || x_type == HW_U8)) {
-        shift_gelu_avx2_8bit(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
+    if (hw_isa() == HW_ISA_AVX512VNNI && a->precision <= 14 && a->k <= (1 << 16) && C < (1 << 16)) {
+        i_layernorm_avx512(x, a->x_type, rows, C, a->gamma, a->beta, a->k, a->eps_int, a->precision, a->m0, a->shift,
+                           a->qmin, a->qmax, out, a->out_type);
+        return;
+    }
+    if (use_avx2() && a->precision <= 14 && a->k <= (1 << 16)) {
+        i_layernorm_avx2(x, a->x_type, rows, C, a->gamma, a->beta, a->k, a->eps_int, a->precision, a->m0, a->shift,
+                         a->qmin, a->qmax, out, a->out_type);
         return;
     }
 #endif
-    shift_gelu_scalar(x, x_type, rows, C, x0, n, drop, m0, shift, qmin, qmax, out, out_type);
+    i_layernorm_scalar(x, a->x_type, rows, C, a->gamma, a->beta, a->k, a->eps_int, a->precision, a->m0, a->shift,
+                       a->qmin, a->qmax, out, a->out_type);
 }
 
 void hw_i_layernorm(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
                     const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0, int shift,
                     int32_t qmin, int32_t qmax, void *out, int out_type) {
     if (rows <= 0 || C <= 0) return;
+    kargs a = {.x = x, .x_type = x_type, .C = C, .gamma = gamma, .beta = beta, .k = k, .eps_int = eps_int,
+               .precision = precision, .m0 = m0, .shift = shift, .qmin = qmin, .qmax = qmax, .out = out,
+               .out_type = out_type};
+    split_items(i_layernorm_range, &a, rows, C, 1);
+}
+
+static void requantize_range(const kargs *a, int64_t i0, int64_t i1) {
+    const void *x = at(a->x, a->x_type, i0);
+    void *out = at(a->out, a->out_type, i0);
 #if HW_ROWS_X86
-    if (hw_isa() == HW_ISA_AVX512VNNI && precision <= 14 && k <= (1 << 16) && C < (1 << 16)) {
-        i_layernorm_avx512(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out,
-                           out_type);
-        return;
-    }
-    if (use_avx2() && precision <= 14 && k <= (1 << 16)) {
-        i_layernorm_avx2(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
+    if (use_avx2()) {
+        requantize_avx2(x, a->x_type, i1 - i0, a->m0, a->shift, a->qmin, a->qmax, out, a->out_type);
         return;
     }
 #endif
-    i_layernorm_scalar(x, x_type, rows, C, gamma, beta, k, eps_int, precision, m0, shift, qmin, qmax, out, out_type);
+    requantize_scalar(x, a->x_type, i1 - i0, a->m0, a->shift, a->qmin, a->qmax, out, a->out_type);
 }
 
 void hw_requantize(const void *x, int x_type, int64_t count, int32_t m0, int shift, int32_t qmin, int32_t qmax,
                    void *out, int out_type) {
+    if (count <= 0) return;
+    kargs a = {.x = x, .x_type = x_type, .m0 = m0, .shift = shift, .qmin = qmin, .qmax = qmax, .out = out,
+               .out_type = out_type};
+    split_items(requantize_range, &a, count, 1, 64);
+}
+
+static void add_range(const kargs *a, int64_t i0, int64_t i1) {
 #if HW_ROWS_X86
     if (use_avx2()) {
-        requantize_avx2(x, x_type, count, m0, shift, qmin, qmax, out, out_type);
+        add_avx2(a->x, a->x_type, a->b, a->b_type, i0, i1, a->b_div, a->b_mod, a->m0, a->shift, a->m0_b, a->shift_b,
+                 a->qmin, a->qmax, a->out, a->out_type);
         return;
     }
 #endif
-    requantize_scalar(x, x_type, count, m0, shift, qmin, qmax, out, out_type);
+    add_scalar(a->x, a->x_type, a->b, a->b_type, i0, i1, a->b_div, a->b_mod, a->m0, a->shift, a->m0_b, a->shift_b,
+               a->qmin, a->qmax, a->out, a->out_type);
 }
 
 void hw_add(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div, int64_t b_mod,
             int32_t m0a, int shifta, int32_t m0b, int shiftb, int32_t qmin, int32_t qmax, void *out, int out_type) {
-#if HW_ROWS_X86
-    if (use_avx2()) {
-        add_avx2(a, a_type, b, b_type, count, b_div, b_mod, m0a, shifta, m0b, shiftb, qmin, qmax, out, out_type);
-        return;
-    }
-#endif
-    add_scalar(a, a_type, b, b_type, count, b_div, b_mod, m0a, shifta, m0b, shiftb, qmin, qmax, out, out_type);
+    if (count <= 0) return;
+    kargs args = {.x = a, .x_type = a_type, .b = b, .b_type = b_type, .b_div = b_div, .b_mod = b_mod, .m0 = m0a,
+                  .shift = shifta, .m0_b = m0b, .shift_b = shiftb, .qmin = qmin, .qmax = qmax, .out = out,
+                  .out_type = out_type};
+    split_items(add_range, &args, count, 1, 64);
 }
 
 void hw_mul(const void *a, int a_type, const void *b, int b_type, int64_t count, int64_t b_div, int64_t b_mod,
