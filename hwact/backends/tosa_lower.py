@@ -1,0 +1,662 @@
+"""The integer graph an int8 recipe made, lowered to a TOSA 1.0 (PRO-INT) network, written as a neutral
+description (JSON + constants) that hwact/backends/tosa_tool/serialize.py turns into a .tosa file.
+
+The network maps the integer codes after the graph's input `quantize` to the codes before its output
+`dequantize`; those two (one float multiply each) stay with the host, their scales go to the report.
+
+Tensors. A hwact integer tensor holds codes in its producer's declared bounds [qmin, qmax]; in TOSA it is
+stored in the narrowest type with a zero point zp (code = stored − zp, TOSA's own convention):
+    [-128, 127] -> int8, zp 0;   [0, 255] -> int8, zp −128;   int16 -> int16, zp 0;   else int32, zp 0.
+hwact is NCHW, TOSA's convolutions are NHWC: every value carries a permutation `perm` (the TOSA tensor is
+the logical tensor permuted by it), so permutes are free and a TRANSPOSE (or a RESHAPE when only size-1
+dimensions move) is emitted only where an op needs another layout.
+
+Ops (hwact reference -> TOSA; every requantization is one RESCALE):
+    int_conv2d           CONV2D (groups 1) / DEPTHWISE_CONV2D (groups = C) on NHWC, int8 x int8 -> int32 with
+                         input_zp, bias; RESCALE per channel
+    int_linear           RESHAPE to [1, rows, 1, K], CONV2D 1x1, RESCALE per channel, RESHAPE back
+    int_matmul           RESHAPE to rank 3, MATMUL (int8, zero points) -> int32, RESCALE
+    requantize           RESCALE
+    int_add              RESCALE each operand to int32 by its dyadic, ADD, RESCALE x1 to the output type
+    int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
+    int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
+    clamp on codes       CLAMP on stored values
+    sum (mean pooling)   RESCALE to int32 (zero point removed), REDUCE_SUM per axis
+    layout ops           RESHAPE, TRANSPOSE, SLICE, CONCAT, TILE (permute/transpose: a new perm, no op)
+
+RESCALE is exactly hwact's requantization: TOSA's apply_scale_32 with rounding_mode SINGLE_ROUND computes
+(value · multiplier + 2^(shift−1)) >> shift in int64, i.e. floor((x · m0 + 2^(shift−1)) / 2^shift), the
+rounding_shift of hwact/ir/int_ops.py, then clamps to the output type; multiplier = m0 and shift = shift
+of hwact's dyadic() (TOSA requires 2 <= shift <= 62; a smaller shift is refused by name). The x1 RESCALE is
+multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
+
+Not lowered (the check names them): Shiftmax and I-LayerNorm (their reference carries int64 intermediates:
+2^62 / Σe, isqrt of a 61-bit variance; TOSA's INT profile stops at int32 and Ethos-U55 has no INTDIV),
+ShiftGELU (its σ depends on the row maximum, so it is no 256-entry table of the input code), int_mul,
+embeddings and masks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.fx
+
+from hwact.errors import UnsupportedError
+from hwact.ir.graph import Graph, op_name
+from hwact.ir.ops import load_all_ops, op_args, output_bounds
+from hwact.ir.record import record
+from hwact.ir.summary import float_compute_nodes, is_bookkeeping
+
+NHWC = (0, 2, 3, 1)
+RANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "INT32": (-(1 << 31), (1 << 31) - 1)}
+NUMPY = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32}
+IDENTITY_MULTIPLIER, IDENTITY_SHIFT = 1 << 30, 30
+
+# ops without a bit-exact TOSA lowering yet, with the reason the check reports
+BLOCKED = {
+    "hwact.shiftmax.default": "Shiftmax has no bit-exact TOSA lowering yet: its reference divides 2^62 by the row "
+                              "sum and multiplies in int64, beyond TOSA's int32 INT profile (and Ethos-U55 has no INTDIV)",
+    "hwact.i_layernorm.default": "I-LayerNorm has no bit-exact TOSA lowering yet: its variance (up to 2^61) and "
+                                 "integer square root need int64, beyond TOSA's int32 INT profile",
+    "hwact.shift_gelu.default": "ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE of the input "
+                                "code; no TOSA lowering yet (lut-gelu makes GELU a per-code table TOSA takes)",
+    "hwact.lambda_shift_gelu.default": "lambda-ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE "
+                                       "of the input code; no TOSA lowering yet (lut-gelu makes GELU a per-code table)",
+    "hwact.int_mul.default": "int_mul (a product of two activations) has no TOSA lowering yet",
+    "hwact.int_embedding.default": "embedding lookups (GATHER) are not supported on Ethos-U55/U65",
+    "hwact.int_mask.default": "masks (SELECT) are not supported on Ethos-U55/U65",
+}
+PASS_THROUGH = {"aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default"}
+RESHAPES = {"aten.reshape.default", "aten.view.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
+            "aten.unflatten.int", "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.dims",
+            "aten.squeeze.default"}
+SCALAR_OPS = {"aten.sym_size.int", "mul", "add", "sub", "floordiv", "getitem"}   # python ints on shapes
+
+
+@dataclass(frozen=True)
+class Value:
+    """A hwact integer tensor in the TOSA network: TOSA tensor `name` = logical tensor (hwact's `shape`)
+    permuted by `perm`, stored as `dtype` with code = stored − zp."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    zp: int
+    perm: tuple[int, ...]
+
+    @property
+    def tosa_shape(self) -> list[int]:
+        return [self.shape[p] for p in self.perm]
+
+
+def storage(low: int, high: int) -> tuple[str, int]:
+    """(TOSA type, zero point) that holds codes in [low, high] (module docstring)."""
+    if -128 <= low and high <= 127:
+        return "INT8", 0
+    if 0 <= low and high <= 255:
+        return "INT8", -128
+    if -32768 <= low and high <= 32767:
+        return "INT16", 0
+    return "INT32", 0
+
+
+def _name(node) -> str:
+    return node if isinstance(node, str) else op_name(node) if node.op == "call_function" else node.op
+
+
+class Network:
+    """The TOSA network being built: tensors, constants and ops, in the description's terms."""
+
+    def __init__(self):
+        self.tensors: dict[str, dict] = {}
+        self.consts: dict[str, tuple[str, np.ndarray]] = {}
+        self.ops: list[dict] = []
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self._cache: dict = {}
+
+    def unique(self, hint: str) -> str:
+        name, index = hint, 1
+        while name in self.tensors or name in self.consts:
+            index += 1
+            name = f"{hint}_{index}"
+        return name
+
+    def tensor(self, hint: str, shape, dtype: str) -> str:
+        name = self.unique(hint)
+        self.tensors[name] = {"name": name, "shape": [int(s) for s in shape], "dtype": dtype}
+        return name
+
+    def const(self, hint: str, values, dtype: str) -> str:
+        key = ("const", dtype, np.asarray(values).tobytes(), np.asarray(values).shape)
+        if key not in self._cache:
+            array = np.asarray(values, dtype=np.int64 if dtype == "SHAPE" else NUMPY.get(dtype, np.int8))
+            name = self.unique(hint)
+            self.consts[name] = (dtype, array)
+            self._cache[key] = name
+        return self._cache[key]
+
+    def op(self, kind: str, inputs: list[str], shape, dtype: str, attr: list, hint: str) -> str:
+        out = self.tensor(hint, shape, dtype)
+        self.ops.append({"op": kind, "inputs": inputs, "outputs": [out], "attr": attr})
+        return out
+
+    # ----- building blocks ----------------------------------------------------------------------------
+    def zero_point(self, zp: int, dtype: str) -> str:
+        return self.const(f"zp_{dtype.lower()}_{zp}".replace("-", "m"), [zp], dtype)
+
+    def shape_of(self, name: str) -> list[int]:
+        return list(self.tensors[name]["shape"]) if name in self.tensors else list(self.consts[name][1].shape)
+
+    def reshape(self, name: str, shape, dtype: str, hint: str) -> str:
+        if self.shape_of(name) == [int(s) for s in shape]:
+            return name
+        return self.op("RESHAPE", [name, self.const(f"shape_{len(shape)}d", list(shape), "SHAPE")], shape, dtype,
+                       ["ReshapeAttribute", []], hint)
+
+    def layout(self, value: Value, perm: tuple[int, ...]) -> str:
+        """The TOSA tensor of `value` laid out as its logical tensor permuted by `perm` (cached)."""
+        perm = tuple(perm)
+        if perm == value.perm:
+            return value.name
+        key = ("layout", value.name, perm)
+        if key not in self._cache:
+            order = [value.perm.index(p) for p in perm]          # TOSA axes in the wanted order
+            shape = [value.shape[p] for p in perm]
+            moved = [a for a in order if value.tosa_shape[a] != 1]
+            if moved == sorted(moved):                          # only size-1 axes move: a reshape
+                self._cache[key] = self.reshape(value.name, shape, value.dtype, f"{value.name}_r")
+            else:
+                self._cache[key] = self.op("TRANSPOSE", [value.name], shape, value.dtype,
+                                           ["TransposeAttribute", [order]], f"{value.name}_t")
+        return self._cache[key]
+
+    def logical(self, value: Value) -> str:
+        return self.layout(value, tuple(range(len(value.shape))))
+
+    def rescale(self, name: str, in_dtype: str, in_zp: int, m0, shift, out_dtype: str, out_zp: int,
+                shape, hint: str) -> str:
+        """RESCALE: stored_out = clamp(floor(((stored − in_zp) · m0 + 2^(shift−1)) / 2^shift) + out_zp)."""
+        m0, shift = np.atleast_1d(np.asarray(m0, dtype=np.int64)), np.atleast_1d(np.asarray(shift, dtype=np.int64))
+        if int(shift.min()) < 2 or int(shift.max()) > 62:
+            raise UnsupportedError(f"{hint}: requantization shift {int(shift.min())}..{int(shift.max())} is outside "
+                                   "TOSA RESCALE's 2..62")
+        per_channel = m0.size > 1
+        inputs = [name, self.const(f"{hint}_multiplier" if per_channel else f"m0_{int(m0[0])}", m0, "INT32"),
+                  self.const(f"{hint}_shift" if per_channel else f"shift_{int(shift[0])}", shift, "INT8"),
+                  self.zero_point(in_zp, in_dtype), self.zero_point(out_zp, out_dtype)]
+        return self.op("RESCALE", inputs, shape, out_dtype,
+                       ["RescaleAttribute", [True, {"RoundingMode": "SINGLE_ROUND"}, per_channel, False, False]], hint)
+
+    def clamp(self, name: str, dtype: str, low: int, high: int, shape, hint: str) -> str:
+        lo_hi = [np.asarray([v], dtype=NUMPY[dtype]).view(np.uint8).tolist() for v in (low, high)]
+        return self.op("CLAMP", [name], shape, dtype,
+                       ["ClampAttribute", [lo_hi[0], lo_hi[1], {"NanPropagationMode": "PROPAGATE"}]], hint)
+
+    def narrow(self, name: str, shape, low: int, high: int, dtype: str, zp: int, hint: str) -> str:
+        """A CLAMP to codes [low, high] when the storage type alone does not bound them."""
+        type_low, type_high = RANGES[dtype]
+        if low - zp <= type_low and high - zp >= type_high:
+            return name
+        return self.clamp(name, dtype, max(low + zp, type_low), min(high + zp, type_high), shape, f"{hint}_clamp")
+
+    def requantize_to(self, name: str, in_dtype: str, in_zp: int, m0, shift, bounds, shape, hint: str):
+        """RESCALE to the storage of `bounds`, then CLAMP to them; (tensor, dtype, zp)."""
+        dtype, zp = storage(*bounds)
+        out = self.rescale(name, in_dtype, in_zp, m0, shift, dtype, zp, shape, hint)
+        return self.narrow(out, shape, *bounds, dtype, zp, hint), dtype, zp
+
+    def description(self) -> tuple[dict, dict[str, np.ndarray]]:
+        body = {"format": "hwact-tosa-description", "version": 1,
+                "tensors": list(self.tensors.values()),
+                "consts": [{"name": n, "dtype": d, "key": n} for n, (d, _) in self.consts.items()],
+                "inputs": self.inputs, "outputs": self.outputs, "ops": self.ops}
+        return body, {n: a for n, (_, a) in self.consts.items()}
+
+
+# ----- the graph walk ------------------------------------------------------------------------------------
+def _hwact(name: str):
+    load_all_ops()
+    return getattr(torch.ops.hwact, name).default
+
+
+def _constant(graph: Graph, node) -> torch.Tensor:
+    value = graph.module
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    return value.detach()
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def _pads(node, in_hw, kernel, stride, padding, dilation=(1, 1)) -> list[int]:
+    """[top, bottom, left, right]: torch's symmetric padding, with the bottom/right rows that the last
+    window never reaches dropped (TOSA requires (size − 1 + pads − (k − 1)·d) to divide by the stride)."""
+    pads = []
+    for size, k, s, p, d in zip(in_hw, kernel, stride, padding, dilation):
+        extra = (size - 1 + 2 * p - (k - 1) * d) % s
+        if extra > p:
+            raise UnsupportedError(f"{node.name}: window geometry (size {size}, kernel {k}, stride {s}, pad {p}) "
+                                   "needs cropping, which the TOSA lowering does not do")
+        pads += [p, p - extra]
+    return pads
+
+
+class Lowering:
+    """Walks the graph in order; `values[node]` is each node's value on one sample (shapes, scalars)."""
+
+    def __init__(self, graph: Graph, values: dict):
+        self.graph, self.values, self.net = graph, values, Network()
+        self.env: dict = {}
+        self.scales: dict = {"inputs": {}, "outputs": {}}
+
+    def shape(self, node) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.values[node].shape)
+
+    def value(self, arg) -> Value:
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg not in self.env:
+            tensor = _constant(self.graph, arg).to(torch.int64)
+            dtype, zp = storage(int(tensor.min()), int(tensor.max()))
+            name = self.net.const(arg.name, (tensor + zp).numpy(), dtype)
+            self.env[arg] = Value(name, tuple(tensor.shape), dtype, zp, tuple(range(tensor.dim())))
+        value = self.env.get(arg)
+        if not isinstance(value, Value):
+            raise UnsupportedError(f"{arg}: not an integer tensor of the network")
+        return value
+
+    def run(self) -> Network:
+        for node in self.graph.fx.nodes:
+            if node.op in ("placeholder", "get_attr"):
+                continue
+            if node.op == "output":
+                self.output(node)
+                continue
+            name = _name(node)
+            if name in SCALAR_OPS or not isinstance(self.values.get(node), torch.Tensor):
+                self.env[node] = self.values.get(node)
+                continue
+            handler = HANDLERS.get(name)
+            if handler is None:
+                raise UnsupportedError(f"{node.name} ({name}): no TOSA lowering")
+            self.env[node] = handler(self, node)
+        return self.net
+
+    def output(self, node) -> None:
+        for leaf in torch.utils._pytree.tree_leaves(node.args):
+            if not isinstance(leaf, torch.fx.Node):
+                continue
+            if leaf.target is not _hwact("dequantize"):
+                raise UnsupportedError(f"{leaf.name}: a graph output must come from hwact.dequantize")
+            value = self.value(leaf.args[0])
+            name = self.net.logical(value)
+            if name in self.net.inputs or name in self.net.consts or name in self.net.outputs:
+                name = self.net.op("IDENTITY", [name], value.shape, value.dtype, ["IdentityAttribute", []],
+                                   f"{leaf.name}_out")
+            self.net.outputs.append(name)
+            self.scales["outputs"][name] = {"node": leaf.name, "scale": float(op_args(leaf).scale),
+                                            "zero_point": value.zp, "dtype": value.dtype.lower()}
+
+
+# ----- handlers: one per hwact/aten op; each returns the node's Value ------------------------------------
+def _quantize(self: Lowering, node) -> Value:
+    args = op_args(node)
+    if not (isinstance(args.x, torch.fx.Node) and args.x.op == "placeholder"):
+        raise UnsupportedError(f"{node.name}: a quantize inside the network (only graph inputs are quantized)")
+    dtype, zp = storage(int(args.qmin), int(args.qmax))
+    name = self.net.tensor(node.name, self.shape(node), dtype)
+    self.net.inputs.append(name)
+    self.scales["inputs"][name] = {"node": node.name, "placeholder": args.x.name, "scale": float(args.scale),
+                                   "zero_point": zp, "dtype": dtype.lower()}
+    return Value(name, self.shape(node), dtype, zp, tuple(range(len(self.shape(node)))))
+
+
+def _conv2d(self: Lowering, node) -> Value:
+    a = op_args(node)
+    x = self.value(a.q)
+    weight = _constant(self.graph, a.weight).to(torch.int64)
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    kh, kw = weight.shape[2], weight.shape[3]
+    shape = self.shape(node)
+    nhwc = [shape[p] for p in NHWC]
+    xin = self.net.layout(x, NHWC)
+    attr = [_pads(node, x.shape[2:], (kh, kw), a.stride, a.padding, a.dilation), _ints(a.stride), _ints(a.dilation),
+            False, {"DType": "INT32"}]
+    bias = self.net.const(f"{node.name}_bias", _constant(self.graph, a.bias).numpy(), "INT32")
+    zps = [self.net.zero_point(x.zp, x.dtype), self.net.zero_point(0, "INT8")]
+    if a.groups == 1:
+        w = self.net.const(f"{node.name}_weight", weight.permute(0, 2, 3, 1).numpy(), "INT8")
+        acc = self.net.op("CONV2D", [xin, w, bias, *zps], nhwc, "INT32", ["Conv2dAttribute", attr], f"{node.name}_acc")
+    elif a.groups == x.shape[1] == out_channels and in_per_group == 1:
+        w = self.net.const(f"{node.name}_weight", weight[:, 0].permute(1, 2, 0).reshape(kh, kw, out_channels, 1).numpy(),
+                           "INT8")
+        acc = self.net.op("DEPTHWISE_CONV2D", [xin, w, bias, *zps], nhwc, "INT32",
+                          ["DepthwiseConv2dAttribute", attr], f"{node.name}_acc")
+    else:
+        raise UnsupportedError(f"{node.name}: grouped convolution ({a.groups} groups) has no TOSA lowering")
+    out, dtype, zp = self.net.requantize_to(acc, "INT32", 0, _constant(self.graph, a.m0).numpy(),
+                                            _constant(self.graph, a.shift).numpy(), output_bounds(node), nhwc, node.name)
+    return Value(out, shape, dtype, zp, NHWC)
+
+
+def _linear(self: Lowering, node) -> Value:
+    a = op_args(node)
+    x = self.value(a.q)
+    weight = _constant(self.graph, a.weight)
+    shape = self.shape(node)
+    rows, k, n = math.prod(x.shape[:-1]), x.shape[-1], weight.shape[0]
+    xin = self.net.reshape(self.net.logical(x), [1, rows, 1, k], x.dtype, f"{node.name}_in")
+    w = self.net.const(f"{node.name}_weight", weight.reshape(n, 1, 1, k).numpy(), "INT8")
+    bias = self.net.const(f"{node.name}_bias", _constant(self.graph, a.bias).numpy(), "INT32")
+    acc = self.net.op("CONV2D", [xin, w, bias, self.net.zero_point(x.zp, x.dtype), self.net.zero_point(0, "INT8")],
+                      [1, rows, 1, n], "INT32",
+                      ["Conv2dAttribute", [[0, 0, 0, 0], [1, 1], [1, 1], False, {"DType": "INT32"}]], f"{node.name}_acc")
+    out, dtype, zp = self.net.requantize_to(acc, "INT32", 0, _constant(self.graph, a.m0).numpy(),
+                                            _constant(self.graph, a.shift).numpy(), output_bounds(node),
+                                            [1, rows, 1, n], node.name)
+    out = self.net.reshape(out, shape, dtype, f"{node.name}_out")
+    return Value(out, shape, dtype, zp, tuple(range(len(shape))))
+
+
+def _matmul(self: Lowering, node) -> Value:
+    from hwact.ir.int_ops import dyadic
+    a = op_args(node)
+    left, right = self.value(a.a), self.value(a.b)
+    if left.dtype != "INT8" or right.dtype != "INT8":
+        raise UnsupportedError(f"{node.name}: MATMUL takes 8-bit operands ({left.dtype}, {right.dtype} here)")
+    if left.shape[:-2] != right.shape[:-2]:
+        raise UnsupportedError(f"{node.name}: broadcast batch dimensions {left.shape} @ {right.shape}")
+    shape = self.shape(node)
+    batch = math.prod(left.shape[:-2])
+    m, k, n = left.shape[-2], left.shape[-1], right.shape[-1]
+    lhs = self.net.reshape(self.net.logical(left), [batch, m, k], "INT8", f"{node.name}_a")
+    rhs = self.net.reshape(self.net.logical(right), [batch, k, n], "INT8", f"{node.name}_b")
+    acc = self.net.op("MATMUL", [lhs, rhs, self.net.zero_point(left.zp, "INT8"), self.net.zero_point(right.zp, "INT8")],
+                      [batch, m, n], "INT32", ["MatMulAttribute", []], f"{node.name}_acc")
+    m0, shift = dyadic(float(a.multiplier))
+    out, dtype, zp = self.net.requantize_to(acc, "INT32", 0, m0, shift, output_bounds(node), [batch, m, n], node.name)
+    out = self.net.reshape(out, shape, dtype, f"{node.name}_out")
+    return Value(out, shape, dtype, zp, tuple(range(len(shape))))
+
+
+def _requantize(self: Lowering, node) -> Value:
+    from hwact.ir.int_ops import dyadic
+    a = op_args(node)
+    x = self.value(a.q)
+    m0, shift = dyadic(float(a.in_scale) / float(a.out_scale))
+    out, dtype, zp = self.net.requantize_to(x.name, x.dtype, x.zp, m0, shift, output_bounds(node), x.tosa_shape,
+                                            node.name)
+    return Value(out, x.shape, dtype, zp, x.perm)
+
+
+def _add(self: Lowering, node) -> Value:
+    from hwact.ir.int_ops import dyadic
+    a = op_args(node)
+    left, right = self.value(a.a), self.value(a.b)
+    shape = self.shape(node)
+    if left.shape == right.shape:
+        perm, names = left.perm, [left.name, self.net.layout(right, left.perm)]
+        operands_shape = [shape[p] for p in perm]
+    else:                       # broadcasting: both in logical layout, equal rank
+        perm = tuple(range(len(shape)))
+        names = []
+        for operand in (left, right):
+            padded = [1] * (len(shape) - len(operand.shape)) + list(operand.shape)
+            names.append(self.net.reshape(self.net.logical(operand), padded, operand.dtype, f"{node.name}_bc"))
+        operands_shape = list(shape)
+    wide = []
+    for operand, name, multiplier, side in ((left, names[0], a.a_multiplier, "a"), (right, names[1], a.b_multiplier, "b")):
+        m0, shift = dyadic(float(multiplier))
+        wide.append(self.net.rescale(name, operand.dtype, operand.zp, m0, shift, "INT32", 0, self.net.shape_of(name),
+                                     f"{node.name}_{side}32"))
+    total = self.net.op("ADD", wide, operands_shape, "INT32", ["AddAttribute", []], f"{node.name}_sum")
+    out, dtype, zp = self.net.requantize_to(total, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT,
+                                            output_bounds(node), operands_shape, node.name)
+    return Value(out, shape, dtype, zp, perm)
+
+
+def _max_pool(self: Lowering, node) -> Value:
+    a = op_args(node)
+    x = self.value(a.q)
+    shape = self.shape(node)
+    nhwc = [shape[p] for p in NHWC]
+    attr = [_ints(a.kernel), _ints(a.stride), _pads(node, x.shape[2:], a.kernel, a.stride, a.padding),
+            {"NanPropagationMode": "PROPAGATE"}]
+    out = self.net.op("MAX_POOL2D", [self.net.layout(x, NHWC)], nhwc, x.dtype, ["MaxPool2dAttribute", attr], node.name)
+    return Value(out, shape, x.dtype, x.zp, NHWC)
+
+
+def _lut(self: Lowering, node) -> Value:
+    a = op_args(node)
+    x = self.value(a.q)
+    dtype, zp = storage(*output_bounds(node))
+    if x.dtype != "INT8" or dtype != "INT8":
+        raise UnsupportedError(f"{node.name}: TABLE on Ethos-U takes int8 -> int8 only ({x.dtype} -> {dtype} here)")
+    table = _constant(self.graph, a.table).to(torch.int64)
+    stored = torch.arange(-128, 128)
+    index = torch.clamp(stored - x.zp - int(a.in_qmin), 0, table.numel() - 1)
+    entries = torch.clamp(table[index], int(a.qmin), int(a.qmax)) + zp
+    out = self.net.op("TABLE", [x.name, self.net.const(f"{node.name}_table", entries.numpy(), "INT8")], x.tosa_shape,
+                      "INT8", ["TableAttribute", []], node.name)
+    return Value(out, x.shape, "INT8", zp, x.perm)
+
+
+def _clamp(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    low, high = (node.args + (None, None))[1:3]
+    type_low, type_high = RANGES[x.dtype]
+    low = type_low if low is None else max(int(math.ceil(low)) + x.zp, type_low)
+    high = type_high if high is None else min(int(math.floor(high)) + x.zp, type_high)
+    out = self.net.clamp(x.name, x.dtype, low, high, x.tosa_shape, node.name)
+    return Value(out, x.shape, x.dtype, x.zp, x.perm)
+
+
+def _sum(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    dims = [d % len(x.shape) for d in node.args[1]]
+    keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+    name = x.name
+    if x.dtype != "INT32" or x.zp != 0:
+        name = self.net.rescale(name, x.dtype, x.zp, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, x.tosa_shape,
+                                f"{node.name}_32")
+    kept = list(x.shape)
+    for d in dims:
+        kept[d] = 1
+        name = self.net.op("REDUCE_SUM", [name], [kept[p] for p in x.perm], "INT32",
+                           ["ReduceSumAttribute", [x.perm.index(d)]], f"{node.name}_{d}")
+    value = Value(name, tuple(kept), "INT32", 0, x.perm)
+    if keepdim:
+        return value
+    shape = self.shape(node)
+    return Value(self.net.reshape(self.net.logical(value), shape, "INT32", node.name), shape, "INT32", 0,
+                 tuple(range(len(shape))))
+
+
+def _reshape(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    shape = self.shape(node)
+    if shape == x.shape:
+        return x
+    return Value(self.net.reshape(self.net.logical(x), shape, x.dtype, node.name), shape, x.dtype, x.zp,
+                 tuple(range(len(shape))))
+
+
+def _permute(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    rank = len(x.shape)
+    if _name(node) == "aten.permute.default":
+        dims = [d % rank for d in node.args[1]]
+    else:
+        dims = list(range(rank))
+        if _name(node) == "aten.transpose.int":
+            i, j = node.args[1] % rank, node.args[2] % rank
+            dims[i], dims[j] = dims[j], dims[i]
+        else:                                   # aten.t.default
+            dims.reverse()
+    inverse = [dims.index(i) for i in range(rank)]
+    # TOSA = old.permute(x.perm); new = old.permute(dims) -> old = new.permute(inverse)
+    return Value(x.name, self.shape(node), x.dtype, x.zp, tuple(inverse[p] for p in x.perm))
+
+
+def _slice_value(self: Lowering, x: Value, dim: int, start: int, size: int, hint: str) -> str:
+    starts, sizes = [0] * len(x.shape), list(x.shape)
+    starts[dim], sizes[dim] = start, size
+    return self.net.op("SLICE", [self.net.logical(x), self.net.const("start", starts, "SHAPE"),
+                                 self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []], hint)
+
+
+def _select(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    dim = node.args[1] % len(x.shape)
+    index = node.args[2] % x.shape[dim]
+    part = _slice_value(self, x, dim, index, 1, f"{node.name}_slice")
+    shape = self.shape(node)
+    return Value(self.net.reshape(part, shape, x.dtype, node.name), shape, x.dtype, x.zp, tuple(range(len(shape))))
+
+
+def _slice(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    dim, start, end, step = (list(node.args[1:]) + [0, None, None, 1][len(node.args) - 1:])[:4]
+    dim = dim % len(x.shape)
+    if step != 1:
+        raise UnsupportedError(f"{node.name}: strided slice (step {step}) has no TOSA lowering")
+    start, end, _ = slice(start, end).indices(x.shape[dim])
+    shape = self.shape(node)
+    if shape == x.shape:
+        return x
+    return Value(_slice_value(self, x, dim, start, end - start, node.name), shape, x.dtype, x.zp,
+                 tuple(range(len(shape))))
+
+
+def _cat(self: Lowering, node) -> Value:
+    parts = [self.value(p) for p in node.args[0]]
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(parts[0].shape)
+    if len({(p.dtype, p.zp) for p in parts}) != 1:
+        raise UnsupportedError(f"{node.name}: concatenated tensors are stored differently "
+                               f"({sorted({(p.dtype, p.zp) for p in parts})})")
+    shape = self.shape(node)
+    out = self.net.op("CONCAT", [self.net.logical(p) for p in parts], shape, parts[0].dtype,
+                      ["ConcatAttribute", [dim]], node.name)
+    return Value(out, shape, parts[0].dtype, parts[0].zp, tuple(range(len(shape))))
+
+
+def _expand(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    shape = self.shape(node)
+    padded = [1] * (len(shape) - len(x.shape)) + list(x.shape)
+    name = self.net.reshape(self.net.logical(x), padded, x.dtype, f"{node.name}_in")
+    multiples = [s // p for s, p in zip(shape, padded)]
+    out = self.net.op("TILE", [name, self.net.const("multiples", multiples, "SHAPE")], shape, x.dtype,
+                      ["TileAttribute", []], node.name)
+    return Value(out, shape, x.dtype, x.zp, tuple(range(len(shape))))
+
+
+def _roll(self: Lowering, node) -> Value:
+    x = self.value(node.args[0])
+    shifts, dims = list(node.args[1]), list(node.args[2]) if len(node.args) > 2 else []
+    if len(shifts) != len(dims):
+        raise UnsupportedError(f"{node.name}: roll without dims has no TOSA lowering")
+    value = x
+    for shift, dim in zip(shifts, dims):
+        dim = dim % len(x.shape)
+        size = x.shape[dim]
+        shift = shift % size
+        if shift == 0:
+            continue
+        tail = _slice_value(self, value, dim, size - shift, shift, f"{node.name}_tail")
+        head = _slice_value(self, value, dim, 0, size - shift, f"{node.name}_head")
+        name = self.net.op("CONCAT", [tail, head], x.shape, x.dtype, ["ConcatAttribute", [dim]], node.name)
+        value = Value(name, x.shape, x.dtype, x.zp, tuple(range(len(x.shape))))
+    return value
+
+
+def _pass_through(self: Lowering, node) -> Value:
+    return self.value(node.args[0])
+
+
+HANDLERS = {
+    "hwact.quantize.default": _quantize,
+    "hwact.int_conv2d.default": _conv2d,
+    "hwact.int_linear.default": _linear,
+    "hwact.int_matmul.default": _matmul,
+    "hwact.requantize.default": _requantize,
+    "hwact.int_add.default": _add,
+    "hwact.int_max_pool2d.default": _max_pool,
+    "hwact.int_lut.default": _lut,
+    "hwact.dequantize.default": lambda self, node: None,      # an output (handled with the output node)
+    "aten.clamp.default": _clamp,
+    "aten.sum.dim_IntList": _sum,
+    "aten.permute.default": _permute,
+    "aten.transpose.int": _permute,
+    "aten.t.default": _permute,
+    "aten.select.int": _select,
+    "aten.slice.Tensor": _slice,
+    "aten.cat.default": _cat,
+    "aten.expand.default": _expand,
+    "aten.roll.default": _roll,
+    **{name: _reshape for name in RESHAPES},
+    **{name: _pass_through for name in PASS_THROUGH},
+}
+
+
+# ----- check before emitting -----------------------------------------------------------------------------
+def problems(graph: Graph) -> list[str]:
+    """One line per node the TOSA lowering cannot take, with the reason and what would fix it."""
+    from hwact.passes.lowerable import lowering_advice
+    load_all_ops()
+    lines = []
+    floats = set(float_compute_nodes(graph))
+    dequantize = _hwact("dequantize")
+    for node in graph.call_nodes():
+        name = _name(node)
+        if is_bookkeeping(node) or name in SCALAR_OPS:
+            continue
+        if node in floats:
+            lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; {lowering_advice(name)}")
+        elif name in BLOCKED:
+            lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
+        elif name not in HANDLERS:
+            lines.append(f"{node.name} ({name}): no TOSA lowering for this op")
+        elif name == "hwact.int_conv2d.default" and op_args(node).groups != 1:
+            weight = op_args(node).weight
+            if _constant(graph, weight).shape[1] != 1:
+                lines.append(f"{node.name} ({name}): grouped convolution ({op_args(node).groups} groups) has no "
+                             "TOSA lowering (groups 1 and depthwise only)")
+    for node in graph.fx.nodes:
+        if node.op == "placeholder" and any(user.target is not _hwact("quantize") for user in node.users):
+            lines.append(f"{node.name} (input): feeds integer ops directly (token ids?); the TOSA network starts "
+                         "at hwact.quantize")
+        if node.op == "call_function" and node.target is dequantize and any(u.op != "output" for u in node.users):
+            if node not in floats and not any(u in floats for u in node.users):
+                lines.append(f"{node.name} (hwact.dequantize): feeds more than the graph output")
+    return lines
+
+
+def lower(graph: Graph, sample: tuple) -> tuple[Network, dict]:
+    """The TOSA network of `graph` for batch 1 (`sample`: one input of batch 1); (network, scales)."""
+    values: dict = {}
+    record(graph.module, [sample], lambda node, value: values.__setitem__(node, value))
+    lowering = Lowering(graph, values)
+    return lowering.run(), lowering.scales
+
+
+def write_description(network: Network, folder: Path) -> tuple[Path, Path]:
+    body, constants = network.description()
+    description, arrays = folder / "network.json", folder / "constants.npz"
+    description.write_text(json.dumps(body))
+    np.savez(arrays, **constants)
+    return description, arrays
+
+
+def op_counts(network: Network) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for op in network.ops:
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+    return dict(sorted(counts.items()))
+
