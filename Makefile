@@ -3,8 +3,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hwact-installed
+# the TOSA tools (Ethos-U backend) in their own environment: tosa-tools pins numpy < 2.2 (docs/ethos-u.md)
+TOSA_VENV  ?= .venv-tosa
+TOSA_STAMP := $(TOSA_VENV)/.hwact-installed
 
-.PHONY: install tools demo test bench
+.PHONY: install tools tosa-env demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,13 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(TOSA_STAMP):
+	python3 -m venv $(TOSA_VENV)
+	$(TOSA_VENV)/bin/pip install -q tosa-tools==2026.8.0 ethos-u-vela==5.2.0
+	touch $(TOSA_STAMP)
+
+tosa-env: $(TOSA_STAMP)
+
 tools:
 	scripts/install-tools.sh
 
 demo: install
 	$(VENV)/bin/hwact demo --force   # its own folder, ./hwact-demo: replaced on a rerun
 
-test: install tools
+test: install tools tosa-env
 	$(PY) -m pytest -q
 
 bench: install tools
