@@ -345,24 +345,68 @@ def test_conv_im2col_linear(lib, isas, conv, unsigned):
             assert np.array_equal(got.T.reshape(o, oh, ow).astype(np.int64), expected.astype(np.int64))
 
 
-@pytest.mark.parametrize("conv", CONVS)
+GEOMETRIES = [  # C, H, W, kh, kw, stride, padding, dilation: odd sizes, stride 2, padding, dilation, kw > 8
+    (3, 11, 9, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (5, 17, 23, 3, 3, (2, 2), (1, 1), (1, 1)),
+    (3, 30, 29, 7, 7, (2, 2), (3, 3), (1, 1)),     # a ResNet stem, scaled down
+    (7, 13, 12, 1, 1, (2, 2), (0, 0), (1, 1)),     # a strided 1x1 (downsample)
+    (4, 10, 13, 3, 2, (2, 1), (2, 0), (2, 1)),
+    (2, 9, 21, 2, 9, (1, 3), (0, 4), (1, 2)),      # kw > 8, dilated along W
+    (6, 12, 12, 5, 8, (1, 1), (2, 3), (1, 1)),     # kw = 8 (the widest 8-byte run)
+    (33, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 5, 4, 5, 4, (1, 1), (0, 0), (1, 1)),       # one output pixel
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("unsigned", [False, True])
-def test_depthwise_conv(lib, conv, unsigned):
-    c, h, wd, _, kh, kw, stride, padding, dilation = conv
-    rng = np.random.default_rng(c + h + kh)
+def test_im2col_matches_unfold(lib, geometry, unsigned):
+    """hw_im2col equals torch's unfold (columns in (c, ky, kx) order, zeros in the padding), and writes
+    nothing past the OH·OW x C·kh·kw result."""
+    c, h, wd, kh, kw, stride, padding, dilation = geometry
+    rng = np.random.default_rng(c * h * wd + kh)
     x = _8bit(rng, (c, h, wd), unsigned)
+    want = torch.nn.functional.unfold(torch.from_numpy(x.astype(np.float64))[None], (kh, kw), dilation, padding,
+                                      stride)[0].T.numpy().astype(np.int64)
+    guard = 64
+    buffer = np.full(want.size + guard, 77, dtype=x.dtype)
+    lib.hw_im2col(_ptr(x), U8 if unsigned else I8, c, h, wd, kh, kw, *stride, *padding, *dilation, _ptr(buffer))
+    assert np.array_equal(buffer[: want.size].reshape(want.shape).astype(np.int64), want)
+    assert (buffer[want.size:] == 77).all()
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES + [(4, 20, 37, 3, 3, (1, 1), (1, 1), (1, 1)),
+                                                   (3, 19, 40, 5, 5, (2, 2), (2, 2), (1, 1))])
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_depthwise_conv(lib, isas, geometry, unsigned):
+    """Every ISA path (AVX2 vectors of output columns: widths below, at and past multiples of 8, strides
+    1-3 through loads and gathers) equals int_conv2d with groups = C, for every output type and a saturating
+    requantization; a NULL bias is 0."""
+    c, h, wd, kh, kw, stride, padding, dilation = geometry
+    rng = np.random.default_rng(c + h + kh + wd)
+    x = _8bit(rng, (c, h, wd), unsigned)
+    x[0, 0, :] = 255 if unsigned else -128   # extremes: the largest products
     w = rng.integers(-127, 128, (c, 1, kh, kw)).astype(np.int8)
+    w[0] = -127
     bias = rng.integers(-3000, 3000, c).astype(np.int32)
     pairs = [int_ops.dyadic(float(r)) for r in rng.uniform(0.005, 0.05, c)]
     m0 = np.array([p[0] for p in pairs], np.int32)
     shift = np.array([p[1] for p in pairs], np.int32)
-    for out_type in (I8, U8, I16, I32):
-        qmin, qmax = (0, 255) if out_type == U8 else (-128, 127)
-        expected = _conv_ref(x, w, bias, m0, shift, stride, padding, dilation, c, unsigned, qmin, qmax)
-        out = np.zeros(expected.shape, dtype=NP_TYPES[out_type])
-        lib.hw_depthwise_conv2d(_ptr(x), U8 if unsigned else I8, c, h, wd, _ptr(w), kh, kw, *stride, *padding,
-                                *dilation, _ptr(bias), _ptr(m0), _ptr(shift), qmin, qmax, _ptr(out), out_type)
-        assert np.array_equal(out.astype(np.int64), expected.astype(np.int64))
+    shift[-1], m0[-1] = 0, 3                  # shift 0: x·m0
+    cases = [(out_type, BOUNDS[out_type], bias)
+             for out_type in (I8, U8, I16, I32)] + [(I8, (-5, 9), None)]
+    for out_type, (qmin, qmax), b in cases:
+        expected = _conv_ref(x, w, np.zeros(c, np.int32) if b is None else b, m0, shift, stride, padding, dilation, c,
+                             unsigned, qmin, qmax)
+        for isa in isas:
+            assert lib.hw_force_isa(isa) == 0
+            out = np.zeros(expected.size + 16, dtype=NP_TYPES[out_type])
+            lib.hw_depthwise_conv2d(_ptr(x), U8 if unsigned else I8, c, h, wd, _ptr(w), kh, kw, *stride, *padding,
+                                    *dilation, _ptr(b), _ptr(m0), _ptr(shift), qmin, qmax, _ptr(out), out_type)
+            got = out[: expected.size].reshape(expected.shape)
+            assert np.array_equal(got.astype(np.int64), expected.astype(np.int64)), (lib.hw_isa_name(isa), out_type)
+            assert not out[expected.size:].any()
+    lib.hw_force_isa(-2)
 
 
 # ----- aarch64 ---------------------------------------------------------------------------------------------

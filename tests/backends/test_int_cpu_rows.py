@@ -367,11 +367,13 @@ def test_mask(k, in_type):
             np.testing.assert_array_equal(out.astype(np.int64), ref(want))
 
 
-@pytest.mark.parametrize("in_type", (np.int8, np.uint8, np.int16))
+@pytest.mark.parametrize("in_type", ALL)
 def test_max_pool2d(k, in_type):
     rng = np.random.default_rng(10)
     for (H, W), kernel, stride, padding in (((8, 8), (2, 2), (2, 2), (0, 0)), ((7, 9), (3, 3), (2, 2), (1, 1)),
-                                            ((5, 5), (3, 2), (1, 2), (1, 0)), ((1, 1), (1, 1), (1, 1), (0, 0))):
+                                            ((5, 5), (3, 2), (1, 2), (1, 0)), ((1, 1), (1, 1), (1, 1), (0, 0)),
+                                            ((15, 17), (3, 3), (2, 2), (1, 1)), ((6, 11), (3, 3), (1, 1), (1, 1)),
+                                            ((9, 4), (4, 2), (3, 1), (2, 1))):
         x = codes(rng, (2, 3, H, W), in_type)
         want = torch.ops.hwact.int_max_pool2d(torch.from_numpy(x.astype(np.int32)), list(kernel), list(stride),
                                               list(padding), in_type == np.uint8)

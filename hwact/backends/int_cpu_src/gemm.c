@@ -158,6 +158,13 @@ static void convert_rows(int isa, const geometry *g, const view2d *a, int64_t ro
     if (valid < mr)
         memset(buf, 0, (size_t)(mr * kp * g->esa));
     for (int64_t r = 0; r < valid; r++) {
+        if (isa == HW_ISA_AVX512VNNI && a->s1 == 1) { /* contiguous 8-bit row: one pass, a + 128 = a ^ 0x80 */
+            const uint8_t *src = (const uint8_t *)a->p + (row0 + r) * a->s0;
+            uint8_t *d = (uint8_t *)buf + r * kp, flip = a->type == HW_U8 ? 0 : 0x80;
+            for (int64_t kk = 0; kk < k; kk++) d[kk] = src[kk] ^ flip;
+            for (int64_t kk = k; kk < kp; kk++) d[kk] = 0;
+            continue;
+        }
         view_row(a, row0 + r, k, kp, row);
         switch (isa) {
         case HW_ISA_AVX512VNNI: { /* uint8 [mr][kp]; int8 a -> a + 128 (padding stays 0: W is 0 there) */
@@ -921,29 +928,178 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
 /* ----- convolution helpers ------------------------------------------------------------------------------ */
 static int64_t conv_out(int64_t size, int k, int s, int p, int d) { return (size + 2 * p - d * (k - 1) - 1) / s + 1; }
 
+/* The image with its padding made explicit: C planes of (H + 2ph) x (W + 2pw) bytes (code 0 around), and
+   `slack` zero bytes after the last plane (for wide loads past a window's end); NULL: no memory. */
+static uint8_t *padded_image(const uint8_t *src, int64_t C, int64_t H, int64_t W, int ph, int pw, size_t slack) {
+    int64_t hp = H + 2 * ph, wp = W + 2 * pw;
+    uint8_t *buf = malloc((size_t)(C * hp * wp) + slack);
+    if (!buf)
+        return NULL;
+    for (int64_t c = 0; c < C; c++) {
+        uint8_t *plane = buf + c * hp * wp;
+        memset(plane, 0, (size_t)(ph * wp));
+        for (int64_t y = 0; y < H; y++) {
+            uint8_t *row = plane + (ph + y) * wp;
+            memset(row, 0, (size_t)pw);
+            memcpy(row + pw, src + (c * H + y) * W, (size_t)W);
+            memset(row + pw + W, 0, (size_t)pw);
+        }
+        memset(plane + (ph + H) * wp, 0, (size_t)(ph * wp));
+    }
+    memset(buf + C * hp * wp, 0, slack);
+    return buf;
+}
+
+static inline void copy8(uint8_t *dst, const uint8_t *src) {
+    uint64_t v;
+    memcpy(&v, src, 8);
+    memcpy(dst, &v, 8);
+}
+
+/* Row (oy, ox) of the columns is C·kh runs of kw bytes, run (c, ky) read from the padded image at
+   plane c, row oy·sh + ky·dh, column ox·sw (+ kx·dw). With dw = 1 and kw <= 8 each run is one 8-byte
+   load and store: the store's extra bytes fall on runs of the same row written after it (the runs that
+   would pass the row's end are copied exactly), the load's extra bytes come from the next padded row or
+   the slack. Other geometries copy byte by byte, with no bounds tests (the padding is in the image). */
 void hw_im2col(const void *x, int x_type, int64_t C, int64_t H, int64_t W, int kh, int kw, int sh, int sw,
                int ph, int pw, int dh, int dw, void *cols) {
     (void)x_type; /* 8-bit either way: a byte copy, padding is code 0 */
-    const uint8_t *src = x;
-    uint8_t *dst = cols;
     int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    if (OH <= 0 || OW <= 0 || C <= 0)
+        return;
+    int64_t hp = H + 2 * ph, wp = W + 2 * pw, runs = C * kh, width = runs * kw;
+    uint8_t *img = padded_image(x, C, H, W, ph, pw, 16);
+    int64_t *offset = malloc((size_t)runs * sizeof(int64_t));
+    if (!img || !offset) {
+        free(img);
+        free(offset);
+        return;
+    }
+    for (int64_t c = 0; c < C; c++)
+        for (int ky = 0; ky < kh; ky++)
+            offset[c * kh + ky] = c * hp * wp + (int64_t)ky * dh * wp;
+    int wide = dw == 1 && kw <= 8;
+    int64_t wide_runs = wide ? (width >= 8 ? (width - 8) / kw + 1 : 0) : 0; /* runs r with r·kw + 8 <= width */
+    uint8_t *dst = cols;
     for (int64_t oy = 0; oy < OH; oy++)
-        for (int64_t ox = 0; ox < OW; ox++)
-            for (int64_t c = 0; c < C; c++)
+        for (int64_t ox = 0; ox < OW; ox++, dst += width) {
+            const uint8_t *base = img + oy * sh * wp + ox * sw;
+            int64_t r = 0;
+            for (; r < wide_runs; r++)
+                copy8(dst + r * kw, base + offset[r]);
+            for (; r < runs; r++) {
+                const uint8_t *src = base + offset[r];
+                uint8_t *d = dst + r * kw;
+                for (int kx = 0; kx < kw; kx++)
+                    d[kx] = src[kx * dw];
+            }
+        }
+    free(offset);
+    free(img);
+}
+
+/* Depthwise conv, AVX2: per channel the padded plane as int32 (zeros around, and past the right edge as
+   far as the last 8-lane vector of a row reads), then 8 output columns at a time: Σ_ky,kx w·x over
+   vectors read at column ox·sw + kx·dw (one load for sw = 1, a gather otherwise), exact in int32
+   (|Σ| <= kh·kw·255·128). Epilogue per lane: (acc·m0 + bias·m0 + 2^(shift−1)) >> shift in int64 (even
+   and odd lanes by vpmuldq; the arithmetic shift as ~(~p >>> s) for p < 0), the clamp, a narrowing store. */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static inline __m256i dw_requant8(__m256i acc, __m256i m0v, __m256i addv,
+                                                                  __m128i count, __m256i lo, __m256i hi) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i r[2];
+    for (int h = 0; h < 2; h++) {
+        __m256i p = _mm256_add_epi64(_mm256_mul_epi32(h ? _mm256_srli_epi64(acc, 32) : acc, m0v), addv);
+        __m256i sign = _mm256_cmpgt_epi64(zero, p);
+        p = _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(p, sign), count), sign);
+        p = _mm256_blendv_epi8(p, hi, _mm256_cmpgt_epi64(p, hi));
+        r[h] = _mm256_blendv_epi8(p, lo, _mm256_cmpgt_epi64(lo, p));
+    }
+    return _mm256_blend_epi32(r[0], _mm256_slli_epi64(r[1], 32), 0xAA);
+}
+
+__attribute__((target("avx2"))) static void dw_store8(void *out, int type, int64_t at, __m256i v) {
+    __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); /* in range: exact */
+    switch (type) {
+    case HW_I8: _mm_storel_epi64((__m128i *)((int8_t *)out + at), _mm_packs_epi16(w16, w16)); break;
+    case HW_U8: _mm_storel_epi64((__m128i *)((uint8_t *)out + at), _mm_packus_epi16(w16, w16)); break;
+    case HW_I16: _mm_storeu_si128((__m128i *)((int16_t *)out + at), w16); break;
+    default: _mm256_storeu_si256((__m256i *)((int32_t *)out + at), v);
+    }
+}
+
+__attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_type, int64_t C, int64_t H,
+                                                           int64_t W, const int8_t *w, int kh, int kw, int sh, int sw,
+                                                           int ph, int pw, int dh, int dw, const int32_t *bias,
+                                                           const int32_t *m0, const int32_t *shift, int32_t qmin,
+                                                           int32_t qmax, void *out, int out_type) {
+    int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    int64_t full = OW / 8 * 8, ow8 = (OW + 7) / 8 * 8;
+    int64_t hp = H + 2 * ph, wp = (ow8 - 1) * sw + (int64_t)(kw - 1) * dw + 1; /* every vector read is inside */
+    if (wp < W + 2 * pw)
+        wp = W + 2 * pw;
+    int32_t *plane = malloc((size_t)(hp * wp) * sizeof(int32_t));
+    if (!plane)
+        return;
+    memset(plane, 0, (size_t)(hp * wp) * sizeof(int32_t));
+    const __m256i lo = _mm256_set1_epi64x(qmin), hi = _mm256_set1_epi64x(qmax);
+    const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(sw));
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t y = 0; y < H; y++) { /* the interior; the zeros around stay from the memset */
+            int32_t *row = plane + (ph + y) * wp + pw;
+            int64_t at = (c * H + y) * W;
+            if (x_type == HW_U8)
+                for (int64_t i = 0; i < W; i++) row[i] = ((const uint8_t *)x)[at + i];
+            else
+                for (int64_t i = 0; i < W; i++) row[i] = ((const int8_t *)x)[at + i];
+        }
+        const int8_t *wc = w + c * kh * kw;
+        int64_t b = bias ? bias[c] : 0;
+        int s = shift[c];
+        const __m256i m0v = _mm256_set1_epi64x(m0[c]);
+        const __m256i addv = _mm256_set1_epi64x(b * m0[c] + (s ? (int64_t)1 << (s - 1) : 0));
+        const __m128i count = _mm_cvtsi32_si128(s);
+        for (int64_t oy = 0; oy < OH; oy++) {
+            for (int64_t ox = 0; ox < ow8; ox += 8) {
+                __m256i acc = _mm256_setzero_si256();
                 for (int ky = 0; ky < kh; ky++) {
-                    int64_t iy = oy * sh - ph + (int64_t)ky * dh;
+                    const int32_t *row = plane + (oy * sh + (int64_t)ky * dh) * wp + ox * sw;
                     for (int kx = 0; kx < kw; kx++) {
-                        int64_t ix = ox * sw - pw + (int64_t)kx * dw;
-                        *dst++ = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? src[(c * H + iy) * W + ix] : 0;
+                        __m256i v = sw == 1 ? _mm256_loadu_si256((const __m256i *)(row + kx * dw))
+                                            : _mm256_i32gather_epi32(row + kx * dw, lanes, 4);
+                        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(wc[ky * kw + kx])));
                     }
                 }
+                __m256i v = dw_requant8(acc, m0v, addv, count, lo, hi);
+                int64_t at = (c * OH + oy) * OW + ox;
+                if (ox < full) {
+                    dw_store8(out, out_type, at, v);
+                } else {
+                    int32_t tail[8];
+                    _mm256_storeu_si256((__m256i *)tail, v);
+                    for (int64_t i = 0; i < OW - ox; i++) store_value(out, out_type, at + i, tail[i]);
+                }
+            }
+        }
+    }
+    free(plane);
 }
+#endif
 
 void hw_depthwise_conv2d(const void *x, int x_type, int64_t C, int64_t H, int64_t W, const int8_t *w, int kh,
                          int kw, int sh, int sw, int ph, int pw, int dh, int dw, const int32_t *bias,
                          const int32_t *m0, const int32_t *shift, int32_t qmin, int32_t qmax, void *out,
                          int out_type) {
     int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    if (OH <= 0 || OW <= 0 || C <= 0)
+        return;
+#if defined(__x86_64__)
+    if (hw_isa() >= HW_ISA_AVX2 && hw_isa() <= HW_ISA_AVX512VNNI) {
+        depthwise_avx2(x, x_type, C, H, W, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, m0, shift, qmin, qmax, out,
+                       out_type);
+        return;
+    }
+#endif
     const uint8_t *xu = x;
     const int8_t *xs = x;
     for (int64_t c = 0; c < C; c++) {

@@ -978,28 +978,58 @@ void hw_mask(const void *x, int x_type, const uint8_t *keep, int64_t count, int6
         st(out, out_type, i, keep[(i / k_div) % k_mod] ? ld(x, x_type, i) : fill);
 }
 
+/* Separable: each input row's horizontal window maxima (the row padded with INT32_MIN, which never wins),
+   then per output row the maxima over the window's input rows (the rows inside the image only). */
 void hw_max_pool2d(const void *x, int x_type, int64_t planes, int64_t H, int64_t W, int kh, int kw, int sh, int sw,
                    int ph, int pw, void *out, int out_type) {
-    int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
-    if (OH <= 0 || OW <= 0) return;
-    for (int64_t p = 0; p < planes; p++) {
-        int64_t in = p * H * W, o = p * OH * OW;
-        for (int64_t oy = 0; oy < OH; oy++)
-            for (int64_t ox = 0; ox < OW; ox++) {
-                int64_t best = INT64_MIN;
-                for (int ky = 0; ky < kh; ky++) {
-                    int64_t y = oy * sh - ph + ky;
-                    if (y < 0 || y >= H) continue;
-                    for (int kx = 0; kx < kw; kx++) {
-                        int64_t xx = ox * sw - pw + kx;
-                        if (xx < 0 || xx >= W) continue;
-                        int64_t v = ld(x, x_type, in + y * W + xx);
-                        if (v > best) best = v;
-                    }
-                }
-                st(out, out_type, o + oy * OW + ox, best);
-            }
+    int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1, wp = (OW - 1) * sw + kw;
+    if (OH <= 0 || OW <= 0 || H <= 0 || W <= 0) return;
+    if (wp < W + pw) wp = W + pw;
+    int32_t *row = malloc((size_t)wp * sizeof(int32_t)), *hmax = malloc((size_t)(H * OW) * sizeof(int32_t));
+    int32_t *best = malloc((size_t)OW * sizeof(int32_t));
+    if (!row || !hmax || !best) {
+        free(row);
+        free(hmax);
+        free(best);
+        return;
     }
+    for (int64_t i = 0; i < wp; i++) row[i] = INT32_MIN;
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t y = 0; y < H; y++) {
+            int64_t in = (p * H + y) * W;
+            switch (x_type) {
+            case HW_I8: for (int64_t i = 0; i < W; i++) row[pw + i] = ((const int8_t *)x)[in + i]; break;
+            case HW_U8: for (int64_t i = 0; i < W; i++) row[pw + i] = ((const uint8_t *)x)[in + i]; break;
+            case HW_I16: for (int64_t i = 0; i < W; i++) row[pw + i] = ((const int16_t *)x)[in + i]; break;
+            default: memcpy(row + pw, (const int32_t *)x + in, (size_t)W * sizeof(int32_t));
+            }
+            int32_t *h = hmax + y * OW;
+            for (int64_t ox = 0; ox < OW; ox++) {
+                const int32_t *win = row + ox * sw;
+                int32_t m = win[0];
+                for (int kx = 1; kx < kw; kx++) m = win[kx] > m ? win[kx] : m;
+                h[ox] = m;
+            }
+        }
+        for (int64_t oy = 0; oy < OH; oy++) {
+            int64_t y0 = oy * sh - ph, ky0 = y0 < 0 ? -y0 : 0, ky1 = H - y0 < kh ? H - y0 : kh;
+            for (int64_t ox = 0; ox < OW; ox++) best[ox] = INT32_MIN;
+            for (int64_t ky = ky0; ky < ky1; ky++) {
+                const int32_t *h = hmax + (y0 + ky) * OW;
+                for (int64_t ox = 0; ox < OW; ox++) best[ox] = h[ox] > best[ox] ? h[ox] : best[ox];
+            }
+            int64_t o = (p * OH + oy) * OW;
+            switch (out_type) {
+            case HW_I8: for (int64_t ox = 0; ox < OW; ox++) ((int8_t *)out)[o + ox] = (int8_t)best[ox]; break;
+            case HW_U8: for (int64_t ox = 0; ox < OW; ox++) ((uint8_t *)out)[o + ox] = (uint8_t)best[ox]; break;
+            case HW_I16: for (int64_t ox = 0; ox < OW; ox++) ((int16_t *)out)[o + ox] = (int16_t)best[ox]; break;
+            default: memcpy((int32_t *)out + o, best, (size_t)OW * sizeof(int32_t));
+            }
+        }
+    }
+    free(row);
+    free(hmax);
+    free(best);
 }
 
 void hw_sum_requantize(const void *x, int x_type, int64_t outer, int64_t reduce, int64_t inner, int32_t m0,
