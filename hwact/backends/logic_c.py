@@ -225,6 +225,7 @@ def _c_array(ctype: str, name: str, values: np.ndarray) -> str:
 
 def _program_tables(tag: str, program: Program) -> str:
     return "".join([f"#define LN_{tag}_SLOTS {program.num_slots}\n#define LN_{tag}_RUNS {program.run_ops.size}\n",
+                    f"#define LN_{tag}_GATES {program.ops.size}\n",
                     _c_array("uint8_t", f"ln_{tag}_op", program.run_ops),
                     _c_array("uint32_t", f"ln_{tag}_len", program.run_lens),
                     _c_array("uint32_t", f"ln_{tag}_dst", program.dst),
@@ -235,7 +236,8 @@ def _program_tables(tag: str, program: Program) -> str:
 
 
 def _program_straight(tag: str, program: Program) -> str:
-    lines = [f"#define LN_{tag}_SLOTS {program.num_slots}\n", _c_array("uint32_t", f"ln_{tag}_results", program.results)]
+    lines = [f"#define LN_{tag}_SLOTS {program.num_slots}\n#define LN_{tag}_GATES {program.ops.size}\n",
+             _c_array("uint32_t", f"ln_{tag}_results", program.results)]
     parts = []
     ops, dst, a, b, c = (program.ops.tolist(), program.dst.tolist(), program.a.tolist(), program.b.tolist(),
                          program.c.tolist())
@@ -246,8 +248,8 @@ def _program_straight(tag: str, program: Program) -> str:
                          f"    LN_GATE(LN_G{ops[g]}, V, {dst[g]}, {a[g]}, {b[g]});"
                          for g in range(start, min(start + STRAIGHT_CHUNK, len(ops))))
         lines.append(f"__attribute__((noinline)) static void {name}(ln_vec *V) {{\n{body}\n}}\n")
-    calls = "".join(f"    {p}(V);\n" for p in parts)
-    lines.append(f"static void ln_{tag}_gates(ln_vec *V) {{\n{calls}    (void)V;\n}}\n")
+    calls = "".join(f"    {p}(V);\n    ln_prefetch_some(pf, {STRAIGHT_CHUNK});\n" for p in parts)
+    lines.append(f"static void ln_{tag}_gates(ln_vec *V, ln_prefetch *pf) {{\n{calls}    (void)V; (void)pf;\n}}\n")
     return "".join(lines)
 
 
@@ -308,13 +310,40 @@ def build_c(netlist: Netlist, outdir: Path, name: str = "logic_net", arch: str =
 
 
 # ------------------------------------------------------------------------------------------ running
-def pack_bits(bits: np.ndarray, num_inputs: int) -> tuple[np.ndarray, int]:
-    """(N, num_inputs) 0/1 -> bit planes (num_inputs, ceil(N/64)) uint64, sample s at bit s%64 of word s//64."""
+def check_bit_shape(bits: np.ndarray, num_inputs: int) -> np.ndarray:
     bits = np.asarray(bits)
     if bits.ndim != 2 or bits.shape[1] != num_inputs:
         raise InputError(f"logic kernel expects (N, {num_inputs}) input bits, got {tuple(bits.shape)}")
+    return bits
+
+
+def not_binary_error(bits: np.ndarray, index: int) -> InputError:
+    """The error for flat element `index` of (N, inputs) `bits`, which is not 0 or 1."""
+    sample, column = divmod(int(index), bits.shape[1])
+    return InputError(f"logic kernel inputs must be binary (0/1): sample {sample}, input {column} is "
+                      f"{bits[sample, column].item()}", hint="threshold real inputs first (e.g. a thermometer encoder)")
+
+
+def input_bytes(bits: np.ndarray, num_inputs: int) -> np.ndarray:
+    """(N, num_inputs) bits as a C-contiguous uint8 array for the kernel's byte entry points, without a
+    copy for C-contiguous uint8 / bool / int8 input (the C code checks those values: an int8 -1 is byte
+    255). Other dtypes are checked here, then converted."""
+    bits = check_bit_shape(bits, num_inputs)
+    if bits.dtype in (np.uint8, np.bool_, np.int8):
+        return np.ascontiguousarray(bits).view(np.uint8)
+    if bits.size:
+        bad = np.flatnonzero((bits != 0) & (bits != 1))
+        if bad.size:
+            raise not_binary_error(bits, bad[0])
+    return np.ascontiguousarray(bits, dtype=np.uint8)
+
+
+def pack_bits(bits: np.ndarray, num_inputs: int) -> tuple[np.ndarray, int]:
+    """(N, num_inputs) 0/1 -> bit planes (num_inputs, ceil(N/64)) uint64, sample s at bit s%64 of word s//64.
+    The numpy reference of the C packing (LogicCKernel.pack_bits, and inside LogicCKernel.class_counts)."""
+    bits = check_bit_shape(bits, num_inputs)
     if bits.size and not np.isin(bits, (0, 1)).all():
-        raise InputError("logic kernel inputs must be binary (0/1)")
+        raise not_binary_error(bits, np.flatnonzero(~np.isin(bits, (0, 1)))[0])
     n = bits.shape[0]
     nwords = (n + 63) // 64
     padded = np.zeros((num_inputs, nwords * 64), dtype=np.uint8)
@@ -348,6 +377,9 @@ class LogicCKernel:
         lib.ln_output_bits_packed.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         lib.ln_class_counts_packed.restype = ctypes.c_int
         lib.ln_class_counts_packed.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        for name in ("ln_class_counts", "ln_output_bits", "ln_pack_bits"):    # from (N, inputs) bytes
+            getattr(lib, name).restype = ctypes.c_int64
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         built_for = lib.ln_fingerprint().decode()
         if built_for != fingerprint(netlist):
             raise InputError(f"{library}: built for another netlist (fingerprint {built_for}, "
@@ -365,34 +397,56 @@ class LogicCKernel:
             raise MemoryError("logic kernel: out of memory")
         return counts
 
+    def _from_bytes(self, function, bits: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """One C call on (N, num_inputs) bytes: it packs them block by block (checking each is 0 or 1)
+        and writes `out`; returns `out`."""
+        data = input_bytes(bits, self.num_inputs)
+        status = function(data.ctypes.data, data.shape[0], out.ctypes.data)
+        if status == -1:
+            raise MemoryError("logic kernel: out of memory")
+        if status > 0:
+            raise not_binary_error(np.asarray(bits), status - 1)
+        return out
+
     def class_counts(self, bits: np.ndarray) -> np.ndarray:
-        """(N, num_inputs) 0/1 -> (N, num_classes) int32, equal to Netlist.class_counts."""
-        packed, n = pack_bits(bits, self.num_inputs)
-        return self.class_counts_packed(packed, n)
+        """(N, num_inputs) 0/1 (uint8 or bool without a copy) -> (N, num_classes) int32, equal to
+        Netlist.class_counts; packing, gates and GroupSum in one C call."""
+        n = check_bit_shape(bits, self.num_inputs).shape[0]
+        return self._from_bytes(self.lib.ln_class_counts, bits, np.empty((n, self.num_classes), dtype=np.int32))
 
     def output_bits(self, bits: np.ndarray) -> np.ndarray:
-        """(N, num_inputs) 0/1 -> (N, num_outputs) uint8, equal to Netlist.evaluate."""
-        packed, n = pack_bits(bits, self.num_inputs)
-        planes = np.empty((self.num_outputs, packed.shape[1]), dtype=np.uint64)
-        if self.lib.ln_output_bits_packed(packed.ctypes.data, packed.shape[1], planes.ctypes.data):
-            raise MemoryError("logic kernel: out of memory")
-        return unpack_planes(planes, n)
+        """(N, num_inputs) 0/1 -> (N, num_outputs) uint8, equal to Netlist.evaluate; one C call."""
+        n = check_bit_shape(bits, self.num_inputs).shape[0]
+        return self._from_bytes(self.lib.ln_output_bits, bits, np.empty((n, self.num_outputs), dtype=np.uint8))
+
+    def pack_bits(self, bits: np.ndarray) -> tuple[np.ndarray, int]:
+        """The C packing on its own: as the module's pack_bits (planes (num_inputs, ceil(N/64)) uint64, N)."""
+        n = check_bit_shape(bits, self.num_inputs).shape[0]
+        planes = np.empty((self.num_inputs, (n + 63) // 64), dtype=np.uint64)
+        return self._from_bytes(self.lib.ln_pack_bits, bits, planes), n
 
 
-def throughput(kernel: LogicCKernel, samples: int = 1 << 20, repeat: int = 5, seed: int = 0) -> float:
+def throughput(kernel: LogicCKernel, samples: int = 1 << 20, repeat: int = 5, seed: int = 0,
+               packed: bool = True) -> float:
     """Samples per second of the class-count kernel (gates + GroupSum + unpacking the counts to int32),
-    best of `repeat` runs, one thread. Measured on pre-packed random bit-sliced input: packing the
-    (N, inputs) bits into planes is excluded (it is input formatting, done once per batch upstream)."""
+    best of `repeat` runs, one thread, on random input. packed=True: pre-packed bit-sliced input
+    (class_counts_packed; packing excluded); packed=False: end to end from (N, num_inputs) uint8 bytes
+    (class_counts: packing and validation included)."""
     if samples < 1 or repeat < 1:
         raise InputError("throughput needs samples >= 1 and repeat >= 1")
-    nwords = (samples + 63) // 64
     rng = np.random.default_rng(seed)
-    packed = rng.integers(0, 1 << 63, size=(kernel.num_inputs, nwords), dtype=np.uint64, endpoint=True)
-    kernel.class_counts_packed(packed, samples)             # warm-up (page faults, caches)
+    if packed:
+        nwords = (samples + 63) // 64
+        data = rng.integers(0, 1 << 63, size=(kernel.num_inputs, nwords), dtype=np.uint64, endpoint=True)
+        def run(): return kernel.class_counts_packed(data, samples)
+    else:
+        data = rng.integers(0, 2, size=(samples, kernel.num_inputs), dtype=np.uint8)
+        def run(): return kernel.class_counts(data)
+    run()                                                   # warm-up (page faults, caches)
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        kernel.class_counts_packed(packed, samples)
+        run()
         best = min(best, time.perf_counter() - start)
     return samples / best
 
@@ -405,8 +459,11 @@ def run_runner(runner: Path, bits: np.ndarray, netlist: Netlist, workdir: Path,
     uint8, "kernel": what the runner printed}.
     Runner files: IN int64 n, int64 num_inputs, uint8 bits (n, num_inputs); OUT int32 counts (n, C), uint8
     output bits (n, O)."""
-    bits = np.asarray(bits)
-    pack_bits(bits, netlist.num_inputs)                      # validates shape and values
+    data = input_bytes(bits, netlist.num_inputs)
+    bad = np.flatnonzero(data.reshape(-1) > 1)                # the CUDA runner reads bit 0 of each byte only
+    if bad.size:
+        raise not_binary_error(np.asarray(bits), bad[0])
+    bits = data
     n = bits.shape[0]
     header = np.array([n, netlist.num_inputs], dtype="<i8").tobytes()
     raw, printed = toolchain.run_runner(runner, {"in.bin": header + np.ascontiguousarray(bits, np.uint8).tobytes()},

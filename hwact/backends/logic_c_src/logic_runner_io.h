@@ -6,10 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* The bit planes x[LN_NUM_INPUTS][nwords] of the samples in file `path` (sample s in bit s % 64 of word
- * s / 64, zero padded), with *n = n_samples and *nwords = ceil(n / 64); NULL, after a message, when the
- * file cannot be read or holds another number of inputs. */
-static uint64_t *ln_read_input(const char *path, int64_t *n, int64_t *nwords) {
+/* The bytes bits[n][LN_NUM_INPUTS] of the samples in file `path`, with *n = n_samples; NULL, after a
+ * message, when the file cannot be read or holds another number of inputs. */
+static uint8_t *ln_read_bytes(const char *path, int64_t *n) {
     FILE *f = fopen(path, "rb");
     int64_t head[2];
     if (!f || fread(head, 8, 2, f) != 2) { fprintf(stderr, "cannot read %s\n", path); return NULL; }
@@ -22,6 +21,16 @@ static uint64_t *ln_read_input(const char *path, int64_t *n, int64_t *nwords) {
     if ((int64_t)fread(bits, 1, (size_t)(count * nin), f) != count * nin) { fprintf(stderr, "short input\n"); return NULL; }
     fclose(f);
     *n = count;
+    return bits;
+}
+
+/* The bit planes x[LN_NUM_INPUTS][nwords] of the samples in file `path` (sample s in bit s % 64 of word
+ * s / 64, zero padded; bit 0 of each byte), with *n = n_samples and *nwords = ceil(n / 64); NULL as
+ * ln_read_bytes. */
+static uint64_t *ln_read_input(const char *path, int64_t *n, int64_t *nwords) {
+    uint8_t *bits = ln_read_bytes(path, n);
+    if (!bits) return NULL;
+    const int64_t count = *n, nin = LN_NUM_INPUTS;
     *nwords = (count + 63) / 64;
     uint64_t *x = (uint64_t *)calloc((size_t)(nin * *nwords + 1), 8);
     for (int64_t s = 0; s < count; s++)
