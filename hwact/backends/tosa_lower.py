@@ -236,17 +236,21 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def _pads(node, in_hw, kernel, stride, padding, dilation=(1, 1)) -> list[int]:
-    """[top, bottom, left, right]: torch's symmetric padding, with the bottom/right rows that the last
-    window never reaches dropped (TOSA requires (size − 1 + pads − (k − 1)·d) to divide by the stride)."""
-    pads = []
-    for size, k, s, p, d in zip(in_hw, kernel, stride, padding, dilation):
+def _window(net: Network, x: Value, kernel, stride, padding, dilation=(1, 1)) -> tuple[str, list[int]]:
+    """x in NHWC and TOSA's [top, bottom, left, right] pads for torch's symmetric padding. TOSA requires
+    (size − 1 + pads − (k − 1)·d) to divide by the stride: the bottom/right rows the last window never
+    reaches are dropped from the padding, and from the input (a SLICE) when the padding has fewer."""
+    name, pads, crop = net.layout(x, NHWC), [], []
+    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
         extra = (size - 1 + 2 * p - (k - 1) * d) % s
-        if extra > p:
-            raise UnsupportedError(f"{node.name}: window geometry (size {size}, kernel {k}, stride {s}, pad {p}) "
-                                   "needs cropping, which the TOSA lowering does not do")
-        pads += [p, p - extra]
-    return pads
+        pads += [p, max(p - extra, 0)]
+        crop.append(max(extra - p, 0))
+    if any(crop):
+        n, c, h, w = x.shape
+        size = [n, h - crop[0], w - crop[1], c]
+        name = net.op("SLICE", [name, net.const("start", [0, 0, 0, 0], "SHAPE"), net.const("size", size, "SHAPE")],
+                      size, x.dtype, ["SliceAttribute", []], f"{name}_crop")
+    return name, pads
 
 
 class Lowering:
@@ -325,9 +329,8 @@ def _conv2d(self: Lowering, node) -> Value:
     kh, kw = weight.shape[2], weight.shape[3]
     shape = self.shape(node)
     nhwc = [shape[p] for p in NHWC]
-    xin = self.net.layout(x, NHWC)
-    attr = [_pads(node, x.shape[2:], (kh, kw), a.stride, a.padding, a.dilation), _ints(a.stride), _ints(a.dilation),
-            False, {"DType": "INT32"}]
+    xin, pads = _window(self.net, x, (kh, kw), a.stride, a.padding, a.dilation)
+    attr = [pads, _ints(a.stride), _ints(a.dilation), False, {"DType": "INT32"}]
     bias = self.net.const(f"{node.name}_bias", _constant(self.graph, a.bias).numpy(), "INT32")
     zps = [self.net.zero_point(x.zp, x.dtype), self.net.zero_point(0, "INT8")]
     if a.groups == 1:
@@ -426,9 +429,9 @@ def _max_pool(self: Lowering, node) -> Value:
     x = self.value(a.q)
     shape = self.shape(node)
     nhwc = [shape[p] for p in NHWC]
-    attr = [_ints(a.kernel), _ints(a.stride), _pads(node, x.shape[2:], a.kernel, a.stride, a.padding),
-            {"NanPropagationMode": "PROPAGATE"}]
-    out = self.net.op("MAX_POOL2D", [self.net.layout(x, NHWC)], nhwc, x.dtype, ["MaxPool2dAttribute", attr], node.name)
+    xin, pads = _window(self.net, x, a.kernel, a.stride, a.padding)
+    attr = [_ints(a.kernel), _ints(a.stride), pads, {"NanPropagationMode": "PROPAGATE"}]
+    out = self.net.op("MAX_POOL2D", [xin], nhwc, x.dtype, ["MaxPool2dAttribute", attr], node.name)
     return Value(out, shape, x.dtype, x.zp, NHWC)
 
 
