@@ -14,7 +14,8 @@ and the report's "logic" section (gates before/after simplification, depth, trai
                 verilator simulation of 10,000 samples against Netlist.evaluate/class_counts (zero
                 mismatches or it fails), and the `lut_budget` (UnsupportedError when over it).
 
-`hwact bench OUT` on a logic-c folder measures the C kernel's samples/s next to the PyTorch reference op.
+`hwact bench OUT` on a logic-c folder measures the C kernel's samples/s (end to end from uint8 bits, and on
+pre-packed bit planes) next to the PyTorch reference op.
 It builds the kernel from netlist.npz in a private temp folder: a folder someone sent you is data, its
 logic_net.so (an artifact for users) is never loaded.
 """
@@ -176,7 +177,8 @@ def _cpu(netlist, outdir: Path, report: dict) -> list[str]:
                                 f"{CHECK_SAMPLES} samples")
     report["cpu"] = {"kernel": kernel.kernel, "style": built.get("style"), "compile_s": built["compile_s"],
                      "checked_samples": CHECK_SAMPLES, "mismatches": 0,
-                     "samples_per_s": logic_c.throughput(kernel, samples=1 << 18, repeat=3)}
+                     "samples_per_s": logic_c.throughput(kernel, samples=1 << 18, repeat=3),
+                     "end_to_end_samples_per_s": logic_c.throughput(kernel, samples=1 << 18, repeat=3, packed=False)}
     return list(built["files"])
 
 
@@ -239,7 +241,8 @@ def _bench_samples(most: int, bytes_per_sample: int) -> int:
 
 
 def bench(outdir, request: BenchRequest) -> dict:
-    """`hwact bench OUT`: samples/s of the C kernel (packed input, one thread) and of the PyTorch
+    """`hwact bench OUT`: samples/s of the C kernel (one thread) end to end from (N, inputs) uint8 bits
+    (packing, validation, gates, GroupSum: one C call) and on pre-packed bit planes, and of the PyTorch
     reference op, on the folder's netlist.npz.
 
     The folder is untrusted: the kernel is generated from netlist.npz and compiled into a private temp
@@ -255,7 +258,7 @@ def bench(outdir, request: BenchRequest) -> dict:
     netlist = Netlist.read(path)
     repeat = max(1, min(int(request.iterations or 5), 50))
     inputs, nodes, classes = netlist.num_inputs, netlist.num_nodes, netlist.num_classes
-    samples = _bench_samples(1 << 20, inputs // 8 + 4 * classes + 1)           # packed bits, int32 counts
+    samples = _bench_samples(1 << 20, inputs + inputs // 8 + 4 * classes + 1)  # bytes, packed bits, int32 counts
     check = _bench_samples(CHECK_SAMPLES, inputs + nodes + 8 * classes)       # Netlist.evaluate's bool values
     with tempfile.TemporaryDirectory(prefix="hwact_logic_bench_") as tmp:
         built = logic_c.build_c(netlist, Path(tmp), TOP)
@@ -267,6 +270,7 @@ def bench(outdir, request: BenchRequest) -> dict:
                 raise VerificationError(f"{path}: the C kernel built from it differs from its reference",
                                         hint="report this as a hwact bug")
         c_rate = logic_c.throughput(kernel, samples=samples, repeat=repeat)
+        c_bytes_rate = logic_c.throughput(kernel, samples=samples, repeat=repeat, packed=False)
         kernel_name = kernel.kernel
     torch_samples = _bench_samples(1 << 14, 9 * inputs + nodes // 8 + 4 * classes)  # int64 packing, words
     tensors = [torch.as_tensor(t) for t in (netlist.ops.astype(np.int64), netlist.a, netlist.b, netlist.outputs)]
@@ -274,8 +278,10 @@ def bench(outdir, request: BenchRequest) -> dict:
     best = best_seconds(lambda: LOGIC_NETLIST(torch_bits, *tensors, netlist.num_classes), min(repeat, 3))
     torch_rate = torch_samples / best
     return {"backend": LogicCBackend.name, "gates": netlist.num_gates, "depth": netlist.depth(), "kernel": kernel_name,
-            "c_samples_per_s": c_rate, "c_samples": samples, "c_compile_s": built["compile_s"],
+            "c_samples_per_s": c_rate, "c_end_to_end_samples_per_s": c_bytes_rate,
+            "c_end_to_end_vs_packed": c_bytes_rate / c_rate, "c_samples": samples, "c_compile_s": built["compile_s"],
             "torch_reference_samples_per_s": torch_rate, "torch_samples": torch_samples,
             "c_vs_torch_reference": c_rate / torch_rate,
-            "note": "C: best of repeats on pre-packed bit-sliced input (packing excluded), one thread; "
-                    "PyTorch: hwact::logic_netlist reference op on unpacked uint8 bits"}
+            "note": "C, best of repeats, one thread: c_samples_per_s on pre-packed bit-sliced input (packing "
+                    "excluded), c_end_to_end_samples_per_s from (N, inputs) uint8 bits (packing and 0/1 check "
+                    "included); PyTorch: hwact::logic_netlist reference op on unpacked uint8 bits"}

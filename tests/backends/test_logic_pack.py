@@ -159,3 +159,15 @@ def test_aarch64_runner_packs_odd_shapes_and_refuses_bad_bytes(tmp_path):
                            str(tmp_path / "run3" / "in.bin"), str(tmp_path / "run3" / "out.bin")],
                           capture_output=True, text=True)
     assert done.returncode == 4 and f"input byte {129 * 37 + 36} is not 0 or 1" in done.stderr
+
+
+def test_bench_reports_end_to_end_and_packed_rates(tmp_path):
+    from hwact.backends.base import BenchRequest
+    from hwact.backends.logic_backends import bench
+
+    netlist = net_for(40)
+    (tmp_path / "netlist.npz").write_bytes(netlist.to_bytes())
+    result = bench(tmp_path, BenchRequest(iterations=1))
+    assert result["c_samples_per_s"] > 0 and result["c_end_to_end_samples_per_s"] > 0
+    assert result["c_end_to_end_vs_packed"] == result["c_end_to_end_samples_per_s"] / result["c_samples_per_s"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["netlist.npz"]     # built elsewhere, nothing left here
