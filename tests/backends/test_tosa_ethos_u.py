@@ -1,0 +1,133 @@
+"""tosa-vela backend (Arm Ethos-U): TOSA reference model == hwact's integer reference with tolerance 0,
+Vela compiles with 0 CPU operators, and what cannot lower stops the convert with the node list.
+
+Needs the TOSA environment (`make tosa-env`, which `make test` runs); skipped without it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hwact.backends import tosa_lower, tosa_tools
+from hwact.errors import ToolMissingError
+from hwact.ir.int_ops import rounding_shift
+
+try:
+    tosa_tools.tosa_env()
+except ToolMissingError:
+    pytest.skip("the TOSA environment is not installed (make tosa-env)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cnn_calib(tmp_path_factory):
+    """4 samples: the convert verifies every one of them in the reference model."""
+    from hwact.load import load
+
+    inputs = load("zoo:cnn-tiny").graph.example_inputs(batch=4, seed=3)
+    path = tmp_path_factory.mktemp("calib") / "cnn4.npz"
+    np.savez(path, x=inputs[0].numpy())
+    return path
+
+
+def _rescale_network(values: np.ndarray, m0: int, shift: int) -> tosa_lower.Network:
+    net = tosa_lower.Network()
+    x = net.tensor("x", values.shape, "INT32")
+    net.inputs.append(x)
+    net.outputs.append(net.rescale(x, "INT32", 0, m0, shift, "INT32", 0, values.shape, "y"))
+    return net
+
+
+@pytest.mark.parametrize("m0, shift", [(1 << 30, 31), (1 << 30, 32), (1518500250, 37), (2147483647, 62), (1 << 30, 2)])
+def test_rescale_is_hwact_rounding_shift(tmp_path, m0, shift):
+    """RESCALE (scale32, SINGLE_ROUND) = floor((x·m0 + 2^(shift−1)) / 2^shift): ties both signs, extremes."""
+    limit = min(1 << (shift - 1), 1 << 31) - 1          # TOSA: |value| < 2^(shift−1)
+    generator = np.random.default_rng(shift)
+    ties = np.arange(-9, 10, dtype=np.int64)             # m0 = 2^30: x/2 and x/4 land on halves
+    ties = ties[(ties >= -limit - 1) & (ties <= limit)]
+    values = np.concatenate([ties, [limit, -limit - 1, limit - 1, -limit, 0],
+                             generator.integers(-limit - 1, limit + 1, 200)]).astype(np.int32)
+    net = _rescale_network(values, m0, shift)
+    description, constants = tosa_lower.write_description(net, tmp_path)
+    names = tosa_tools.serialize(description, constants, tmp_path / "r.tosa")
+    got, = tosa_tools.reference_run(tmp_path / "r.tosa", names, [values], tmp_path / "run")
+    want = torch.clamp(rounding_shift(torch.from_numpy(values.astype(np.int64)), m0, shift), -(1 << 31), (1 << 31) - 1)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got.astype(np.int64), want.numpy())
+
+
+def test_rescale_shift_below_two_is_refused():
+    with pytest.raises(Exception, match="outside TOSA RESCALE's 2..62"):
+        _rescale_network(np.zeros(3, np.int32), 1 << 30, 1)
+
+
+@pytest.mark.parametrize("recipe", ["int8-shiftgelu", "int8-relu"])
+@pytest.mark.parametrize("target, system_config", [("ethos-u55-128", "Ethos_U55_High_End_Embedded"),
+                                                   ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid")])
+def test_cnn_tiny_bit_exact_and_compiled(tmp_path, cli, cnn_calib, recipe, target, system_config):
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("convert", "zoo:cnn-tiny", "--target", target, "--recipe", recipe, "--calib", cnn_calib,
+                               "-o", out)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    section = report["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 4
+    assert section["accelerator"] == target and section["system_config"] == system_config
+    assert section["cpu_ops"] == 0 and section["npu_ops"] > 0
+    assert section["npu_cycles"] > 0 and section["macs"] > 0 and section["estimated_inference_s"] > 0
+    assert "CONV2D" in section["tosa_op_kinds"] and "RESCALE" in section["tosa_op_kinds"]
+    assert (out / "model.tosa").stat().st_size > 1000
+    assert (out / f"vela/model_summary_{system_config}.csv").exists() and (out / "vela/model_vela.tflite").exists()
+    assert "Warning" not in (out / "vela/vela.log").read_text()        # explicit config, memory mode
+    assert "Vela's static performance estimate" in (out / "report.md").read_text()
+
+
+def test_a_wrong_rescale_fails_the_convert_and_writes_nothing(tmp_path, cli, cnn_calib, monkeypatch):
+    """The reference-model check can fail: multipliers 0.4 % below hwact's m0 are caught."""
+    original = tosa_lower.Network.rescale
+
+    def off_by_one(self, name, in_dtype, in_zp, m0, shift, *rest):
+        return original(self, name, in_dtype, in_zp, np.asarray(m0) - (np.asarray(m0) >> 8), shift, *rest)
+
+    monkeypatch.setattr(tosa_lower.Network, "rescale", off_by_one)
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--target", "ethos-u55-128", "--calib", cnn_calib, "-o", out)
+    assert code == 2
+    assert "differs from the integer reference" in stderr
+    assert not out.exists()
+
+
+def test_float_model_is_refused_with_its_nodes(tmp_path, cli, cnn_calib):
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--target", "ethos-u55-128", "--recipe", "none", "--calib",
+                          cnn_calib, "-o", out)
+    assert code == 2
+    assert "cannot take this graph" in stderr and "computes in float" in stderr
+    assert "conv2d" in stderr and "--recipe int8-shiftgelu" in stderr
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_unlowered_ops_are_named_with_the_reason(tmp_path, cli):
+    """vit-tiny's Shiftmax / I-LayerNorm / ShiftGELU have no bit-exact TOSA lowering yet: exit 2, listed."""
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", "ethos-u55-128", "-o", out)
+    assert code == 2
+    assert "i_layernorm_default (hwact.i_layernorm.default): I-LayerNorm has no bit-exact TOSA lowering" in stderr
+    assert "shiftmax_default (hwact.shiftmax.default)" in stderr
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def test_missing_tosa_environment_is_one_line(tmp_path, cli, cnn_calib, monkeypatch):
+    monkeypatch.setenv("HWACT_TOSA_ENV", str(tmp_path / "nowhere"))
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", "zoo:cnn-tiny", "--target", "ethos-u55-128", "--calib", cnn_calib, "-o", out)
+    assert code == 2
+    assert "make tosa-env" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_storage_types():
+    assert tosa_lower.storage(-128, 127) == ("INT8", 0)
+    assert tosa_lower.storage(0, 255) == ("INT8", -128)
+    assert tosa_lower.storage(-128, 255) == ("INT16", 0)
+    assert tosa_lower.storage(-40000, 0) == ("INT32", 0)
