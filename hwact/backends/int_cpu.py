@@ -86,7 +86,8 @@ class IntCpuBackend(Backend):
         isa = ISA_NAMES.get(int(program.lib.hw_isa()), "unknown")
         batches = list(context.batches)
         with torch.no_grad():
-            # the first batch runs again at the end: its first run laid out the arena, the second uses it
+            # the first batch runs again at the end: its first run laid out the arena and compiled the static
+            # program of its shapes (int_cpu_static), the second run uses that
             for index, batch in [*enumerate(batches), (0, batches[0])]:
                 expected = graph(*batch)
                 expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
@@ -96,11 +97,13 @@ class IntCpuBackend(Backend):
                         error = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else None
                         raise VerificationError(f"int-cpu: output {which} differs from the integer reference on "
                                                 f"calibration batch {index} ({isa} path; max |err| {error})")
-        layout = program.layout(*(tuple(value.shape) for value in batches[0]))
-        context.log(f"  int-cpu ({isa}) vs integer reference: bit-exact on {len(batches)} batches; "
-                    f"activation arena {layout.arena_bytes / 2**20:.2f} MiB at batch {len(batches[0][0])}")
-        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(batches),
-                "arena": {"input_shapes": [list(value.shape) for value in batches[0]], "bytes": layout.arena_bytes,
+        shapes = [tuple(value.shape) for value in batches[0]]
+        layout, executor = program.layout(*shapes), program.executor(*shapes)
+        memory = executor.get("workspace_bytes", layout.arena_bytes)
+        context.log(f"  int-cpu ({isa}, {executor['executor']}) vs integer reference: bit-exact on {len(batches)} "
+                    f"batches; activations {memory / 2**20:.2f} MiB at input shapes {shapes}")
+        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(batches), **executor,
+                "arena": {"input_shapes": [list(shape) for shape in shapes], "bytes": layout.arena_bytes,
                           "activation_bytes_without_reuse": layout.activation_bytes,
                           "buffers": len(layout.offsets)}}
 

@@ -20,7 +20,8 @@ from hwact.backends.toolchain import require_tool
 from hwact.errors import ToolMissingError
 
 SOURCE_DIR = Path(__file__).with_name("int_cpu_src")
-HEADER = SOURCE_DIR / "hwact_int.h"
+RUNNER_DIR = Path(__file__).with_name("int_cpu_runner")      # the static program runner (int_cpu_static.py)
+HEADERS = [SOURCE_DIR / "hwact_int.h", RUNNER_DIR / "hwact_runner.h"]
 LIBRARY_NAME = "libhwact_int.so"
 COMPILERS = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
 FLAGS = {"x86_64": ["-O3", "-march=x86-64", "-mtune=generic"], "aarch64": ["-O3", "-march=armv8-a"]}
@@ -31,7 +32,11 @@ _C_TYPES = {"void": None, "int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64
 
 
 def sources() -> list[Path]:
-    return sorted(SOURCE_DIR.glob("*.c"))
+    return sorted(SOURCE_DIR.glob("*.c")) + sorted(RUNNER_DIR.glob("*.c"))
+
+
+def include_flags() -> list[str]:
+    return ["-I", str(SOURCE_DIR), "-I", str(RUNNER_DIR)]
 
 
 def cache_dir() -> Path:
@@ -43,7 +48,7 @@ def build(arch: str = "x86_64", dest: Path | None = None) -> Path:
     compiler = require_tool(COMPILERS[arch])
     command = [compiler, *FLAGS[arch], *COMMON]
     digest = hashlib.sha256(" ".join(command).encode())
-    for path in [HEADER, *sources()]:
+    for path in [*HEADERS, *sources()]:
         digest.update(path.read_bytes())
     folder = Path(dest) if dest is not None else cache_dir() / f"{arch}-{digest.hexdigest()[:16]}"
     target = folder / LIBRARY_NAME
@@ -51,7 +56,7 @@ def build(arch: str = "x86_64", dest: Path | None = None) -> Path:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{LIBRARY_NAME}.{os.getpid()}"
-    done = subprocess.run([*command, "-I", str(SOURCE_DIR), *map(str, sources()), "-o", str(partial), "-lm"],
+    done = subprocess.run([*command, *include_flags(), *map(str, sources()), "-o", str(partial), "-lm"],
                           capture_output=True, text=True)
     if done.returncode:
         partial.unlink(missing_ok=True)
@@ -61,8 +66,8 @@ def build(arch: str = "x86_64", dest: Path | None = None) -> Path:
 
 
 def prototypes() -> dict[str, tuple[object, list[object]]]:
-    """name -> (restype, argtypes) of every function declared in hwact_int.h."""
-    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    """name -> (restype, argtypes) of every function declared in hwact_int.h and hwact_runner.h."""
+    text = re.sub(r"/\*.*?\*/", "", "\n".join(path.read_text() for path in HEADERS), flags=re.S)
     found = {}
     for match in re.finditer(r"^\s*(const\s+)?(\w+)\s*(\*?)\s*(hw_\w+)\s*\(([^)]*)\)\s*;", text, flags=re.M):
         _, rtype, rpointer, name, params = match.groups()
@@ -78,6 +83,16 @@ def prototypes() -> dict[str, tuple[object, list[object]]]:
                 argtypes.append(_C_TYPES[ctype])
         restype = ctypes.c_char_p if rpointer and rtype == "char" else (ctypes.c_void_p if rpointer else _C_TYPES[rtype])
         found[name] = (restype, argtypes)
+    return found
+
+
+def written_pointers() -> dict[str, list[int]]:
+    """name -> the indices of its pointer parameters that are not const (the arrays the function writes)."""
+    text = re.sub(r"/\*.*?\*/", "", "\n".join(path.read_text() for path in HEADERS), flags=re.S)
+    found = {}
+    for match in re.finditer(r"(hw_\w+)\s*\(([^)]*)\)\s*;", text):
+        params = [param.strip() for param in match.group(2).split(",")]
+        found[match.group(1)] = [i for i, param in enumerate(params) if "*" in param and "const" not in param]
     return found
 
 

@@ -30,6 +30,7 @@ import torch.fx
 from hwact.backends.int_cpu_memory import (ArenaLayout, Buffer, check_size, check_torch_step, memory_limit_bytes,
                                             place, storages)
 from hwact.backends.int_cpu_plan import Const, Plan, Ref
+from hwact.backends.int_cpu_static import NotStatic, StaticProgram, compile_static
 from hwact.errors import InputError, UnsupportedError
 from hwact.ir.int_nonlinear_ops import SHIFT_GELU_LAMBDA, gelu_constants, layernorm_constants, softmax_constants
 from hwact.ir.int_ops import dyadic
@@ -81,7 +82,7 @@ def broadcast_pattern(shape: tuple, small: tuple) -> tuple[int, int] | None:
 
 
 class IntCpuProgram:
-    def __init__(self, plan: Plan, library, threads: int = 1):
+    def __init__(self, plan: Plan, library, threads: int = 1, use_static: bool = True):
         self.plan, self.lib, self.threads = plan, library, max(1, int(threads))
         self.constants = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in plan.constants.items()}
         self.packed: dict[tuple, tuple] = {}
@@ -91,6 +92,9 @@ class IntCpuProgram:
         self.lock = threading.Lock()
         self._layout = self._arena = self._record = None
         self._index = 0
+        self.step_hook = None          # called with each step before it runs (int_cpu_static's recording)
+        self.static: dict[tuple, object] = {}    # input shapes -> StaticProgram, or why there is none
+        self.use_static = use_static
         self.kernels = {hw.quantize.default: self._quantize, hw.dequantize.default: self._dequantize,
                         hw.requantize.default: self._requantize, hw.int_linear.default: self._linear,
                         hw.int_conv2d.default: self._conv2d, hw.int_matmul.default: self._matmul,
@@ -111,18 +115,45 @@ class IntCpuProgram:
         torch.set_num_threads(1)   # the torch steps are small views and copies: threads only contend
         try:
             with self.lock, torch.no_grad():
+                if hasattr(self.lib, "hw_set_threads"):
+                    self.lib.hw_set_threads(self.threads)
+                if isinstance(self.static.get(signature), StaticProgram):
+                    return self.static[signature](*env.values())
                 if signature in self.layouts:
                     self._layout, self._arena = self.layouts[signature]
                     return self._run(env, record=None)
                 self._layout = self._arena = None
                 record = {"allocations": {}, "last_use": {}}
+                inputs = list(env.values())
                 outputs = self._run(env, record)
                 layout = self._plan_arena(record, storages(outputs))
                 self.layouts[signature] = (layout, torch.empty(max(1, layout.arena_bytes), dtype=torch.uint8))
+                if self.use_static:
+                    self._compile(signature, inputs)
                 return outputs
         finally:
             self._layout = self._arena = None
             torch.set_num_threads(torch_threads)
+
+    def _compile(self, signature: tuple, inputs: list[torch.Tensor]) -> None:
+        """The static program of these shapes (int_cpu_static), or the reason the plan keeps this executor."""
+        try:
+            self.static[signature] = compile_static(self, inputs)
+        except NotStatic as reason:
+            self.static[signature] = str(reason)
+            return
+        layout, _ = self.layouts[signature]
+        self.layouts[signature] = (layout, torch.empty(0, dtype=torch.uint8))   # the runner has its own memory
+
+    def executor(self, *input_shapes) -> dict:
+        """Which executor runs inputs of these shapes, and its memory (after a first run with them)."""
+        for signature, static in self.static.items():
+            if tuple(shape for shape, _ in signature) == tuple(tuple(shape) for shape in input_shapes):
+                if isinstance(static, StaticProgram):
+                    return {"executor": "static C program", "workspace_bytes": static.workspace_bytes,
+                            "program_constant_bytes": len(static.constants), "instructions": static.instructions}
+                return {"executor": "python", "why": static}
+        return {"executor": "python"}
 
     def layout(self, *input_shapes) -> ArenaLayout | None:
         """The arena laid out for inputs of these shapes (after a first run with them), else None."""
@@ -136,6 +167,8 @@ class IntCpuProgram:
         meta tensors first, and every kernel output's allocation and last reader are noted."""
         for index, step in enumerate(self.plan.steps):
             self._index = index
+            if self.step_hook:
+                self.step_hook(step)
             args = self._resolve(step.args, env)
             kwargs = self._resolve(step.kwargs, env)
             kernel = self.kernels.get(step.op)
