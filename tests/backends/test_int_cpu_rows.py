@@ -544,6 +544,19 @@ def test_interpreter_exits_with_a_running_pool(lib):
     assert int(done.stdout.strip()) == 2
 
 
+def test_isqrt_fast_equals_the_reference(lib):
+    """hw_isqrt (double square root + integer fix-ups, the SIMD LayerNorm paths) equals the reference's
+    8-step Newton isqrt on perfect squares and their neighbours up to 2^62, powers of 4 and random values."""
+    roots = np.unique(np.concatenate([np.arange(1, 3000), np.int64(1) << np.arange(0, 31),
+                                      np.random.default_rng(24).integers(1, (1 << 31) - 1, 3000)]))
+    values = np.concatenate([roots * roots - 1, roots * roots, roots * roots + 1,
+                             np.random.default_rng(25).integers(1, (1 << 62) - 1, 20000), [(1 << 62) - 1]])
+    values = np.unique(values[(values >= 1) & (values < (1 << 62))])
+    want = nl.isqrt_newton(torch.from_numpy(values)).numpy()
+    got = np.array([lib.hw_isqrt(int(v)) for v in values])
+    np.testing.assert_array_equal(got, want)
+
+
 def test_isqrt_matches_math_isqrt_through_layernorm_constants():
     """The C isqrt is only reachable through hw_i_layernorm; the reference isqrt itself equals math.isqrt."""
     v = torch.tensor([1, 2, 3, 4, 15, 16, 17, (1 << 61) - 1, (1 << 62) - 1, 123456789012345], dtype=torch.int64)

@@ -103,6 +103,8 @@ void hw_shift_gelu(const void *x, int x_type, int64_t rows, int64_t C, int64_t x
 void hw_i_layernorm(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
                     const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0, int shift,
                     int32_t qmin, int32_t qmax, void *out, int out_type);
+/* the integer square root the SIMD I-LayerNorm paths use (hwact.ir.int_nonlinear_ops.isqrt_newton, 1 <= v < 2^62) */
+int64_t hw_isqrt(int64_t v);
 
 /* Element kernels over `count` elements. A second operand b is broadcast by index
    b_index(i) = (i / b_div) % b_mod (b_div = 1, b_mod = count: same shape; b_mod = T·D: a (1, T, D)

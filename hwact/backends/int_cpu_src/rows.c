@@ -84,6 +84,17 @@ static int64_t isqrt_newton(int64_t v) {
     return s;
 }
 
+/* floor(sqrt(v)) for 1 <= v < 2^62, = isqrt_newton(v) (whose Newton steps from above end at floor(sqrt(v)):
+   from a start within a factor 2 the error is below one after 6 of its 8 steps, and the min keeps the
+   floor): the double square root (v rounds to 53 bits) is within one of it, the integer tests settle it. */
+static inline int64_t isqrt_fast(int64_t v) {
+    int64_t s = (int64_t)sqrt((double)v);
+    if (s > 3037000499) s = 3037000499; /* floor(sqrt(2^63 − 1)): s·s stays in int64 */
+    while (s * s > v) s--;
+    while (s < 3037000499 && (s + 1) * (s + 1) <= v) s++;
+    return s;
+}
+
 static inline int use_avx2(void) {
 #if HW_ROWS_X86
     return hw_isa() >= HW_ISA_AVX2;
@@ -507,7 +518,7 @@ AVX2 static void i_layernorm_avx2(const void *x, int x_type, int64_t rows, int64
         }
         int64_t var = total + shl(eps_int, 2 * precision);
         if (var < 1) var = 1;
-        int64_t s = isqrt_newton(var);
+        int64_t s = isqrt_fast(var);
         const __m256d sd = _mm256_set1_pd((double)s), den = _mm256_set1_pd(2.0 * (double)s);
         for (c = 0; c + 8 <= C; c += 8) {
             __m256i v = _mm256_min_epi32(_mm256_max_epi32(v_load8(x, x_type, base + c), sat_lo), sat_hi);
@@ -724,70 +735,100 @@ AVX512 static inline __m512i v512_load16_sat(const void *p, int type, int64_t i,
     }
 }
 
-/* I-LayerNorm, 16 lanes (the AVX2 path's bounds: P <= 14, k <= 2^16): sums in int32 lanes (C < 2^16:
-   |Σ x| < 2^31 per lane), d² in int64 lanes; z = floor((2kd + s) / 2s) from the product with the double
-   reciprocal of 2s (num < 2^47, the quotient < 2^18: relative error < 2^-51 puts its floor at z − 1, z
-   or z + 1) corrected both ways by the exact remainder num − q·2s (< 2^53); z·gamma + beta by vpmuldq,
-   acc·m0 by 32-bit halves, vpsraq. */
+/* I-LayerNorm, 16 lanes (the AVX2 path's bounds: P <= 14, k <= 2^16, C < 2^16). One pass of statistics:
+   Σx in int32 lanes (|Σ x| < 2^31 per lane) and Σx² in int64 lanes; with X = x·2^P and the floored mean m,
+   Σ(X − m)² = 2^2P·Σx² − 2m·2^P·Σx + C·m² exactly in 128 bits, then taken mod 2^64 and plus eps·2^2P as
+   the reference's int64 sums are (so even a wrapped sum is reproduced). Output pass: 2kd + s = A·x + B
+   (A = 2k·2^P, B = s − 2k·m) is exact in one FMA (< 2^47); z = floor((A·x + B) / 2s) from the product with
+   the double reciprocal of 2s (the quotient < 2^18, relative error < 2^-51: its floor is z − 1, z or z + 1)
+   corrected both ways by the exact remainder fnmadd(q, 2s, num). When the row's variance did not wrap,
+   |d| <= s so |z| <= k, and when k·max|gamma| + max|beta| < 2^31 as well, acc = z·gamma + beta is int32
+   (vpmulld) and acc·m0 one vpmuldq per even / odd lane; otherwise acc is int64 and acc·m0 goes by 32-bit
+   halves. rs: + 2^(shift−1), vpsraq; the clamp in int64. */
 AVX512 static void i_layernorm_avx512(const void *x, int x_type, int64_t rows, int64_t C, const int32_t *gamma,
                                       const int32_t *beta, int64_t k, int64_t eps_int, int precision, int32_t m0,
                                       int shift, int32_t qmin, int32_t qmax, void *out, int out_type) {
-    const __m128i pcount = _mm_cvtsi32_si128(precision), count = _mm_cvtsi32_si128(shift);
+    const __m128i count = _mm_cvtsi32_si128(shift);
     const __m512i m0v = _mm512_set1_epi64(m0), half = _mm512_set1_epi64(shift ? (int64_t)1 << (shift - 1) : 0);
     const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
-    const __m512d two_k = _mm512_set1_pd(2.0 * (double)k), one = _mm512_set1_pd(1.0);
+    const __m512d a_coef = _mm512_set1_pd((double)(2 * k) * (double)((int64_t)1 << precision)), one = _mm512_set1_pd(1.0);
+    int64_t gmax = 0, bmax = 0;
+    for (int64_t c = 0; c < C; c++) {
+        int64_t g = gamma[c] < 0 ? -(int64_t)gamma[c] : gamma[c], b = beta[c] < 0 ? -(int64_t)beta[c] : beta[c];
+        gmax = g > gmax ? g : gmax;
+        bmax = b > bmax ? b : bmax;
+    }
+    int narrow_call = eps_int >= 0 && k * gmax + bmax < ((int64_t)1 << 31);
+    __int128 eps_wide = (__int128)eps_int << (2 * precision);
     for (int64_t r = 0; r < rows; r++) {
         int64_t base = r * C;
-        __m512i acc = _mm512_setzero_si512();
+        __m512i acc = _mm512_setzero_si512(), sq = _mm512_setzero_si512();
         for (int64_t c = 0; c < C; c += 16) {
             __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
-            acc = _mm512_add_epi32(acc, v512_load16_sat(x, x_type, base + c, m));
+            __m512i v = v512_load16_sat(x, x_type, base + c, m);
+            acc = _mm512_add_epi32(acc, v);
+            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(v, v));
+            __m512i vodd = _mm512_srli_epi64(v, 32);
+            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(vodd, vodd));
         }
-        int64_t sum = shl(_mm512_reduce_add_epi32(acc), precision);
+        int64_t sum_x = _mm512_reduce_add_epi32(acc), sum_sq = _mm512_reduce_add_epi64(sq);
+        int64_t sum = shl(sum_x, precision);
         int64_t mean = floor_div(2 * sum + C, 2 * C);
-        const __m512i meanv = _mm512_set1_epi32((int32_t)mean);
-        __m512i sq = _mm512_setzero_si512();
-        for (int64_t c = 0; c < C; c += 16) {
-            __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
-            __m512i d = _mm512_maskz_sub_epi32(m, _mm512_sll_epi32(v512_load16_sat(x, x_type, base + c, m), pcount), meanv);
-            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(d, d));
-            __m512i dodd = _mm512_srli_epi64(d, 32);
-            sq = _mm512_add_epi64(sq, _mm512_mul_epi32(dodd, dodd));
-        }
-        int64_t var = _mm512_reduce_add_epi64(sq) + shl(eps_int, 2 * precision);
+        __int128 dev = ((__int128)sum_sq << (2 * precision)) - (__int128)2 * mean * sum + (__int128)C * mean * mean;
+        int64_t var = (int64_t)((uint64_t)(unsigned __int128)dev + (uint64_t)shl(eps_int, 2 * precision));
         if (var < 1) var = 1;
-        int64_t s = isqrt_newton(var);
-        const __m512d sd = _mm512_set1_pd((double)s), den = _mm512_set1_pd(2.0 * (double)s);
+        int narrow = narrow_call && dev + eps_wide < ((__int128)1 << 63);
+        int64_t s = isqrt_fast(var);
+        const __m512d b_coef = _mm512_set1_pd((double)(s - 2 * k * mean)), den = _mm512_set1_pd(2.0 * (double)s);
         const __m512d inv = _mm512_set1_pd(1.0 / (2.0 * (double)s));
         for (int64_t c = 0; c < C; c += 16) {
             __mmask16 m = C - c >= 16 ? 0xffff : (__mmask16)((1u << (C - c)) - 1);
-            __m512i d = _mm512_sub_epi32(_mm512_sll_epi32(v512_load16_sat(x, x_type, base + c, m), pcount), meanv);
-            __m256i res[2];
+            __m512i v = v512_load16_sat(x, x_type, base + c, m);
+            __m256i zh[2];
             for (int h = 0; h < 2; h++) {
-                __mmask8 mh = (__mmask8)(m >> (8 * h));
-                __m512d num = _mm512_add_pd(_mm512_mul_pd(two_k, _mm512_cvtepi32_pd(
-                                                                     h ? _mm512_extracti64x4_epi64(d, 1)
-                                                                       : _mm512_castsi512_si256(d))), sd);
+                __m512d num = _mm512_fmadd_pd(a_coef, _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(v, 1)
+                                                                          : _mm512_castsi512_si256(v)), b_coef);
                 __m512d q = _mm512_roundscale_pd(_mm512_mul_pd(num, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-                __m512d rem = _mm512_sub_pd(num, _mm512_mul_pd(q, den));
+                __m512d rem = _mm512_fnmadd_pd(q, den, num);
                 q = _mm512_mask_sub_pd(q, _mm512_cmp_pd_mask(rem, _mm512_setzero_pd(), _CMP_LT_OQ), q, one);
                 q = _mm512_mask_add_pd(q, _mm512_cmp_pd_mask(rem, den, _CMP_GE_OQ), q, one);
-                __m512i z = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(q));
-                __m512i g = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, gamma + c + 8 * h));
-                __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, beta + c + 8 * h));
-                __m512i a = _mm512_add_epi64(_mm512_mul_epi32(z, g), b);
-                __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(a, m0v),
-                                                _mm512_slli_epi64(_mm512_mul_epi32(_mm512_srai_epi64(a, 32), m0v), 32));
-                __m512i o = _mm512_sra_epi64(_mm512_add_epi64(prod, half), count);
-                res[h] = _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(o, lo), hi));
+                zh[h] = _mm512_cvtpd_epi32(q);
             }
-            v512_store16(out, out_type, base + c, _mm512_inserti64x4(_mm512_castsi256_si512(res[0]), res[1], 1), m);
+            __m512i o;
+            if (narrow) {
+                __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(zh[0]), zh[1], 1);
+                __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(z, _mm512_maskz_loadu_epi32(m, gamma + c)),
+                                             _mm512_maskz_loadu_epi32(m, beta + c));
+                __m512i ev = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(a, m0v), half), count);
+                __m512i od = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(a, 32), m0v), half),
+                                              count);
+                ev = _mm512_min_epi64(_mm512_max_epi64(ev, lo), hi);
+                od = _mm512_min_epi64(_mm512_max_epi64(od, lo), hi);
+                o = _mm512_mask_blend_epi32(0xAAAA, ev, _mm512_slli_epi64(od, 32));
+            } else {
+                __m256i res[2];
+                for (int h = 0; h < 2; h++) {
+                    __mmask8 mh = (__mmask8)(m >> (8 * h));
+                    __m512i z = _mm512_cvtepi32_epi64(zh[h]);
+                    __m512i g = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, gamma + c + 8 * h));
+                    __m512i b = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(mh, beta + c + 8 * h));
+                    __m512i a = _mm512_add_epi64(_mm512_mul_epi32(z, g), b);
+                    __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(a, m0v),
+                                                    _mm512_slli_epi64(_mm512_mul_epi32(_mm512_srai_epi64(a, 32), m0v), 32));
+                    __m512i w = _mm512_sra_epi64(_mm512_add_epi64(prod, half), count);
+                    res[h] = _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(w, lo), hi));
+                }
+                o = _mm512_inserti64x4(_mm512_castsi256_si512(res[0]), res[1], 1);
+            }
+            v512_store16(out, out_type, base + c, o, m);
         }
     }
 }
 #endif
 
 /* ===== public entry points ======================================================================= */
+int64_t hw_isqrt(int64_t v) { return isqrt_fast(v); }
+
 /* The arguments of one row or element kernel call (each kernel reads its own fields). */
 typedef struct {
     const void *x, *b;
