@@ -30,6 +30,36 @@ def cnn_calib(tmp_path_factory):
     return path
 
 
+class Mixed(torch.nn.Module):
+    """Every other op the lowering takes: depthwise conv, max pool, SiLU (a TABLE), linear on tokens, two
+    activation x activation matmuls, a residual add, select, mean and cat."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pool = torch.nn.MaxPool2d(3, 2, 1)
+        self.q, self.k = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        y = self.pool(torch.relu(self.depthwise(torch.relu(self.conv(x)))))
+        tokens = torch.nn.functional.silu(y).flatten(2).transpose(1, 2)          # [N, 64, 16]
+        scores = self.q(tokens) @ self.k(tokens).transpose(1, 2)                  # [N, 64, 64]
+        mixed = scores @ tokens + tokens
+        return self.head(torch.cat([mixed[:, 0], mixed.mean(1)], dim=-1))
+
+
+@pytest.fixture(scope="module")
+def mixed_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    torch.manual_seed(0)
+    program = torch.export.export(Mixed().eval(), (torch.randn(2, 3, 16, 16),))
+    torch.export.save(program, folder / "mixed.pt2")
+    np.savez(folder / "calib.npz", x=torch.randn(4, 3, 16, 16).numpy())
+    return folder / "mixed.pt2", folder / "calib.npz"
+
+
 def _rescale_network(values: np.ndarray, m0: int, shift: int) -> tosa_lower.Network:
     net = tosa_lower.Network()
     x = net.tensor("x", values.shape, "INT32")
@@ -80,6 +110,34 @@ def test_cnn_tiny_bit_exact_and_compiled(tmp_path, cli, cnn_calib, recipe, targe
     assert (out / f"vela/model_summary_{system_config}.csv").exists() and (out / "vela/model_vela.tflite").exists()
     assert "Warning" not in (out / "vela/vela.log").read_text()        # explicit config, memory mode
     assert "Vela's static performance estimate" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("target, recipe", [("ethos-u55-128", "int8-shiftgelu"), ("ethos-u85-256", "int8-relu")])
+def test_mixed_ops_bit_exact_and_compiled(tmp_path, cli, mixed_model, target, recipe):
+    model, calib = mixed_model
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", model, "--target", target, "--recipe", recipe, "--calib", calib, "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 4
+    assert section["cpu_ops"] == 0 and section["npu_cycles"] > 0
+    for kind in ("DEPTHWISE_CONV2D", "MAX_POOL2D", "TABLE", "MATMUL", "ADD", "CONCAT", "REDUCE_SUM"):
+        assert kind in section["tosa_op_kinds"]
+
+
+def test_resnet18_bit_exact_on_u85(tmp_path, cli):
+    """20 convs, residual adds in int16, max pool, the stride-2 1x1 downsample (cropped input)."""
+    from hwact.load import load
+
+    np.savez(tmp_path / "calib.npz", x=load("zoo:resnet18").graph.example_inputs(batch=2, seed=1)[0].numpy())
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", "zoo:resnet18", "--target", "ethos-u85-256", "--recipe", "int8-relu", "--calib",
+                          tmp_path / "calib.npz", "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 2
+    assert section["cpu_ops"] == 0 and section["npu_cycles"] > 1_000_000
+    assert "SLICE" in section["tosa_op_kinds"]
 
 
 def test_a_wrong_rescale_fails_the_convert_and_writes_nothing(tmp_path, cli, cnn_calib, monkeypatch):
