@@ -92,3 +92,7 @@ def vela(model: Path, folder: Path, accelerator: str, system_config: str, memory
     if not rows:
         raise VerificationError(f"{summaries[0]}: empty Vela summary")
     return {key.strip(): value.strip() for key, value in rows[0].items() if key}
+
+
+def vela_version() -> str:
+    return _run([tosa_env() / "bin" / "vela", "--version"], "vela --version").strip()

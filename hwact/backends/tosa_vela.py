@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from hwact.backends import tosa_lower, tosa_tools
-from hwact.backends.base import Backend, EmitContext, register
-from hwact.errors import VerificationError
+from hwact.backends.base import Backend, BenchRequest, EmitContext, register
+from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
 from hwact.ir.record import record
 
@@ -72,19 +72,9 @@ class TosaVelaBackend(Backend):
         context.log(f"  vela {options['accelerator']}: {summary.get('cycles_npu')} NPU cycles, "
                     f"{float(summary.get('inference_time', 'nan')) * 1e3:.3f} ms estimated")
         section = {
-            "accelerator": options["accelerator"], "system_config": options["system_config"],
-            "memory_mode": options["memory_mode"], "tosa_ops": sum(tosa_lower.op_counts(network).values()),
+            **estimate(summary, options), "tosa_ops": sum(tosa_lower.op_counts(network).values()),
             "tosa_op_kinds": ", ".join(f"{k} {v}" for k, v in tosa_lower.op_counts(network).items()),
             "npu_ops": npu_ops, "cpu_ops": cpu_ops,
-            "npu_cycles": int(float(summary["cycles_npu"])), "total_cycles": int(float(summary["cycles_total"])),
-            "estimated_inference_s": float(summary["inference_time"]),
-            "estimated_inferences_per_s": float(summary["inferences_per_second"]),
-            "macs": int(float(summary["nn_macs"])),
-            "sram_kib": float(summary["sram_memory_used"]),
-            "off_chip_flash_kib": float(summary["off_chip_flash_memory_used"]),
-            "dram_kib": float(summary["dram_memory_used"]),
-            "weights_bytes_encoded": int(float(summary["total_npu_encoded_weights"])),
-            "estimate": "Vela's static performance estimate, not a measurement",
             "input_scales": "; ".join(f"{v['placeholder']}: scale {v['scale']:.6g}, {v['dtype']} zero point "
                                       f"{v['zero_point']}" for v in scales["inputs"].values()),
             "output_scales": "; ".join(f"{v['node']}: scale {v['scale']:.6g}, {v['dtype']} zero point "
@@ -115,6 +105,48 @@ class TosaVelaBackend(Backend):
                                                 f"{error} codes)")
         context.log(f"  TOSA reference model vs integer reference: bit-exact on {len(samples)} samples")
         return {"verified": True, "bit_exact": True, "samples": len(samples)}
+
+    @classmethod
+    def bench(cls, outdir: Path, request: BenchRequest) -> dict:
+        """Vela's estimate for model.tosa in `outdir` on every built-in Ethos-U target (compiled afresh in a
+        temporary folder, each with its target's system config and memory mode); nothing runs on an NPU."""
+        from hwact.targets import load_target, target_names
+
+        model = Path(outdir) / MODEL
+        if not model.is_file() or model.stat().st_size == 0:
+            raise InputError(f"{outdir}: no {MODEL} (not an Ethos-U convert folder)")
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="hwact-vela-") as work:
+            for name in target_names():
+                options = load_target(name).backend_options.get(cls.name)
+                if not options:
+                    continue
+                folder = Path(work) / name
+                summary = tosa_tools.vela(model, folder, options["accelerator"], options["system_config"],
+                                          options["memory_mode"])
+                rows.append({"target": name, **estimate(summary, options),
+                             "cpu_ops": _count(folder / "vela.log", "CPU operators")})
+        return {"artifact": str(model), "kind": "estimate",
+                "note": "Vela's static performance estimates per configuration, not measurements on an NPU",
+                "vela": tosa_tools.vela_version(), "configurations": rows}
+
+
+def estimate(summary: dict, options: dict) -> dict:
+    """The figures of Vela's summary CSV row that the report and `hwact bench` show."""
+    try:
+        return {"accelerator": options["accelerator"], "system_config": options["system_config"],
+                "memory_mode": options["memory_mode"],
+                "npu_cycles": int(float(summary["cycles_npu"])), "total_cycles": int(float(summary["cycles_total"])),
+                "estimated_inference_s": float(summary["inference_time"]),
+                "estimated_inferences_per_s": float(summary["inferences_per_second"]),
+                "macs": int(float(summary["nn_macs"])),
+                "sram_kib": float(summary["sram_memory_used"]),
+                "off_chip_flash_kib": float(summary["off_chip_flash_memory_used"]),
+                "dram_kib": float(summary["dram_memory_used"]),
+                "weights_bytes_encoded": int(float(summary["total_npu_encoded_weights"])),
+                "estimate": "Vela's static performance estimate, not a measurement"}
+    except (KeyError, ValueError) as exc:
+        raise VerificationError(f"Vela's summary CSV lacks a number: {exc}") from None
 
 
 def _count(log: Path, label: str) -> int:

@@ -189,3 +189,21 @@ def test_storage_types():
     assert tosa_lower.storage(0, 255) == ("INT8", -128)
     assert tosa_lower.storage(-128, 255) == ("INT16", 0)
     assert tosa_lower.storage(-40000, 0) == ("INT32", 0)
+
+
+def test_bench_prints_vela_estimates_per_configuration(tmp_path, cli, cnn_calib):
+    out = tmp_path / "out"
+    assert cli("convert", "zoo:cnn-tiny", "--target", "ethos-u55-128", "--calib", cnn_calib, "-o", out)[0] == 0
+    code, stdout, stderr = cli("bench", out)
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["kind"] == "estimate" and "not measurements" in result["note"]
+    rows = {row["target"]: row for row in result["configurations"]}
+    assert set(rows) == {"ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"}
+    assert all(row["npu_cycles"] > 0 and row["cpu_ops"] == 0 for row in rows.values())
+    report = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert rows["ethos-u55-128"]["npu_cycles"] == report["npu_cycles"]       # same compile, same estimate
+    assert rows["ethos-u55-256"]["npu_cycles"] < rows["ethos-u55-128"]["npu_cycles"]
+    (out / "model.tosa").unlink()
+    code, _, stderr = cli("bench", out)
+    assert code == 2 and "no model.tosa" in stderr
