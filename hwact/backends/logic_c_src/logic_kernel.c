@@ -227,10 +227,10 @@ static void ln_tile32(const uint8_t *const *rows, int64_t i, uint64_t *dst, int6
         for (int e = 0; e < 2; e++) {
             int64_t k = 4 * q + 2 * e;                                  /* this vector: k, k+1 | k+16, k+17 */
             __m128i lo = _mm256_castsi256_si128(words[e]), hi = _mm256_extracti128_si256(words[e], 1);
-            dst[k * stride] = (uint64_t)_mm_cvtsi128_si64(lo);
-            dst[(k + 1) * stride] = (uint64_t)_mm_extract_epi64(lo, 1);
-            dst[(k + 16) * stride] = (uint64_t)_mm_cvtsi128_si64(hi);
-            dst[(k + 17) * stride] = (uint64_t)_mm_extract_epi64(hi, 1);
+            _mm_storel_epi64((__m128i *)(dst + k * stride), lo);
+            _mm_storeh_pd((double *)(dst + (k + 1) * stride), _mm_castsi128_pd(lo));
+            _mm_storel_epi64((__m128i *)(dst + (k + 16) * stride), hi);
+            _mm_storeh_pd((double *)(dst + (k + 17) * stride), _mm_castsi128_pd(hi));
         }
     }
     *acc = _mm256_or_si256(*acc, seen);
