@@ -554,7 +554,7 @@ static void run_threads(const job *base, int threads) {
         jobs[t].row_begin = r0;
         jobs[t].row_end = r1 < base->M ? r1 : base->M;
     }
-    pool_run(threads, rows_task, jobs);
+    pool_run(threads, threads, rows_task, jobs);
 }
 
 /* The per-column epilogue constants of one call (see the epilogue): 3·np int64, to free; NULL: no memory. */
@@ -878,7 +878,7 @@ static void vmm_matmul(const vmm_job *base, int64_t batch, int threads) {
         jobs[t].item_begin = items * t / workers;
         jobs[t].item_end = items * (t + 1) / workers;
     }
-    pool_run(workers, vmm_task, jobs);
+    pool_run(workers, workers, vmm_task, jobs);
 }
 #endif
 
@@ -922,7 +922,7 @@ void hw_matmul(const void *a, int a_type, int64_t a_sb, int64_t a_sm, int64_t a_
         jobs[t].first = t;
         jobs[t].step = workers;
     }
-    pool_run(workers, matmul_task, jobs);
+    pool_run(workers, workers, matmul_task, jobs);
 }
 
 /* ----- convolution helpers ------------------------------------------------------------------------------ */

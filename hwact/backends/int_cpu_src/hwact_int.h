@@ -39,12 +39,12 @@ int hw_threads(void);
 int hw_pool_workers(void);               /* worker threads started so far (the calling thread not counted) */
 
 /* Internal, shared by the C files (not called from Python): pool_run runs fn(ctx, t, tasks) for every
-   t < tasks (<= POOL_MAX_THREADS) on the calling thread and the pool's workers; pool_threads_for is
-   min(hw_threads(), work / min_work, items), at least 1. */
+   t < tasks on the calling thread and threads − 1 (< POOL_MAX_THREADS) workers of the pool;
+   pool_threads_for is min(hw_threads(), work / min_work, items), at least 1. */
 #define POOL_MAX_THREADS 64
 #define POOL_MIN_WORK 32768
 typedef void (*pool_task)(void *ctx, int task, int tasks);
-void pool_run(int tasks, pool_task fn, void *ctx);
+void pool_run(int threads, int tasks, pool_task fn, void *ctx);
 int pool_threads_for(int64_t work, int64_t min_work, int64_t items);
 
 /* ----- GEMM family (gemm.c) ------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 /* The worker pool of the integer CPU runtime (hwact_int.h): threads started once, on first need, and
    reused by every kernel call (starting threads per call cost more than a small kernel's work).
 
-   pool_run(tasks, fn, ctx) runs fn(ctx, t, tasks) for t = 0..tasks−1 and returns when all are done. The
-   calling thread takes part: tasks are handed out one at a time under the pool's lock, so the caller
-   runs whatever no worker has picked up yet (a worker that wakes late finds nothing left instead of
-   holding up the call). One call runs on the pool at a time: a call made while the pool is busy (from
+   pool_run(threads, tasks, fn, ctx) runs fn(ctx, t, tasks) for t = 0..tasks−1 on the calling thread and
+   threads − 1 workers, and returns when all are done. Tasks are handed out one at a time under the pool's
+   lock, so the caller runs whatever no worker has picked up yet (a worker that wakes late finds less or
+   nothing left instead of holding up the call; more tasks than threads make that finer). One call runs on the pool at a time: a call made while the pool is busy (from
    another thread, or from inside a task) runs its tasks on the calling thread, with the same results.
 
    Workers spin briefly after their last task (kernel calls come in quick succession) and then sleep on
@@ -26,7 +26,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ROUNDS 20000 /* pause rounds a worker polls for the next call before it sleeps (tens of µs) */
+#define SPIN_ROUNDS 2000 /* pause rounds a worker polls for the next call before it sleeps (some µs) */
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;     /* the job fields below */
 static pthread_mutex_t g_dispatch = PTHREAD_MUTEX_INITIALIZER; /* one pool_run on the pool at a time */
@@ -107,12 +107,12 @@ static void grow(int want) {
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-void pool_run(int tasks, pool_task fn, void *ctx) {
+void pool_run(int threads, int tasks, pool_task fn, void *ctx) {
     if (tasks <= 0)
         return;
-    if (tasks > POOL_MAX_THREADS)
-        tasks = POOL_MAX_THREADS; /* callers split into at most POOL_MAX_THREADS tasks */
-    if (tasks == 1 || t_busy || pthread_mutex_trylock(&g_dispatch) != 0) {
+    if (threads > tasks)
+        threads = tasks;
+    if (threads <= 1 || t_busy || pthread_mutex_trylock(&g_dispatch) != 0) {
         int outer = t_busy;
         t_busy = 1;
         for (int t = 0; t < tasks; t++)
@@ -123,7 +123,7 @@ void pool_run(int tasks, pool_task fn, void *ctx) {
     pthread_once(&g_once, register_fork_handlers);
     t_busy = 1;
     pthread_mutex_lock(&g_lock);
-    grow(tasks - 1);
+    grow(threads - 1);
     g_fn = fn;
     g_ctx = ctx;
     g_tasks = tasks;

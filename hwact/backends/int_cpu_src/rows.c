@@ -856,7 +856,8 @@ static void split_task(void *p, int t, int tasks) {
 }
 
 /* body(a, 0, items) with the items (of `width` elements each) split over hw_threads() threads at
-   multiples of `align` items, when every thread gets POOL_MIN_WORK elements; else on this thread. */
+   multiples of `align` items, when every thread gets POOL_MIN_WORK elements; else on this thread. One task
+   per thread: a kernel's per-call set-up (ShiftGELU's and Shiftmax's tables) is paid once per task. */
 static void split_items(range_fn body, const kargs *a, int64_t items, int64_t width, int64_t align) {
     int threads = pool_threads_for(items * width, POOL_MIN_WORK, (items + align - 1) / align);
     if (threads <= 1) {
@@ -864,7 +865,7 @@ static void split_items(range_fn body, const kargs *a, int64_t items, int64_t wi
         return;
     }
     split_job j = {body, a, items, align};
-    pool_run(threads, split_task, &j);
+    pool_run(threads, threads, split_task, &j);
 }
 
 static void shiftmax_range(const kargs *a, int64_t r0, int64_t r1) {
