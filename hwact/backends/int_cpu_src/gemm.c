@@ -476,6 +476,35 @@ static void store_tile(const job *jb, const int32_t *res, int nr, int64_t r0, in
 }
 #undef STORE_LOOP
 
+#if defined(__x86_64__)
+/* The VNNI tile's epilogue and store in one: per 8 columns (int64 lanes) rs() and the clamp as
+   requant_avx512, then a masked truncating store (vpmovq{b,w,d}: the values are within the output type
+   after the clamp) of the valid columns straight into a row-major output (out_stride_n = 1, no LUT). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void
+requant_store_vnni(const int32_t *acc, const job *jb, int64_t r0, int rows, int64_t c0, int cols) {
+    const __m512i lo = _mm512_set1_epi64(jb->qmin), hi = _mm512_set1_epi64(jb->qmax);
+    int osize = jb->out_type == HW_I32 ? 4 : (jb->out_type == HW_I16 ? 2 : 1);
+    for (int c = 0; c < cols; c += 8) {
+        __mmask8 mask = cols - c >= 8 ? 0xff : (__mmask8)((1u << (cols - c)) - 1);
+        __m512i m = _mm512_loadu_si512((const void *)(jb->mul + c0 + c));
+        __m512i a = _mm512_loadu_si512((const void *)(jb->add + c0 + c));
+        __m512i s = _mm512_loadu_si512((const void *)(jb->sh + c0 + c));
+        char *dst = (char *)jb->out + (r0 * jb->osm + c0 + c) * osize;
+        for (int r = 0; r < rows; r++, dst += jb->osm * osize) {
+            __m512i v = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(acc + r * 32 + c)));
+            __m512i p = _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), a), s);
+            p = _mm512_min_epi64(_mm512_max_epi64(p, lo), hi);
+            switch (jb->out_type) {
+            case HW_I8:
+            case HW_U8: _mm512_mask_cvtepi64_storeu_epi8(dst, mask, p); break;
+            case HW_I16: _mm512_mask_cvtepi64_storeu_epi16(dst, mask, p); break;
+            default: _mm512_mask_cvtepi64_storeu_epi32(dst, mask, p);
+            }
+        }
+    }
+}
+#endif
+
 /* ----- the driver: one thread's rows -------------------------------------------------------------------- */
 #define PANEL_BYTES (256 * 1024) /* weight columns per pass kept within a core's L2 */
 
@@ -510,6 +539,7 @@ static void run_rows(const job *jb) {
     if (chunk < g.nr)
         chunk = g.nr;
     int32_t acc[8 * 32], res[8 * 32];
+    int direct = jb->isa == HW_ISA_AVX512VNNI && !jb->lut && jb->osn == 1; /* row-major out: fused vector store */
     for (int64_t c0 = 0; c0 < np; c0 += chunk) {
         int64_t c1 = c0 + chunk < np ? c0 + chunk : np;
         for (int64_t b = 0; b < blocks; b++) {
@@ -520,6 +550,12 @@ static void run_rows(const job *jb) {
                 int cols = (int)(n - cb < g.nr ? n - cb : g.nr);
                 if (cols <= 0)
                     continue;
+#if defined(__x86_64__)
+                if (direct) {
+                    requant_store_vnni(acc, jb, row0, valid, cb, cols);
+                    continue;
+                }
+#endif
                 requant(acc, res, g.nr, valid, cols, jb->add + cb, jb->mul + cb, jb->sh + cb, jb->qmin, jb->qmax);
                 store_tile(jb, res, g.nr, row0, valid, cb, cols);
             }
