@@ -26,6 +26,8 @@ from hwact.backends import int_cpu_lib
 from hwact.backends.base import Backend, BenchRequest, EmitContext, register
 from hwact.backends.int_cpu_plan import make_plan, read_plan, unsupported, write_plan
 from hwact.backends.int_cpu_runtime import IntCpuProgram
+from hwact.backends.int_cpu_static import StaticProgram
+from hwact.backends.toolchain import aarch64_emulator
 from hwact.errors import InputError, VerificationError
 from hwact.ir.graph import Graph
 from hwact.ir.summary import float_compute_nodes
@@ -41,6 +43,17 @@ def host_arch() -> str:
 def _arch(context: EmitContext) -> str:
     arch = str(context.options["arch"] or "host")
     return host_arch() if arch == "host" else arch
+
+
+def _compare(graph: Graph, batch: tuple, produced: list, where: str) -> None:
+    """VerificationError unless `produced` equals the integer graph's outputs on `batch` bit for bit."""
+    expected = graph(*batch)
+    expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+    for which, (want, got) in enumerate(zip(expected, produced)):
+        if want.shape != got.shape or not torch.equal(want.to(got.dtype), got):
+            error = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else None
+            raise VerificationError(f"int-cpu: output {which} differs from the integer reference on {where} "
+                                    f"(max |err| {error})")
 
 
 def open_program(outdir: Path, threads: int = 1) -> IntCpuProgram:
@@ -72,40 +85,65 @@ class IntCpuBackend(Backend):
         plan = make_plan(graph)
         artifacts = write_plan(plan, outdir)
         shutil.copyfile(int_cpu_lib.build(arch), outdir / int_cpu_lib.LIBRARY_NAME)   # built once per source hash
+        artifacts.append(int_cpu_lib.LIBRARY_NAME)
+        # the plan as read back, run on the host: its first run compiles the static program of the first
+        # calibration batch's shapes, which hwact_run (built for the target) runs without Python
+        self.program = open_program(outdir, int(context.options["threads"] or 1))
+        first = context.batches[0]
+        with torch.no_grad():
+            self.program(*first)
+        self.static = self.program.static.get(self.program.signature(*first))
+        if isinstance(self.static, StaticProgram):
+            artifacts += self.static.save(outdir)
+            shutil.copyfile(int_cpu_lib.build(arch, runner=True), outdir / int_cpu_lib.RUNNER_NAME)
+            (outdir / int_cpu_lib.RUNNER_NAME).chmod(0o755)
+            artifacts.append(int_cpu_lib.RUNNER_NAME)
         kernels = collections.Counter(step.op_name for step in plan.steps if step.op_name.startswith("hwact."))
         return {"arch": arch, "library": int_cpu_lib.LIBRARY_NAME, "steps": len(plan.steps),
                 "kernels": dict(sorted(kernels.items())),
                 "constant_bytes": int(sum(value.nbytes for value in plan.constants.values())),
-                "artifacts": artifacts + [int_cpu_lib.LIBRARY_NAME]}
+                "artifacts": artifacts}
 
     def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
-        arch = _arch(context)
-        if arch != host_arch():
-            return {"verified": False, "reason": f"built for {arch} on a {host_arch()} host: compiled, not run"}
-        program = open_program(outdir, int(context.options["threads"] or 1))
-        isa = ISA_NAMES.get(int(program.lib.hw_isa()), "unknown")
+        """The plan on the host on every calibration batch (the first again at the end: its first run laid
+        out the arena and compiled the static program, the second uses it), then hwact_run, the target's
+        executable, on the batches of the program's shapes (natively, or under qemu-aarch64)."""
+        program, isa = self.program, ISA_NAMES.get(int(self.program.lib.hw_isa()), "unknown")
         batches = list(context.batches)
         with torch.no_grad():
-            # the first batch runs again at the end: its first run laid out the arena and compiled the static
-            # program of its shapes (int_cpu_static), the second run uses that
             for index, batch in [*enumerate(batches), (0, batches[0])]:
-                expected = graph(*batch)
-                expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
-                produced = program(*batch)
-                for which, (want, got) in enumerate(zip(expected, produced)):
-                    if want.shape != got.shape or not torch.equal(want.to(got.dtype), got):
-                        error = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else None
-                        raise VerificationError(f"int-cpu: output {which} differs from the integer reference on "
-                                                f"calibration batch {index} ({isa} path; max |err| {error})")
+                _compare(graph, batch, program(*batch), f"calibration batch {index} ({isa} path)")
         shapes = [tuple(value.shape) for value in batches[0]]
         layout, executor = program.layout(*shapes), program.executor(*shapes)
         memory = executor.get("workspace_bytes", layout.arena_bytes)
         context.log(f"  int-cpu ({isa}, {executor['executor']}) vs integer reference: bit-exact on {len(batches)} "
                     f"batches; activations {memory / 2**20:.2f} MiB at input shapes {shapes}")
-        return {"verified": True, "bit_exact": True, "isa": isa, "batches": len(batches), **executor,
-                "arena": {"input_shapes": [list(shape) for shape in shapes], "bytes": layout.arena_bytes,
-                          "activation_bytes_without_reuse": layout.activation_bytes,
-                          "buffers": len(layout.offsets)}}
+        section = {"bit_exact": True, "isa": isa, "batches": len(batches), **executor,
+                   "arena": {"input_shapes": [list(shape) for shape in shapes], "bytes": layout.arena_bytes,
+                             "activation_bytes_without_reuse": layout.activation_bytes,
+                             "buffers": len(layout.offsets)}}
+        return {**section, **self._verify_runner(graph, outdir, context, batches)}
+
+    def _verify_runner(self, graph: Graph, outdir: Path, context: EmitContext, batches: list) -> dict:
+        arch = _arch(context)
+        if not isinstance(self.static, StaticProgram):
+            if arch != host_arch():
+                return {"verified": False, "reason": f"built for {arch}; no static program ({self.static}), so "
+                                                     f"nothing runs it on this {host_arch()} host"}
+            return {"verified": True}
+        prefix = ()
+        if arch != host_arch():
+            if arch != "aarch64" or shutil.which("qemu-aarch64") is None:
+                return {"verified": False, "reason": f"built for {arch} on a {host_arch()} host: compiled, not run"}
+            prefix = (*aarch64_emulator(), "-cpu", "max")
+        same = [(index, batch) for index, batch in enumerate(batches)
+                if [tuple(value.shape) for value in batch] == [shape for shape, _ in self.static.inputs]]
+        for index, batch in same:
+            produced, path = self.static.run_driver(outdir / int_cpu_lib.RUNNER_NAME, outdir, batch, prefix)
+            _compare(graph, batch, produced, f"calibration batch {index} (hwact_run, {path} path)")
+        ran = "qemu-aarch64 -cpu max" if prefix else "natively"
+        context.log(f"  hwact_run ({arch}, {ran}): bit-exact on {len(same)} batches")
+        return {"verified": True, "runner": {"arch": arch, "ran": ran, "isa": path, "batches": len(same)}}
 
     @classmethod
     def bench(cls, outdir: Path, request: BenchRequest) -> dict:

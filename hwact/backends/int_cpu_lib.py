@@ -23,11 +23,14 @@ SOURCE_DIR = Path(__file__).with_name("int_cpu_src")
 RUNNER_DIR = Path(__file__).with_name("int_cpu_runner")      # the static program runner (int_cpu_static.py)
 HEADERS = [SOURCE_DIR / "hwact_int.h", RUNNER_DIR / "hwact_runner.h"]
 LIBRARY_NAME = "libhwact_int.so"
+RUNNER_NAME = "hwact_run"
+DRIVER = RUNNER_DIR / "driver" / "hwact_run.c"
 COMPILERS = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
 FLAGS = {"x86_64": ["-O3", "-march=x86-64", "-mtune=generic"], "aarch64": ["-O3", "-march=armv8-a"]}
 COMMON = ["-std=c11", "-fPIC", "-shared", "-pthread", "-fno-fast-math", "-Wall", "-Werror=implicit-function-declaration"]
+EXECUTABLE = ["-std=c11", "-static", "-pthread", "-fno-fast-math", "-Wall", "-Werror=implicit-function-declaration"]
 
-_C_TYPES = {"void": None, "int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+_C_TYPES = {"void": None, "int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
             "size_t": ctypes.c_size_t, "float": ctypes.c_float, "char*": ctypes.c_char_p}
 
 
@@ -43,20 +46,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HWACT_CACHE", Path.home() / ".cache" / "hwact")) / "int_cpu"
 
 
-def build(arch: str = "x86_64", dest: Path | None = None) -> Path:
-    """Compile the library for `arch` (x86_64 | aarch64) into `dest` (a folder), or into the cache."""
+def build(arch: str = "x86_64", dest: Path | None = None, runner: bool = False) -> Path:
+    """Compile the library for `arch` (x86_64 | aarch64) into `dest` (a folder), or into the cache; with
+    `runner`, the static executable hwact_run instead (int_cpu_runner/driver: a program without Python)."""
     compiler = require_tool(COMPILERS[arch])
-    command = [compiler, *FLAGS[arch], *COMMON]
+    name, flags, extra = ((RUNNER_NAME, EXECUTABLE, [DRIVER]) if runner else (LIBRARY_NAME, COMMON, []))
+    command = [compiler, *FLAGS[arch], *flags]
     digest = hashlib.sha256(" ".join(command).encode())
-    for path in [*HEADERS, *sources()]:
+    for path in [*HEADERS, *sources(), *extra]:
         digest.update(path.read_bytes())
     folder = Path(dest) if dest is not None else cache_dir() / f"{arch}-{digest.hexdigest()[:16]}"
-    target = folder / LIBRARY_NAME
+    target = folder / name
     if dest is None and target.is_file():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{LIBRARY_NAME}.{os.getpid()}"
-    done = subprocess.run([*command, *include_flags(), *map(str, sources()), "-o", str(partial), "-lm"],
+    partial = folder / f".{name}.{os.getpid()}"
+    done = subprocess.run([*command, *include_flags(), *map(str, sources() + extra), "-o", str(partial), "-lm"],
                           capture_output=True, text=True)
     if done.returncode:
         partial.unlink(missing_ok=True)

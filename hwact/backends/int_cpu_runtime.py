@@ -108,9 +108,14 @@ class IntCpuProgram:
             raise UnsupportedError(f"the integer CPU runtime has no kernel for {', '.join(missing)}")
 
     # ----- running -------------------------------------------------------------------------------
+    @staticmethod
+    def signature(*inputs) -> tuple:
+        """The key of a set of inputs: their shapes and types (one arena and static program each)."""
+        return tuple((tuple(value.shape), value.dtype) for value in map(torch.as_tensor, inputs))
+
     def __call__(self, *inputs) -> list[torch.Tensor]:
         env = {name: torch.as_tensor(value) for name, value in zip(self.plan.inputs, inputs)}
-        signature = tuple((tuple(value.shape), value.dtype) for value in env.values())
+        signature = self.signature(*env.values())
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)   # the torch steps are small views and copies: threads only contend
         try:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import math
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,18 +33,30 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hwact.backends import int_cpu_lib
 from hwact.backends.int_cpu_memory import ALIGN, Buffer, place
-from hwact.errors import InputError, UnsupportedError
+from hwact.errors import InputError, UnsupportedError, VerificationError
 
-MAGIC, VERSION, OFFSET_BITS = 0x6877707267, 1, 40
+MAGIC, VERSION, OFFSET_BITS = 0x6877707267, 2, 40
 OPCODES = ["hw_linear", "hw_matmul", "hw_im2col", "hw_depthwise_conv2d", "hw_shiftmax", "hw_shift_gelu",
            "hw_i_layernorm", "hw_requantize", "hw_add", "hw_mul", "hw_lut", "hw_clamp", "hw_mask", "hw_max_pool2d",
-           "hw_sum_requantize", "hw_embedding", "hw_quantize", "hw_dequantize", "hw_pack", "copy", "fill", "sum"]
+           "hw_sum_requantize", "hw_embedding", "hw_quantize", "hw_dequantize", "hw_pack", "copy", "fill", "sum",
+           "gather", "elementwise"]
 KIND = {"const": 0, "work": 1, "input": 2, "output": 3, "packed": 4}
 ELEMENT = {torch.int8: 0, torch.uint8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4, torch.float32: 5,
            torch.bool: 6}
 T_INT, T_FLOAT, T_PTR, T_NULL = 0, 1, 2, 3
+PROGRAM_FILES = ("program.bin", "program_constants.bin")
 aten = torch.ops.aten
 VIEW_FREE = {aten.empty.memory_format, aten.empty_strided.default}
+# ops whose every result element is one element of their first argument, chosen by constant indices
+SELECTING = {aten.index.Tensor, aten.gather.default, aten.index_select.default}
+# integer element-wise ops of the runner (int_cpu_runner/runner.c: enum operation)
+OPERATIONS = {aten.add.Tensor: 0, aten.sub.Tensor: 1, aten.mul.Tensor: 2, aten.bitwise_and.Tensor: 3,
+              aten.bitwise_or.Tensor: 4, aten.bitwise_xor.Tensor: 5, aten.eq.Tensor: 6, aten.ne.Tensor: 7,
+              aten.lt.Tensor: 8, aten.le.Tensor: 9, aten.gt.Tensor: 10, aten.ge.Tensor: 11, aten.eq.Scalar: 6,
+              aten.ne.Scalar: 7, aten.lt.Scalar: 8, aten.le.Scalar: 9, aten.gt.Scalar: 10, aten.ge.Scalar: 11,
+              aten.add.Scalar: 0, aten.sub.Scalar: 1, aten.mul.Scalar: 2, aten.logical_and.default: 12,
+              aten.logical_or.default: 13, aten.logical_not.default: 14, aten.neg.default: 15,
+              aten.bitwise_and.Scalar: 3, aten.bitwise_or.Scalar: 4}
 
 
 class NotStatic(Exception):
@@ -60,6 +74,10 @@ class Region:
     index: int = 0                   # input / output position
     constant: bool = False           # holds a value computed from constants only
     shape: tuple = ()                # packed: (n, k)
+
+
+def _numpy_type(dtype: torch.dtype):
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _elem(tensor: torch.Tensor) -> int:
@@ -110,14 +128,36 @@ class Recording:
     def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """dst = src (broadcast to dst's shape, converted to dst's type) as one strided copy."""
         sizes = list(dst.shape)
-        src_strides = [0] * len(sizes)
-        for d in range(1, src.dim() + 1):          # broadcasting from the last dim, size 1 reads stride 0
-            src_strides[-d] = src.stride(-d) if src.shape[-d] != 1 else 0
+        src_strides = _broadcast_strides(src, dst.shape)
         args = [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(src), (T_INT, _elem(src)),
                 (T_INT, len(sizes)), *[(T_INT, s) for s in sizes], *[(T_INT, s) for s in dst.stride()],
                 *[(T_INT, s) for s in src_strides]]
         self.mark_written(dst)
         self.run.append(("copy", args))
+
+    def gather(self, dst: torch.Tensor, src: torch.Tensor, offsets: torch.Tensor) -> None:
+        """dst (contiguous) = src's elements at `offsets` (int64, elements from src's first element)."""
+        if not dst.is_contiguous():
+            raise NotStatic("a gather into a strided result")
+        table = offsets.to(torch.int64).contiguous()
+        self.of_tensor(table).constant = True
+        self.mark_written(dst)
+        self.run.append(("gather", [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(src),
+                                    (T_INT, _elem(src)), (T_INT, dst.numel()), self.tensor_pointer(table),
+                                    (T_INT, src.untyped_storage().nbytes() // src.element_size()
+                                     - src.storage_offset())]))
+
+    def elementwise(self, operation: int, dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> None:
+        operands = [a] if b is None else [a, b]
+        if any(t.is_floating_point() for t in [dst, *operands]):
+            raise NotStatic("float arithmetic")
+        strides = [_broadcast_strides(t, dst.shape) for t in operands] + ([[0] * dst.dim()] if b is None else [])
+        args = [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(a), (T_INT, _elem(a)),
+                self.tensor_pointer(b) if b is not None else (T_NULL, 0), (T_INT, _elem(b) if b is not None else 0),
+                (T_INT, operation), (T_INT, dst.dim()), *[(T_INT, s) for s in dst.shape],
+                *[(T_INT, s) for s in dst.stride()], *[(T_INT, s) for row in strides for s in row]]
+        self.mark_written(dst)
+        self.run.append(("elementwise", args))
 
     def fill(self, dst: torch.Tensor, value) -> None:
         if dst.dtype == torch.float32:
@@ -146,6 +186,23 @@ class Recording:
         if region.constant:
             raise NotStatic(f"step {self.step} writes into memory that holds constants")
         region.tainted, region.unsupported = True, None
+
+
+def _broadcast_strides(tensor: torch.Tensor, shape) -> list[int]:
+    """Element strides that read `tensor` broadcast to `shape` (a size-1 or missing dim reads stride 0)."""
+    strides = [0] * len(shape)
+    for d in range(1, tensor.dim() + 1):
+        strides[-d] = tensor.stride(-d) if tensor.shape[-d] != 1 else 0
+    return strides
+
+
+def _constant(value, like: torch.Tensor, recording: Recording) -> torch.Tensor:
+    """A Python number as a 0-d constant region (kept alive by the recording)."""
+    if isinstance(value, float) and not like.is_floating_point() and not value.is_integer():
+        raise NotStatic("an integer compared with a fraction")
+    tensor = torch.tensor(value, dtype=like.dtype if not isinstance(value, bool) else torch.bool)
+    recording.of_tensor(tensor).constant = True
+    return tensor
 
 
 class RecordingLibrary:
@@ -258,6 +315,22 @@ class Tracer(TorchDispatchMode):
             for source, target in parts:
                 if source.numel():
                     recording.copy(target, source)
+        elif func in SELECTING:
+            source = args[0]
+            if any(recording.of_tensor(t).tainted for t in torch.utils._pytree.tree_leaves((args[1:], kwargs))
+                   if isinstance(t, torch.Tensor)):
+                raise NotStatic("indices computed from the inputs")
+            storage_elements = source.untyped_storage().nbytes() // source.element_size()
+            positions = torch.arange(storage_elements, dtype=torch.int64).as_strided(
+                source.shape, source.stride(), source.storage_offset()) - source.storage_offset()
+            recording.gather(out, source, func(positions, *args[1:], **kwargs))
+        elif func in OPERATIONS:
+            if kwargs.get("alpha", 1) != 1 or (len(args) > 2 and args[2] != 1):
+                raise NotStatic("add/sub with alpha")
+            a, b = args[0], args[1] if len(args) > 1 else None
+            if b is not None and not isinstance(b, torch.Tensor):
+                b = _constant(b, a, recording)
+            recording.elementwise(OPERATIONS[func], out, a, b)
         elif func is aten.sum.dim_IntList and not out.is_floating_point():
             keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
             recording.integer_sum(out, args[0], list(args[1] or []), bool(keepdim))
@@ -265,7 +338,13 @@ class Tracer(TorchDispatchMode):
             raise NotStatic("not data movement the runner has")
 
 
-def _words(recording: Recording, inputs: list[torch.Tensor], outputs: list[torch.Tensor]):
+def _checksum(library, data: bytes) -> int:
+    """The runner's FNV-1a 64 of `data` as a signed int64 (its check that constants belong to a program)."""
+    value = int(library.hw_fnv1a(data, len(data)))
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _words(library, recording: Recording, inputs: list[torch.Tensor], outputs: list[torch.Tensor]):
     """(int64 program, constants bytes, workspace bytes) of a finished recording."""
     instructions = recording.init + recording.run
     used: dict[Region, list[int]] = {}
@@ -293,8 +372,8 @@ def _words(recording: Recording, inputs: list[torch.Tensor], outputs: list[torch
     layout = place(work)
     for number, (offset, nbytes) in layout.offsets.items():
         table[number] = (KIND["work"], offset, nbytes)
-    words = [MAGIC, VERSION, len(regions), layout.arena_bytes, len(inputs), len(outputs), len(recording.init),
-             len(recording.run)]
+    words = [MAGIC, VERSION, len(blob), _checksum(library, bytes(blob)), len(regions), layout.arena_bytes, len(inputs),
+             len(outputs), len(recording.init), len(recording.run)]
     for row in table:
         words += row
     for name, args in instructions:
@@ -331,6 +410,35 @@ class StaticProgram:
         if self.library.hw_program_run(self.handle, pointers_in, pointers_out, error, len(error)):
             raise InputError(f"int-cpu: {error.value.decode()}")
         return results
+
+    def save(self, folder: Path) -> list[str]:
+        """program.bin and program_constants.bin: what hwact_run (int_cpu_runner/driver) runs."""
+        (folder / PROGRAM_FILES[0]).write_bytes(self.words.astype("<i8").tobytes())
+        (folder / PROGRAM_FILES[1]).write_bytes(self.constants)
+        return list(PROGRAM_FILES)
+
+    def run_driver(self, driver: Path, folder: Path, inputs, prefix: tuple = (), isa: int | None = None,
+                   threads: int = 1) -> tuple[list[torch.Tensor], str]:
+        """Run the saved program with the hwact_run executable (under `prefix`, e.g. qemu-aarch64) on
+        `inputs`; (outputs, the kernel path it reported)."""
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            paths = []
+            for index, (value, (shape, dtype)) in enumerate(zip(inputs, self.inputs)):
+                array = torch.as_tensor(value).to(dtype).contiguous()
+                if tuple(array.shape) != shape:
+                    raise InputError(f"the static program takes inputs of shape {shape}, got {tuple(array.shape)}")
+                paths.append(scratch / f"input_{index}.bin")
+                paths[-1].write_bytes(array.numpy().tobytes())
+            options = [*(("--isa", str(isa)) if isa is not None else ()), "--threads", str(threads)]
+            done = subprocess.run([*prefix, str(driver), *options, str(folder / PROGRAM_FILES[0]),
+                                   str(folder / PROGRAM_FILES[1]), str(scratch), *map(str, paths)],
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                raise VerificationError(f"int-cpu: hwact_run failed (exit {done.returncode}): {done.stderr.strip()}")
+            results = [torch.from_numpy(np.fromfile(scratch / f"output_{index}.bin", dtype=_numpy_type(dtype))
+                                        .reshape(shape)) for index, (shape, dtype) in enumerate(self.outputs)]
+        return results, done.stdout.strip()
 
     def __del__(self):
         if getattr(self, "handle", None):
@@ -384,7 +492,7 @@ def compile_static(program, inputs: list[torch.Tensor]) -> StaticProgram:
                 final.append(target)
     finally:
         torch.set_num_threads(torch_threads)
-    words, constants, workspace = _words(recording, given, final)
+    words, constants, workspace = _words(program.lib, recording, given, final)
     static = load_static(program.lib, words, constants, [(tuple(t.shape), t.dtype) for t in given],
                          [(tuple(t.shape), t.dtype) for t in final])
     static.workspace_bytes, static.instructions = workspace, len(recording.run)

@@ -146,16 +146,19 @@ def test_bench_never_loads_the_folders_library(converted, tmp_path, cli_process)
     assert not marker.exists()
 
 
-def test_an_arm_target_cross_compiles_the_runtime(cli, tmp_path):
-    """--target cortex-a76 builds the library for aarch64 with the cross compiler; this x86 host does not run
-    it (the report says so) — its kernels run under qemu-aarch64 in tests/backends/test_int_cpu_gemm.py."""
+def test_an_arm_target_cross_compiles_and_runs_the_runtime_under_qemu(cli, tmp_path):
+    """--target cortex-a76 builds the library and hwact_run for aarch64 with the cross compiler; the convert
+    runs the whole static program under qemu-aarch64 on the calibration batches, bit-exact."""
     out = tmp_path / "arm"
     code, _, stderr = cli("convert", "zoo:cnn-tiny", "--recipe", "int8-relu", "--target", "cortex-a76", "-o", out)
     assert code == 0, stderr
-    header = (out / "libhwact_int.so").read_bytes()[:20]
-    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183   # EM_AARCH64
+    for name in ("libhwact_int.so", "hwact_run"):
+        header = (out / name).read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183   # EM_AARCH64
     section = json.loads((out / "report.json").read_text())["int_cpu"]
-    assert section["arch"] == "aarch64" and section["verified"] is False and "not run" in section["reason"]
+    assert section["arch"] == "aarch64" and section["verified"] is True and section["executor"] == "static C program"
+    assert section["runner"] == {"arch": "aarch64", "ran": "qemu-aarch64 -cpu max", "isa": "neon-dotprod",
+                                 "batches": section["batches"]}
 
 
 def test_a_plan_whose_shapes_do_not_fit_is_refused_before_a_kernel_runs(converted, tmp_path):

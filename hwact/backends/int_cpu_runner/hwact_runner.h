@@ -26,6 +26,9 @@ hw_program *hw_program_new(const int64_t *code, int64_t code_len, const uint8_t 
    0 on success; -1 with the reason in error (an embedding id outside its table). */
 int hw_program_run(hw_program *program, void **inputs, void **outputs, char *error, int64_t error_len);
 int64_t hw_program_workspace_bytes(const hw_program *program);
+int64_t hw_program_io_count(const hw_program *program, int output);            /* inputs (0) or outputs (1) */
+int64_t hw_program_io_bytes(const hw_program *program, int output, int64_t index);   /* -1: no such array */
+uint64_t hw_fnv1a(const uint8_t *bytes, int64_t count);                         /* the constants' checksum */
 void hw_program_free(hw_program *program);
 /* The name of opcode `op` ("hw_linear", "copy", ...), NULL past the last: the Python side checks its table. */
 const char *hw_program_op_name(int op);

@@ -1,7 +1,9 @@
 /* hwact static program runner (see hwact_runner.h): loads a program, then runs its instructions in order.
 
    Program layout, int64 words:
-     MAGIC, VERSION, regions, workspace_bytes, inputs, outputs, init_instructions, run_instructions,
+     MAGIC, VERSION, constants_bytes, constants_hash (FNV-1a 64 of the constants: a program refuses
+     another program's constants), regions, workspace_bytes, inputs, outputs, init_instructions,
+     run_instructions,
      then per region 3 words:  kind, a, b   (const: offset, size in the constants blob;
                                              work: offset, size in the workspace; input / output: index, size;
                                              packed: n, k — the packed bytes are hw_pack_size(n, k))
@@ -19,7 +21,8 @@
 #include "hwact_int.h"
 
 #define MAGIC 0x6877707267LL          /* "hwprg" */
-#define VERSION 1
+#define VERSION 2
+#define HEADER_WORDS 10
 #define MAX_ARGS 64
 #define MAX_DIMS 8
 #define OFFSET_BITS 40
@@ -32,16 +35,25 @@ enum elem { E_I8 = 0, E_U8 = 1, E_I16 = 2, E_I32 = 3, E_I64 = 4, E_F32 = 5, E_BO
 enum opcode {
     OP_LINEAR, OP_MATMUL, OP_IM2COL, OP_DEPTHWISE, OP_SHIFTMAX, OP_SHIFT_GELU, OP_LAYERNORM, OP_REQUANTIZE,
     OP_ADD, OP_MUL, OP_LUT, OP_CLAMP, OP_MASK, OP_MAX_POOL, OP_SUM_REQUANTIZE, OP_EMBEDDING, OP_QUANTIZE,
-    OP_DEQUANTIZE, OP_PACK, OP_COPY, OP_FILL, OP_SUM, OP_COUNT
+    OP_DEQUANTIZE, OP_PACK, OP_COPY, OP_FILL, OP_SUM, OP_GATHER, OP_ELEMENTWISE, OP_COUNT
 };
+/* elementwise operations on integers (computed in int64, stored in the destination's type: the same
+   result as torch's integer arithmetic in that type, which wraps) */
+enum operation { EW_ADD, EW_SUB, EW_MUL, EW_AND, EW_OR, EW_XOR, EW_EQ, EW_NE, EW_LT, EW_LE, EW_GT, EW_GE,
+                 EW_LOGICAL_AND, EW_LOGICAL_OR, EW_LOGICAL_NOT, EW_NEG, EW_COUNT };
 static const char *const OP_NAMES[OP_COUNT] = {
     "hw_linear", "hw_matmul", "hw_im2col", "hw_depthwise_conv2d", "hw_shiftmax", "hw_shift_gelu",
     "hw_i_layernorm", "hw_requantize", "hw_add", "hw_mul", "hw_lut", "hw_clamp", "hw_mask", "hw_max_pool2d",
-    "hw_sum_requantize", "hw_embedding", "hw_quantize", "hw_dequantize", "hw_pack", "copy", "fill", "sum"};
+    "hw_sum_requantize", "hw_embedding", "hw_quantize", "hw_dequantize", "hw_pack", "copy", "fill", "sum",
+    "gather", "elementwise"};
 /* argument counts; copy: dst, dst_type, src, src_type, ndim, then sizes, dst strides, src strides (ndim
    each); fill: dst, type, count, value; sum: dst, dst_type, src, src_type, ndim_out, ndim_reduce, then
-   out sizes, dst strides, src strides (ndim_out each), reduce sizes, src strides (ndim_reduce each) */
-static const int OP_ARGS[OP_COUNT] = {19, 21, 14, 21, 12, 13, 15, 9, 15, 13, 10, 7, 9, 13, 11, 7, 7, 5, 4, -1, 4, -1};
+   out sizes, dst strides, src strides (ndim_out each), reduce sizes, src strides (ndim_reduce each);
+   gather: dst, dst_type, src, src_type, count, offsets (count int64 element offsets into src, each
+   checked against src_elements), src_elements; elementwise: dst, dst_type, a, a_type, b, b_type, operation,
+   ndim, then sizes, dst strides, a strides, b strides (ndim each) */
+static const int OP_ARGS[OP_COUNT] = {19, 21, 14, 21, 12, 13, 15, 9, 15, 13, 10, 7, 9, 13, 11, 7, 7, 5, 4, -1, 4, -1,
+                                      7, -1};
 
 typedef struct { int kind; int64_t a, b; void *base; int64_t size; } region;
 typedef struct { int op, nargs; const int64_t *args; } instruction;
@@ -56,6 +68,20 @@ struct hw_program {
 };
 
 const char *hw_program_op_name(int op) { return op >= 0 && op < OP_COUNT ? OP_NAMES[op] : NULL; }
+
+int64_t hw_program_io_bytes(const hw_program *p, int output, int64_t index) {
+    for (int64_t r = 0; r < p->nregions; r++)
+        if (p->regions[r].kind == (output ? R_OUTPUT : R_INPUT) && p->regions[r].a == index) return p->regions[r].b;
+    return -1;
+}
+
+int64_t hw_program_io_count(const hw_program *p, int output) { return output ? p->noutputs : p->ninputs; }
+
+uint64_t hw_fnv1a(const uint8_t *bytes, int64_t count) {
+    uint64_t hash = 14695981039346656037ULL;
+    for (int64_t i = 0; i < count; i++) hash = (hash ^ bytes[i]) * 1099511628211ULL;
+    return hash;
+}
 int64_t hw_program_workspace_bytes(const hw_program *p) { return p->workspace_bytes; }
 
 static void say(char *error, int64_t len, const char *what, int64_t value) {
@@ -75,11 +101,16 @@ void hw_program_free(hw_program *p) {
 }
 
 static int copy_arguments_valid(int op, int nargs, const int64_t *args) {
-    /* the fixed words of copy / sum carry their dimension counts: the total must match */
+    /* the fixed words of copy / sum / elementwise carry their dimension counts: the total must match */
     if (op == OP_COPY) {
         if (nargs < 5 || args[2 * 4] != T_INT) return 0;
         int64_t ndim = args[2 * 4 + 1];
         return ndim >= 0 && ndim <= MAX_DIMS && nargs == 5 + 3 * ndim;
+    }
+    if (op == OP_ELEMENTWISE) {
+        if (nargs < 8 || args[2 * 6] != T_INT || args[2 * 7] != T_INT) return 0;
+        int64_t operation = args[2 * 6 + 1], ndim = args[2 * 7 + 1];
+        return operation >= 0 && operation < EW_COUNT && ndim >= 0 && ndim <= MAX_DIMS && nargs == 8 + 4 * ndim;
     }
     if (nargs < 6 || args[2 * 4] != T_INT || args[2 * 5] != T_INT) return 0;
     int64_t out = args[2 * 4 + 1], reduce = args[2 * 5 + 1];
@@ -88,16 +119,20 @@ static int copy_arguments_valid(int op, int nargs, const int64_t *args) {
 
 hw_program *hw_program_new(const int64_t *code, int64_t code_len, const uint8_t *constants, int64_t constants_len,
                            char *error, int64_t error_len) {
-    if (code_len < 8 || code[0] != MAGIC || code[1] != VERSION) {
+    if (code_len < HEADER_WORDS || code[0] != MAGIC || code[1] != VERSION) {
         say(error, error_len, "not an hwact static program of this version", code_len);
+        return NULL;
+    }
+    if (code[2] != constants_len || (int64_t)hw_fnv1a(constants, constants_len) != code[3]) {
+        say(error, error_len, "the constants do not belong to this program (bytes)", constants_len);
         return NULL;
     }
     hw_program *p = calloc(1, sizeof *p);
     if (!p) return NULL;
-    p->nregions = code[2], p->workspace_bytes = code[3], p->ninputs = code[4], p->noutputs = code[5];
-    p->ninit = code[6], p->nrun = code[7];
+    p->nregions = code[4], p->workspace_bytes = code[5], p->ninputs = code[6], p->noutputs = code[7];
+    p->ninit = code[8], p->nrun = code[9];
     p->packed_isa = -1;
-    int64_t pos = 8;
+    int64_t pos = HEADER_WORDS;
     if (p->nregions < 0 || p->nregions > (1LL << 24) || p->workspace_bytes < 0 || p->ninputs < 0 || p->noutputs < 0
         || p->ninit < 0 || p->nrun < 0 || p->ninit + p->nrun > (1LL << 24) || constants_len < 0
         || pos + 3 * p->nregions > code_len) {
@@ -255,6 +290,44 @@ static void strided_sum(void *dst, int dt, const void *src, int st, int nout, co
     }
 }
 
+static int64_t apply(int operation, int64_t a, int64_t b) {
+    switch (operation) {
+    case EW_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case EW_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+    case EW_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case EW_AND: return a & b;
+    case EW_OR: return a | b;
+    case EW_XOR: return a ^ b;
+    case EW_EQ: return a == b;
+    case EW_NE: return a != b;
+    case EW_LT: return a < b;
+    case EW_LE: return a <= b;
+    case EW_GT: return a > b;
+    case EW_GE: return a >= b;
+    case EW_LOGICAL_AND: return a && b;
+    case EW_LOGICAL_OR: return a || b;
+    case EW_LOGICAL_NOT: return !a;
+    default: return (int64_t)(0 - (uint64_t)a);      /* EW_NEG */
+    }
+}
+
+/* dst[i] = operation(a[i], b[i]) over an N-d index, each operand by its own strides (0: broadcast) */
+static void elementwise(void *dst, int dt, const void *a, int at, const void *b, int bt, int operation, int ndim,
+                        const int64_t *sizes, const int64_t *ds, const int64_t *as, const int64_t *bs) {
+    int64_t total = 1, index[MAX_DIMS] = {0};
+    for (int d = 0; d < ndim; d++) total *= sizes[d];
+    for (int64_t i = 0; i < total; i++) {
+        int64_t di = 0, ai = 0, bi = 0;
+        for (int d = 0; d < ndim; d++) di += index[d] * ds[d], ai += index[d] * as[d], bi += index[d] * bs[d];
+        int64_t one[1] = {apply(operation, load_int(a, at, ai), b ? load_int(b, bt, bi) : 0)};
+        store(dst, dt, di, one, E_I64, 0);
+        for (int d = ndim - 1; d >= 0; d--) {
+            if (++index[d] < sizes[d]) break;
+            index[d] = 0;
+        }
+    }
+}
+
 static void fill(void *dst, int type, int64_t count, int64_t value) {
     if (type == E_F32) {
         float f;
@@ -346,6 +419,22 @@ static int execute(hw_program *p, const instruction *in, char *error, int64_t er
         break;
     }
     case OP_FILL: fill(ptr[0], I(1), v[2], v[3]); break;
+    case OP_GATHER: {
+        const int64_t *offsets = ptr[5];
+        for (int64_t i = 0; i < v[4]; i++) {
+            if (offsets[i] < 0 || offsets[i] >= v[6]) {
+                say(error, error_len, "a gather offset outside its source", offsets[i]);
+                return -1;
+            }
+            store(ptr[0], I(1), i, ptr[2], I(3), offsets[i]);
+        }
+        break;
+    }
+    case OP_ELEMENTWISE: {
+        int n = I(7);
+        elementwise(ptr[0], I(1), ptr[2], I(3), ptr[4], I(5), I(6), n, v + 8, v + 8 + n, v + 8 + 2 * n, v + 8 + 3 * n);
+        break;
+    }
     case OP_SUM: {
         int n = I(4), r = I(5);
         const int64_t *w = v + 6;
