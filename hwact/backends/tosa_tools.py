@@ -78,10 +78,11 @@ def reference_run(model: Path, names: dict, inputs: list[np.ndarray], folder: Pa
 
 
 def vela(model: Path, folder: Path, accelerator: str, system_config: str, memory_mode: str) -> dict:
-    """Compile `model` with Vela into `folder`; the summary CSV's row (column -> text) and the console log."""
+    """Compile `model` with Vela into `folder` (console log in vela.log, per-layer CSV with
+    --verbose-performance); the summary CSV's row (column -> text)."""
     env = tosa_env()
     log = _run([env / "bin" / "vela", model.resolve(), "--config", VELA_CONFIG, "--accelerator-config", accelerator, "--system-config",
-                system_config, "--memory-mode", memory_mode, "--output-dir", folder.resolve()],
+                system_config, "--memory-mode", memory_mode, "--output-dir", folder.resolve(), "--verbose-performance"],
                f"vela ({accelerator})")
     (folder / "vela.log").write_text(log)
     summaries = sorted(folder.glob(f"{model.stem}_summary_*.csv"))
@@ -96,3 +97,19 @@ def vela(model: Path, folder: Path, accelerator: str, system_config: str, memory
 
 def vela_version() -> str:
     return _run([tosa_env() / "bin" / "vela", "--version"], "vela --version").strip()
+
+
+def vela_layers(folder: Path) -> list[dict]:
+    """Vela's per-layer estimate (<net>_per-layer.csv): operator, target, cycles, MACs, utilisation."""
+    files = sorted(folder.glob("*_per-layer.csv"))
+    if not files:
+        return []
+    with files[0].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        return [{"operator": row["Original Operator"], "npu_operator": row["NNG Operator"], "target": row["Target"],
+                 "cycles": int(float(row["Op Cycles"])), "cycles_pct": round(float(row["Network% (cycles)"]), 2),
+                 "macs": int(float(row["MAC Count"])), "mac_util_pct": round(float(row["Util% (MAC)"]), 2),
+                 "name": row["Name"]} for row in rows]
+    except (KeyError, ValueError) as exc:
+        raise VerificationError(f"{files[0]}: unexpected per-layer CSV ({exc})") from None

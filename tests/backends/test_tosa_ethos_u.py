@@ -106,6 +106,11 @@ def test_cnn_tiny_bit_exact_and_compiled(tmp_path, cli, cnn_calib, recipe, targe
     assert section["cpu_ops"] == 0 and section["npu_ops"] > 0
     assert section["npu_cycles"] > 0 and section["macs"] > 0 and section["estimated_inference_s"] > 0
     assert "CONV2D" in section["tosa_op_kinds"] and "RESCALE" in section["tosa_op_kinds"]
+    layers = section["layers"]
+    assert all(layer["target"] == "NPU" for layer in layers)
+    assert [layer["operator"] for layer in layers].count("Conv2D") == 4
+    assert sum(layer["macs"] for layer in layers) == section["macs"]
+    assert abs(sum(layer["cycles_pct"] for layer in layers) - 100) < 1
     assert (out / "model.tosa").stat().st_size > 1000
     assert (out / f"vela/model_summary_{system_config}.csv").exists() and (out / "vela/model_vela.tflite").exists()
     assert "Warning" not in (out / "vela/vela.log").read_text()        # explicit config, memory mode
