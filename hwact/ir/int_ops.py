@@ -13,8 +13,9 @@ The one rounding rule of requantization (single rounding, round half up, arithme
     rounding_shift(x, m0, shift) = floor((x · m0 + 2^(shift-1)) / 2^shift)      in int64
 
 x · m0 < 2^31 · 2^31 = 2^62 cannot overflow int64. Every op below has ONE reference implementation here
-(int64 intermediates; the conv reference runs in float64 on integer values, exact because every partial
-sum is an integer below 2^53) and an ONNX translation in standard ONNX integer ops (MatMulInteger,
+(int64 intermediates; the products of linear/matmul run as float GEMMs and the conv in float64, on
+integer values, exact by the bound of exact_matmul: every partial sum is an integer the float type holds)
+and an ONNX translation in standard ONNX integer ops (MatMulInteger,
 ConvInteger with uint8 operands and zero points, int64 Mul/Add, the floor shift through uint64 BitShift)
 that onnxruntime runs bit-exactly (onnx_floor_shift: ONNX's integer Div truncates and its BitShift is
 unsigned only).
@@ -138,6 +139,50 @@ def onnx_matmul_integer(a, b, a_unsigned: bool, b_unsigned: bool):
     return op.MatMulInteger(a_u8, b_u8, a_zero, b_zero)
 
 
+# ----- exact integer products on float GEMMs --------------------------------------------------------
+FLOAT32_EXACT = 2**24     # every integer of magnitude <= 2^24 is a float32 (and <= 2^53 a float64)
+FLOAT64_EXACT = 2**53
+MAX_FLOAT32_SLICES = 4    # beyond this, one float64 GEMM is cheaper than the float32 slices
+
+
+def _ieee_float32_matmul() -> bool:
+    """Whether torch's float32 matmul is plain IEEE float32 (no TF32 / bf16 shortcuts a user may enable)."""
+    mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return torch.get_float32_matmul_precision() == "highest" and \
+        getattr(mkldnn, "fp32_precision", "none") in ("none", "ieee")
+
+
+def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of integer tensors as int64, exactly, on float BLAS (torch has no integer GEMM on CPU; its int64
+    matmul is 4x slower than float32).
+
+    With K the reduced size and B = max|a| · max|b|, every partial sum a GEMM forms, in whatever order and
+    blocking, is an integer of magnitude <= Σ_k |a_k b_k| <= K·B. A float type holds such integers exactly
+    below 2^24 (float32) or 2^53 (float64), and each sum of two exact values that is itself representable is
+    exact (an FMA too), so the GEMM returns the exact integer result when K·B stays below that bound:
+        K·B <= 2^24            one float32 GEMM
+        else                   K split into slices of floor(2^24 / B) columns, one float32 GEMM each, the
+                               exact slice results summed in int64 (at most MAX_FLOAT32_SLICES slices)
+        else K·B <= 2^53       one float64 GEMM (8-bit operands: any K below 2^37)
+        else                   int64 matmul
+    Float32 only while torch's float32 matmul is IEEE (_ieee_float32_matmul); otherwise float64 or int64.
+    """
+    k = a.shape[-1]
+    bound = int(a.abs().amax()) * int(b.abs().amax()) if a.numel() and b.numel() else 0
+    width = k if k * bound <= FLOAT32_EXACT else FLOAT32_EXACT // bound
+    if _ieee_float32_matmul() and width >= 1 and -(-k // width) <= MAX_FLOAT32_SLICES:
+        a32, b32 = a.to(torch.float32), b.to(torch.float32)
+        rows = -2 if b.dim() > 1 else 0   # the axis of b that a's last axis meets
+        total = torch.matmul(a32.narrow(-1, 0, width), b32.narrow(rows, 0, width)).to(torch.int64)
+        for start in range(width, k, width):
+            length = min(width, k - start)
+            total += torch.matmul(a32.narrow(-1, start, length), b32.narrow(rows, start, length)).to(torch.int64)
+        return total
+    if k * bound <= FLOAT64_EXACT:
+        return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
+    return torch.matmul(a.to(torch.int64), b.to(torch.int64))
+
+
 # ----- quantize / dequantize / requantize ----------------------------------------------------------
 @hwact_op("quantize", bounds=("qmin", "qmax"))
 def quantize(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
@@ -205,7 +250,7 @@ def int_linear(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: to
                unsigned_input: bool, qmin: int, qmax: int) -> torch.Tensor:
     """acc_c = Σ_k q_k · W_ck + bias_c (int32 accumulate, held in int64 here); out_c = clamp(rounding_shift(
     acc_c, m0_c, shift_c), qmin, qmax). q: 8-bit values (uint8 when unsigned_input), W: int8 [N, K]."""
-    acc = torch.matmul(q.to(torch.int64), weight.to(torch.int64).t()) + bias.to(torch.int64)
+    acc = exact_matmul(q, weight.t()) + bias.to(torch.int64)
     return _per_channel_requantize(acc, m0, shift, -1, qmin, qmax)
 
 
@@ -264,7 +309,7 @@ def int_conv2d_onnx(q: INT32, weight: INT8, bias: INT32, m0: INT64, shift: INT64
 def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, b_unsigned: bool, multiplier: float,
                qmin: int, qmax: int) -> torch.Tensor:
     """out = clamp(rounding_shift(a @ b, dyadic(S_a·S_b / S_out)), qmin, qmax), a and b 8-bit values."""
-    acc = torch.matmul(a.to(torch.int64), b.to(torch.int64))
+    acc = exact_matmul(a, b)
     return requantize_values(acc, multiplier, qmin, qmax)
 
 
