@@ -151,6 +151,7 @@ static ln_vec *ln_scratch(uint32_t slots) {
 #define LN_ZERO_ROW_BYTES (LN_NUM_INPUTS + 32)
 static const uint8_t ln_zero_row[LN_ZERO_ROW_BYTES];
 static const uint64_t ln_not_binary = 0xfefefefefefefefeull;   /* any bit but bit 0 of any byte */
+#define LN_UNROLL _Pragma("GCC unroll 8")        /* the tiles' loops: constant shifts, values in registers */
 
 static inline uint64_t ln_load8(const uint8_t *p, int64_t width) {     /* width (1..8) bytes, zero-extended */
     uint64_t v = 0;
@@ -163,8 +164,10 @@ static inline uint64_t ln_load8(const uint8_t *p, int64_t width) {     /* width 
 static inline void ln_tile8(const uint8_t *const *rows, int64_t i, int64_t width, uint64_t *dst, int64_t stride,
                      uint64_t *acc) {
     uint64_t t[8], seen = 0;
+    LN_UNROLL
     for (int g = 0; g < 8; g++) {
         uint64_t v = 0;
+        LN_UNROLL
         for (int j = 0; j < 8; j++) {
             uint64_t raw = ln_load8(rows[8 * g + j] + i, width);
             seen |= raw;
@@ -173,16 +176,19 @@ static inline void ln_tile8(const uint8_t *const *rows, int64_t i, int64_t width
         t[g] = v;
     }
     /* transpose the 8 x 8 byte matrix t[g] byte k: swap the off-diagonal 4x4, then 2x2, then 1x1 blocks */
+    LN_UNROLL
     for (int g = 0; g < 4; g++) {
         uint64_t a = t[g], b = t[g + 4];
         t[g] = (a & 0x00000000ffffffffull) | (b << 32);
         t[g + 4] = (a >> 32) | (b & 0xffffffff00000000ull);
     }
+    LN_UNROLL
     for (int g = 0; g < 8; g += (g & 1) ? 3 : 1) {                       /* g = 0, 1, 4, 5 */
         uint64_t a = t[g], b = t[g + 2];
         t[g] = (a & 0x0000ffff0000ffffull) | ((b & 0x0000ffff0000ffffull) << 16);
         t[g + 2] = ((a >> 16) & 0x0000ffff0000ffffull) | (b & 0xffff0000ffff0000ull);
     }
+    LN_UNROLL
     for (int g = 0; g < 8; g += 2) {
         uint64_t a = t[g], b = t[g + 1];
         t[g] = (a & 0x00ff00ff00ff00ffull) | ((b & 0x00ff00ff00ff00ffull) << 8);
@@ -193,39 +199,35 @@ static inline void ln_tile8(const uint8_t *const *rows, int64_t i, int64_t width
 }
 
 #if defined(__AVX2__)
-/* ln_tile8 on 32 inputs i .. i + 31 at once */
-static void ln_tile32(const uint8_t *const *rows, int64_t i, uint64_t *dst, int64_t stride, __m256i *acc) {
-    __m256i t[8], seen = _mm256_setzero_si256();
-    for (int g = 0; g < 8; g++) {
-        __m256i v = _mm256_setzero_si256();
-        for (int j = 0; j < 8; j++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(rows[8 * g + j] + i));
-            seen = _mm256_or_si256(seen, raw);
-            v = _mm256_or_si256(v, _mm256_slli_epi64(raw, j));
-        }
-        t[g] = v;
-    }
-    /* byte k of t[0..7] -> one 64-bit lane; unpacks work within 128-bit halves, so the lanes of result
-     * q (q = 0..7) are inputs 2q, 2q + 1 (low half) and 2q + 16, 2q + 17 (high half) */
+/* AVX2: step 1 on 32 inputs per load. Rows are read in order, LN_PACK_CHUNKS chunks of 32 inputs at a time
+ * (merged[c][g] = t_g of chunk c), then each chunk is transposed by ln_transpose32. */
+#define LN_PACK_CHUNKS 16
+static void ln_transpose32(const __m256i *t, uint64_t *dst, int64_t stride) {
+    /* byte k of t[0..7] -> one 64-bit lane; unpacks work within 128-bit halves, so the lanes of the results
+     * are inputs k, k + 1 (low half) and k + 16, k + 17 (high half) for k = 0, 2, .., 14 */
     __m256i p[8], r[8];
+    LN_UNROLL
     for (int h = 0; h < 2; h++) {                                    /* samples 0-31, then 32-63 */
-        __m256i *s = t + 4 * h;
+        const __m256i *s = t + 4 * h;
         p[4 * h + 0] = _mm256_unpacklo_epi8(s[0], s[1]);              /* inputs 0-7 | 16-23 */
         p[4 * h + 1] = _mm256_unpackhi_epi8(s[0], s[1]);              /* inputs 8-15 | 24-31 */
         p[4 * h + 2] = _mm256_unpacklo_epi8(s[2], s[3]);
         p[4 * h + 3] = _mm256_unpackhi_epi8(s[2], s[3]);
     }
+    LN_UNROLL
     for (int h = 0; h < 2; h++) {
-        __m256i *s = p + 4 * h;
+        const __m256i *s = p + 4 * h;
         r[4 * h + 0] = _mm256_unpacklo_epi16(s[0], s[2]);             /* inputs 0-3 | 16-19 */
         r[4 * h + 1] = _mm256_unpackhi_epi16(s[0], s[2]);             /* inputs 4-7 | 20-23 */
         r[4 * h + 2] = _mm256_unpacklo_epi16(s[1], s[3]);             /* inputs 8-11 | 24-27 */
         r[4 * h + 3] = _mm256_unpackhi_epi16(s[1], s[3]);             /* inputs 12-15 | 28-31 */
     }
+    LN_UNROLL
     for (int q = 0; q < 4; q++) {
         __m256i words[2] = {_mm256_unpacklo_epi32(r[q], r[4 + q]), _mm256_unpackhi_epi32(r[q], r[4 + q])};
+        LN_UNROLL
         for (int e = 0; e < 2; e++) {
-            int64_t k = 4 * q + 2 * e;                                  /* this vector: k, k+1 | k+16, k+17 */
+            int64_t k = 4 * q + 2 * e;
             __m128i lo = _mm256_castsi256_si128(words[e]), hi = _mm256_extracti128_si256(words[e], 1);
             _mm_storel_epi64((__m128i *)(dst + k * stride), lo);
             _mm_storeh_pd((double *)(dst + (k + 1) * stride), _mm_castsi128_pd(lo));
@@ -233,7 +235,32 @@ static void ln_tile32(const uint8_t *const *rows, int64_t i, uint64_t *dst, int6
             _mm_storeh_pd((double *)(dst + (k + 17) * stride), _mm_castsi128_pd(hi));
         }
     }
-    *acc = _mm256_or_si256(*acc, seen);
+}
+
+/* Inputs 0 .. 32 * chunks - 1 of the 64 samples rows[0..63] (ln_tile8 on 32 inputs per load). */
+static void ln_pack32(const uint8_t *const *rows, int64_t chunks, uint64_t *dst, int64_t stride, uint64_t *acc) {
+    __m256i seen = _mm256_setzero_si256(), merged[LN_PACK_CHUNKS][8];
+    for (int64_t c0 = 0; c0 < chunks; c0 += LN_PACK_CHUNKS) {
+        int64_t count = chunks - c0 < LN_PACK_CHUNKS ? chunks - c0 : LN_PACK_CHUNKS;
+        for (int g = 0; g < 8; g++) {
+            const uint8_t *const *r = rows + 8 * g;
+            for (int64_t c = 0; c < count; c++) {
+                int64_t at = 32 * (c0 + c);
+                __m256i v = _mm256_setzero_si256();
+                LN_UNROLL
+                for (int j = 0; j < 8; j++) {
+                    __m256i raw = _mm256_loadu_si256((const __m256i *)(r[j] + at));
+                    seen = _mm256_or_si256(seen, raw);
+                    v = _mm256_or_si256(v, _mm256_slli_epi64(raw, j));
+                }
+                merged[c][g] = v;
+            }
+        }
+        for (int64_t c = 0; c < count; c++) ln_transpose32(merged[c], dst + 32 * (c0 + c) * stride, stride);
+    }
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, seen);
+    *acc |= lanes[0] | lanes[1] | lanes[2] | lanes[3];
 }
 #endif
 
@@ -252,14 +279,16 @@ static int64_t ln_pack_word(const uint8_t *bits, int64_t n, int64_t word, uint64
     int64_t s0 = word * 64;
     for (int j = 0; j < 64; j++)
         rows[j] = s0 + j < n ? bits + (s0 + j) * (int64_t)LN_NUM_INPUTS : ln_zero_row;
+    /* the next word's bytes (contiguous) into the cache while this one is packed */
+    const uint8_t *ahead = bits + (s0 + 64) * (int64_t)LN_NUM_INPUTS;
+    const uint8_t *ahead_end = bits + (s0 + 128 < n ? s0 + 128 : n) * (int64_t)LN_NUM_INPUTS;
+    for (; LN_PREFETCH_LOCALITY >= 0 && ahead < ahead_end; ahead += 64)
+        __builtin_prefetch(ahead, 0, LN_PREFETCH_LOCALITY < 0 ? 0 : LN_PREFETCH_LOCALITY);
     uint64_t acc = 0;
     int64_t i = 0;
 #if defined(__AVX2__)
-    __m256i vacc = _mm256_setzero_si256();
-    for (; i + 32 <= LN_NUM_INPUTS; i += 32) ln_tile32(rows, i, dst + i * stride, stride, &vacc);
-    uint64_t lanes[4];
-    _mm256_storeu_si256((__m256i *)lanes, vacc);
-    acc = lanes[0] | lanes[1] | lanes[2] | lanes[3];
+    i = LN_NUM_INPUTS / 32 * 32;
+    if (i) ln_pack32(rows, i / 32, dst, stride, &acc);
 #endif
     for (; i + 8 <= LN_NUM_INPUTS; i += 8) ln_tile8(rows, i, 8, dst + i * stride, stride, &acc);
     if (i < LN_NUM_INPUTS) ln_tile8(rows, i, LN_NUM_INPUTS - i, dst + i * stride, stride, &acc);
