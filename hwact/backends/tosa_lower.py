@@ -18,6 +18,7 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_matmul           RESHAPE to rank 3, MATMUL (int8, zero points) -> int32, RESCALE
     requantize           RESCALE
     int_add              RESCALE each operand to int32 by its dyadic, ADD, RESCALE x1 to the output type
+    int_mul              RESCALE x1 of each operand to int32 (zero point removed), MUL (shift 0), RESCALE
     int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
     clamp on codes       CLAMP on stored values
@@ -32,8 +33,8 @@ multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
 
 Not lowered (the check names them): Shiftmax and I-LayerNorm (their reference carries int64 intermediates:
 2^62 / Σe, isqrt of a 61-bit variance; TOSA's INT profile stops at int32 and Ethos-U55 has no INTDIV),
-ShiftGELU (its σ depends on the row maximum, so it is no 256-entry table of the input code), int_mul,
-embeddings and masks.
+ShiftGELU (its σ depends on the row maximum, so it is no 256-entry table of the input code), embeddings
+and masks (GATHER, SELECT: not on Ethos-U55/U65).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ BLOCKED = {
                                 "code; no TOSA lowering yet (lut-gelu makes GELU a per-code table TOSA takes)",
     "hwact.lambda_shift_gelu.default": "lambda-ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE "
                                        "of the input code; no TOSA lowering yet (lut-gelu makes GELU a per-code table)",
-    "hwact.int_mul.default": "int_mul (a product of two activations) has no TOSA lowering yet",
     "hwact.int_embedding.default": "embedding lookups (GATHER) are not supported on Ethos-U55/U65",
     "hwact.int_mask.default": "masks (SELECT) are not supported on Ethos-U55/U65",
 }
@@ -403,16 +403,7 @@ def _add(self: Lowering, node) -> Value:
     a = op_args(node)
     left, right = self.value(a.a), self.value(a.b)
     shape = self.shape(node)
-    if left.shape == right.shape:
-        perm, names = left.perm, [left.name, self.net.layout(right, left.perm)]
-        operands_shape = [shape[p] for p in perm]
-    else:                       # broadcasting: both in logical layout, equal rank
-        perm = tuple(range(len(shape)))
-        names = []
-        for operand in (left, right):
-            padded = [1] * (len(shape) - len(operand.shape)) + list(operand.shape)
-            names.append(self.net.reshape(self.net.logical(operand), padded, operand.dtype, f"{node.name}_bc"))
-        operands_shape = list(shape)
+    perm, names, operands_shape = _broadcast_operands(self, node, left, right)
     wide = []
     for operand, name, multiplier, side in ((left, names[0], a.a_multiplier, "a"), (right, names[1], a.b_multiplier, "b")):
         m0, shift = dyadic(float(multiplier))
@@ -422,6 +413,37 @@ def _add(self: Lowering, node) -> Value:
     out, dtype, zp = self.net.requantize_to(total, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT,
                                             output_bounds(node), operands_shape, node.name)
     return Value(out, shape, dtype, zp, perm)
+
+
+def _broadcast_operands(self: Lowering, node, left: Value, right: Value) -> tuple[tuple, list[str], list[int]]:
+    """(perm, TOSA names, TOSA shape) of two operands of an element-wise op: the second in the first's
+    layout when their shapes are equal, else both in logical layout at the output's rank (TOSA broadcasts
+    size-1 dimensions of equal-rank operands)."""
+    shape = self.shape(node)
+    if left.shape == right.shape:
+        return left.perm, [left.name, self.net.layout(right, left.perm)], [shape[p] for p in left.perm]
+    names = []
+    for operand in (left, right):
+        padded = [1] * (len(shape) - len(operand.shape)) + list(operand.shape)
+        names.append(self.net.reshape(self.net.logical(operand), padded, operand.dtype, f"{node.name}_bc"))
+    return tuple(range(len(shape))), names, list(shape)
+
+
+def _mul(self: Lowering, node) -> Value:
+    """int_mul: MUL (8/16-bit operands widened to int32 by a x1 RESCALE that also removes the zero point,
+    shift 0: |a·b| <= 2^30 is exact in int32), then RESCALE by the op's dyadic multiplier."""
+    from hwact.ir.int_ops import dyadic
+    a = op_args(node)
+    left, right = self.value(a.a), self.value(a.b)
+    perm, names, shape = _broadcast_operands(self, node, left, right)
+    wide = [self.net.rescale(name, operand.dtype, operand.zp, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0,
+                             self.net.shape_of(name), f"{node.name}_{side}32")
+            for operand, name, side in ((left, names[0], "a"), (right, names[1], "b"))]
+    product = self.net.op("MUL", [*wide, self.net.const("mul_shift_0", [0], "INT8")], shape, "INT32",
+                          ["MulAttribute", []], f"{node.name}_product")
+    m0, shift = dyadic(float(a.multiplier))
+    out, dtype, zp = self.net.requantize_to(product, "INT32", 0, m0, shift, output_bounds(node), shape, node.name)
+    return Value(out, self.shape(node), dtype, zp, perm)
 
 
 def _max_pool(self: Lowering, node) -> Value:
@@ -592,6 +614,7 @@ HANDLERS = {
     "hwact.int_add.default": _add,
     "hwact.int_max_pool2d.default": _max_pool,
     "hwact.int_lut.default": _lut,
+    "hwact.int_mul.default": _mul,
     "hwact.dequantize.default": lambda self, node: None,      # an output (handled with the output node)
     "aten.clamp.default": _clamp,
     "aten.sum.dim_IntList": _sum,
