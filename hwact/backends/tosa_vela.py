@@ -15,7 +15,9 @@ dequantize (batch 1, what an NPU runs); the two scales are in the report for the
 
 from __future__ import annotations
 
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,19 +93,25 @@ class TosaVelaBackend(Backend):
         dequantize = {n.name: n for n in graph.fx.nodes if n.name in {o["node"] for o in outputs}}
         wanted = [i["node"] for i in inputs] + [dequantize[o["node"]].args[0].name for o in outputs]
         samples = _samples(context.batches)
+
+        def check(index: int, work: Path) -> None:
+            codes = _codes(graph, samples[index], wanted)
+            feeds = [(codes[i["node"]].numpy() + i["zero_point"]).astype(NUMPY[i["dtype"]]) for i in inputs]
+            produced = tosa_tools.reference_run(outdir / MODEL, names, feeds, work / str(index))
+            for which, (spec, got) in enumerate(zip(outputs, produced)):
+                want = codes[dequantize[spec["node"]].args[0].name].numpy().astype(np.int64)
+                got = got.astype(np.int64) - spec["zero_point"]
+                if got.shape != want.shape or not np.array_equal(got, want):
+                    error = int(np.abs(got - want).max()) if got.shape == want.shape else None
+                    raise VerificationError(f"tosa-vela: output {which} of the TOSA reference model differs from "
+                                            f"the integer reference on calibration sample {index} (max |err| "
+                                            f"{error} codes)")
+
+        # one reference-model process per sample, as many at a time as there are CPUs (it is single-threaded)
         with tempfile.TemporaryDirectory(prefix="hwact-tosa-run-") as work:
-            for index, sample in enumerate(samples):
-                codes = _codes(graph, sample, wanted)
-                feeds = [(codes[i["node"]].numpy() + i["zero_point"]).astype(NUMPY[i["dtype"]]) for i in inputs]
-                produced = tosa_tools.reference_run(outdir / MODEL, names, feeds, Path(work) / str(index))
-                for which, (spec, got) in enumerate(zip(outputs, produced)):
-                    want = codes[dequantize[spec["node"]].args[0].name].numpy().astype(np.int64)
-                    got = got.astype(np.int64) - spec["zero_point"]
-                    if got.shape != want.shape or not np.array_equal(got, want):
-                        error = int(np.abs(got - want).max()) if got.shape == want.shape else None
-                        raise VerificationError(f"tosa-vela: output {which} of the TOSA reference model differs from "
-                                                f"the integer reference on calibration sample {index} (max |err| "
-                                                f"{error} codes)")
+            with ThreadPoolExecutor(max_workers=min(len(samples), os.cpu_count() or 1)) as pool:
+                for future in [pool.submit(check, index, Path(work)) for index in range(len(samples))]:
+                    future.result()
         context.log(f"  TOSA reference model vs integer reference: bit-exact on {len(samples)} samples")
         return {"verified": True, "bit_exact": True, "samples": len(samples)}
 
