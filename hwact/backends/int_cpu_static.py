@@ -397,6 +397,11 @@ class StaticProgram:
     instructions: int = 0
 
     def __call__(self, *values) -> list[torch.Tensor]:
+        return self.profile(*values)[0]
+
+    def profile(self, *values, times: np.ndarray | None = None) -> tuple[list[torch.Tensor], np.ndarray | None]:
+        """(outputs, times): with `times` (int64, one per run instruction) each instruction's nanoseconds are
+        added to it (hw_program_profile)."""
         arrays = []
         for value, (shape, dtype) in zip(values, self.inputs):
             array = torch.as_tensor(value).to(dtype).contiguous()
@@ -407,9 +412,21 @@ class StaticProgram:
         pointers_in = (ctypes.c_void_p * max(1, len(arrays)))(*[a.data_ptr() for a in arrays])
         pointers_out = (ctypes.c_void_p * max(1, len(results)))(*[r.data_ptr() for r in results])
         error = ctypes.create_string_buffer(256)
-        if self.library.hw_program_run(self.handle, pointers_in, pointers_out, error, len(error)):
+        clock = None if times is None else times.ctypes.data
+        if self.library.hw_program_profile(self.handle, pointers_in, pointers_out, clock, error, len(error)):
             raise InputError(f"int-cpu: {error.value.decode()}")
-        return results
+        return results, times
+
+    def time_by_opcode(self, *values, repeats: int = 20) -> dict[str, float]:
+        """Seconds per call spent in each opcode (a run's profile, averaged over `repeats` calls)."""
+        times = np.zeros(self.instructions, dtype=np.int64)
+        for _ in range(repeats):
+            self.profile(*values, times=times)
+        totals: dict[str, float] = {}
+        for index, nanoseconds in enumerate(times.tolist()):
+            name = OPCODES[self.library.hw_program_opcode(self.handle, index)]
+            totals[name] = totals.get(name, 0.0) + nanoseconds / 1e9 / repeats
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
     def save(self, folder: Path) -> list[str]:
         """program.bin and program_constants.bin: what hwact_run (int_cpu_runner/driver) runs."""

@@ -25,6 +25,10 @@ hw_program *hw_program_new(const int64_t *code, int64_t code_len, const uint8_t 
 /* Runs the program: inputs[i] / outputs[i] are the caller's arrays of the sizes the program was made for.
    0 on success; -1 with the reason in error (an embedding id outside its table). */
 int hw_program_run(hw_program *program, void **inputs, void **outputs, char *error, int64_t error_len);
+/* hw_program_run, adding each run instruction's wall time to nanoseconds[i] (one per run instruction) */
+int hw_program_profile(hw_program *program, void **inputs, void **outputs, int64_t *nanoseconds, char *error,
+                       int64_t error_len);
+int hw_program_opcode(const hw_program *program, int64_t instruction);   /* of run instruction i, -1 past the end */
 int64_t hw_program_workspace_bytes(const hw_program *program);
 int64_t hw_program_io_count(const hw_program *program, int output);            /* inputs (0) or outputs (1) */
 int64_t hw_program_io_bytes(const hw_program *program, int output, int64_t index);   /* -1: no such array */

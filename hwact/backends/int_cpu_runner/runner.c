@@ -12,11 +12,13 @@
                                 region << 40 | byte offset; 3: NULL)
    Init instructions (hw_pack) run at load and again when the ISA in use changes; run instructions run
    on every call. */
+#define _POSIX_C_SOURCE 199309L
 #include "hwact_runner.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hwact_int.h"
 
@@ -251,6 +253,18 @@ static void strided_copy(void *dst, int dt, const void *src, int st, int ndim, c
         if (rows_fast) {
             memcpy((char *)dst + di * ELEM_BYTES[dt], (const char *)src + si * ELEM_BYTES[st],
                    (size_t)(inner * ELEM_BYTES[dt]));
+        } else if (ndim && dt == st) {       /* one type: a strided move by element size, no conversion */
+            int64_t a = ds[ndim - 1], b = ss[ndim - 1];
+            switch (ELEM_BYTES[dt]) {
+            case 1: { uint8_t *o = (uint8_t *)dst + di; const uint8_t *x = (const uint8_t *)src + si;
+                      for (int64_t k = 0; k < inner; k++) o[k * a] = x[k * b]; break; }
+            case 2: { uint16_t *o = (uint16_t *)dst + di; const uint16_t *x = (const uint16_t *)src + si;
+                      for (int64_t k = 0; k < inner; k++) o[k * a] = x[k * b]; break; }
+            case 4: { uint32_t *o = (uint32_t *)dst + di; const uint32_t *x = (const uint32_t *)src + si;
+                      for (int64_t k = 0; k < inner; k++) o[k * a] = x[k * b]; break; }
+            default: { uint64_t *o = (uint64_t *)dst + di; const uint64_t *x = (const uint64_t *)src + si;
+                       for (int64_t k = 0; k < inner; k++) o[k * a] = x[k * b]; break; }
+            }
         } else if (ndim == 0) {
             store(dst, dt, 0, src, st, 0);
         } else {
@@ -464,14 +478,32 @@ static int pack_weights(hw_program *p, char *error, int64_t error_len) {
     return 0;
 }
 
-int hw_program_run(hw_program *p, void **inputs, void **outputs, char *error, int64_t error_len) {
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+int hw_program_profile(hw_program *p, void **inputs, void **outputs, int64_t *nanoseconds, char *error,
+                       int64_t error_len) {
     if (p->packed_isa != hw_isa() && pack_weights(p, error, error_len)) return -1;
     for (int64_t r = 0; r < p->nregions; r++) {
         region *g = &p->regions[r];
         if (g->kind == R_INPUT) g->base = inputs[g->a];
         else if (g->kind == R_OUTPUT) g->base = outputs[g->a];
     }
-    for (int64_t i = p->ninit; i < p->ninit + p->nrun; i++)
+    for (int64_t i = p->ninit; i < p->ninit + p->nrun; i++) {
+        int64_t start = nanoseconds ? now_ns() : 0;
         if (execute(p, &p->code[i], error, error_len)) return -1;
+        if (nanoseconds) nanoseconds[i - p->ninit] += now_ns() - start;
+    }
     return 0;
+}
+
+int hw_program_run(hw_program *p, void **inputs, void **outputs, char *error, int64_t error_len) {
+    return hw_program_profile(p, inputs, outputs, NULL, error, error_len);
+}
+
+int hw_program_opcode(const hw_program *p, int64_t instruction) {
+    return instruction >= 0 && instruction < p->nrun ? p->code[p->ninit + instruction].op : -1;
 }
