@@ -10,7 +10,8 @@
  * LN_COUNT_BITS and per program P in {BITS, COUNTS}: LN_P_SLOTS, LN_P_GATES and the device arrays
  * ln_P_op[], ln_P_dst[], ln_P_a[], ln_P_b[], ln_P_c[], ln_P_results[].
  *
- * Host runner (LN_RUNNER): RUNNER IN OUT [REPEAT]; the same files as the C runner (logic_runner_io.h).
+ * Host runner (LN_RUNNER): RUNNER IN OUT [REPEAT [counts]]; the same files as the C runner (logic_runner_io.h);
+ * with `counts`, OUT holds only the class counts (no output-bit kernel: for large benchmark batches).
  * With REPEAT > 0 it also times the count kernel on the packed input already on the GPU and prints
  * "samples_per_s <value>". */
 #include <stdint.h>
@@ -91,8 +92,9 @@ extern "C" __global__ void ln_class_counts_kernel(const uint64_t *x, int64_t nwo
         fprintf(stderr, "CUDA error %s at line %d\n", cudaGetErrorString(e_), __LINE__); exit(3); } } while (0)
 
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: %s IN OUT [REPEAT]\n", argv[0]); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: %s IN OUT [REPEAT [counts]]\n", argv[0]); return 2; }
     int repeat = argc > 3 ? atoi(argv[3]) : 0;
+    int counts_only = argc > 4 && argv[4][0] == 'c';          /* OUT holds the counts only */
     int64_t n, nwords, nin = LN_NUM_INPUTS;
     uint64_t *x = ln_read_input(argv[1], &n, &nwords);
     if (!x) return 2;
@@ -111,14 +113,20 @@ int main(int argc, char **argv) {
     int threads = 128, blocks = (int)((stride + threads - 1) / threads);
     ln_class_counts_kernel<<<blocks, threads>>>(dx, nwords, n, dV, stride, dcounts);
     LN_CHECK(cudaGetLastError());
-    ln_output_bits_kernel<<<blocks, threads>>>(dx, nwords, dV, stride, dy);
+    if (!counts_only) ln_output_bits_kernel<<<blocks, threads>>>(dx, nwords, dV, stride, dy);
     LN_CHECK(cudaGetLastError());
     LN_CHECK(cudaDeviceSynchronize());
     int32_t *counts = (int32_t *)malloc((size_t)(n * LN_NUM_CLASSES * 4));
     uint64_t *y = (uint64_t *)malloc((size_t)((LN_NUM_OUTPUTS + 1) * nwords * 8));
     LN_CHECK(cudaMemcpy(counts, dcounts, (size_t)(n * LN_NUM_CLASSES * 4), cudaMemcpyDeviceToHost));
     LN_CHECK(cudaMemcpy(y, dy, (size_t)((LN_NUM_OUTPUTS + 1) * nwords * 8), cudaMemcpyDeviceToHost));
-    if (ln_write_output(argv[2], counts, y, n, nwords)) return 2;
+    if (counts_only) {
+        FILE *f = fopen(argv[2], "wb");
+        if (!f || fwrite(counts, 4, (size_t)(n * LN_NUM_CLASSES), f) != (size_t)(n * LN_NUM_CLASSES)) return 2;
+        fclose(f);
+    } else if (ln_write_output(argv[2], counts, y, n, nwords)) {
+        return 2;
+    }
     if (repeat > 0) {                                          /* best of REPEAT timed runs */
         cudaEvent_t start, stop;
         cudaEventCreate(&start);
