@@ -1034,10 +1034,11 @@ void hw_im2col(const void *x, int x_type, int64_t C, int64_t H, int64_t W, int k
     free(img);
 }
 
-/* Depthwise conv, AVX2: per channel the padded plane as int32 (zeros around, and past the right edge as
-   far as the last 8-lane vector of a row reads), then 8 output columns at a time: Σ_ky,kx w·x over
-   vectors read at column ox·sw + kx·dw (one load for sw = 1, a gather otherwise), exact in int32
-   (|Σ| <= kh·kw·255·128). Epilogue per lane: (acc·m0 + bias·m0 + 2^(shift−1)) >> shift in int64 (even
+/* Depthwise conv, AVX2: per channel the padded plane as int32, split by column phase (padded column
+   j = q·sw + f goes to phase plane f, index q; zeros around and past the right edge as far as the last
+   8-lane vector of a row reads), then 8 output columns at a time: Σ_ky,kx w·x, the window column
+   ox·sw + kx·dw read as one contiguous load from phase (kx·dw) mod sw at index ox + (kx·dw) div sw;
+   exact in int32 (|Σ| <= kh·kw·255·128). Epilogue per lane: (acc·m0 + bias·m0 + 2^(shift−1)) >> shift in int64 (even
    and odd lanes by vpmuldq; the arithmetic shift as ~(~p >>> s) for p < 0), the clamp, a narrowing store. */
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static inline __m256i dw_requant8(__m256i acc, __m256i m0v, __m256i addv,
@@ -1071,23 +1072,40 @@ __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_
                                                            int32_t qmax, void *out, int out_type) {
     int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
     int64_t full = OW / 8 * 8, ow8 = (OW + 7) / 8 * 8;
-    int64_t hp = H + 2 * ph, wp = (ow8 - 1) * sw + (int64_t)(kw - 1) * dw + 1; /* every vector read is inside */
-    if (wp < W + 2 * pw)
-        wp = W + 2 * pw;
-    int32_t *plane = malloc((size_t)(hp * wp) * sizeof(int32_t));
+    int64_t hp = H + 2 * ph, wq = ow8 + (int64_t)(kw - 1) * dw / sw; /* phase row length: every vector read fits */
+    if (wq * sw < W + 2 * pw)
+        wq = (W + 2 * pw + sw - 1) / sw;
+    int64_t phase = hp * wq;
+    int32_t *plane = malloc((size_t)(sw * phase) * sizeof(int32_t));
     if (!plane)
         return;
-    memset(plane, 0, (size_t)(hp * wp) * sizeof(int32_t));
+    memset(plane, 0, (size_t)(sw * phase) * sizeof(int32_t));
     const __m256i lo = _mm256_set1_epi64x(qmin), hi = _mm256_set1_epi64x(qmax);
-    const __m256i lanes = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(sw));
+    int64_t *tap = malloc((size_t)kw * sizeof(int64_t)); /* where tap kx reads: phase plane and index */
+    if (!tap) {
+        free(plane);
+        return;
+    }
+    for (int kx = 0; kx < kw; kx++)
+        tap[kx] = (int64_t)kx * dw % sw * phase + (int64_t)kx * dw / sw;
     for (int64_t c = 0; c < C; c++) {
         for (int64_t y = 0; y < H; y++) { /* the interior; the zeros around stay from the memset */
-            int32_t *row = plane + (ph + y) * wp + pw;
-            int64_t at = (c * H + y) * W;
-            if (x_type == HW_U8)
-                for (int64_t i = 0; i < W; i++) row[i] = ((const uint8_t *)x)[at + i];
-            else
-                for (int64_t i = 0; i < W; i++) row[i] = ((const int8_t *)x)[at + i];
+            int64_t at = (c * H + y) * W, row = (ph + y) * wq, f = pw % sw, q = pw / sw; /* column pw + i */
+            if (sw == 1) { /* one phase: a contiguous widening copy */
+                int32_t *dst = plane + row + pw;
+                if (x_type == HW_U8)
+                    for (int64_t i = 0; i < W; i++) dst[i] = ((const uint8_t *)x)[at + i];
+                else
+                    for (int64_t i = 0; i < W; i++) dst[i] = ((const int8_t *)x)[at + i];
+                continue;
+            }
+            for (int64_t i = 0; i < W; i++) {
+                plane[f * phase + row + q] = x_type == HW_U8 ? ((const uint8_t *)x)[at + i] : ((const int8_t *)x)[at + i];
+                if (++f == sw) {
+                    f = 0;
+                    q++;
+                }
+            }
         }
         const int8_t *wc = w + c * kh * kw;
         int64_t b = bias ? bias[c] : 0;
@@ -1099,10 +1117,9 @@ __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_
             for (int64_t ox = 0; ox < ow8; ox += 8) {
                 __m256i acc = _mm256_setzero_si256();
                 for (int ky = 0; ky < kh; ky++) {
-                    const int32_t *row = plane + (oy * sh + (int64_t)ky * dh) * wp + ox * sw;
+                    const int32_t *row = plane + (oy * sh + (int64_t)ky * dh) * wq + ox;
                     for (int kx = 0; kx < kw; kx++) {
-                        __m256i v = sw == 1 ? _mm256_loadu_si256((const __m256i *)(row + kx * dw))
-                                            : _mm256_i32gather_epi32(row + kx * dw, lanes, 4);
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(row + tap[kx]));
                         acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(wc[ky * kw + kx])));
                     }
                 }
@@ -1118,6 +1135,7 @@ __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_
             }
         }
     }
+    free(tap);
     free(plane);
 }
 #endif
