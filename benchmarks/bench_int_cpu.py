@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hwact.backends.int_cpu import open_program
+from hwact.backends.int_cpu_static import StaticProgram
 from hwact.bench.int_cpu_bench import ProgramRunner
 from hwact.bench.ort_runner import make_runner, measure
 from hwact.report import machine
@@ -87,6 +88,11 @@ def run(model: str, batch: int, threads: int, files: dict, seconds: float) -> di
         row[name] = {"p50_ms": result["p50_ms"], "p90_ms": result["p90_ms"]}
     for name in names[1:]:
         row[f"{name} / hwact"] = row[name]["p50_ms"] / row["hwact int-cpu"]["p50_ms"]
+    static = program.static.get(program.signature(*runners[0].inputs))
+    row["executor"] = "static C program" if isinstance(static, StaticProgram) else f"python ({static})"
+    if isinstance(static, StaticProgram):      # where the time goes, one instruction at a time
+        row["profile_ms"] = {name: round(seconds * 1e3, 3)
+                             for name, seconds in static.time_by_opcode(*runners[0].inputs).items()}
     print(json.dumps(row), flush=True)
     return row
 
@@ -107,6 +113,17 @@ def render(rows: list[dict], command: str) -> str:
                      f"{r['ort fp32']['p50_ms']:.2f} | {r['ort int8 QDQ']['p50_ms']:.2f} | "
                      f"{r['ort integer ONNX']['p50_ms']:.2f} | {r['ort fp32 / hwact']:.2f} | "
                      f"{r['ort int8 QDQ / hwact']:.2f} | {r['ort integer ONNX / hwact']:.2f} | {r['convert_s']} |")
+    lines += ["", "Where the runtime's time goes (`hw_program_profile`: wall time of each instruction of the static "
+              "program, summed by kind, averaged over 20 calls; the kinds over 3 % of the total):", "",
+              "| model | batch | threads | total ms | by kind: ms (share) |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "profile_ms" not in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | – | {r['executor']} |")
+            continue
+        total = sum(r["profile_ms"].values())
+        kinds = ", ".join(f"{name.removeprefix('hw_')} {ms:.2f} ({ms / total:.0%})"
+                          for name, ms in r["profile_ms"].items() if ms >= 0.03 * total)
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {total:.2f} | {kinds} |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,7 @@ class Recording:
     by_base: dict[int, Region] = field(default_factory=dict)
     init: list[tuple] = field(default_factory=list)          # (opcode, [(tag, value)]); value of a pointer:
     run: list[tuple] = field(default_factory=list)           # (region, byte offset)
+    labels: list[str] = field(default_factory=list)          # the plan step of each run instruction
     step: str = ""
 
     # ----- regions ----------------------------------------------------------------------------------
@@ -125,6 +126,11 @@ class Recording:
         return T_PTR, self.pointer(tensor.data_ptr())
 
     # ----- instructions -----------------------------------------------------------------------------
+    def append(self, instruction: tuple) -> None:
+        """A run instruction, labelled with the plan step that made it (for profiles)."""
+        self.run.append(instruction)
+        self.labels.append(self.step)
+
     def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """dst = src (broadcast to dst's shape, converted to dst's type) as one strided copy."""
         sizes = list(dst.shape)
@@ -133,7 +139,7 @@ class Recording:
                 (T_INT, len(sizes)), *[(T_INT, s) for s in sizes], *[(T_INT, s) for s in dst.stride()],
                 *[(T_INT, s) for s in src_strides]]
         self.mark_written(dst)
-        self.run.append(("copy", args))
+        self.append(("copy", args))
 
     def gather(self, dst: torch.Tensor, src: torch.Tensor, offsets: torch.Tensor) -> None:
         """dst (contiguous) = src's elements at `offsets` (int64, elements from src's first element)."""
@@ -142,7 +148,7 @@ class Recording:
         table = offsets.to(torch.int64).contiguous()
         self.of_tensor(table).constant = True
         self.mark_written(dst)
-        self.run.append(("gather", [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(src),
+        self.append(("gather", [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(src),
                                     (T_INT, _elem(src)), (T_INT, dst.numel()), self.tensor_pointer(table),
                                     (T_INT, src.untyped_storage().nbytes() // src.element_size()
                                      - src.storage_offset())]))
@@ -157,7 +163,7 @@ class Recording:
                 (T_INT, operation), (T_INT, dst.dim()), *[(T_INT, s) for s in dst.shape],
                 *[(T_INT, s) for s in dst.stride()], *[(T_INT, s) for row in strides for s in row]]
         self.mark_written(dst)
-        self.run.append(("elementwise", args))
+        self.append(("elementwise", args))
 
     def fill(self, dst: torch.Tensor, value) -> None:
         if dst.dtype == torch.float32:
@@ -165,7 +171,7 @@ class Recording:
         else:
             value = (T_INT, int(value))
         self.mark_written(dst)
-        self.run.append(("fill", [self.tensor_pointer(dst), (T_INT, _elem(dst)), (T_INT, dst.numel()), value]))
+        self.append(("fill", [self.tensor_pointer(dst), (T_INT, _elem(dst)), (T_INT, dst.numel()), value]))
 
     def integer_sum(self, out: torch.Tensor, x: torch.Tensor, dims: list[int], keepdim: bool) -> None:
         dims = sorted(d % x.dim() for d in dims) if dims else list(range(x.dim()))
@@ -176,7 +182,7 @@ class Recording:
                 *[(T_INT, s) for s in out_strides], *[(T_INT, x.stride(d)) for d in kept],
                 *[(T_INT, x.shape[d]) for d in dims], *[(T_INT, x.stride(d)) for d in dims]]
         self.mark_written(out)
-        self.run.append(("sum", args))
+        self.append(("sum", args))
 
     def mark_written(self, tensor: torch.Tensor) -> None:
         self.mark_region_written(self.of_tensor(tensor, "work"))
@@ -238,7 +244,10 @@ class RecordingLibrary:
                     encoded.append((T_FLOAT, struct.unpack("<i", struct.pack("<f", value))[0]))
                 else:
                     encoded.append((T_INT, int(value)))
-            (recording.init if name == "hw_pack" else recording.run).append((name, encoded))
+            if name == "hw_pack":
+                recording.init.append((name, encoded))
+            else:
+                recording.append((name, encoded))
             return function(*args)
         return call
 
@@ -395,6 +404,7 @@ class StaticProgram:
     inputs: list[tuple[tuple, torch.dtype]]
     outputs: list[tuple[tuple, torch.dtype]]
     instructions: int = 0
+    labels: list[str] = field(default_factory=list)
 
     def __call__(self, *values) -> list[torch.Tensor]:
         return self.profile(*values)[0]
@@ -512,5 +522,5 @@ def compile_static(program, inputs: list[torch.Tensor]) -> StaticProgram:
     words, constants, workspace = _words(program.lib, recording, given, final)
     static = load_static(program.lib, words, constants, [(tuple(t.shape), t.dtype) for t in given],
                          [(tuple(t.shape), t.dtype) for t in final])
-    static.workspace_bytes, static.instructions = workspace, len(recording.run)
+    static.workspace_bytes, static.instructions, static.labels = workspace, len(recording.run), recording.labels
     return static
