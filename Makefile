@@ -12,7 +12,7 @@ TOSA_STAMP := $(TOSA_VENV)/.hwact-installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0          # first: the CPU wheel, never a CUDA build
-	$(PY) -m pip install -q -e '.[dev,hf]'   # hf: the Hugging Face intake, which the tests cover
+	$(PY) -m pip install -q -e '.[dev,hf,tvm]'   # hf: the Hugging Face intake; tvm: the tvm-* targets
 	touch $(STAMP)
 
 install: $(STAMP)
