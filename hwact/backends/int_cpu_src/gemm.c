@@ -505,6 +505,30 @@ requant_store_vnni(const int32_t *acc, const job *jb, int64_t r0, int rows, int6
 }
 #endif
 
+#if defined(__x86_64__)
+/* AVX2 tile rows of 16 requantized int32 (res, row stride 16, already clamped: within the output type)
+   stored as whole rows into a row-major output: narrowed by saturating packs, exact in range. */
+__attribute__((target("avx2"))) static void store_rows16_avx2(const job *jb, const int32_t *res, int64_t r0, int rows,
+                                                            int64_t c0) {
+    int osize = jb->out_type == HW_I32 ? 4 : (jb->out_type == HW_I16 ? 2 : 1);
+    char *dst = (char *)jb->out + (r0 * jb->osm + c0) * osize;
+    for (int r = 0; r < rows; r++, dst += jb->osm * osize) {
+        const __m128i *v = (const __m128i *)(res + r * 16);
+        __m128i a = _mm_packs_epi32(_mm_loadu_si128(v), _mm_loadu_si128(v + 1));
+        __m128i b = _mm_packs_epi32(_mm_loadu_si128(v + 2), _mm_loadu_si128(v + 3));
+        switch (jb->out_type) {
+        case HW_I8: _mm_storeu_si128((__m128i *)dst, _mm_packs_epi16(a, b)); break;
+        case HW_U8: _mm_storeu_si128((__m128i *)dst, _mm_packus_epi16(a, b)); break;
+        case HW_I16:
+            _mm_storeu_si128((__m128i *)dst, a);
+            _mm_storeu_si128((__m128i *)dst + 1, b);
+            break;
+        default: memcpy(dst, res + r * 16, 64);
+        }
+    }
+}
+#endif
+
 /* ----- the driver: one thread's rows -------------------------------------------------------------------- */
 #define PANEL_BYTES (256 * 1024) /* weight columns per pass kept within a core's L2 */
 
@@ -540,6 +564,7 @@ static void run_rows(const job *jb) {
         chunk = g.nr;
     int32_t acc[8 * 32], res[8 * 32];
     int direct = jb->isa == HW_ISA_AVX512VNNI && !jb->lut && jb->osn == 1; /* row-major out: fused vector store */
+    int direct16 = jb->isa == HW_ISA_AVX2 && !jb->lut && jb->osn == 1;      /* ... vector stores of whole rows */
     for (int64_t c0 = 0; c0 < np; c0 += chunk) {
         int64_t c1 = c0 + chunk < np ? c0 + chunk : np;
         for (int64_t b = 0; b < blocks; b++) {
@@ -557,6 +582,12 @@ static void run_rows(const job *jb) {
                 }
 #endif
                 requant(acc, res, g.nr, valid, cols, jb->add + cb, jb->mul + cb, jb->sh + cb, jb->qmin, jb->qmax);
+#if defined(__x86_64__)
+                if (direct16 && cols == 16) {
+                    store_rows16_avx2(jb, res, row0, valid, cb);
+                    continue;
+                }
+#endif
                 store_tile(jb, res, g.nr, row0, valid, cb, cols);
             }
         }
