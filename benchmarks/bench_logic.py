@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwact.bench.timing import best_seconds  # noqa: E402
 from hwact.backends import logic_c
 from hwact.ir import logic_ops  # noqa: F401 - registers hwact::logic_netlist
 from hwact.ir.netlist import Netlist
@@ -191,17 +190,22 @@ def padded_bool(bits: np.ndarray) -> np.ndarray:
     return out
 
 
-def interleaved_best(engines: dict, repeat: int) -> dict:
-    """{name: best seconds}: one warm-up call of each, then `repeat` rounds calling each engine once."""
+def interleaved_best(engines: dict, repeat: int) -> tuple[dict, dict]:
+    """({name: best CPU seconds of this thread}, {name: best wall seconds}): one warm-up call of each, then
+    `repeat` rounds calling each engine once. Every engine runs on the calling thread (one thread), so its
+    thread CPU time leaves out the time the OS gives the core to other jobs: on a shared machine that is
+    the steadier measure (the wall-clock figures are reported next to it)."""
     for run in engines.values():
         run()
-    best = {name: float("inf") for name in engines}
+    cpu = {name: float("inf") for name in engines}
+    wall = dict(cpu)
     for _ in range(repeat):
         for name, run in engines.items():
-            start = time.perf_counter()
+            start_cpu, start = time.thread_time(), time.perf_counter()
             run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            wall[name] = min(wall[name], time.perf_counter() - start)
+            cpu[name] = min(cpu[name], time.thread_time() - start_cpu)
+    return cpu, wall
 
 
 def torch_bool_counts(netlist: Netlist, bits: torch.Tensor) -> torch.Tensor:
@@ -249,8 +253,9 @@ def checked_engines(netlist: Netlist, folder: Path, check_bits: np.ndarray, expe
     return built
 
 
-def timed_rates(built: dict, bits: np.ndarray, repeat: int) -> dict:
-    """samples/s of each engine on the same (N, inputs) uint8 bits (N a multiple of 64), interleaved."""
+def timed_rates(built: dict, bits: np.ndarray, repeat: int) -> tuple[dict, dict]:
+    """samples/s of each engine on the same (N, inputs) uint8 bits (N a multiple of 64), interleaved:
+    ({name: by thread CPU time}, {name: by wall clock})."""
     n = len(bits)
     kernel = built["kernel"]
     planes, _ = kernel.pack_bits(bits)
@@ -261,7 +266,8 @@ def timed_rates(built: dict, bits: np.ndarray, repeat: int) -> dict:
         words = np.ascontiguousarray(planes.T).view(np.int64)
         engines.update({"anchor": lambda: anchor.class_counts(flags),
                         "anchor packed": lambda: anchor.class_counts_packed(words, n)})
-    return {name: n / seconds for name, seconds in interleaved_best(engines, repeat).items()}
+    cpu, wall = interleaved_best(engines, repeat)
+    return {name: n / seconds for name, seconds in cpu.items()}, {name: n / seconds for name, seconds in wall.items()}
 
 
 def end_to_end_section(args, tmp: Path) -> tuple[list[str], list[tuple]]:
@@ -269,10 +275,12 @@ def end_to_end_section(args, tmp: Path) -> tuple[list[str], list[tuple]]:
     lines = ["## End to end from (N, inputs) uint8 / bool bits vs difflogic's CompiledLogicNet C (hwact issue 17)", "",
              f"Random layered nets (each gate reads two random nodes of the previous layer, uniform gate ids, seed 0), "
              f"{args.e2e_inputs} input bits, GroupSum(10); {args.e2e_samples} samples of random bits (seed 1), best of "
-             f"{args.repeat} interleaved rounds, one thread. Checked bit-exact against `Netlist.class_counts` on "
-             f"{args.check} samples (a batch that is not a multiple of 64) for every engine before timing.", "",
-             "| net | gates | engine | input | samples/s | vs anchor (end to end) | compile s |",
-             "|---|---|---|---|---|---|---|"]
+             f"{args.repeat} interleaved rounds, one thread; samples/s by the thread's CPU time (ratios use it) and by "
+             f"wall clock. Checked bit-exact against `Netlist.class_counts` on {args.check} samples (a batch that is "
+             "not a multiple of 64) for every engine before timing.", "",
+             "| net | gates | engine | input | samples/s (CPU time) | vs anchor (end to end) | samples/s (wall) | "
+             "compile s |",
+             "|---|---|---|---|---|---|---|---|"]
     summary = []
     rng = np.random.default_rng(1)
     for widths in (args.e2e_widths, args.e2e_small_widths):
@@ -282,7 +290,7 @@ def end_to_end_section(args, tmp: Path) -> tuple[list[str], list[tuple]]:
         built = checked_engines(netlist, tmp / f"e2e_{'_'.join(map(str, widths))}", check_bits,
                                 netlist.class_counts(check_bits).astype(np.int32))
         bits = rng.integers(0, 2, (args.e2e_samples, netlist.num_inputs), dtype=np.uint8)
-        rates = timed_rates(built, bits, args.repeat)
+        rates, wall = timed_rates(built, bits, args.repeat)
         anchor = rates["anchor"]
         for engine, label, data, compile_s in (
                 ("anchor", "difflogic CompiledLogicNet C, 64-bit, gcc -O1 (anchor)", "bool (N, inputs), packed in its C",
@@ -292,7 +300,7 @@ def end_to_end_section(args, tmp: Path) -> tuple[list[str], list[tuple]]:
                  built["compile_s"]),
                 ("hwact packed", f"hwact C, {built['kernel'].kernel}, gcc -O2", "pre-packed bit planes", built["compile_s"])):
             lines.append(f"| {name} | {netlist.num_gates} | {label} | {data} | {rates[engine]:.4g} | "
-                         f"{rates[engine] / anchor:.3g}x | {compile_s:.2f} |")
+                         f"{rates[engine] / anchor:.3g}x | {wall[engine]:.4g} | {compile_s:.2f} |")
         summary.append((name, netlist.num_gates, rates, built["anchor"].compile_s / built["compile_s"]))
         print(f"e2e {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in rates.items()), flush=True)
     lines.append("")
@@ -372,21 +380,22 @@ def trained_section(args, tmp: Path) -> list[str]:
     bits = rng.integers(0, 2, (args.samples, netlist.num_inputs), dtype=np.uint8)
     full = checked_engines(netlist, tmp / "trained", check_bits, expected)
     reduced = checked_engines(simplified, tmp / "trained_simplified", check_bits, expected, anchor=False)
-    rates = timed_rates(full, bits, args.repeat)
-    reduced_rates = timed_rates(reduced, bits, args.repeat)
+    rates, wall = timed_rates(full, bits, args.repeat)
+    reduced_rates, reduced_wall = timed_rates(reduced, bits, args.repeat)
     accuracy = accuracy_of(expected)
     anchor, anchor_packed, anchor_compile = rates["anchor"], rates["anchor packed"], full["anchor"].compile_s
     rows = [("difflogic CompiledLogicNet C, 64-bit, gcc -O1 (anchor)", "bool, packed in its C", rates["anchor"],
-             anchor_compile),
-            ("same difflogic C, pre-packed (harness entry)", "64-bit words", rates["anchor packed"], anchor_compile),
+             wall["anchor"], anchor_compile),
+            ("same difflogic C, pre-packed (harness entry)", "64-bit words", rates["anchor packed"],
+             wall["anchor packed"], anchor_compile),
             (f"hwact C, table style, {full['kernel'].kernel}, gcc -O2", "uint8, packed in its C", rates["hwact"],
-             full["compile_s"]),
+             wall["hwact"], full["compile_s"]),
             (f"hwact C, table style, {full['kernel'].kernel}, gcc -O2", "pre-packed planes", rates["hwact packed"],
-             full["compile_s"]),
+             wall["hwact packed"], full["compile_s"]),
             (f"hwact C, table style, {reduced['kernel'].kernel}, gcc -O2, after lower-logic", "uint8, packed in its C",
-             reduced_rates["hwact"], reduced["compile_s"]),
+             reduced_rates["hwact"], reduced_wall["hwact"], reduced["compile_s"]),
             (f"hwact C, table style, {reduced['kernel'].kernel}, gcc -O2, after lower-logic", "pre-packed planes",
-             reduced_rates["hwact packed"], reduced["compile_s"])]
+             reduced_rates["hwact packed"], reduced_wall["hwact packed"], reduced["compile_s"])]
     print("trained: " + ", ".join(f"{k} {v:.4g}" for k, v in {**rates, **{'simplified ' + k: v for k, v in
                                                                           reduced_rates.items()}}.items()), flush=True)
 
@@ -395,13 +404,14 @@ def trained_section(args, tmp: Path) -> list[str]:
     assert np.array_equal(got, expected), "PyTorch op not bit-exact"
     assert np.array_equal(torch_bool_counts(netlist, torch.as_tensor(check_bits)).numpy(), expected)
     sample_bits = torch.as_tensor(bits[:args.torch_samples])
-    for name, function in (("PyTorch hwact::logic_netlist op (the graph's reference op), 1 thread",
-                            lambda: torch.ops.hwact.logic_netlist(sample_bits, *tensors, 10)),
-                           ("PyTorch bool ops over the levels (truth-table minterms), 1 thread",
-                            lambda: torch_bool_counts(netlist, sample_bits))):
-        seconds = best_seconds(function, max(1, args.repeat // 2), warmup=True)
-        rows.append((name, "uint8", args.torch_samples / seconds, 0.0))
-        print(f"{name}: {args.torch_samples / seconds:.4g} samples/s", flush=True)
+    torch_engines = {"PyTorch hwact::logic_netlist op (the graph's reference op), 1 thread":
+                     lambda: torch.ops.hwact.logic_netlist(sample_bits, *tensors, 10),
+                     "PyTorch bool ops over the levels (truth-table minterms), 1 thread":
+                     lambda: torch_bool_counts(netlist, sample_bits)}
+    cpu, wall_torch = interleaved_best(torch_engines, max(1, args.repeat // 2))
+    for name in torch_engines:
+        rows.append((name, "uint8", args.torch_samples / cpu[name], args.torch_samples / wall_torch[name], 0.0))
+        print(f"{name}: {args.torch_samples / cpu[name]:.4g} samples/s", flush=True)
 
     small = LogicNet(192, tuple(args.style_widths), 10, init="gaussian", seed=0).to_netlist()
     small_expected = small.class_counts(check_bits).astype(np.int32)
@@ -413,8 +423,8 @@ def trained_section(args, tmp: Path) -> list[str]:
         assert np.array_equal(kernel.class_counts(check_bits), small_expected), f"hwact {style} not bit-exact"
         styles[style] = (kernel, info["compile_s"])
     planes, _ = styles["table"][0].pack_bits(bits)
-    seconds = interleaved_best({style: (lambda k=kernel: k.class_counts_packed(planes, args.samples))
-                                for style, (kernel, _) in styles.items()}, args.repeat)
+    seconds, _ = interleaved_best({style: (lambda k=kernel: k.class_counts_packed(planes, args.samples))
+                                   for style, (kernel, _) in styles.items()}, args.repeat)
     style_rows = [(style, kernel.kernel, args.samples / seconds[style], compile_s)
                   for style, (kernel, compile_s) in styles.items()]
     print(f"styles on {small.num_gates} gates: {style_rows}", flush=True)
@@ -426,14 +436,15 @@ def trained_section(args, tmp: Path) -> list[str]:
              f"({simplify_stats}). All engines checked bit-exact against `Netlist.class_counts` on {checked} "
              f"{'held-out digits' if labels is not None else 'random inputs'} before timing.",
              f"C engines: {args.samples} samples of random bits, int32 class counts out, best of {args.repeat} "
-             f"interleaved rounds, one thread. PyTorch: the first {args.torch_samples} of those samples.", "",
-             "| engine | input | samples/s | vs anchor (end to end) | vs anchor pre-packed | compile s | "
-             "compile speedup vs anchor | held-out accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, data, rate, compile_s in rows:
+             f"interleaved rounds, one thread. PyTorch: the first {args.torch_samples} of those samples. samples/s "
+             "by the thread's CPU time (ratios use it) and by wall clock.", "",
+             "| engine | input | samples/s (CPU time) | vs anchor (end to end) | vs anchor pre-packed | samples/s (wall) "
+             "| compile s | compile speedup vs anchor | held-out accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, data, rate, wall_rate, compile_s in rows:
         compile_cells = f"{compile_s:.2f} | {anchor_compile / compile_s:.1f}x" if compile_s > 0 else "- | -"
         lines.append(f"| {name} | {data} | {rate:.4g} | {rate / anchor:.3g}x | {rate / anchor_packed:.3g}x | "
-                     f"{compile_cells} | {accuracy} |")
+                     f"{wall_rate:.4g} | {compile_cells} | {accuracy} |")
     programs = logic_c.compile_netlist(netlist)
     counts_ops = programs["counts"].ops
     three_input = int((counts_ops >= logic_c.XOR3).sum())
@@ -445,7 +456,7 @@ def trained_section(args, tmp: Path) -> list[str]:
               f"{rates['hwact'] / anchor:.2f}x the anchor end to end, pre-packed {rates['hwact packed'] / anchor_packed:.2f}x "
               f"the anchor pre-packed; {anchor_compile / full['compile_s']:.1f}x faster compile (table style, the default)."]
     lines += ["", f"## hwact C styles on a smaller net ({small.num_gates} gates, same shape otherwise; pre-packed input, "
-              "timed interleaved)", "",
+              "timed interleaved, thread CPU time)", "",
               "| style | kernel | samples/s | compile s |", "|---|---|---|---|"]
     lines += [f"| {style} | {kernel_name} | {rate:.4g} | {compile_s:.2f} |"
               for style, kernel_name, rate, compile_s in style_rows]
