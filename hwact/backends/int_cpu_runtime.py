@@ -81,6 +81,14 @@ def broadcast_pattern(shape: tuple, small: tuple) -> tuple[int, int] | None:
     return math.prod(shape[last + 1:]), math.prod(shape[first:last + 1])
 
 
+def _merged(tensor: torch.Tensor) -> torch.Tensor | None:
+    """`tensor` (..., M, K) viewed as (batch, M, K), or None when its strides do not allow a view."""
+    try:
+        return tensor.view(-1, *tensor.shape[-2:])
+    except RuntimeError:
+        return None
+
+
 class IntCpuProgram:
     def __init__(self, plan: Plan, library, threads: int = 1, use_static: bool = True):
         self.plan, self.lib, self.threads = plan, library, max(1, int(threads))
@@ -364,13 +372,20 @@ class IntCpuProgram:
         rows, depth, cols = a.shape[-2], a.shape[-1], b.shape[-1]
         for shape in ((*batch_shape, rows, depth), (*batch_shape, depth, cols)):
             check_size(step, shape, torch.int16, self.memory_limit)   # the operands may be copied, as int16 at most
-        a3 = a.expand(*batch_shape, rows, depth).reshape(-1, rows, depth)
-        b3 = b.expand(*batch_shape, depth, cols).reshape(-1, depth, cols)
+        a = a.expand(*batch_shape, rows, depth)
+        b = b.expand(*batch_shape, depth, cols)
         m0, shift = dyadic(multiplier)
         out = self._out(step, (*batch_shape, rows, cols))
-        self.lib.hw_matmul(_ptr(a3), KERNEL_TYPE[a3.dtype], *a3.stride(), _ptr(b3), KERNEL_TYPE[b3.dtype], *b3.stride(),
-                           a3.shape[0], rows, depth, cols, m0, shift, int(qmin), int(qmax), _ptr(out),
-                           KERNEL_TYPE[out.dtype], self._threads_for(a3.shape[0] * rows))
+        # the kernel takes one batch stride per operand: several batch dims are one call when they merge
+        # into one (a view), else one call per index of the leading dims (a head-split view of (B, T, H, d)
+        # as (B, H, T, d) is H heads at stride d inside each image), so no operand is copied
+        merged = _merged(a), _merged(b)          # never None with at most one batch dim
+        for index in [()] if None not in merged else np.ndindex(*batch_shape[:-1]):
+            a3, b3 = (merged[0], merged[1]) if not index else (a[index], b[index])
+            target = out[index] if index else out
+            self.lib.hw_matmul(_ptr(a3), KERNEL_TYPE[a3.dtype], *a3.stride(), _ptr(b3), KERNEL_TYPE[b3.dtype],
+                               *b3.stride(), a3.shape[0], rows, depth, cols, m0, shift, int(qmin), int(qmax),
+                               _ptr(target), KERNEL_TYPE[out.dtype], self._threads_for(a3.shape[0] * rows))
         return out
 
     def _binary(self, step, a, b):
