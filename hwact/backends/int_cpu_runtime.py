@@ -155,6 +155,9 @@ class IntCpuProgram:
         except NotStatic as reason:
             self.static[signature] = str(reason)
             return
+        except Exception as error:  # noqa: BLE001 - the Python executor ran this plan: it stays the executor
+            self.static[signature] = f"the static compile failed: {type(error).__name__}: {error}"
+            return
         layout, _ = self.layouts[signature]
         self.layouts[signature] = (layout, torch.empty(0, dtype=torch.uint8))   # the runner has its own memory
 
