@@ -1065,12 +1065,13 @@ void hw_im2col(const void *x, int x_type, int64_t C, int64_t H, int64_t W, int k
     free(img);
 }
 
-/* Depthwise conv, AVX2: per channel the padded plane as int32, split by column phase (padded column
-   j = q·sw + f goes to phase plane f, index q; zeros around and past the right edge as far as the last
-   8-lane vector of a row reads), then 8 output columns at a time: Σ_ky,kx w·x, the window column
-   ox·sw + kx·dw read as one contiguous load from phase (kx·dw) mod sw at index ox + (kx·dw) div sw;
-   exact in int32 (|Σ| <= kh·kw·255·128). Epilogue per lane: (acc·m0 + bias·m0 + 2^(shift−1)) >> shift in int64 (even
-   and odd lanes by vpmuldq; the arithmetic shift as ~(~p >>> s) for p < 0), the clamp, a narrowing store. */
+/* Depthwise conv, AVX2 (8 lanes) and AVX-512 (16 lanes): per channel the padded plane as int32, split by
+   column phase (padded column j = q·sw + f goes to phase plane f, index q; zeros around and past the right
+   edge as far as the last vector of a row reads), then one vector of output columns at a time:
+   Σ_ky,kx w·x, the window column ox·sw + kx·dw read as one contiguous load from phase (kx·dw) mod sw at
+   index ox + (kx·dw) div sw; exact in int32 (|Σ| <= kh·kw·255·128). Epilogue per lane:
+   (acc·m0 + bias·m0 + 2^(shift−1)) >> shift in int64 (even and odd lanes by vpmuldq; AVX2's arithmetic
+   shift as ~(~p >>> s) for p < 0), the clamp, a narrowing store. */
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static inline __m256i dw_requant8(__m256i acc, __m256i m0v, __m256i addv,
                                                                   __m128i count, __m256i lo, __m256i hi) {
@@ -1096,48 +1097,75 @@ __attribute__((target("avx2"))) static void dw_store8(void *out, int type, int64
     }
 }
 
+/* The phase-split int32 planes of one channel at a time, for vectors of `lanes` output columns. */
+typedef struct {
+    int32_t *plane;
+    int64_t *tap;        /* where tap kx reads, relative to a row's start: phase plane and index */
+    int64_t wq, phase;   /* a phase row's length, one phase plane's size */
+    int64_t H, W, ph, pw, sw;
+} dw_planes;
+
+static int dw_planes_init(dw_planes *d, int64_t H, int64_t W, int64_t OW, int lanes, int kw, int sw, int ph, int pw,
+                          int dw) {
+    int64_t padded_ow = (OW + lanes - 1) / lanes * lanes, hp = H + 2 * ph;
+    d->wq = padded_ow + (int64_t)(kw - 1) * dw / sw; /* every vector read fits in a phase row */
+    if (d->wq * sw < W + 2 * pw)
+        d->wq = (W + 2 * pw + sw - 1) / sw;
+    d->phase = hp * d->wq;
+    d->H = H, d->W = W, d->ph = ph, d->pw = pw, d->sw = sw;
+    d->plane = calloc((size_t)(sw * d->phase), sizeof(int32_t));
+    d->tap = malloc((size_t)kw * sizeof(int64_t));
+    if (!d->plane || !d->tap) {
+        free(d->plane);
+        free(d->tap);
+        return 0;
+    }
+    for (int kx = 0; kx < kw; kx++)
+        d->tap[kx] = (int64_t)kx * dw % sw * d->phase + (int64_t)kx * dw / sw;
+    return 1;
+}
+
+/* channel c of x into the planes' interior (the zeros around stay from the calloc) */
+static void dw_planes_fill(const dw_planes *d, const void *x, int x_type, int64_t c) {
+    int64_t H = d->H, W = d->W, sw = d->sw;
+    for (int64_t y = 0; y < H; y++) {
+        int64_t at = (c * H + y) * W, row = (d->ph + y) * d->wq, f = d->pw % sw, q = d->pw / sw; /* column pw + i */
+        if (sw == 1) { /* one phase: a contiguous widening copy */
+            int32_t *dst = d->plane + row + d->pw;
+            if (x_type == HW_U8)
+                for (int64_t i = 0; i < W; i++) dst[i] = ((const uint8_t *)x)[at + i];
+            else
+                for (int64_t i = 0; i < W; i++) dst[i] = ((const int8_t *)x)[at + i];
+            continue;
+        }
+        for (int64_t i = 0; i < W; i++) {
+            d->plane[f * d->phase + row + q] = x_type == HW_U8 ? ((const uint8_t *)x)[at + i] : ((const int8_t *)x)[at + i];
+            if (++f == sw) {
+                f = 0;
+                q++;
+            }
+        }
+    }
+}
+
+static void dw_planes_free(dw_planes *d) {
+    free(d->plane);
+    free(d->tap);
+}
+
 __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_type, int64_t C, int64_t H,
                                                            int64_t W, const int8_t *w, int kh, int kw, int sh, int sw,
                                                            int ph, int pw, int dh, int dw, const int32_t *bias,
                                                            const int32_t *m0, const int32_t *shift, int32_t qmin,
                                                            int32_t qmax, void *out, int out_type) {
     int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
-    int64_t full = OW / 8 * 8, ow8 = (OW + 7) / 8 * 8;
-    int64_t hp = H + 2 * ph, wq = ow8 + (int64_t)(kw - 1) * dw / sw; /* phase row length: every vector read fits */
-    if (wq * sw < W + 2 * pw)
-        wq = (W + 2 * pw + sw - 1) / sw;
-    int64_t phase = hp * wq;
-    int32_t *plane = malloc((size_t)(sw * phase) * sizeof(int32_t));
-    if (!plane)
+    int64_t full = OW / 8 * 8;
+    dw_planes d;
+    if (!dw_planes_init(&d, H, W, OW, 8, kw, sw, ph, pw, dw))
         return;
-    memset(plane, 0, (size_t)(sw * phase) * sizeof(int32_t));
     const __m256i lo = _mm256_set1_epi64x(qmin), hi = _mm256_set1_epi64x(qmax);
-    int64_t *tap = malloc((size_t)kw * sizeof(int64_t)); /* where tap kx reads: phase plane and index */
-    if (!tap) {
-        free(plane);
-        return;
-    }
-    for (int kx = 0; kx < kw; kx++)
-        tap[kx] = (int64_t)kx * dw % sw * phase + (int64_t)kx * dw / sw;
     for (int64_t c = 0; c < C; c++) {
-        for (int64_t y = 0; y < H; y++) { /* the interior; the zeros around stay from the memset */
-            int64_t at = (c * H + y) * W, row = (ph + y) * wq, f = pw % sw, q = pw / sw; /* column pw + i */
-            if (sw == 1) { /* one phase: a contiguous widening copy */
-                int32_t *dst = plane + row + pw;
-                if (x_type == HW_U8)
-                    for (int64_t i = 0; i < W; i++) dst[i] = ((const uint8_t *)x)[at + i];
-                else
-                    for (int64_t i = 0; i < W; i++) dst[i] = ((const int8_t *)x)[at + i];
-                continue;
-            }
-            for (int64_t i = 0; i < W; i++) {
-                plane[f * phase + row + q] = x_type == HW_U8 ? ((const uint8_t *)x)[at + i] : ((const int8_t *)x)[at + i];
-                if (++f == sw) {
-                    f = 0;
-                    q++;
-                }
-            }
-        }
+        dw_planes_fill(&d, x, x_type, c);
         const int8_t *wc = w + c * kh * kw;
         int64_t b = bias ? bias[c] : 0;
         int s = shift[c];
@@ -1145,12 +1173,12 @@ __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_
         const __m256i addv = _mm256_set1_epi64x(b * m0[c] + (s ? (int64_t)1 << (s - 1) : 0));
         const __m128i count = _mm_cvtsi32_si128(s);
         for (int64_t oy = 0; oy < OH; oy++) {
-            for (int64_t ox = 0; ox < ow8; ox += 8) {
+            for (int64_t ox = 0; ox < OW; ox += 8) {
                 __m256i acc = _mm256_setzero_si256();
                 for (int ky = 0; ky < kh; ky++) {
-                    const int32_t *row = plane + (oy * sh + (int64_t)ky * dh) * wq + ox;
+                    const int32_t *row = d.plane + (oy * sh + (int64_t)ky * dh) * d.wq + ox;
                     for (int kx = 0; kx < kw; kx++) {
-                        __m256i v = _mm256_loadu_si256((const __m256i *)(row + tap[kx]));
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(row + d.tap[kx]));
                         acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(wc[ky * kw + kx])));
                     }
                 }
@@ -1166,8 +1194,54 @@ __attribute__((target("avx2"))) static void depthwise_avx2(const void *x, int x_
             }
         }
     }
-    free(tap);
-    free(plane);
+    dw_planes_free(&d);
+}
+
+/* The same with 16 lanes (AVX-512): rs in int64 lanes by vpsraq, masked narrowing stores at the row's end. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+depthwise_avx512(const void *x, int x_type, int64_t C, int64_t H, int64_t W, const int8_t *w, int kh, int kw, int sh,
+                 int sw, int ph, int pw, int dh, int dw, const int32_t *bias, const int32_t *m0, const int32_t *shift,
+                 int32_t qmin, int32_t qmax, void *out, int out_type) {
+    int64_t OH = conv_out(H, kh, sh, ph, dh), OW = conv_out(W, kw, sw, pw, dw);
+    dw_planes d;
+    if (!dw_planes_init(&d, H, W, OW, 16, kw, sw, ph, pw, dw))
+        return;
+    const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
+    for (int64_t c = 0; c < C; c++) {
+        dw_planes_fill(&d, x, x_type, c);
+        const int8_t *wc = w + c * kh * kw;
+        int64_t b = bias ? bias[c] : 0;
+        int s = shift[c];
+        const __m512i m0v = _mm512_set1_epi64(m0[c]);
+        const __m512i addv = _mm512_set1_epi64(b * m0[c] + (s ? (int64_t)1 << (s - 1) : 0));
+        const __m128i count = _mm_cvtsi32_si128(s);
+        for (int64_t oy = 0; oy < OH; oy++) {
+            for (int64_t ox = 0; ox < OW; ox += 16) {
+                __m512i acc = _mm512_setzero_si512();
+                for (int ky = 0; ky < kh; ky++) {
+                    const int32_t *row = d.plane + (oy * sh + (int64_t)ky * dh) * d.wq + ox;
+                    for (int kx = 0; kx < kw; kx++)
+                        acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(row + d.tap[kx])),
+                                                                       _mm512_set1_epi32(wc[ky * kw + kx])));
+                }
+                __m512i ev = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(acc, m0v), addv), count);
+                __m512i od = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(acc, 32), m0v), addv),
+                                              count);
+                ev = _mm512_min_epi64(_mm512_max_epi64(ev, lo), hi);
+                od = _mm512_min_epi64(_mm512_max_epi64(od, lo), hi);
+                __m512i v = _mm512_mask_blend_epi32(0xAAAA, ev, _mm512_slli_epi64(od, 32));
+                __mmask16 mask = OW - ox >= 16 ? 0xffff : (__mmask16)((1u << (OW - ox)) - 1);
+                int64_t at = (c * OH + oy) * OW + ox;
+                switch (out_type) {
+                case HW_I8: _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, mask, v); break;
+                case HW_U8: _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)out + at, mask, v); break;
+                case HW_I16: _mm512_mask_cvtepi32_storeu_epi16((int16_t *)out + at, mask, v); break;
+                default: _mm512_mask_storeu_epi32((int32_t *)out + at, mask, v);
+                }
+            }
+        }
+    }
+    dw_planes_free(&d);
 }
 #endif
 
@@ -1179,7 +1253,12 @@ void hw_depthwise_conv2d(const void *x, int x_type, int64_t C, int64_t H, int64_
     if (OH <= 0 || OW <= 0 || C <= 0)
         return;
 #if defined(__x86_64__)
-    if (hw_isa() >= HW_ISA_AVX2 && hw_isa() <= HW_ISA_AVX512VNNI) {
+    if (hw_isa() == HW_ISA_AVX512VNNI) {
+        depthwise_avx512(x, x_type, C, H, W, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, m0, shift, qmin, qmax, out,
+                         out_type);
+        return;
+    }
+    if (hw_isa() == HW_ISA_AVX2) {
         depthwise_avx2(x, x_type, C, H, W, w, kh, kw, sh, sw, ph, pw, dh, dw, bias, m0, shift, qmin, qmax, out,
                        out_type);
         return;
