@@ -197,3 +197,29 @@ def _bad_opcode(words: np.ndarray) -> np.ndarray:
     regions = int(bad[4])
     bad[10 + 3 * regions] = 99
     return bad
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_strided_copies_equal_torch(library, tmp_path, seed):
+    """permute + strided slice + copy + type conversion of random shapes (size-1 dims, merged dims, odd
+    steps) through the runner's strided copy."""
+    rng = np.random.default_rng(seed)
+    shape = [int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 6)))]
+    order = [int(v) for v in rng.permutation(len(shape))]
+    dim = int(rng.integers(len(shape)))
+    permuted = [shape[d] for d in order]
+    start, step = int(rng.integers(0, max(1, permuted[dim] - 1))), int(rng.integers(1, 3))
+    target = ["int8", "int16", "int32"][seed % 3]
+    steps = [_step("p", "aten.permute.default", ref("x"), order),
+             _step("s", "aten.slice.Tensor", ref("p"), dim, start, permuted[dim], step),
+             _step("c", "aten.clone.default", ref("s"), out_type="int8"),
+             _step("t", "aten._to_copy.default", ref("s"), out_type=target, )]
+    steps[-1]["kwargs"] = {"dtype": {"dtype": target}}
+    plan = _torch_plan(tmp_path, steps, ["x"], ["c", "t"], {"unused": np.zeros(1, np.int8)})
+    program = IntCpuProgram(plan, library)
+    for trial in range(2):
+        x = torch.from_numpy(rng.integers(-128, 128, size=shape).astype(np.int8))
+        c, t = program(x)
+        want = x.permute(order)[(slice(None),) * dim + (slice(start, None, step),)]
+        assert torch.equal(c, want) and torch.equal(t, want.to(getattr(torch, target)))
+    assert program.executor(tuple(shape))["executor"] == "static C program"

@@ -240,8 +240,22 @@ static const int ELEM_BYTES[7] = {1, 1, 2, 4, 8, 4, 1};
 
 /* dst[index · dst_strides] = (dst_type) src[index · src_strides] for every index < sizes (strides in
    elements); the last dimension is one memcpy when both are contiguous in it and of one type */
-static void strided_copy(void *dst, int dt, const void *src, int st, int ndim, const int64_t *sizes,
-                         const int64_t *ds, const int64_t *ss) {
+static void strided_copy(void *dst, int dt, const void *src, int st, int ndim, const int64_t *in_sizes,
+                         const int64_t *in_ds, const int64_t *in_ss) {
+    /* size-1 dims dropped, and neighbours merged where both sides are contiguous across them */
+    int64_t sizes[MAX_DIMS], ds[MAX_DIMS], ss[MAX_DIMS];
+    int n = 0;
+    for (int d = 0; d < ndim; d++) {
+        if (in_sizes[d] == 1) continue;
+        if (n && ds[n - 1] == in_ds[d] * in_sizes[d] && ss[n - 1] == in_ss[d] * in_sizes[d]) {
+            sizes[n - 1] *= in_sizes[d], ds[n - 1] = in_ds[d], ss[n - 1] = in_ss[d];
+        } else {
+            sizes[n] = in_sizes[d], ds[n] = in_ds[d], ss[n] = in_ss[d], n++;
+        }
+    }
+    for (int d = 0; d < ndim; d++)
+        if (in_sizes[d] == 0) return;
+    ndim = n;
     int64_t index[MAX_DIMS] = {0}, inner = ndim ? sizes[ndim - 1] : 1, total = 1;
     for (int d = 0; d < ndim; d++) total *= sizes[d];
     if (total == 0) return;
