@@ -23,6 +23,7 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
     clamp on codes       CLAMP on stored values
     sum (mean pooling)   RESCALE to int32 (zero point removed), REDUCE_SUM per axis
+    constant_pad_nd      PAD (the pad code plus the zero point)
     layout ops           RESHAPE, TRANSPOSE, SLICE, CONCAT, TILE (permute/transpose: a new perm, no op)
 
 RESCALE is exactly hwact's requantization: TOSA's apply_scale_32 with rounding_mode SINGLE_ROUND computes
@@ -601,6 +602,27 @@ def _roll(self: Lowering, node) -> Value:
     return value
 
 
+def _pad(self: Lowering, node) -> Value:
+    """constant_pad_nd on codes: PAD in the value's own layout, the pad value stored with its zero point."""
+    x = self.value(node.args[0])
+    pads, fill = list(node.args[1]), node.args[2] if len(node.args) > 2 else 0
+    if any(p < 0 for p in pads) or float(fill) != int(fill):
+        raise UnsupportedError(f"{node.name}: negative padding or a pad value between codes ({fill})")
+    per_dim = [[0, 0] for _ in x.shape]
+    for index in range(0, len(pads), 2):                 # torch: last dim first, (before, after) pairs
+        per_dim[len(x.shape) - 1 - index // 2] = [pads[index], pads[index + 1]]
+    low, high = RANGES[x.dtype]
+    stored = int(fill) + x.zp
+    if not low <= stored <= high:
+        raise UnsupportedError(f"{node.name}: pad value {fill} is outside the codes of {x.dtype} zero point {x.zp}")
+    padding = [p for axis in x.perm for p in per_dim[axis]]
+    shape = self.shape(node)
+    out = self.net.op("PAD", [x.name, self.net.const("padding", padding, "SHAPE"), self.net.const(
+        f"pad_{x.dtype.lower()}_{stored}".replace("-", "m"), [stored], x.dtype)], [shape[p] for p in x.perm], x.dtype,
+        ["PadAttribute", []], node.name)
+    return Value(out, shape, x.dtype, x.zp, x.perm)
+
+
 def _pass_through(self: Lowering, node) -> Value:
     return self.value(node.args[0])
 
@@ -626,6 +648,7 @@ HANDLERS = {
     "aten.cat.default": _cat,
     "aten.expand.default": _expand,
     "aten.roll.default": _roll,
+    "aten.constant_pad_nd.default": _pad,
     **{name: _reshape for name in RESHAPES},
     **{name: _pass_through for name in PASS_THROUGH},
 }
@@ -655,7 +678,8 @@ def problems(graph: Graph) -> list[str]:
                 lines.append(f"{node.name} ({name}): grouped convolution ({op_args(node).groups} groups) has no "
                              "TOSA lowering (groups 1 and depthwise only)")
     for node in graph.fx.nodes:
-        if node.op == "placeholder" and any(user.target is not _hwact("quantize") for user in node.users):
+        if node.op == "placeholder" and any(user.target is not _hwact("quantize") and _name(user) not in SCALAR_OPS
+                                            for user in node.users):
             lines.append(f"{node.name} (input): feeds integer ops directly (token ids?); the TOSA network starts "
                          "at hwact.quantize")
         if node.op == "call_function" and node.target is dequantize and any(u.op != "output" for u in node.users):

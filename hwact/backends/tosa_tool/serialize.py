@@ -30,7 +30,7 @@ ENUMS = {"DType": ts.DType, "RoundingMode": ts.RoundingMode, "NanPropagationMode
 ATTRIBUTES = {"Conv2dAttribute", "DepthwiseConv2dAttribute", "MatMulAttribute", "MaxPool2dAttribute",
               "ReduceSumAttribute", "TransposeAttribute", "ConcatAttribute", "TableAttribute", "AddAttribute",
               "SubAttribute", "MulAttribute", "SliceAttribute", "TileAttribute", "ReshapeAttribute",
-              "RescaleAttribute", "ClampAttribute", "IdentityAttribute", "ReduceMaxAttribute"}
+              "RescaleAttribute", "ClampAttribute", "IdentityAttribute", "ReduceMaxAttribute", "PadAttribute"}
 
 
 def decode(value):
