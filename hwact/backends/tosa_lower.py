@@ -23,7 +23,8 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
     clamp on codes       CLAMP on stored values
     sum (mean pooling)   RESCALE to int32 (zero point removed), REDUCE_SUM per axis
-    constant_pad_nd      PAD (the pad code plus the zero point)
+    constant_pad_nd      PAD (the pad code plus the zero point); a pad of code 0 (real 0) read only by convs is
+                         folded into their padding instead (TOSA pads may be asymmetric)
     layout ops           RESHAPE, TRANSPOSE, SLICE, CONCAT, TILE (permute/transpose: a new perm, no op)
 
 RESCALE is exactly hwact's requantization: TOSA's apply_scale_32 with rounding_mode SINGLE_ROUND computes
@@ -237,15 +238,17 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def _window(net: Network, x: Value, kernel, stride, padding, dilation=(1, 1)) -> tuple[str, list[int]]:
-    """x in NHWC and TOSA's [top, bottom, left, right] pads for torch's symmetric padding. TOSA requires
-    (size − 1 + pads − (k − 1)·d) to divide by the stride: the bottom/right rows the last window never
-    reaches are dropped from the padding, and from the input (a SLICE) when the padding has fewer."""
+def _window(net: Network, x: Value, kernel, stride, padding, dilation=(1, 1), extra_pads=(0, 0, 0, 0)):
+    """x in NHWC and TOSA's [top, bottom, left, right] pads: torch's symmetric padding plus `extra_pads`
+    (a zero PAD folded into this window). TOSA requires (size − 1 + pads − (k − 1)·d) to divide by the
+    stride: the bottom/right rows the last window never reaches are dropped from the padding, and from the
+    input (a SLICE) when the padding has fewer."""
     name, pads, crop = net.layout(x, NHWC), [], []
-    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
-        extra = (size - 1 + 2 * p - (k - 1) * d) % s
-        pads += [p, max(p - extra, 0)]
-        crop.append(max(extra - p, 0))
+    for axis, (size, k, s, p, d) in enumerate(zip(x.shape[2:], kernel, stride, padding, dilation)):
+        before, after = p + extra_pads[2 * axis], p + extra_pads[2 * axis + 1]
+        unreached = (size - 1 + before + after - (k - 1) * d) % s
+        pads += [before, max(after - unreached, 0)]
+        crop.append(max(unreached - after, 0))
     if any(crop):
         n, c, h, w = x.shape
         size = [n, h - crop[0], w - crop[1], c]
@@ -260,6 +263,7 @@ class Lowering:
     def __init__(self, graph: Graph, values: dict):
         self.graph, self.values, self.net = graph, values, Network()
         self.env: dict = {}
+        self.folded_pads: dict = {}         # a zero PAD node read only by convs -> its [top, bottom, left, right]
         self.scales: dict = {"inputs": {}, "outputs": {}}
 
     def shape(self, node) -> tuple[int, ...]:
@@ -330,7 +334,7 @@ def _conv2d(self: Lowering, node) -> Value:
     kh, kw = weight.shape[2], weight.shape[3]
     shape = self.shape(node)
     nhwc = [shape[p] for p in NHWC]
-    xin, pads = _window(self.net, x, (kh, kw), a.stride, a.padding, a.dilation)
+    xin, pads = _window(self.net, x, (kh, kw), a.stride, a.padding, a.dilation, self.folded_pads.get(a.q, (0, 0, 0, 0)))
     attr = [pads, _ints(a.stride), _ints(a.dilation), False, {"DType": "INT32"}]
     bias = self.net.const(f"{node.name}_bias", _constant(self.graph, a.bias).numpy(), "INT32")
     zps = [self.net.zero_point(x.zp, x.dtype), self.net.zero_point(0, "INT8")]
@@ -417,17 +421,22 @@ def _add(self: Lowering, node) -> Value:
 
 
 def _broadcast_operands(self: Lowering, node, left: Value, right: Value) -> tuple[tuple, list[str], list[int]]:
-    """(perm, TOSA names, TOSA shape) of two operands of an element-wise op: the second in the first's
-    layout when their shapes are equal, else both in logical layout at the output's rank (TOSA broadcasts
-    size-1 dimensions of equal-rank operands)."""
+    """(perm, TOSA names, TOSA shape) of two operands of an element-wise op, both in the layout of the one
+    with the output's shape (TOSA broadcasts size-1 dimensions of equal-rank operands; moving only size-1
+    dimensions is a RESHAPE, so a squeeze-excite scale [N, C, 1, 1] meets an NHWC tensor without a TRANSPOSE)."""
     shape = self.shape(node)
-    if left.shape == right.shape:
-        return left.perm, [left.name, self.net.layout(right, left.perm)], [shape[p] for p in left.perm]
-    names = []
-    for operand in (left, right):
-        padded = [1] * (len(shape) - len(operand.shape)) + list(operand.shape)
-        names.append(self.net.reshape(self.net.logical(operand), padded, operand.dtype, f"{node.name}_bc"))
-    return tuple(range(len(shape))), names, list(shape)
+    rank = len(shape)
+
+    def at_rank(value: Value) -> Value:
+        if len(value.shape) == rank:
+            return value
+        padded = (1,) * (rank - len(value.shape)) + tuple(value.shape)
+        return Value(self.net.reshape(self.net.logical(value), padded, value.dtype, f"{node.name}_bc"), padded,
+                     value.dtype, value.zp, tuple(range(rank)))
+
+    left, right = at_rank(left), at_rank(right)
+    perm = left.perm if left.shape == shape or right.shape != shape else right.perm
+    return perm, [self.net.layout(left, perm), self.net.layout(right, perm)], [shape[p] for p in perm]
 
 
 def _mul(self: Lowering, node) -> Value:
@@ -608,6 +617,13 @@ def _pad(self: Lowering, node) -> Value:
     pads, fill = list(node.args[1]), node.args[2] if len(node.args) > 2 else 0
     if any(p < 0 for p in pads) or float(fill) != int(fill):
         raise UnsupportedError(f"{node.name}: negative padding or a pad value between codes ({fill})")
+    conv = _hwact("int_conv2d")
+    if (fill == 0 and len(x.shape) == 4 and len(pads) <= 4
+            and all(user.target is conv and user.args[0] is node for user in node.users)):
+        # code 0 is real 0, which is what a convolution's own padding adds: fold it into the convs
+        pads = pads + [0] * (4 - len(pads))
+        self.folded_pads[node] = [pads[2], pads[3], pads[0], pads[1]]
+        return x
     per_dim = [[0, 0] for _ in x.shape]
     for index in range(0, len(pads), 2):                 # torch: last dim first, (before, after) pairs
         per_dim[len(x.shape) - 1 - index // 2] = [pads[index], pads[index + 1]]

@@ -31,7 +31,8 @@ def cnn_calib(tmp_path_factory):
 
 
 class Mixed(torch.nn.Module):
-    """Every other op the lowering takes: depthwise conv, max pool, squeeze-excite gating (sigmoid TABLE,
+    """Every other op the lowering takes: zero pads (one folded into a conv, one a PAD), depthwise conv, max
+    pool, squeeze-excite gating (sigmoid TABLE,
     a broadcast int_mul), SiLU (a TABLE), linear on tokens, two activation x activation matmuls, a residual
     add, select, mean and cat."""
 
@@ -45,7 +46,9 @@ class Mixed(torch.nn.Module):
         self.head = torch.nn.Linear(32, 5)
 
     def forward(self, x):
-        y = self.pool(torch.relu(self.depthwise(torch.relu(self.conv(x)))))
+        pad = torch.nn.functional.pad
+        y = torch.relu(self.depthwise(torch.relu(self.conv(pad(x, (0, 1, 0, 1))))))    # a zero pad folded into conv
+        y = self.pool(pad(y, (1, 0, 1, 0)))                                          # a PAD before a max pool
         y = y * torch.sigmoid(self.excite(y.mean((2, 3))))[:, :, None, None]
         tokens = torch.nn.functional.silu(y).flatten(2).transpose(1, 2)          # [N, 64, 16]
         scores = self.q(tokens) @ self.k(tokens).transpose(1, 2)                  # [N, 64, 64]
@@ -132,7 +135,7 @@ def test_mixed_ops_bit_exact_and_compiled(tmp_path, cli, mixed_model, target, re
     kinds = dict(item.split() for item in section["tosa_op_kinds"].split(", "))
     for kind in ("DEPTHWISE_CONV2D", "MAX_POOL2D", "MATMUL", "ADD", "MUL", "CONCAT", "REDUCE_SUM"):
         assert kind in kinds
-    assert kinds["TABLE"] == "2" and kinds["MATMUL"] == "2"
+    assert kinds["TABLE"] == "2" and kinds["MATMUL"] == "2" and kinds["PAD"] == "1"
 
 
 def test_resnet18_bit_exact_on_u85(tmp_path, cli):
@@ -219,7 +222,8 @@ def test_bench_prints_vela_estimates_per_configuration(tmp_path, cli, cnn_calib)
 
 
 def test_hugging_face_efficientnet_bit_exact(tmp_path, cli):
-    """transformers' EfficientNet: explicit PADs, depthwise convs, SiLU and sigmoid TABLEs, squeeze-excite MUL."""
+    """transformers' EfficientNet: explicit zero pads (folded into the convs), depthwise convs, SiLU and sigmoid
+    TABLEs, squeeze-excite MUL with its [N, C, 1, 1] scale meeting NHWC activations without a TRANSPOSE."""
     pytest.importorskip("transformers")
     from hwact import hf_suite
 
@@ -231,4 +235,5 @@ def test_hugging_face_efficientnet_bit_exact(tmp_path, cli):
     section = json.loads((out / "report.json").read_text())["ethos_u"]
     assert section["bit_exact"] is True and section["samples"] == 2 and section["cpu_ops"] == 0
     kinds = dict(item.split() for item in section["tosa_op_kinds"].split(", "))
-    assert {"PAD", "DEPTHWISE_CONV2D", "TABLE", "MUL"} <= set(kinds)
+    assert {"DEPTHWISE_CONV2D", "TABLE", "MUL"} <= set(kinds) and "PAD" not in kinds
+    assert int(kinds["TRANSPOSE"]) == 1                   # the input's NCHW -> NHWC only
