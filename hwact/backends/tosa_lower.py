@@ -135,7 +135,8 @@ class Network:
         return name
 
     def const(self, hint: str, values, dtype: str) -> str:
-        key = ("const", dtype, np.asarray(values).tobytes(), np.asarray(values).shape)
+        given = np.asarray(values)
+        key = ("const", dtype, given.dtype.str, given.shape, given.tobytes())
         if key not in self._cache:
             array = np.asarray(values, dtype=np.int64 if dtype == "SHAPE" else NUMPY.get(dtype, np.int8))
             name = self.unique(hint)
@@ -203,7 +204,7 @@ class Network:
     def narrow(self, name: str, shape, low: int, high: int, dtype: str, zp: int, hint: str) -> str:
         """A CLAMP to codes [low, high] when the storage type alone does not bound them."""
         type_low, type_high = RANGES[dtype]
-        if low - zp <= type_low and high - zp >= type_high:
+        if low + zp <= type_low and high + zp >= type_high:
             return name
         return self.clamp(name, dtype, max(low + zp, type_low), min(high + zp, type_high), shape, f"{hint}_clamp")
 
