@@ -434,8 +434,8 @@ def test_quantize_dequantize(k):
 
 
 # ----- threads: the row and element kernels split their rows over the worker pool (pool.c) ----------
-THREAD_ROWS = 301   # x 384 = 115,584 elements: 3 threads each get more than POOL_MIN_WORK (32,768), 301 % 2, 3 != 0
-THREAD_ADDS = [((3, 197, 385), (1, 197, 385)), ((4, 96, 17, 19), (4, 96, 1, 1)), ((100_003,), (100_003,))]
+THREAD_ROWS = 601   # x 384 = 230,784 elements: 3 threads each get more than POOL_MIN_WORK (65,536), 601 % 2, 3 != 0
+THREAD_ADDS = [((3, 197, 385), (1, 197, 385)), ((8, 96, 17, 19), (8, 96, 1, 1)), ((200_003,), (200_003,))]
 
 
 @pytest.fixture
@@ -457,12 +457,13 @@ def test_row_kernels_threads(threaded):
     rng = np.random.default_rng(21)
     x8 = codes(rng, (THREAD_ROWS, 384), np.int8)
     x16 = codes(rng, (THREAD_ROWS, 384), np.int16)
-    x32 = elements(rng, np.int32, 100_003)
+    x32 = elements(rng, np.int32, 200_003)
     m0, shift = io.dyadic(3.3e-3)
     adds = [(codes(rng, a_shape, np.int8), codes(rng, b_shape, np.int16), *broadcast_index(a_shape, b_shape))
             for a_shape, b_shape in THREAD_ADDS]
     for threads in (1, 2, 3):
         k.hw_set_threads(threads)
+        before = k.hw_pool_dispatches()
         for got, want in (run_gelu(k, x8, GELU_CASES[1], np.int8), run_softmax(k, x8, SOFTMAX_CASES[1], np.uint8),
                           run_softmax(k, x16, SOFTMAX_CASES[3], np.int16),
                           run_layernorm(k, x16, LN_CASES[0], np.int8, np.random.default_rng(5))):
@@ -478,7 +479,23 @@ def test_row_kernels_threads(threaded):
             want = torch.ops.hwact.int_add(torch.from_numpy(a.astype(np.int32)), torch.from_numpy(b.astype(np.int32)),
                                            0.5, 0.37, -128, 127)
             np.testing.assert_array_equal(out.astype(np.int64), ref(want), err_msg=f"{a.shape} threads={threads}")
+        dispatched = k.hw_pool_dispatches() - before
+        assert dispatched == (0 if threads == 1 else 4 + 1 + len(adds)), dispatched   # every call split
     assert k.hw_pool_workers() >= 2
+
+
+def test_small_calls_stay_on_the_calling_thread(lib):
+    """Below POOL_MIN_WORK elements per thread a row kernel does not wake the pool."""
+    x = elements(np.random.default_rng(26), np.int32, 100_000)   # 3 threads would get 33,333 each
+    lib.hw_set_threads(3)
+    try:
+        before = lib.hw_pool_dispatches()
+        small = _requantize_big(lib, x)
+        assert lib.hw_pool_dispatches() == before
+        lib.hw_set_threads(1)
+        np.testing.assert_array_equal(_requantize_big(lib, x), small)
+    finally:
+        lib.hw_set_threads(1)
 
 
 def _requantize_big(lib, x):

@@ -37,12 +37,13 @@ const char *hw_isa_name(int isa);
 void hw_set_threads(int n);              /* threads of the row kernels (1 by default; clamped to 1..64) */
 int hw_threads(void);
 int hw_pool_workers(void);               /* worker threads started so far (the calling thread not counted) */
+int64_t hw_pool_dispatches(void);       /* calls handed to the pool so far (not those run on the calling thread) */
 
 /* Internal, shared by the C files (not called from Python): pool_run runs fn(ctx, t, tasks) for every
    t < tasks on the calling thread and threads − 1 (< POOL_MAX_THREADS) workers of the pool;
    pool_threads_for is min(hw_threads(), work / min_work, items), at least 1. */
 #define POOL_MAX_THREADS 64
-#define POOL_MIN_WORK 32768
+#define POOL_MIN_WORK 65536
 typedef void (*pool_task)(void *ctx, int task, int tasks);
 void pool_run(int threads, int tasks, pool_task fn, void *ctx);
 int pool_threads_for(int64_t work, int64_t min_work, int64_t items);

@@ -39,6 +39,7 @@ static pool_task g_fn;
 static void *g_ctx;
 static int g_tasks, g_next, g_remaining;
 static int g_workers;         /* started (the caller is not counted) */
+static int64_t g_dispatches;  /* pool_run calls that went to the workers */
 static int g_default_threads = 1;
 static __thread int t_busy;   /* this thread is inside pool_run or a task: nested calls run inline */
 
@@ -124,6 +125,7 @@ void pool_run(int threads, int tasks, pool_task fn, void *ctx) {
     t_busy = 1;
     pthread_mutex_lock(&g_lock);
     grow(threads - 1);
+    g_dispatches++;
     g_fn = fn;
     g_ctx = ctx;
     g_tasks = tasks;
@@ -159,6 +161,13 @@ void hw_set_threads(int n) {
 }
 
 int hw_threads(void) { return __atomic_load_n(&g_default_threads, __ATOMIC_RELAXED); }
+
+int64_t hw_pool_dispatches(void) {
+    pthread_mutex_lock(&g_lock);
+    int64_t n = g_dispatches;
+    pthread_mutex_unlock(&g_lock);
+    return n;
+}
 
 int hw_pool_workers(void) {
     pthread_mutex_lock(&g_lock);
