@@ -11,6 +11,7 @@
       -> --recover kd: distillation from the graph as loaded
       -> each backend's check (nothing is written when one fails)
       -> into a temporary folder: each backend emits its artifacts and verifies them against the graph
+         (on the outputs of the pass manager's last verification while the graph is still that one)
       -> report.json / report.md; the folder is renamed into place (hwact/outputs.py)
 The pipeline never branches on a target's name or a model's kind: the target's TOML decides.
 """
@@ -35,7 +36,8 @@ from hwact.npz import INTEGER, open_npz
 from hwact.outputs import atomic_dir, atomic_file
 from hwact.passes.base import all_passes, option_names
 from hwact.passes.lowerable import lowering_advice
-from hwact.passes.manager import calibration_arrays, iter_calibration, load_calibration, random_batches, run_passes
+from hwact.passes.manager import (Reference, calibration_arrays, iter_calibration, load_calibration, random_batches,
+                                  run_verified)
 from hwact.passes.recipes import Recipe, resolve
 from hwact.report import versions, write_report
 from hwact.targets import Target
@@ -167,9 +169,11 @@ def labelled_accuracy(graph: Graph, calib: str | None, batch: int = 64) -> float
     return correct / seen if seen else None
 
 
-def run_recipe(graph: Graph, recipe: Recipe, options: ConvertOptions, batches: list[tuple], log) -> tuple[Graph, dict]:
-    """The recipe's passes (verified) and postconditions, then --recover kd; returns the graph and the
-    report body: op census and activation sites before/after, pass records, accuracy, recovery."""
+def run_recipe(graph: Graph, recipe: Recipe, options: ConvertOptions, batches: list[tuple],
+               log) -> tuple[Graph, dict, Reference]:
+    """The recipe's passes (verified) and postconditions, then --recover kd; returns the graph, the report
+    body (op census and activation sites before/after, pass records, accuracy, recovery) and the pass
+    manager's Reference (the outputs of its last verification, for the backends' checks)."""
     if options.recover and any(n in recipe.passes for n in ("calibrate", "fold-quant-scales")):
         integer = [n for n in recipe.passes if n in ("calibrate", "fold-quant-scales")]
         raise InputError(f"--recover {options.recover} fine-tunes a float graph; the recipe lowers it to "
@@ -180,8 +184,8 @@ def run_recipe(graph: Graph, recipe: Recipe, options: ConvertOptions, batches: l
     accuracy_before = labelled_accuracy(graph, options.calib)
     teacher = graph.copy() if options.recover else None
     pass_options = {k: v for k, v in options.given().items() if k not in ("passes", "recipe", "calib")}
-    graph, records = run_passes(graph, list(recipe.passes), pass_options, batches, log=lambda r: log(pass_line(r)),
-                                postconditions=recipe.postconditions)
+    graph, records, reference = run_verified(graph, list(recipe.passes), pass_options, batches,
+                                             log=lambda r: log(pass_line(r)), postconditions=recipe.postconditions)
     body["passes"] = [r.as_dict() for r in records]
     if recipe.postconditions:
         body["postconditions"] = list(recipe.postconditions)
@@ -199,7 +203,7 @@ def run_recipe(graph: Graph, recipe: Recipe, options: ConvertOptions, batches: l
                            "nonlinear": graph.meta.get("hwact_nonlinear", [])}
     if "hwact_cle" in graph.meta:
         body["cle"] = graph.meta["hwact_cle"]
-    return graph, body
+    return graph, body, reference
 
 
 def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Path, force: bool, log=print) -> dict:
@@ -210,7 +214,7 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
     batches = calibration(graph, options.calib)
     # the graph as loaded, for the backends that compare against it (a deep copy: only when one does)
     original = graph.copy() if any(backend.reads_original for backend in the_plan.backends) else None
-    graph, body = run_recipe(graph, the_plan.recipe, options, batches, log)
+    graph, body, reference = run_recipe(graph, the_plan.recipe, options, batches, log)
     skipped = [backend.name for backend in the_plan.backends if not backend.applies(graph)]
     the_plan = dataclasses.replace(the_plan, backends=[b for b in the_plan.backends if b.name not in skipped])
     problems = [f"{backend.name}: {line}" for backend in the_plan.backends for line in backend.check(graph)]
@@ -229,6 +233,7 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
                                   {r["name"]: r for r in body["passes"]})
             section = backend.emit(graph, tmp, context)
             artifacts += section.pop("artifacts")
+            context.reference = reference.runs_of(graph, batches)   # None once anything changed the graph
             section.update(backend.verify(graph, tmp, context))
             sections[backend.section or backend.name] = section
         body.update(sections)
@@ -246,11 +251,12 @@ def export_onnx(loaded: Loaded, options: ConvertOptions, output: Path, force: bo
     check_finite(graph, loaded.source)
     recipe = resolve(options.passes, options.recipe)
     batches = calibration(graph, options.calib)
-    graph, _ = run_recipe(graph, recipe, options, batches, log)
+    graph, _, reference = run_recipe(graph, recipe, options, batches, log)
     with atomic_file(output, force, inputs=(loaded.source, options.calib)) as staged:
         backend = OnnxBackend(staged.name, shown=str(output))
         context = EmitContext(None, {}, batches, graph, log)
         section = backend.emit(graph, staged.parent, context)
+        context.reference = reference.runs_of(graph, batches)
         section.update(backend.verify(graph, staged.parent, context))
     return section
 

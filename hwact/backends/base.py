@@ -30,7 +30,9 @@ from hwact.registry import Registry
 class EmitContext:
     """What a backend gets besides the graph: the target, its options, the calibration batches, the
     graph as loaded (before the recipe; None unless a backend of the chain reads_original), the report
-    sections of the backends before it, and each pass of the recipe (its record as in report.json)."""
+    sections of the backends before it, each pass of the recipe (its record as in report.json), and the
+    graph's outputs on the batches when the pipeline knows them (`reference`: per batch, the tensor leaves of
+    its outputs, from the pass manager's last verification of this very graph; None: run the graph)."""
     target: Any
     options: dict
     batches: list[tuple]
@@ -38,6 +40,7 @@ class EmitContext:
     log: Callable[[str], None] = print
     sections: dict = field(default_factory=dict)
     passes: dict = field(default_factory=dict)
+    reference: list[list[Any]] | None = None
 
 
 @dataclass

@@ -132,13 +132,14 @@ def run_onnx(session, batches: list[tuple]) -> Outputs:
 
 
 def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4,
-           name: str | None = None) -> dict:
+           name: str | None = None, reference_runs: list | None = None) -> dict:
     """Compare onnxruntime on `path` with the torch graph; raise when the max abs error exceeds
     tolerance·max(1, max|y_torch|) (relative to the output's magnitude, so large logits are fair).
 
-    `name` is what errors call the file (its final name; `path` may be a temporary file that will not exist)."""
+    `name` is what errors call the file (its final name; `path` may be a temporary file that will not exist);
+    `reference_runs`: the graph's outputs on `batches` when known (EmitContext.reference), else it runs."""
     name = name or Path(path).name
-    reference = run_outputs(graph, batches)
+    reference = collect(reference_runs) if reference_runs is not None else run_outputs(graph, batches)
     require_finite_reference(reference, batches, what="the torch graph's outputs")
     produced = run_onnx(ort_session(path, low_memory=True), batches)
     broken = nonfinite_batch(produced)

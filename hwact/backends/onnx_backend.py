@@ -39,7 +39,7 @@ class OnnxBackend(Backend):
     def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
         integer = is_integer(graph)
         metrics = verify(graph, Path(outdir) / self.filename, context.batches, name=self.shown,
-                         tolerance=0.0 if integer else FLOAT_TOLERANCE)
+                         tolerance=0.0 if integer else FLOAT_TOLERANCE, reference_runs=context.reference)
         checked = {"ort_max_abs_err": metrics["max_abs_err"], "ort_cosine": metrics["cosine"],
                    "ort_top1_agreement": metrics["top1_agreement"]}
         if integer:

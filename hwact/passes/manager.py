@@ -13,6 +13,9 @@ while the graph runs, e.g. a requantization multiplier no int32 dyadic holds, th
 A pass that changed only metadata (calibrate's ranges: the same module, generated code and tensors, none
 modified in place) computes what its input computed: its outputs are taken to be the previous ones instead
 of running the graph again (the record is the same, the time is saved).
+The outputs of the last verification are handed back (Reference) with the state of the graph that gave
+them: a backend verifying its artifacts against the final graph on the same batches reads them instead of
+running the graph again, for as long as the graph is still that computation (Reference.runs_of).
 Calibration batches are random (seeded) by default, or come from a user .npz whose arrays are named after
 the model inputs (or `x` for a single-input model). A pass whose constructor takes `calibration_batches`
 (e.g. one that collects activation ranges) receives these same batches.
@@ -30,11 +33,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line, module_path, op_name
-from hwact.ir.metrics import Outputs, compare, degenerate, nonfinite_batch, require_finite_reference, run_outputs
+from hwact.ir.metrics import Outputs, collect, compare, degenerate, nonfinite_batch, require_finite_reference
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 from hwact.passes.recipes import POSTCONDITIONS
@@ -147,11 +151,18 @@ def _failing_node(graph: Graph, batches: list[tuple]) -> torch.fx.Node | None:
     return None
 
 
-def _outputs(graph: Graph, batches: list[tuple], where: str) -> Outputs:
-    """run_outputs, with a PreconditionError an op raises while running (hwact.ir.int_ops.dyadic's knows no
-    node) naming `where` (the pass) and the node that raised it."""
+Runs = list[list[torch.Tensor]]   # per calibration batch, the tensor outputs of one run (pytree leaves)
+
+
+def _outputs(graph: Graph, batches: list[tuple], where: str) -> tuple[Runs, Outputs]:
+    """The graph's tensor outputs on every batch (as hwact.ir.metrics.run_outputs takes them) and their
+    Outputs; a PreconditionError an op raises while running (hwact.ir.int_ops.dyadic's knows no node) names
+    `where` (the pass) and the node that raised it."""
     try:
-        return run_outputs(graph, batches)
+        with torch.no_grad():
+            runs = [[t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
+                    for args in batches]
+        return runs, collect(runs)
     except PreconditionError as exc:
         node = _failing_node(graph, batches)
         at = "" if node is None else \
@@ -191,6 +202,20 @@ def _same_computation(before, graph: Graph) -> bool:
                for name, (ref, ptr, version) in before[2].items())
 
 
+@dataclass
+class Reference:
+    """The outputs of the pass manager's last verification: per calibration batch, the tensor outputs of
+    the graph (`runs`), the batches they were computed on and the state (_state) of the graph that gave them."""
+    runs: Runs
+    batches: list[tuple]
+    state: object
+
+    def runs_of(self, graph: Graph, batches: list[tuple]) -> Runs | None:
+        """The runs, when `graph` on `batches` is still the computation that gave them (the same batches, and
+        module, code and tensors unchanged, none modified in place); None when that cannot be told."""
+        return self.runs if batches is self.batches and _same_computation(self.state, graph) else None
+
+
 def _warn(message: str) -> None:
     print(f"hwact: warning: {message}", file=sys.stderr)
 
@@ -201,16 +226,25 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
     """Run `names` in order on `graph` (mutated), verifying each, then check the `postconditions` (names
     in hwact.passes.recipes.POSTCONDITIONS) on the result; returns the graph and one record per pass.
     `warn(line)` gets the one warning about degenerate reference outputs (stderr by default)."""
+    graph, records, _ = run_verified(graph, names, options, batches, log, postconditions, warn)
+    return graph, records
+
+
+def run_verified(graph: Graph, names: list[str], options: dict, batches: list[tuple],
+                 log=lambda message: None, postconditions: tuple[str, ...] = (),
+                 warn=_warn) -> tuple[Graph, list[PassRecord], Reference]:
+    """run_passes, and the Reference: the final graph's outputs on `batches` from the last verification."""
     records: list[PassRecord] = []
     check_site_globs(graph, names, options)
     try:
-        before_outputs = _outputs(graph, batches, "the graph given to the passes")
+        runs, before_outputs = _outputs(graph, batches, "the graph given to the passes")
     except PreconditionError:
         raise
     except Exception as exc:  # e.g. token ids beyond the embedding table
         raise InputError(f"the model rejects the calibration inputs ({first_line(exc)})",
                          hint="check --input-shape (e.g. a sequence longer than the position table) and the "
                               "--calib arrays' values (token ids must be below the vocabulary size)") from exc
+    reference = Reference(runs, batches, _state(graph))
     require_finite_reference(before_outputs, batches)
     flat = degenerate(before_outputs) if names else None
     warning = None
@@ -244,7 +278,11 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
             # a pass that declares it only annotates (calibrate), and left module, code and tensors as they
             # were: nothing to run again (declared, because a write through .data escapes the version check)
             same = the_pass.annotates_only and _same_computation(state_before, graph)
-            after_outputs = before_outputs if same else _outputs(graph, batches, where)
+            if same:
+                after_outputs = before_outputs
+            else:
+                runs, after_outputs = _outputs(graph, batches, where)
+                reference = Reference(runs, batches, _state(graph))
             broken = nonfinite_batch(after_outputs)
             if broken is not None:
                 raise VerificationError(f"{where} made the outputs NaN/Inf on calibration "
@@ -262,7 +300,7 @@ def run_passes(graph: Graph, names: list[str], options: dict, batches: list[tupl
         records.append(record)
         log(record)
     check_postconditions(graph, names, postconditions)
-    return graph, records
+    return graph, records, reference
 
 
 def check_postconditions(graph: Graph, names: list[str], postconditions: tuple[str, ...]) -> None:
