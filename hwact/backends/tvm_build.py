@@ -1,0 +1,166 @@
+"""Apache TVM (0.27, Relax) builds of an exported model.onnx: import, compile, tune, export, cache.
+
+    import   relax.frontend.onnx.from_onnx with every input's shape fixed (batch 1 unless the graph has
+             a fixed batch); an op the frontend has no converter for is refused up front, listed
+    target   a target TOML's `[backend.tvm] target` table, a TVM target as a JSON dict (mcpu = "host":
+             this machine's CPU as LLVM names it, so its features come with it)
+    tune     MetaSchedule with a global trial budget; the database lives in the cache under a key of
+             (model.onnx bytes, input shapes, target), so a later build of the same model for the same
+             target reuses it instead of tuning again
+    build    tvm.compile (untuned: TVM's default schedules), or the MetaSchedule pipeline that applies
+             the tuned database; export_library with the target's cross compiler when it names one
+
+The cache is $HWACT_CACHE/tvm (default ~/.cache/hwact/tvm): tune/KEY/ holds a tuning database,
+lib/KEY-tTRIALS.so a library `hwact bench` built (it never loads the library of an output folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwact.errors import InputError, ToolMissingError, UnsupportedError
+
+TARGET_KEYS = {"kind", "mtriple", "mcpu", "mattr", "arch", "num-cores", "max_num_threads", "thread_warp_size"}
+
+
+def tvm():
+    """The tvm package; ToolMissingError when the optional extra is not installed."""
+    try:
+        import tvm as module
+        from tvm import relax  # noqa: F401 - Relax is the only compiler path in 0.27
+    except ImportError as exc:
+        raise ToolMissingError("apache-tvm is not installed (the tvm-* targets need it)",
+                               hint="pip install -e '.[tvm]'") from exc
+    return module
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HWACT_CACHE", Path.home() / ".cache" / "hwact")) / "tvm"
+
+
+def check_target_spec(spec, where: str) -> dict:
+    """A target table as TVM takes it: string or list-of-string values under known keys (it may come from
+    a hostile tvm.json, so nothing else passes)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise InputError(f"{where}: the TVM target must be a table with a 'kind' (llvm, cuda)")
+    for key, value in spec.items():
+        ok = isinstance(value, (str, int)) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if key not in TARGET_KEYS or not ok:
+            raise InputError(f"{where}: TVM target key '{key}' is not one hwact passes on",
+                             hint=f"known keys: {', '.join(sorted(TARGET_KEYS))}")
+    return dict(spec)
+
+
+def resolve_target(spec: dict, where: str) -> dict:
+    """The target table with mcpu = "host" replaced by this machine's CPU name (e.g. znver4)."""
+    spec = check_target_spec(spec, where)
+    if spec.get("mcpu") == "host":
+        spec["mcpu"] = str(tvm().target.codegen.llvm_get_system_cpu())
+    return spec
+
+
+def make_target(spec: dict, where: str):
+    """The tvm.target.Target of a (resolved) target table; UnsupportedError when TVM cannot build for it."""
+    try:
+        return tvm().target.Target(spec)
+    except Exception as exc:  # noqa: BLE001 - TVM raises ValueError/TVMError with a multi-line message
+        raise UnsupportedError(f"{where}: TVM cannot compile for target {json.dumps(spec)} "
+                               f"({str(exc).splitlines()[0][:160]})") from exc
+
+
+def missing_converters(model) -> list[str]:
+    """The op types of an ONNX model that TVM's Relax ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    return sorted({node.op_type for node in model.graph.node if node.op_type not in known})
+
+
+@dataclass
+class Signature:
+    """What the compiled `main` takes: inputs (name, shape, dtype) in order, with shapes fixed."""
+    inputs: list[tuple[str, list[int], str]]
+
+    def as_json(self) -> list[dict]:
+        return [{"name": name, "shape": shape, "dtype": dtype} for name, shape, dtype in self.inputs]
+
+    @classmethod
+    def from_json(cls, rows, where: str) -> "Signature":
+        try:
+            inputs = [(str(r["name"]), [int(d) for d in r["shape"]], str(r["dtype"])) for r in rows]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise InputError(f"{where}: 'inputs' is not a list of {{name, shape, dtype}}") from exc
+        if any(d < 1 or d > 2**20 for _, shape, _ in inputs for d in shape):
+            raise InputError(f"{where}: an input dimension out of range")
+        return cls(inputs)
+
+
+def import_onnx(path: Path, signature: Signature, where: str):
+    """model.onnx as a Relax IRModule with the signature's shapes (weights kept in the module)."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(path))
+    missing = missing_converters(model)
+    if missing:
+        raise UnsupportedError(f"{where}: TVM's Relax ONNX frontend has no converter for {', '.join(missing)}",
+                               hint="TVM takes float graphs and integer graphs without these ops")
+    shapes = {name: shape for name, shape, _ in signature.inputs}
+    dtypes = {name: dtype for name, _, dtype in signature.inputs}
+    return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+
+
+def tuning_key(onnx_path: Path, signature: Signature, spec: dict) -> str:
+    digest = hashlib.sha256(Path(onnx_path).read_bytes())
+    digest.update(json.dumps([signature.as_json(), spec], sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def tune(mod, target, key: str, trials: int, log=print) -> dict:
+    """MetaSchedule the module's kernels with `trials` measured candidates in all, into the cache's database
+    for `key`; a database that already holds at least `trials` is reused as it is."""
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir = cache_dir() / "tune" / key
+    done_path = work_dir / "hwact-trials.json"
+    done = json.loads(done_path.read_text())["trials"] if done_path.is_file() else 0
+    if done >= trials:
+        log(f"  tvm: reusing the tuning database of {done} trials ({work_dir})")
+        return {"trials": trials, "database": str(work_dir), "reused": True, "wall_s": 0.0}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log(f"  tvm: MetaSchedule tuning, {trials} trials ({work_dir})")
+    ms.relax_integration.tune_relax(mod, {}, target, str(work_dir), max_trials_global=trials,
+                                    num_trials_per_iter=min(trials, 64))
+    wall = time.perf_counter() - start
+    done_path.write_text(json.dumps({"trials": trials}))
+    return {"trials": trials, "database": str(work_dir), "reused": False, "wall_s": round(wall, 2)}
+
+
+def compile_module(mod, target, key: str | None):
+    """The VM executable: untuned (key None), or with the tuned database of `key` applied."""
+    if key is None:
+        return tvm().compile(mod, target=target)
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir = cache_dir() / "tune" / key
+    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    return ms.relax_integration.compile_relax(database, mod, target, params=None)
+
+
+def export(executable, path: Path, cross_compiler: str | None) -> Path:
+    """The executable as a shared library; cross compiled (e.g. aarch64-linux-gnu-g++) when asked."""
+    if cross_compiler:
+        if shutil.which(cross_compiler) is None:
+            package = "g++-" + cross_compiler.rsplit("-", 1)[0] if cross_compiler.endswith("g++") else cross_compiler
+            raise ToolMissingError(f"{cross_compiler} is not installed", hint=f"apt-get install {package}")
+        executable.export_library(str(path), fcompile=tvm().support.cc.cross_compiler(cross_compiler))
+    else:
+        executable.export_library(str(path))
+    return path
