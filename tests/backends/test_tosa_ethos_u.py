@@ -237,3 +237,16 @@ def test_hugging_face_efficientnet_bit_exact(tmp_path, cli):
     kinds = dict(item.split() for item in section["tosa_op_kinds"].split(", "))
     assert {"DEPTHWISE_CONV2D", "TABLE", "MUL"} <= set(kinds) and "PAD" not in kinds
     assert int(kinds["TRANSPOSE"]) == 1                   # the input's NCHW -> NHWC only
+
+
+def test_grouped_convolution_is_named(tmp_path, cli):
+    """A grouped (not depthwise) convolution lowers to hwact's int_conv2d but has no TOSA form: exit 2, named."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, groups=2), torch.nn.ReLU()).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(2, 4, 8, 8),)), tmp_path / "grouped.pt2")
+    np.savez(tmp_path / "calib.npz", x=torch.randn(2, 4, 8, 8).numpy())
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", tmp_path / "grouped.pt2", "--target", "ethos-u55-128", "--calib",
+                          tmp_path / "calib.npz", "-o", out)
+    assert code == 2
+    assert "(hwact.int_conv2d.default): grouped convolution (2 groups) has no TOSA lowering" in stderr
+    assert not out.exists()
