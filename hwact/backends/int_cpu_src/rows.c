@@ -651,10 +651,11 @@ AVX512 static inline void v512_minmax_epu8(__m512i hi, __m512i lo, int *mx, int 
     __m256i l = _mm256_min_epu8(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1));
     __m128i h1 = _mm_max_epu8(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
     __m128i l1 = _mm_min_epu8(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1));
-    for (int s = 8; s >= 1; s >>= 1) {
-        h1 = _mm_max_epu8(h1, _mm_srli_si128(h1, s)); /* the loop unrolls: constant byte shifts */
-        l1 = _mm_min_epu8(l1, _mm_srli_si128(l1, s));
-    }
+#define MINMAX_STEP(s)                                                                                        \
+    h1 = _mm_max_epu8(h1, _mm_srli_si128(h1, s));                                                             \
+    l1 = _mm_min_epu8(l1, _mm_srli_si128(l1, s));
+    MINMAX_STEP(8) MINMAX_STEP(4) MINMAX_STEP(2) MINMAX_STEP(1) /* byte shifts take immediates at any -O level */
+#undef MINMAX_STEP
     *mx = _mm_extract_epi8(h1, 0);
     *mn = _mm_extract_epi8(l1, 0);
 }
