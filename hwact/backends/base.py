@@ -53,6 +53,8 @@ class BenchRequest:
     duration: float = 3.0
     threads: int = 0                 # 0: the runner's default
     compare: str | None = None       # a second model to time interleaved with it (an .onnx path)
+    rpc: str | None = None           # HOST:PORT of a TVM RPC tracker (tvm folders: time on a remote device)
+    key: str | None = None           # the device key to request from that tracker
 
 
 class Backend:
