@@ -140,8 +140,10 @@ def export_onnx_command(model, arch, input_shapes, trust_checkpoint, passes, rec
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
 @click.option("--stream", type=click.Path(dir_okay=False), help="Frame sequence (.npz) for a delta-model folder.")
 @click.option("--threshold", type=FINITE, default=None, help="Delta-model folder: run-time threshold to bench at.")
+@click.option("--rpc", metavar="HOST:PORT", help="TVM folder: time it on a device from this TVM RPC tracker.")
+@click.option("--key", metavar="KEY", help="With --rpc: the device key to request (e.g. rpi5).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON with machine and library versions.")
-def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, threshold, as_json):
+def bench(artifact, other, warmup, iterations, duration, threads, batch, stream, threshold, rpc, key, as_json):
     """Latency (P50/P90/P99/mean/min) and throughput of ARTIFACT (an .onnx file or a convert folder).
 
     A convert folder of a logic-gate or delta model is benchmarked by its own flow (compiled kernels)."""
@@ -153,8 +155,10 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
     if threads > max_threads():  # onnxruntime hangs at thousands of threads and crashes at 100000
         raise InputError(f"--threads {threads}: at most {max_threads()} here ({THREADS_PER_CPU} per CPU, "
                          f"{os.cpu_count()} CPUs)", hint="0 lets onnxruntime choose")
+    if bool(rpc) != bool(key):
+        raise InputError("--rpc HOST:PORT and --key KEY go together")
     flow_result = _bench_flow(Path(artifact), stream, threshold, batch, iterations, duration, threads,
-                              str(_onnx_of(other)) if other else None)
+                              str(_onnx_of(other)) if other else None, rpc, key)
     if flow_result is not None:
         click.echo(to_json({**flow_result, "machine": machine(), "versions": versions()} if as_json else flow_result,
                               indent=2, default=str))
@@ -178,7 +182,8 @@ def bench(artifact, other, warmup, iterations, duration, threads, batch, stream,
 
 
 def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch: int, iterations: int | None,
-                duration: float, threads: int = 0, compare: str | None = None) -> dict | None:
+                duration: float, threads: int = 0, compare: str | None = None, rpc: str | None = None,
+                key: str | None = None) -> dict | None:
     """Benchmark a convert folder with the runner of the backend that wrote it (None: an ONNX folder)."""
     from hwact.backends.base import Backend, BenchRequest, get_backend
     from hwact.load import read_json
@@ -194,9 +199,12 @@ def _bench_flow(folder: Path, stream: str | None, threshold: float | None, batch
     runners = [get_backend(n) for n in names if get_backend(n).bench.__func__ is not Backend.bench.__func__]
     if (stream or threshold is not None) and [r.name for r in runners] != ["delta-c"]:
         raise InputError(f"--stream and --threshold apply to a delta model's convert folder; {folder} is not one")
+    if rpc and [r.name for r in runners] != ["tvm"]:
+        raise InputError(f"--rpc and --key apply to a convert folder of a tvm-* target; {folder} is not one")
     if not runners:
         return None
-    return runners[0].bench(folder, BenchRequest(stream, threshold, batch, iterations, duration, threads, compare))
+    return runners[0].bench(folder, BenchRequest(stream, threshold, batch, iterations, duration, threads, compare,
+                                                 rpc=rpc, key=key))
 
 
 def _onnx_of(artifact: str) -> Path:
