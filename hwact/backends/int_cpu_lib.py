@@ -30,8 +30,8 @@ FLAGS = {"x86_64": ["-O3", "-march=x86-64", "-mtune=generic"], "aarch64": ["-O3"
 COMMON = ["-std=c11", "-fPIC", "-shared", "-pthread", "-fno-fast-math", "-Wall", "-Werror=implicit-function-declaration"]
 EXECUTABLE = ["-std=c11", "-static", "-pthread", "-fno-fast-math", "-Wall", "-Werror=implicit-function-declaration"]
 
-_C_TYPES = {"void": None, "int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
-            "size_t": ctypes.c_size_t, "float": ctypes.c_float, "char*": ctypes.c_char_p}
+_C_TYPES = {"void": None, "int": ctypes.c_int, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+            "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t, "float": ctypes.c_float, "char*": ctypes.c_char_p}
 
 
 def sources() -> list[Path]:
