@@ -121,7 +121,7 @@ def test_this_machine_runs_its_simd_paths(isas):
 
 
 # ----- hw_linear ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("k", [1, 3, 17, 63, 65, 385])
+@pytest.mark.parametrize("k", [1, 3, 17, 63, 64, 65, 385])
 def test_linear_random_shapes(lib, isas, k):
     rng = np.random.default_rng(k)
     for m in (1, 5, 197):

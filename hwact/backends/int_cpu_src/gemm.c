@@ -549,10 +549,13 @@ static void run_rows(const job *jb) {
         free(row);
         return;
     }
+    /* VNNI reads uint8 rows as they are: contiguous ones with lda = kp (K % 4 = 0) need no copy */
+    int in_place = jb->isa == HW_ISA_AVX512VNNI && jb->a.type == HW_U8 && jb->a.s1 == 1 && jb->a.s0 == kp;
     for (int64_t b = 0; b < blocks; b++) {
         int64_t row0 = jb->row_begin + b * g.mr;
         int64_t valid = jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr;
-        convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes, row);
+        if (!(in_place && valid == g.mr))
+            convert_rows(jb->isa, &g, &jb->a, row0, valid, k, kp, abuf + b * block_bytes, row);
     }
     free(row);
     kernel_fn kern = kernel_of(jb->isa);
@@ -570,8 +573,9 @@ static void run_rows(const job *jb) {
         for (int64_t b = 0; b < blocks; b++) {
             int64_t row0 = jb->row_begin + b * g.mr;
             int valid = (int)(jb->row_end - row0 < g.mr ? jb->row_end - row0 : g.mr);
+            const char *ablock = in_place && valid == g.mr ? (const char *)jb->a.p + row0 * kp : abuf + b * block_bytes;
             for (int64_t cb = c0; cb < c1; cb += g.nr) {
-                kern(abuf + b * block_bytes, w + cb * col_bytes, kp, acc);
+                kern(ablock, w + cb * col_bytes, kp, acc);
                 int cols = (int)(n - cb < g.nr ? n - cb : g.nr);
                 if (cols <= 0)
                     continue;
