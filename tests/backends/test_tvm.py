@@ -1,0 +1,187 @@
+"""The tvm backend (Apache TVM 0.27): x86 convert verified, CUDA compile-only, integer ONNX ops bit-exact
+or refused, and `hwact bench` locally and through a TVM RPC tracker + server started on loopback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from hwact.backends import tvm_build  # noqa: E402
+from hwact.errors import UnsupportedError  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HWACT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def x86_folder(tmp_path_factory, cache):
+    from click.testing import CliRunner
+    from hwact.cli import main
+
+    out = tmp_path_factory.mktemp("tvm") / "vit"
+    result = CliRunner().invoke(main, ["convert", "zoo:vit-tiny", "--target", "tvm-x86", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def bench_json(cli, *args):
+    code, out, err = cli("bench", *args, "--iterations", "5", "--warmup", "1", "--json")
+    assert code == 0, out + err
+    return json.loads(out)
+
+
+def test_convert_vit_tiny_x86_verified(x86_folder):
+    report = json.loads((x86_folder / "report.json").read_text())
+    assert report["backends"] == ["onnx", "tvm"]
+    section = report["tvm"]
+    assert section["verified"] is True and section["samples"] == 8
+    assert section["max_abs_err"] < 1e-4
+    assert section["target"]["kind"] == "llvm" and section["target"]["mcpu"] not in ("host", "")
+    assert (x86_folder / "model_tvm.so").stat().st_size > 10_000
+    assert json.loads((x86_folder / "tvm.json").read_text())["inputs"][0]["shape"] == [1, 3, 32, 32]
+
+
+@pytest.fixture(scope="module")
+def tracker_and_server():
+    """A TVM RPC tracker and one RPC server (key hwact-test) on loopback, in their own process groups."""
+    pytest.importorskip("tornado")
+    port = free_port()
+    python = sys.executable
+    tracker = subprocess.Popen([python, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                                "--port-end", str(port + 1)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server_port = free_port()
+    server = subprocess.Popen([python, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+                               str(server_port), "--port-end", str(server_port + 1), "--tracker",
+                               f"127.0.0.1:{port}", "--key", "hwact-test"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+                from tvm import rpc
+                if "hwact-test" in rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the RPC server did not register within 60 s"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for process in (server, tracker):
+            os.killpg(process.pid, signal.SIGKILL)   # the tracker's and server's worker children too
+            process.wait(timeout=10)
+
+
+def test_bench_rpc_same_outputs_as_local(x86_folder, tracker_and_server, cli):
+    local = bench_json(cli, x86_folder)
+    remote = bench_json(cli, x86_folder, "--rpc", tracker_and_server, "--key", "hwact-test")
+    assert local["device"] == "local" and remote["device"].startswith("rpc 127.0.0.1:")
+    assert remote["outputs_sha256"] == local["outputs_sha256"]
+    assert remote["outputs_match_onnxruntime"] and remote["max_abs_err_vs_onnxruntime"] < 1e-4
+    tvm_row, ort_row = remote["results"]
+    assert "TVM" in tvm_row["artifact"] and "onnxruntime" in ort_row["artifact"]
+    assert tvm_row["iterations"] == 5 and tvm_row["p90_ms"] >= tvm_row["p50_ms"] > 0
+
+
+def test_bench_rpc_unknown_key_exits_2(x86_folder, tracker_and_server, cli):
+    code, out, err = cli("bench", x86_folder, "--rpc", tracker_and_server, "--key", "no-such-board")
+    assert code == 2
+    assert "no device of that key" in err and "hwact-test" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_rpc_unreachable_tracker_exits_2(x86_folder, cli):
+    code, out, err = cli("bench", x86_folder, "--rpc", f"127.0.0.1:{free_port()}", "--key", "rpi5")
+    assert code == 2 and "no RPC tracker answers" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("bench", x86_folder, "--rpc", "127.0.0.1:1")
+    assert code == 2 and "go together" in err
+
+
+def test_rpc_refused_for_a_non_tvm_folder(tmp_path, cli):
+    (tmp_path / "report.json").write_text(json.dumps({"backends": ["onnx"]}))
+    code, _, err = cli("bench", tmp_path, "--rpc", "127.0.0.1:9190", "--key", "k")
+    assert code == 2 and "tvm-* target" in err
+
+
+def test_target_tvm_cannot_compile_for_exits_2(tmp_path, cli):
+    target = tmp_path / "bogus.toml"
+    target.write_text('name = "tvm-bogus"\nkind = "cpu"\ndescription = "x"\nnumeric_formats = ["float32"]\n'
+                      '[deploy.tensor]\nrecipe = "none"\nbackends = ["onnx", "tvm"]\n'
+                      '[backend.tvm]\ntarget = { kind = "quantum" }\n'
+                      '[[rule]]\nops = ["aten.*"]\nnative = true\n')
+    code, _, err = cli("convert", "zoo:vit-tiny", "--target", target, "-o", tmp_path / "out")
+    assert code == 2 and "TVM cannot compile for target" in err and "quantum" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_sm80_compile_only(tmp_path, cache, cli):
+    code, out, err = cli("convert", "zoo:vit-tiny", "--target", "tvm-cuda-sm80", "-o", tmp_path / "cuda")
+    assert code == 0, out + err
+    section = json.loads((tmp_path / "cuda" / "report.json").read_text())["tvm"]
+    assert section["target"] == {"kind": "cuda", "arch": "sm_80"}
+    assert section["verified"] is False and "compiled, not run" in section["reason"]
+    assert (tmp_path / "cuda" / "model_tvm.so").stat().st_size > 10_000
+    code, _, err = cli("bench", tmp_path / "cuda")
+    assert code == 2 and "--rpc HOST:PORT --key KEY" in err
+
+
+def integer_onnx(path, op: str):
+    """x (int8 1x8) -> MatMulInteger or ConvInteger with int8 weights and zero points -> int32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if op == "MatMulInteger":
+        shape, weight = [1, 8], rng.integers(-128, 128, (8, 4)).astype(np.int8)
+        weight[0, 0], weight[1, 0] = -128, 127
+        out_shape = [1, 4]
+    else:
+        shape, weight, out_shape = [1, 2, 4, 4], rng.integers(-128, 128, (3, 2, 3, 3)).astype(np.int8), [1, 3, 2, 2]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array(3, np.int8), "xz"),
+             numpy_helper.from_array(np.array(-2, np.int8), "wz")]
+    graph = helper.make_graph([helper.make_node(op, ["x", "w", "xz", "wz"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT8, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.save(model, path)
+    return tvm_build.Signature([("x", shape, "int8")])
+
+
+def test_integer_matmul_bit_exact_with_onnxruntime(tmp_path):
+    import onnxruntime
+
+    signature = integer_onnx(tmp_path / "m.onnx", "MatMulInteger")
+    executable = tvm.compile(tvm_build.import_onnx(tmp_path / "m.onnx", signature, "m"), target="llvm")
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    for x in (np.full((1, 8), -128, np.int8), np.full((1, 8), 127, np.int8),
+              np.random.default_rng(1).integers(-128, 128, (1, 8)).astype(np.int8)):
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        want = session.run(None, {"x": x})[0]
+        assert got.dtype == want.dtype == np.int32 and np.array_equal(got, want)
+
+
+def test_integer_conv_refused_with_the_missing_op(tmp_path):
+    signature = integer_onnx(tmp_path / "c.onnx", "ConvInteger")
+    with pytest.raises(UnsupportedError, match="no converter for ConvInteger"):
+        tvm_build.import_onnx(tmp_path / "c.onnx", signature, "c")
