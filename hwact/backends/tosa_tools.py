@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +100,10 @@ def vela_version() -> str:
     return _run([tosa_env() / "bin" / "vela", "--version"], "vela --version").strip()
 
 
-def vela_layers(folder: Path) -> list[dict]:
-    """Vela's per-layer estimate (<net>_per-layer.csv): operator, target, cycles, MACs, utilisation."""
+def vela_layers(folder: Path, tensors: dict[str, str] | None = None) -> list[dict]:
+    """Vela's per-layer estimate (<net>_per-layer.csv): operator, target, cycles, MACs, utilisation, and the
+    hwact tensor its output is (`tensors`: serializer name -> hwact name; Vela appends suffixes such as
+    `_transpose` to the layers it adds)."""
     files = sorted(folder.glob("*_per-layer.csv"))
     if not files:
         return []
@@ -110,6 +113,11 @@ def vela_layers(folder: Path) -> list[dict]:
         return [{"operator": row["Original Operator"], "npu_operator": row["NNG Operator"], "target": row["Target"],
                  "cycles": int(float(row["Op Cycles"])), "cycles_pct": round(float(row["Network% (cycles)"]), 2),
                  "macs": int(float(row["MAC Count"])), "mac_util_pct": round(float(row["Util% (MAC)"]), 2),
-                 "name": row["Name"]} for row in rows]
+                 "name": row["Name"], "hwact_tensor": _hwact_tensor(row["Name"], tensors or {})} for row in rows]
     except (KeyError, ValueError) as exc:
         raise VerificationError(f"{files[0]}: unexpected per-layer CSV ({exc})") from None
+
+
+def _hwact_tensor(name: str, tensors: dict[str, str]) -> str:
+    base = re.match(r"(input|layer)-\d+", name)
+    return tensors.get(base.group(0), "") if base else ""

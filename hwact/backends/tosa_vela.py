@@ -82,7 +82,7 @@ class TosaVelaBackend(Backend):
             "output_scales": "; ".join(f"{v['node']}: scale {v['scale']:.6g}, {v['dtype']} zero point "
                                        f"{v['zero_point']}" for v in scales["outputs"].values()),
         }
-        section["layers"] = tosa_tools.vela_layers(vela_dir)
+        section["layers"] = tosa_tools.vela_layers(vela_dir, names["tensors"])
         artifacts = [MODEL] + sorted(str(p.relative_to(outdir)) for p in vela_dir.iterdir() if p.is_file())
         return {**section, "artifacts": artifacts}
 

@@ -115,6 +115,8 @@ def test_cnn_tiny_bit_exact_and_compiled(tmp_path, cli, cnn_calib, recipe, targe
     layers = section["layers"]
     assert all(layer["target"] == "NPU" for layer in layers)
     assert [layer["operator"] for layer in layers].count("Conv2D") == 4
+    convs = [layer["hwact_tensor"] for layer in layers if layer["operator"] == "Conv2D"]
+    assert convs[:3] == ["int_conv2d_default", "int_conv2d_default_1", "int_conv2d_default_2"]   # fused with RESCALE
     assert sum(layer["macs"] for layer in layers) == section["macs"]
     assert abs(sum(layer["cycles_pct"] for layer in layers) - 100) < 1
     assert (out / "model.tosa").stat().st_size > 1000

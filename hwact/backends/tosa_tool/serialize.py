@@ -17,7 +17,8 @@ onto the serializer's calls:
 
 An attribute argument {"DType": "INT32"} / {"RoundingMode": ...} / {"NanPropagationMode": ...} is that
 enum member of the serializer. The serializer names tensors itself (input-0, layer-3, ...); NAMES.json
-maps hwact's input and output names onto those, in order, for the reference model run.
+gives the names of the inputs and outputs, in order, for the reference model run, and maps every
+serializer name back to hwact's tensor name (Vela's per-layer report uses the serializer's).
 """
 
 import json
@@ -77,7 +78,8 @@ def main(description_path, constants_path, out_path, names_path):
         handle.write(ser.serialize())
     with open(names_path, "w") as handle:
         json.dump({"inputs": [names[n].name for n in description["inputs"]],
-                   "outputs": [names[n].name for n in description["outputs"]]}, handle)
+                   "outputs": [names[n].name for n in description["outputs"]],
+                   "tensors": {names[t["name"]].name: t["name"] for t in description["tensors"]}}, handle)
 
 
 if __name__ == "__main__":
