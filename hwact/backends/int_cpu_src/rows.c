@@ -1021,12 +1021,61 @@ void hw_mask(const void *x, int x_type, const uint8_t *keep, int64_t count, int6
         st(out, out_type, i, keep[(i / k_div) % k_mod] ? ld(x, x_type, i) : fill);
 }
 
+/* max pool of 8-bit codes kept in 8 bits (out_type = x_type): the codes as order-preserving unsigned bytes
+   (int8: x ^ 0x80), padding 0 (the lowest code: it never wins over a real one, and every window holds one);
+   per input row the stride-1 window maxima m[i] = max_kx row[i + kx] as whole-row byte maxima, sampled at
+   i = ox·sw; then per output row the maxima over the window's input rows. Byte loops the compiler vectorizes. */
+static int max_pool2d_8bit(const void *x, int x_type, int64_t planes, int64_t H, int64_t W, int kh, int kw, int sh,
+                           int sw, int ph, int pw, int64_t OH, int64_t OW, void *out) {
+    int64_t span = (OW - 1) * sw + 1, wp = span + kw - 1; /* window starts 0..span−1, the padded row they read */
+    if (wp < W + pw) wp = W + pw;
+    uint8_t *row = calloc((size_t)wp, 1), *m = malloc((size_t)span), *hmax = malloc((size_t)(H * OW)),
+            *best = malloc((size_t)OW);
+    if (!row || !m || !hmax || !best) {
+        free(row);
+        free(m);
+        free(hmax);
+        free(best);
+        return 0;
+    }
+    const uint8_t flip = x_type == HW_I8 ? 0x80 : 0;
+    for (int64_t p = 0; p < planes; p++) {
+        for (int64_t y = 0; y < H; y++) {
+            const uint8_t *src = (const uint8_t *)x + (p * H + y) * W;
+            for (int64_t i = 0; i < W; i++) row[pw + i] = src[i] ^ flip;
+            memcpy(m, row, (size_t)span);
+            for (int kx = 1; kx < kw; kx++)
+                for (int64_t i = 0; i < span; i++) m[i] = row[i + kx] > m[i] ? row[i + kx] : m[i];
+            uint8_t *h = hmax + y * OW;
+            for (int64_t ox = 0; ox < OW; ox++) h[ox] = m[ox * sw];
+        }
+        for (int64_t oy = 0; oy < OH; oy++) {
+            int64_t y0 = oy * sh - ph, ky0 = y0 < 0 ? -y0 : 0, ky1 = H - y0 < kh ? H - y0 : kh;
+            memset(best, 0, (size_t)OW);
+            for (int64_t ky = ky0; ky < ky1; ky++) {
+                const uint8_t *h = hmax + (y0 + ky) * OW;
+                for (int64_t ox = 0; ox < OW; ox++) best[ox] = h[ox] > best[ox] ? h[ox] : best[ox];
+            }
+            uint8_t *dst = (uint8_t *)out + (p * OH + oy) * OW;
+            for (int64_t ox = 0; ox < OW; ox++) dst[ox] = best[ox] ^ flip;
+        }
+    }
+    free(row);
+    free(m);
+    free(hmax);
+    free(best);
+    return 1;
+}
+
 /* Separable: each input row's horizontal window maxima (the row padded with INT32_MIN, which never wins),
    then per output row the maxima over the window's input rows (the rows inside the image only). */
 void hw_max_pool2d(const void *x, int x_type, int64_t planes, int64_t H, int64_t W, int kh, int kw, int sh, int sw,
                    int ph, int pw, void *out, int out_type) {
     int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1, wp = (OW - 1) * sw + kw;
     if (OH <= 0 || OW <= 0 || H <= 0 || W <= 0) return;
+    if ((x_type == HW_I8 || x_type == HW_U8) && out_type == x_type &&
+        max_pool2d_8bit(x, x_type, planes, H, W, kh, kw, sh, sw, ph, pw, OH, OW, out))
+        return;
     if (wp < W + pw) wp = W + pw;
     int32_t *row = malloc((size_t)wp * sizeof(int32_t)), *hmax = malloc((size_t)(H * OW) * sizeof(int32_t));
     int32_t *best = malloc((size_t)OW * sizeof(int32_t));
