@@ -674,7 +674,6 @@ HANDLERS = {
 # ----- check before emitting -----------------------------------------------------------------------------
 def problems(graph: Graph) -> list[str]:
     """One line per node the TOSA lowering cannot take, with the reason and what would fix it."""
-    from hwact.passes.lowerable import lowering_advice
     load_all_ops()
     lines = []
     floats = set(float_compute_nodes(graph))
@@ -684,7 +683,8 @@ def problems(graph: Graph) -> list[str]:
         if is_bookkeeping(node) or name in SCALAR_OPS:
             continue
         if node in floats:
-            lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; {lowering_advice(name)}")
+            lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; lower it with an int8 "
+                         "recipe (--recipe int8-shiftgelu or int8-relu; `hwact inspect` names the pass for each op)")
         elif name in BLOCKED:
             lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
         elif name not in HANDLERS:
