@@ -3,8 +3,9 @@
 Gelem/s (10^9 elements per second, one core) of hw_shift_gelu (int8 rows of 1536), hw_shiftmax (int8 rows of
 197) and hw_i_layernorm (int16 rows of 384), on the scalar path and the best SIMD path, next to
 torch.nn.functional.gelu / softmax / layer_norm in float32 with torch.set_num_threads(1), timed in thread CPU time (the machine may be shared);
-and the best SIMD path at 2 threads (hw_set_threads(2): rows split over the worker pool), timed in wall time,
-best of 5 (with 2 threads the calling thread's CPU time is no longer the kernel's time). Inputs: 197 rows
+and the best SIMD path at 1 and 2 threads (hw_set_threads(2): rows split over the worker pool) in wall time,
+best of 5 (with 2 threads the calling thread's CPU time is no longer the kernel's time; on a shared machine
+wall time also counts the time other processes held the cores). Inputs: 197 rows
 (ViT-B tokens; shiftmax: 12 heads x 197 query rows) of gaussian codes, so the row maxima vary as in a model.
 
 Run:  python benchmarks/bench_int_cpu_rows.py
@@ -109,17 +110,19 @@ def main() -> int:
     best = lib.hw_isa()
     name = lib.hw_isa_name(best).decode()
     print(f"one thread; best ISA here: {name}\n")
-    print(f"| kernel | scalar Gelem/s | {name} Gelem/s | {name} 2 threads Gelem/s (wall) | torch float32 Gelem/s |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| kernel | scalar Gelem/s | {name} Gelem/s | {name} wall, 1 thread | {name} wall, 2 threads "
+          "| torch float32 Gelem/s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, fn, count, torch_fn in rows:
         lib.hw_force_isa(0)
         scalar = rate(fn, count)
         lib.hw_force_isa(-2)
         simd = rate(fn, count)
+        one = wall_rate(fn, count)
         lib.hw_set_threads(2)
         two = wall_rate(fn, count)
         lib.hw_set_threads(1)
-        print(f"| {label} | {scalar:.3f} | {simd:.3f} | {two:.3f} | {rate(torch_fn, count):.3f} |")
+        print(f"| {label} | {scalar:.3f} | {simd:.3f} | {one:.3f} | {two:.3f} | {rate(torch_fn, count):.3f} |")
     return 0
 
 
