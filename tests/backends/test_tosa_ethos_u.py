@@ -252,3 +252,17 @@ def test_grouped_convolution_is_named(tmp_path, cli):
     assert code == 2
     assert "(hwact.int_conv2d.default): grouped convolution (2 groups) has no TOSA lowering" in stderr
     assert not out.exists()
+
+
+def test_saturated_inputs_bit_exact(tmp_path, cli, mixed_model):
+    """Inputs of ±1 only: every input code is at the end of its range (±127), so the convolutions, the
+    uint8 (zero point −128) activations after ReLU and the matmuls see their extreme codes."""
+    model, _ = mixed_model
+    signs = torch.sign(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5)))
+    np.savez(tmp_path / "calib.npz", x=signs.numpy())
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", model, "--target", "ethos-u55-128", "--calib", tmp_path / "calib.npz", "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 4
+    assert "int8 zero point 0" in section["input_scales"]
