@@ -22,7 +22,8 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
     clamp on codes       CLAMP on stored values
-    sum (mean pooling)   RESCALE to int32 (zero point removed), REDUCE_SUM per axis
+    sum (mean pooling)   over H and W of 8-bit codes: DEPTHWISE_CONV2D with a kernel of ones (input_zp removes the
+                         zero point); else RESCALE to int32 (zero point removed), REDUCE_SUM per axis
     constant_pad_nd      PAD (the pad code plus the zero point); a pad of code 0 (real 0) read only by convs is
                          folded into their padding instead (TOSA pads may be asymmetric)
     layout ops           RESHAPE, TRANSPOSE, SLICE, CONCAT, TILE (permute/transpose: a new perm, no op)
@@ -497,16 +498,32 @@ def _sum(self: Lowering, node) -> Value:
     x = self.value(node.args[0])
     dims = [d % len(x.shape) for d in node.args[1]]
     keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
-    name = x.name
-    if x.dtype != "INT32" or x.zp != 0:
-        name = self.net.rescale(name, x.dtype, x.zp, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, x.tosa_shape,
-                                f"{node.name}_32")
     kept = list(x.shape)
     for d in dims:
         kept[d] = 1
-        name = self.net.op("REDUCE_SUM", [name], [kept[p] for p in x.perm], "INT32",
-                           ["ReduceSumAttribute", [x.perm.index(d)]], f"{node.name}_{d}")
-    value = Value(name, tuple(kept), "INT32", 0, x.perm)
+    height, width = (x.shape[2], x.shape[3]) if len(x.shape) == 4 else (0, 0)
+    if sorted(dims) == [2, 3] and x.dtype == "INT8" and height <= 64 and height * width <= 4096:
+        # a spatial sum of 8-bit codes: a depthwise convolution with a kernel of ones over the whole map
+        # (exact in int32, the zero point removed by input_zp; REDUCE_SUM over H and W makes Vela transpose)
+        channels = x.shape[1]
+        ones = self.net.const(f"{node.name}_ones", np.ones((height, width, channels, 1), np.int8), "INT8")
+        bias = self.net.const(f"{node.name}_bias", np.zeros(channels, np.int32), "INT32")
+        name = self.net.op("DEPTHWISE_CONV2D", [self.net.layout(x, NHWC), ones, bias, self.net.zero_point(x.zp, "INT8"),
+                                                self.net.zero_point(0, "INT8")], [x.shape[0], 1, 1, channels], "INT32",
+                           ["DepthwiseConv2dAttribute", [[0, 0, 0, 0], [1, 1], [1, 1], False, {"DType": "INT32"}]],
+                           node.name if keepdim else f"{node.name}_sum")
+        value = Value(name, tuple(kept), "INT32", 0, NHWC)
+    else:
+        name = x.name
+        if x.dtype != "INT32" or x.zp != 0:
+            name = self.net.rescale(name, x.dtype, x.zp, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, x.tosa_shape,
+                                    f"{node.name}_32")
+        reduced = list(x.shape)
+        for d in dims:
+            reduced[d] = 1
+            name = self.net.op("REDUCE_SUM", [name], [reduced[p] for p in x.perm], "INT32",
+                               ["ReduceSumAttribute", [x.perm.index(d)]], f"{node.name}_{d}")
+        value = Value(name, tuple(kept), "INT32", 0, x.perm)
     if keepdim:
         return value
     shape = self.shape(node)
