@@ -660,6 +660,68 @@ AVX512 static inline void v512_minmax_epu8(__m512i hi, __m512i lo, int *mx, int 
     *mn = _mm_extract_epi8(l1, 0);
 }
 
+static int has_vbmi(void) {
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* The output pass of an 8-bit Shiftmax row into an 8-bit output with AVX-512 VBMI: T[0..n) (int32, within
+   the output type) as a 256-byte table (bytes past n: 0, never read: d <= R < n), then 64 outputs at a
+   time: d = min(mx − b, R) in bytes (b the biased code, b <= mx), out = T[d] by two vpermt2b lookups
+   (d < 128, d >= 128) and a blend on d's top bit. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static void
+shiftmax_bytes_vbmi(const uint8_t *row, int64_t C, const int32_t *T, int n, uint8_t mx, uint8_t R, uint8_t bias,
+                    uint8_t *dst) {
+    uint8_t table[256] __attribute__((aligned(64)));
+    memset(table + n, 0, (size_t)(256 - n));
+    for (int d = 0; d < n; d += 16)
+        _mm_store_si128((__m128i *)(table + d), _mm512_cvtepi32_epi8(_mm512_load_si512((const void *)(T + d))));
+    const __m512i t0 = _mm512_load_si512((const void *)table), t1 = _mm512_load_si512((const void *)(table + 64));
+    const __m512i t2 = _mm512_load_si512((const void *)(table + 128)), t3 = _mm512_load_si512((const void *)(table + 192));
+    const __m512i mxv = _mm512_set1_epi8((char)mx), rv = _mm512_set1_epi8((char)R), flip = _mm512_set1_epi8((char)bias);
+    for (int64_t k = 0; k < C; k += 64) {
+        __mmask64 m = C - k >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (C - k)) - 1;
+        __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, row + k), flip);
+        __m512i d = _mm512_min_epu8(_mm512_sub_epi8(mxv, _mm512_min_epu8(b, mxv)), rv);
+        __m512i lo = _mm512_permutex2var_epi8(t0, d, t1), hi = _mm512_permutex2var_epi8(t2, d, t3);
+        _mm512_mask_storeu_epi8(dst + k, m, _mm512_mask_blend_epi8(_mm512_movepi8_mask(d), lo, hi));
+    }
+}
+
+/* Σ_k E[d_k] of one 8-bit row with AVX-512 VBMI: E (int32, 0 <= E < 2^31) as four byte planes E_p
+   (E = Σ_p E_p·2^8p, planes[p][d]); per 64 elements d = min(mx − b, R), each plane looked up by two
+   vpermt2b and a blend, the bytes summed by vpsadbw into int64 lanes; Σ = Σ_p 2^8p·Σ_k E_p[d_k], exact. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi"))) static int64_t
+shiftmax_sum_vbmi(const uint8_t *row, int64_t C, const uint8_t planes[4][256], uint8_t mx, uint8_t R, uint8_t bias) {
+    const __m512i mxv = _mm512_set1_epi8((char)mx), rv = _mm512_set1_epi8((char)R), flip = _mm512_set1_epi8((char)bias);
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i t[4][4], acc[4];
+    for (int p = 0; p < 4; p++) {
+        for (int q = 0; q < 4; q++) t[p][q] = _mm512_loadu_si512((const void *)(planes[p] + 64 * q));
+        acc[p] = zero;
+    }
+    for (int64_t k = 0; k < C; k += 64) {
+        __mmask64 m = C - k >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (C - k)) - 1;
+        __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, row + k), flip);
+        __m512i d = _mm512_min_epu8(_mm512_sub_epi8(mxv, _mm512_min_epu8(b, mxv)), rv);
+        __mmask64 top = _mm512_movepi8_mask(d);
+        for (int p = 0; p < 4; p++) {
+            __m512i v = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(t[p][0], d, t[p][1]),
+                                               _mm512_permutex2var_epi8(t[p][2], d, t[p][3]));
+            acc[p] = _mm512_add_epi64(acc[p], _mm512_sad_epu8(_mm512_maskz_mov_epi8(m, v), zero));
+        }
+    }
+    int64_t sum = 0;
+    for (int p = 0; p < 4; p++) sum += _mm512_reduce_add_epi64(acc[p]) << (8 * p);
+    return sum;
+}
+
 /* Shiftmax on 8-bit rows, exactly restructured: with the row maximum mx every e = E[d], d = mx − x in
    0..255, E[d] = shift_exp(−d) (one table per call, constant from D on: the clamp at n·x0), and every
    output is a function of d given the row's factor: out = T[d], T[d] = clamp(rs(rs(E[d]·factor, 1, 46),
@@ -681,6 +743,10 @@ AVX512 static int shiftmax_avx512_8bit(const void *x, int x_type, int64_t rows, 
     const __m512i m0v = _mm512_set1_epi64(m0), half = _mm512_set1_epi64(shift ? (int64_t)1 << (shift - 1) : 0);
     const __m512i lo = _mm512_set1_epi64(qmin), hi = _mm512_set1_epi64(qmax);
     const __m128i count = _mm_cvtsi32_si128(shift);
+    int vbmi = has_vbmi(), bytes_out = (out_type == HW_I8 || out_type == HW_U8) && vbmi;
+    uint8_t planes[4][256];
+    for (int d = 0; d < 256; d++)
+        for (int p = 0; p < 4; p++) planes[p][d] = (uint8_t)((uint32_t)E[d] >> (8 * p));
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *row = (const uint8_t *)x + r * C;
         /* max and min of the biased bytes b = code − lo8 (order-preserving) */
@@ -698,22 +764,32 @@ AVX512 static int shiftmax_avx512_8bit(const void *x, int x_type, int64_t rows, 
         int blocks = R / 32 + 1;
         const __m128i mxb = _mm_set1_epi8((char)bmax), flip16 = _mm_set1_epi8((char)bias), rb = _mm_set1_epi8((char)R);
 #define SMAX_D(k, m) _mm512_cvtepu8_epi32(_mm_min_epu8(_mm_sub_epi8(mxb, _mm_xor_si128(_mm_maskz_loadu_epi8(m, row + (k)), flip16)), rb))
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t k = 0; k < C; k += 16) {
-            __mmask16 m = C - k >= 16 ? 0xffff : (__mmask16)((1u << (C - k)) - 1);
-            __m512i e = _mm512_maskz_mov_epi32(m, v512_lookup(E, blocks, SMAX_D(k, m)));
-            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
-            acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
+        int64_t sum;
+        if (vbmi) {
+            sum = shiftmax_sum_vbmi(row, C, (const uint8_t(*)[256])planes, (uint8_t)bmax, (uint8_t)R, bias);
+        } else {
+            __m512i acc = _mm512_setzero_si512();
+            for (int64_t k = 0; k < C; k += 16) {
+                __mmask16 m = C - k >= 16 ? 0xffff : (__mmask16)((1u << (C - k)) - 1);
+                __m512i e = _mm512_maskz_mov_epi32(m, v512_lookup(E, blocks, SMAX_D(k, m)));
+                acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(e)));
+                acc = _mm512_add_epi64(acc, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(e, 1)));
+            }
+            sum = _mm512_reduce_add_epi64(acc);
         }
-        int64_t sum = _mm512_reduce_add_epi64(acc);
         int64_t factor = ((int64_t)1 << FACTOR_BITS) / sum;
         const __m512i f_lo = _mm512_set1_epi64(factor & 0xffffffff), f_hi = _mm512_set1_epi64(factor >> 32);
-        for (int d = 0; d < 32 * blocks; d += 8) {
+        int entries = bytes_out ? (R + 16) / 16 * 16 : 32 * blocks; /* T[0..R] and what its lookup reads */
+        for (int d = 0; d < entries; d += 8) {
             __m512i e = _mm512_cvtepu32_epi64(_mm256_load_si256((const __m256i *)(E + d)));
             __m512i prod = _mm512_add_epi64(_mm512_mul_epu32(e, f_lo), _mm512_slli_epi64(_mm512_mul_epu32(e, f_hi), 32));
             __m512i p = _mm512_srli_epi64(_mm512_add_epi64(prod, half46), FACTOR_BITS - PROB_BITS);
             __m512i q = _mm512_srl_epi64(_mm512_add_epi64(_mm512_mul_epu32(p, m0v), half), count);
             _mm256_store_si256((__m256i *)(T + d), _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(q, lo), hi)));
+        }
+        if (bytes_out) {
+            shiftmax_bytes_vbmi(row, C, T, entries, (uint8_t)bmax, (uint8_t)R, bias, (uint8_t *)out + r * C);
+            continue;
         }
         for (int64_t k = 0; k < C; k += 16) {
             __mmask16 m = C - k >= 16 ? 0xffff : (__mmask16)((1u << (C - k)) - 1);
