@@ -566,8 +566,10 @@ static void run_rows(const job *jb) {
     if (chunk < g.nr)
         chunk = g.nr;
     int32_t acc[8 * 32], res[8 * 32];
+#if defined(__x86_64__)
     int direct = jb->isa == HW_ISA_AVX512VNNI && !jb->lut && jb->osn == 1; /* row-major out: fused vector store */
     int direct16 = jb->isa == HW_ISA_AVX2 && !jb->lut && jb->osn == 1;      /* ... vector stores of whole rows */
+#endif
     for (int64_t c0 = 0; c0 < np; c0 += chunk) {
         int64_t c1 = c0 + chunk < np ? c0 + chunk : np;
         for (int64_t b = 0; b < blocks; b++) {
