@@ -38,7 +38,8 @@ import torch.utils._pytree as pytree
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line, module_path, op_name
-from hwact.ir.metrics import Outputs, collect, compare, degenerate, nonfinite_batch, require_finite_reference
+from hwact.ir.metrics import (Outputs, collect, compare, degenerate, nonfinite_batch, require_finite_reference,
+                              run_outputs)  # run_outputs: re-exported (tests/passes, benchmarks/bench_cle.py)
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 from hwact.passes.recipes import POSTCONDITIONS
