@@ -103,10 +103,13 @@ class TvmBackend(Backend):
         trials = int(context.options["tune_trials"] or 0)
         if trials < 0:
             raise InputError(f"--tune-trials {trials}: must be >= 0")
+        if trials and not runs_here(spec):
+            raise InputError(f"{where}: tuning measures candidates on this machine, which cannot run "
+                             f"{spec.get('mtriple', spec['kind'])} code", hint="tune_trials = 0 for this target")
         signature = signature_of(onnx_path, graph, context.batches)
         mod = tvm_build.import_onnx(onnx_path, signature, f"{context.target.name}")
         key = tvm_build.tuning_key(onnx_path, signature, spec)
-        tuning = tvm_build.tune(mod, target, key, trials, context.log) if trials else {"trials": 0}
+        tuning = tvm_build.tune(onnx_path, signature, spec, key, trials, context.log) if trials else {"trials": 0}
         executable = tvm_build.compile_module(mod, target, key if trials else None)
         tvm_build.export(executable, Path(outdir) / LIBRARY, context.options["cross_compiler"] or None)
         self.spec, self.signature = spec, signature

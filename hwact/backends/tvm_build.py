@@ -20,12 +20,15 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hwact.errors import InputError, ToolMissingError, UnsupportedError
 
+TUNE_TIMEOUT_S = 4 * 3600
 TARGET_KEYS = {"kind", "mtriple", "mcpu", "mattr", "arch", "num-cores", "max_num_threads", "thread_warp_size"}
 
 
@@ -58,10 +61,12 @@ def check_target_spec(spec, where: str) -> dict:
 
 
 def resolve_target(spec: dict, where: str) -> dict:
-    """The target table with mcpu = "host" replaced by this machine's CPU name (e.g. znver4)."""
+    """The target table with mcpu = "host" replaced by this machine's CPU name (e.g. znver4) and its core
+    count (MetaSchedule needs num-cores to tune for a CPU)."""
     spec = check_target_spec(spec, where)
     if spec.get("mcpu") == "host":
         spec["mcpu"] = str(tvm().target.codegen.llvm_get_system_cpu())
+        spec.setdefault("num-cores", os.cpu_count() or 1)
     return spec
 
 
@@ -122,11 +127,10 @@ def tuning_key(onnx_path: Path, signature: Signature, spec: dict) -> str:
     return digest.hexdigest()[:20]
 
 
-def tune(mod, target, key: str, trials: int, log=print) -> dict:
-    """MetaSchedule the module's kernels with `trials` measured candidates in all, into the cache's database
-    for `key`; a database that already holds at least `trials` is reused as it is."""
-    from tvm.s_tir import meta_schedule as ms
-
+def tune(onnx_path: Path, signature: Signature, spec: dict, key: str, trials: int, log=print) -> dict:
+    """MetaSchedule the model's kernels with `trials` measured candidates in all, into the cache's database
+    for `key`; a database that already holds at least `trials` is reused as it is. The search runs in a
+    child process (python -m hwact.backends.tvm_build): a crash inside TVM becomes a one-line error."""
     work_dir = cache_dir() / "tune" / key
     done_path = work_dir / "hwact-trials.json"
     done = json.loads(done_path.read_text())["trials"] if done_path.is_file() else 0
@@ -136,22 +140,34 @@ def tune(mod, target, key: str, trials: int, log=print) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log(f"  tvm: MetaSchedule tuning, {trials} trials ({work_dir})")
-    ms.relax_integration.tune_relax(mod, {}, target, str(work_dir), max_trials_global=trials,
-                                    num_trials_per_iter=min(trials, 64))
+    request = json.dumps({"onnx": str(onnx_path), "inputs": signature.as_json(), "target": spec,
+                          "work_dir": str(work_dir), "trials": trials})
+    done = subprocess.run([sys.executable, "-m", "hwact.backends.tvm_build", request], timeout=TUNE_TIMEOUT_S,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        said = [line.strip() for line in done.stdout.splitlines()
+                if line.strip() and not line.lstrip().startswith(("File ", "Traceback", "!!!")) and "Warning" not in line]
+        how = (f"it crashed with signal {-done.returncode} inside TVM" if done.returncode < 0
+               else f"exit {done.returncode}{': ' + said[-1][:160] if said else ''}")
+        raise UnsupportedError(f"TVM's MetaSchedule tuning failed ({how})",
+                               hint="tune_trials = 0 builds untuned; docs/tvm.md says where this was seen")
     wall = time.perf_counter() - start
     done_path.write_text(json.dumps({"trials": trials}))
     return {"trials": trials, "database": str(work_dir), "reused": False, "wall_s": round(wall, 2)}
 
 
+def tuning_pipeline(target, work_dir: Path, trials: int):
+    """Relax's static-shape tuning pipeline: legalize and fuse, MetaSchedule `trials` candidates (0: none),
+    then apply the database in `work_dir` to the kernels it holds records for."""
+    return tvm().relax.pipeline.static_shape_tuning_pipeline(total_trials=trials, target=target,
+                                                             work_dir=str(work_dir), cpu_weight_prepack=False)
+
+
 def compile_module(mod, target, key: str | None):
     """The VM executable: untuned (key None), or with the tuned database of `key` applied."""
-    if key is None:
-        return tvm().compile(mod, target=target)
-    from tvm.s_tir import meta_schedule as ms
-
-    work_dir = cache_dir() / "tune" / key
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    return ms.relax_integration.compile_relax(database, mod, target, params=None)
+    if key is not None:
+        mod = tuning_pipeline(target, cache_dir() / "tune" / key, 0)(mod)
+    return tvm().compile(mod, target=target)
 
 
 def export(executable, path: Path, cross_compiler: str | None) -> Path:
@@ -164,3 +180,9 @@ def export(executable, path: Path, cross_compiler: str | None) -> Path:
     else:
         executable.export_library(str(path))
     return path
+
+
+if __name__ == "__main__":   # the tuning child of tune(): writes the database into work_dir
+    job = json.loads(sys.argv[1])
+    module = import_onnx(Path(job["onnx"]), Signature.from_json(job["inputs"], "tune"), job["onnx"])
+    tuning_pipeline(make_target(job["target"], "tune"), Path(job["work_dir"]), int(job["trials"]))(module)
