@@ -51,6 +51,8 @@ def test_integer_only_bit_exact_and_close(name, recipe, exported, cli, tmp_path)
     assert report["integer"]["float_nodes"] == []
     assert report["onnx"]["bit_exact"] is True and report["onnx"]["ort_max_abs_err"] == 0.0
     assert report["int_cpu"]["bit_exact"] is True          # hwact's integer CPU kernels, on a model we did not write
+    assert report["int_cpu"]["executor"] == "static C program", report["int_cpu"].get("why")
+    assert report["int_cpu"]["runner"]["ran"] == "natively"     # hwact_run, the program without Python
     reference = hf_suite.reference_outputs(pt2, recipe, held_out)
     measured = hf_suite.agreement(reference, hf_suite.onnx_outputs(out / "model.onnx", held_out))
     assert measured["cosine"] >= COSINE_BAR, measured

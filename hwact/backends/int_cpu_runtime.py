@@ -38,7 +38,7 @@ from hwact.ir.int_ops import dyadic
 hw = torch.ops.hwact
 TORCH_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
                "float32": torch.float32}
-ROWS_PER_THREAD = 128
+ROWS_PER_THREAD = 32
 KERNEL_TYPE = {torch.int8: 0, torch.uint8: 1, torch.int16: 2, torch.int32: 3}
 
 

@@ -57,6 +57,7 @@ OPERATIONS = {aten.add.Tensor: 0, aten.sub.Tensor: 1, aten.mul.Tensor: 2, aten.b
               aten.add.Scalar: 0, aten.sub.Scalar: 1, aten.mul.Scalar: 2, aten.logical_and.default: 12,
               aten.logical_or.default: 13, aten.logical_not.default: 14, aten.neg.default: 15,
               aten.bitwise_and.Scalar: 3, aten.bitwise_or.Scalar: 4}
+MAX, MIN = 16, 17
 
 
 class NotStatic(Exception):
@@ -155,7 +156,7 @@ class Recording:
 
     def elementwise(self, operation: int, dst: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> None:
         operands = [a] if b is None else [a, b]
-        if any(t.is_floating_point() for t in [dst, *operands]):
+        if any(t.is_floating_point() for t in operands) or (dst.is_floating_point() and operation not in (MAX, MIN)):
             raise NotStatic("float arithmetic")
         strides = [_broadcast_strides(t, dst.shape) for t in operands] + ([[0] * dst.dim()] if b is None else [])
         args = [self.tensor_pointer(dst), (T_INT, _elem(dst)), self.tensor_pointer(a), (T_INT, _elem(a)),
@@ -340,6 +341,20 @@ class Tracer(TorchDispatchMode):
             if b is not None and not isinstance(b, torch.Tensor):
                 b = _constant(b, a, recording)
             recording.elementwise(OPERATIONS[func], out, a, b)
+        elif func is aten.clamp.default:
+            x = args[0]
+            bounds = [args[i] if len(args) > i else kwargs.get(key) for i, key in ((1, "min"), (2, "max"))]
+            if any(isinstance(b, torch.Tensor) or (isinstance(b, float) and not b.is_integer()) for b in bounds):
+                raise NotStatic("a clamp with tensor or fractional bounds")
+            source = x
+            for operation, bound in zip((MAX, MIN), bounds):
+                if bound is not None:
+                    limit = torch.tensor(int(bound), dtype=torch.int64)
+                    recording.of_tensor(limit).constant = True
+                    recording.elementwise(operation, out, source, limit)
+                    source = out
+            if source is x:
+                recording.copy(out, x)
         elif func is aten.sum.dim_IntList and not out.is_floating_point():
             keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
             recording.integer_sum(out, args[0], list(args[1] or []), bool(keepdim))

@@ -137,8 +137,10 @@ def test_data_movement_and_integer_arithmetic_equal_torch(library, tmp_path):
         _step("picked", "aten.index.Tensor", ref("x"), [None, {"const": "rows"}]),
         _step("gathered", "aten.gather.default", ref("ids"), 1, {"const": "columns"}),
         _step("neg", "aten.neg.default", ref("ids32"), out_type="int32"),
+        _step("clamped", "aten.clamp.default", ref("x"), -5, 9, out_type="int8"),
+        _step("relu", "aten.clamp.default", ref("x"), 0.0, out_type="float32"),     # float bound: float result
     ]
-    outputs = ["big", "wrap", "not", "and", "picked", "gathered", "neg"]
+    outputs = ["big", "wrap", "not", "and", "picked", "gathered", "neg", "clamped", "relu"]
     constants = {"table": np.array([True, False, True, True, False, True]),
                  "rows": np.array([3, 0, 0, 2, 1], dtype=np.int64),
                  "columns": np.array([[5, 0, 1], [2, 2, 4], [0, 3, 5]], dtype=np.int64)}

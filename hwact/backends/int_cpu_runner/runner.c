@@ -40,9 +40,10 @@ enum opcode {
     OP_DEQUANTIZE, OP_PACK, OP_COPY, OP_FILL, OP_SUM, OP_GATHER, OP_ELEMENTWISE, OP_COUNT
 };
 /* elementwise operations on integers (computed in int64, stored in the destination's type: the same
-   result as torch's integer arithmetic in that type, which wraps) */
+   result as torch's integer arithmetic in that type, which wraps; a float32 destination only for MAX/MIN
+   with integer bounds, where converting after the clamp equals torch's clamp in float) */
 enum operation { EW_ADD, EW_SUB, EW_MUL, EW_AND, EW_OR, EW_XOR, EW_EQ, EW_NE, EW_LT, EW_LE, EW_GT, EW_GE,
-                 EW_LOGICAL_AND, EW_LOGICAL_OR, EW_LOGICAL_NOT, EW_NEG, EW_COUNT };
+                 EW_LOGICAL_AND, EW_LOGICAL_OR, EW_LOGICAL_NOT, EW_NEG, EW_MAX, EW_MIN, EW_COUNT };
 static const char *const OP_NAMES[OP_COUNT] = {
     "hw_linear", "hw_matmul", "hw_im2col", "hw_depthwise_conv2d", "hw_shiftmax", "hw_shift_gelu",
     "hw_i_layernorm", "hw_requantize", "hw_add", "hw_mul", "hw_lut", "hw_clamp", "hw_mask", "hw_max_pool2d",
@@ -335,6 +336,8 @@ static int64_t apply(int operation, int64_t a, int64_t b) {
     case EW_LOGICAL_AND: return a && b;
     case EW_LOGICAL_OR: return a || b;
     case EW_LOGICAL_NOT: return !a;
+    case EW_MAX: return a > b ? a : b;
+    case EW_MIN: return a < b ? a : b;
     default: return (int64_t)(0 - (uint64_t)a);      /* EW_NEG */
     }
 }
