@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hwact.backends import int_cpu_lib
+from hwact.report import machine
 
 SHAPES = [(197, 384, 1536), (197, 1536, 384), (197, 384, 1152), (3136, 576, 64)]
 
@@ -120,6 +121,15 @@ def _ort_matmul(a, b, threads):
     return lambda: session.run(None, {"a": a})
 
 
+def write_results(area: str, title: str, doc: str, command: str, lines: list[str]) -> None:
+    """Print the table and write it as benchmarks/results/<area>.md with the machine and the command."""
+    info = machine()
+    text = "\n".join([f"# {title}", "", f"Machine: {info['cpu']}, {info['cores']} cores. Command: `{command}`.", "",
+                      *[part.replace("\n", " ") for part in doc.strip().split("\n\n")[1:-1]], "", *lines]) + "\n"
+    print(text)
+    (Path(__file__).parent / "results" / f"{area}.md").write_text(text)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -188,24 +198,25 @@ def main():
     lib.hw_force_isa(-2)
     peak = measure_peak(2 in isas)
     machine_peak = max(peak["peaks"].values())
-    print(f"clock {peak['ghz']:.2f} GHz (dependent adds, thread CPU time); vpmaddwd ymm {peak['madd_ipc']:.2f}/cycle "
+    lines = [f"clock {peak['ghz']:.2f} GHz (dependent adds, thread CPU time); vpmaddwd ymm {peak['madd_ipc']:.2f}/cycle "
           f"-> AVX2 peak {peak['peaks']['avx2']:.0f} GOPS/core"
           + (f"; vpdpbusd zmm {peak['vnni_ipc']:.2f}/cycle -> VNNI peak {peak['peaks']['avx512vnni']:.0f} GOPS/core"
-             if 2 in isas else "") + f"; machine int8 peak {machine_peak:.0f} GOPS/core; cpus {os.cpu_count()}\n")
+             if 2 in isas else "") + f"; machine int8 peak {machine_peak:.0f} GOPS/core; cpus {os.cpu_count()}", ""]
     table = {}
     for problem, path, threads, gops in rows:
         table.setdefault((problem, path), {})[threads] = gops
     counts = sorted({t for _, _, t, _ in rows})
     header = "| problem | path | " + " | ".join(f"GOPS {t}t" for t in counts) + " | " + \
         " | ".join(f"% peak {t}t" for t in counts) + " | % path peak 1t |"
-    print(header)
-    print("|" + "---|" * (3 + 2 * len(counts)))
+    lines += [header, "|" + "---|" * (3 + 2 * len(counts))]
     for (problem, path), by in table.items():
         gops = " | ".join(f"{by[t]:.1f}" if t in by else "" for t in counts)
         share = " | ".join(f"{100 * by[t] / (machine_peak * t):.1f}" if t in by else "" for t in counts)
         own = peak["peaks"].get(path)
         own_share = f"{100 * by[counts[0]] / (own * counts[0]):.1f}" if own and counts[0] in by else ""
-        print(f"| {problem} | {path} | {gops} | {share} | {own_share} |")
+        lines.append(f"| {problem} | {path} | {gops} | {share} | {own_share} |")
+    write_results("int_cpu_kernels", "Integer CPU runtime: GEMM kernels against the machine's int8 peak", __doc__,
+                  "python benchmarks/bench_int_cpu_kernels.py", lines)
 
 if __name__ == "__main__":
     main()

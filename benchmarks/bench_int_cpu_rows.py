@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import hwact.ir.int_nonlinear_ops as nl
 from hwact.backends import int_cpu_lib
 from hwact.errors import ToolMissingError
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_int_cpu_kernels import write_results  # noqa: E402
 
 HW_I8, HW_I16 = 0, 2
 
@@ -109,10 +111,10 @@ def main() -> int:
 
     best = lib.hw_isa()
     name = lib.hw_isa_name(best).decode()
-    print(f"one thread; best ISA here: {name}\n")
-    print(f"| kernel | scalar Gelem/s | {name} Gelem/s | {name} wall, 1 thread | {name} wall, 2 threads "
-          "| torch float32 Gelem/s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = [f"Best ISA here: {name}. Gelem/s in thread CPU time at one thread (scalar and {name}), and wall time "
+             f"at 1 and 2 threads (hw_set_threads); torch's float32 GELU / softmax / LayerNorm on one thread.", "",
+             f"| kernel | scalar Gelem/s | {name} Gelem/s | {name} wall, 1 thread | {name} wall, 2 threads "
+             "| torch float32 Gelem/s |", "|---|---:|---:|---:|---:|---:|"]
     for label, fn, count, torch_fn in rows:
         lib.hw_force_isa(0)
         scalar = rate(fn, count)
@@ -122,7 +124,9 @@ def main() -> int:
         lib.hw_set_threads(2)
         two = wall_rate(fn, count)
         lib.hw_set_threads(1)
-        print(f"| {label} | {scalar:.3f} | {simd:.3f} | {one:.3f} | {two:.3f} | {rate(torch_fn, count):.3f} |")
+        lines.append(f"| {label} | {scalar:.3f} | {simd:.3f} | {one:.3f} | {two:.3f} | {rate(torch_fn, count):.3f} |")
+    write_results("int_cpu_rows", "Integer CPU runtime: row kernels (ShiftGELU, Shiftmax, I-LayerNorm) vs torch float",
+                  __doc__, "python benchmarks/bench_int_cpu_rows.py", lines)
     return 0
 
 
