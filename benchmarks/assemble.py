@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ("convert", "recovery", "int", "int_gelu", "hf_suite", "int_cpu", "cle", "delta", "delta_gru", "logic", "logic_accuracy", "logic_fpga")
+ORDER = ("convert", "convert_speed", "recovery", "int", "int_gelu", "hf_suite", "int_cpu", "int_cpu_kernels", "int_cpu_rows",
+         "ethos_u", "tvm", "cle", "delta", "delta_gru", "logic", "logic_accuracy", "logic_fpga")
 
 HEADER = """# Benchmarks
 
