@@ -6,8 +6,9 @@
             model_tvm.so (weights inside) with tvm.json: the target, the input signature, the tuning
     verify  the exported library, loaded back, on every calibration sample (at most MAX_SAMPLES) against
             the graph: within FLOAT_TOLERANCE x max(1, max|reference|) for a float graph, bit for bit for
-            an integer graph. A library for another ISA (aarch64, CUDA) is compiled, not run here: the
-            report says so, and `hwact bench --rpc` runs it on the device
+            an integer graph. An aarch64 library runs under qemu-aarch64 with TVM's aarch64 runtime
+            (hwact/backends/tvm_qemu.py); a CUDA one, or an aarch64 one when that runtime cannot be had,
+            is compiled, not run here: the report says so, and `hwact bench --rpc` runs it on the device
     bench   `hwact bench OUT [--rpc HOST:PORT --key KEY]` (hwact/bench/tvm_bench.py)
 
 An integer graph whose ONNX holds an op the Relax frontend lacks (ConvInteger in 0.27) is refused with
@@ -121,13 +122,10 @@ class TvmBackend(Backend):
                 "bytes": (Path(outdir) / LIBRARY).stat().st_size, "artifacts": [LIBRARY, METADATA]}
 
     def verify(self, graph: Graph, outdir: Path, context: EmitContext) -> dict:
-        if not runs_here(self.spec):
-            what = "CUDA" if self.spec["kind"] == "cuda" else str(self.spec.get("mtriple", self.spec["kind"]))
-            reason = f"built for {what} on a {platform.machine()} host: compiled, not run (hwact bench --rpc runs it)"
-            context.log(f"  tvm: {reason}")
-            return {"verified": False, "reason": reason}
-        tvm = tvm_build.tvm()
-        vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(Path(outdir) / LIBRARY)), tvm.cpu())
+        execute, ran = self._executor(Path(outdir) / LIBRARY)
+        if execute is None:
+            context.log(f"  tvm: {ran}")
+            return {"verified": False, "reason": ran}
         integer, worst, samples = is_integer(graph), 0.0, 0
         batch = self.signature.inputs[0][1][0]
         with torch.no_grad():
@@ -137,17 +135,34 @@ class TvmBackend(Backend):
                 for start in range(0, inputs[0].shape[0] - batch + 1, batch):
                     if samples >= MAX_SAMPLES:
                         break
-                    feeds = [tvm.runtime.tensor(np.ascontiguousarray(t[start:start + batch].numpy())) for t in inputs]
-                    produced = as_list(vm["main"](*feeds))
+                    produced = execute([np.ascontiguousarray(t[start:start + batch].numpy()) for t in inputs])
                     worst = max(worst, compare([e[start:start + batch] for e in expected], produced, integer,
                                                f"tvm: calibration batch {number}, sample {start}"))
                     samples += 1
         exact = "bit-exact" if integer else f"max|err| {worst:.3g}"
-        context.log(f"  tvm ({self.spec.get('mcpu', self.spec['kind'])}) vs graph: {exact} on {samples} samples")
-        section = {"verified": True, "samples": samples, "max_abs_err": worst}
+        context.log(f"  tvm ({self.spec.get('mcpu', self.spec['kind'])}, {ran}) vs graph: {exact} on {samples} samples")
+        section = {"verified": True, "ran": ran, "samples": samples, "max_abs_err": worst}
         if integer:
             section["bit_exact"] = True
         return section
+
+    def _executor(self, library: Path):
+        """(run(inputs) -> outputs, how it runs), or (None, why the library is not run here)."""
+        if runs_here(self.spec):
+            tvm = tvm_build.tvm()
+            vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+            return (lambda arrays: as_list(vm["main"](*[tvm.runtime.tensor(a) for a in arrays]))), "natively"
+        triple = str(self.spec.get("mtriple", ""))
+        what = "CUDA" if self.spec["kind"] == "cuda" else triple or self.spec["kind"]
+        not_run = f"built for {what} on a {platform.machine()} host: compiled, not run (hwact bench --rpc runs it)"
+        if self.spec["kind"] == "llvm" and triple.startswith("aarch64") and platform.machine() == "x86_64":
+            from hwact.backends import tvm_qemu
+
+            runner, why = tvm_qemu.available()
+            if runner is None:
+                return None, f"{not_run}; {why}"
+            return (lambda arrays: tvm_qemu.run(runner, library, arrays)), "qemu-aarch64 with TVM's aarch64 runtime"
+        return None, not_run
 
     @classmethod
     def bench(cls, outdir: Path, request: BenchRequest) -> dict:
