@@ -3,6 +3,7 @@ or refused, and `hwact bench` locally and through a TVM RPC tracker + server sta
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,6 +144,19 @@ def test_cuda_sm80_compile_only(tmp_path, cache, cli):
     assert (tmp_path / "cuda" / "model_tvm.so").stat().st_size > 10_000
     code, _, err = cli("bench", tmp_path / "cuda")
     assert code == 2 and "--rpc HOST:PORT --key KEY" in err
+
+
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
+                    reason="needs g++-aarch64-linux-gnu and qemu-user")
+def test_cortex_a76_library_runs_under_qemu(tmp_path, cache, cli):
+    code, out, err = cli("convert", "zoo:vit-tiny", "--target", "tvm-cortex-a76", "-o", tmp_path / "a76")
+    assert code == 0, out + err
+    section = json.loads((tmp_path / "a76" / "report.json").read_text())["tvm"]
+    assert section["target"]["mtriple"] == "aarch64-linux-gnu" and section["target"]["mattr"] == ["+neon", "+dotprod"]
+    assert section["verified"] is True, section
+    assert section["ran"].startswith("qemu-aarch64") and section["samples"] == 8 and section["max_abs_err"] < 1e-4
+    with open(tmp_path / "a76" / "model_tvm.so", "rb") as library:
+        assert library.read(20)[18] == 183          # ELF e_machine EM_AARCH64
 
 
 def integer_onnx(path, op: str):
