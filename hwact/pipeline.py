@@ -64,6 +64,7 @@ class ConvertOptions:
     schedule: str | None = None
     temperature: float | None = None
     ce_weight: float | None = None
+    tune_trials: int | None = None          # the tvm backend: MetaSchedule trials (0: untuned)
 
     def given(self) -> dict:
         """The options the user set, by field name."""

@@ -78,9 +78,11 @@ def inspect(model, arch, input_shapes, trust_checkpoint, as_json):
               help="Delta models: full update every N frames (0 = never).")
 @click.option("--pipeline-every", type=click.IntRange(min=0), default=None,
               help="Logic models on FPGA targets: a register stage every K gate layers (0 = combinational).")
+@click.option("--tune-trials", type=Count(0, 100_000), default=None,
+              help="tvm-* targets: MetaSchedule tuning trials, kept in a database later converts reuse (0 = untuned).")
 def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, only, skip, helu_alpha, target, outdir,
             force, recover, data, epochs, schedule, temperature, ce_weight, calib_method, delta_threshold, key_interval,
-            pipeline_every):
+            pipeline_every, tune_trials):
     """Run passes on MODEL, export it for TARGET into OUTDIR with report.json and report.md."""
     check_output(outdir, force, inputs=(model, calib, data))   # first: fails in well under a second
     from hwact.pipeline import ConvertOptions, convert as run_convert
@@ -89,7 +91,8 @@ def convert(model, arch, input_shapes, trust_checkpoint, passes, recipe, calib, 
     options = ConvertOptions(passes=passes, recipe=recipe, calib=calib, only=tuple(only), skip=tuple(skip),
                              helu_alpha=helu_alpha, calib_method=calib_method, delta_threshold=delta_threshold,
                              key_interval=key_interval, pipeline_every=pipeline_every, recover=recover, data=data,
-                             epochs=epochs, schedule=schedule, temperature=temperature, ce_weight=ce_weight)
+                             epochs=epochs, schedule=schedule, temperature=temperature, ce_weight=ce_weight,
+                             tune_trials=tune_trials)
     options.check()
     the_target = load_target(target)
     loaded = _load(model, arch, input_shapes, trust_checkpoint)

@@ -199,3 +199,9 @@ def test_integer_conv_refused_with_the_missing_op(tmp_path):
     signature = integer_onnx(tmp_path / "c.onnx", "ConvInteger")
     with pytest.raises(UnsupportedError, match="no converter for ConvInteger"):
         tvm_build.import_onnx(tmp_path / "c.onnx", signature, "c")
+
+
+def test_tune_trials_belongs_to_the_tvm_targets(cli, tmp_path):
+    code, _, err = cli("convert", "zoo:cnn-tiny", "--tune-trials", "4", "-o", tmp_path / "out")
+    assert code == 2 and "--tune-trials does not apply" in err and "tvm" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
