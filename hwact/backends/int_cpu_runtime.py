@@ -339,6 +339,15 @@ class IntCpuProgram:
                                              _ptr(out[image]), KERNEL_TYPE[out.dtype])
             return out
         per_group = c_out // groups
+        if groups == 1 and batch == 1:   # one image: the GEMM writes NCHW directly (pixel stride 1, channel OH·OW)
+            packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
+            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
+            columns = self._scratch(step, (oh * ow, k), x.dtype)
+            self.lib.hw_im2col(_ptr(x[0]), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry, _ptr(columns))
+            self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], oh * ow, k, k, packed, c_out, _ptr(bias_c),
+                               _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out),
+                               KERNEL_TYPE[out.dtype], 1, oh * ow, self._threads_for(oh * ow))
+            return out
         if groups == 1:   # every image's patches in one GEMM (N·OH·OW rows), NHWC result moved to NCHW once
             packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
             bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)

@@ -346,6 +346,15 @@ class Tracer(TorchDispatchMode):
             bounds = [args[i] if len(args) > i else kwargs.get(key) for i, key in ((1, "min"), (2, "max"))]
             if any(isinstance(b, torch.Tensor) or (isinstance(b, float) and not b.is_integer()) for b in bounds):
                 raise NotStatic("a clamp with tensor or fractional bounds")
+            kernel_types = (torch.int8, torch.uint8, torch.int16, torch.int32)
+            if x.dtype in kernel_types and out.dtype in kernel_types and x.is_contiguous() and out.is_contiguous():
+                low, high = (max(-2**31, int(bounds[0])) if bounds[0] is not None else -2**31,
+                             min(2**31 - 1, int(bounds[1])) if bounds[1] is not None else 2**31 - 1)
+                recording.mark_written(out)       # one pass of the vectorized clamp kernel (rows.c)
+                recording.append(("hw_clamp", [recording.tensor_pointer(x), (T_INT, _elem(x)), (T_INT, x.numel()),
+                                               (T_INT, low), (T_INT, high), recording.tensor_pointer(out),
+                                               (T_INT, _elem(out))]))
+                return
             source = x
             for operation, bound in zip((MAX, MIN), bounds):
                 if bound is not None:
