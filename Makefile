@@ -33,5 +33,5 @@ demo: install
 test: install tools tosa-env
 	$(PY) -m pytest -q
 
-bench: install tools
+bench: install tools tosa-env
 	$(PY) benchmarks/run_all.py
