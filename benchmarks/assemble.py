@@ -24,7 +24,8 @@ claims are ratios against an anchor measured in the same run. This file is assem
 Machines: the project's 2-core build machines (24 GiB, Debian 12, Python 3.11.7, torch 2.13.0+cpu,
 onnxruntime 1.32.0): an AMD EPYC (AVX2, no VNNI) and an Intel Xeon, one per session; each section
 names its CPU and its command (logic, delta, delta_gru and convert were rerun on 2026-12-04 after the
-pipeline refactor of issue 13, on the AMD EPYC; hf_suite and int_cpu are from 2026-12-05, AMD EPYC with AVX-512 VNNI). Cores were shared with
+pipeline refactor of issue 13, on the AMD EPYC; hf_suite, int_cpu, int_cpu_kernels, int_cpu_rows, convert_speed,
+ethos_u, tvm and logic are from 2026-12-05, AMD EPYC with AVX-512 VNNI). Cores were shared with
 other jobs while measuring: compare the ratios, measured in the same run. No GPU was available: CUDA
 kernels are compiled, never timed.
 """
