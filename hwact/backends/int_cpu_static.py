@@ -6,10 +6,11 @@ plan once through a fresh executor while recording:
 
   - every kernel call (the library is wrapped): its arguments, each pointer turned into (region, offset);
   - every torch op (a TorchDispatchMode): a view makes nothing; an op whose inputs do not depend on the
-    plan's inputs (a packed epilogue, an index table) becomes a constant; an op on input-derived data must
-    be data movement the runner has (clone / type conversion / copy_ as a strided copy, cat, constant_pad_nd,
-    roll, an integer sum), else its result is marked, and the compile fails only if a kernel or an output
-    reads it (then the plan keeps the Python executor, with the reason).
+    plan's inputs (an int32 epilogue, an index table) becomes a constant; an op on input-derived data must
+    be something the runner has (clone / type conversion / copy_ as a strided copy, cat, constant_pad_nd,
+    roll, an integer sum, a gather through constant indices, integer element-wise ops and comparisons, an
+    integer clamp), else its result is marked, and the compile fails only if a kernel or an output reads it
+    (then the plan keeps the Python executor, with the reason).
 
 Regions: `const` (snapshot in the constants blob), `work` (the values computed from the inputs: laid out
 in one workspace with int_cpu_memory.place over the instructions that touch them), `input` / `output`
