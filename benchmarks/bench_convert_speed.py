@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_convert import HWACT, run_measured
 from hwact.report import machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convert import HWACT, run_measured  # noqa: E402
 
 MODEL = "vit-s16"
 SAMPLES = 32
