@@ -128,8 +128,7 @@ class IntCpuProgram:
         torch.set_num_threads(1)   # the torch steps are small views and copies: threads only contend
         try:
             with self.lock, torch.no_grad():
-                if hasattr(self.lib, "hw_set_threads"):
-                    self.lib.hw_set_threads(self.threads)
+                self.lib.hw_set_threads(self.threads)
                 if isinstance(self.static.get(signature), StaticProgram):
                     return self.static[signature](*env.values())
                 if signature in self.layouts:
@@ -140,9 +139,11 @@ class IntCpuProgram:
                 inputs = list(env.values())
                 outputs = self._run(env, record)
                 layout = self._plan_arena(record, storages(outputs))
-                self.layouts[signature] = (layout, torch.empty(max(1, layout.arena_bytes), dtype=torch.uint8))
                 if self.use_static:
                     self._compile(signature, inputs)
+                static = isinstance(self.static.get(signature), StaticProgram)   # the runner has its own memory
+                self.layouts[signature] = (layout, torch.empty(0 if static else max(1, layout.arena_bytes),
+                                                               dtype=torch.uint8))
                 return outputs
         finally:
             self._layout = self._arena = None
@@ -154,12 +155,8 @@ class IntCpuProgram:
             self.static[signature] = compile_static(self, inputs)
         except NotStatic as reason:
             self.static[signature] = str(reason)
-            return
         except Exception as error:  # noqa: BLE001 - the Python executor ran this plan: it stays the executor
             self.static[signature] = f"the static compile failed: {type(error).__name__}: {error}"
-            return
-        layout, _ = self.layouts[signature]
-        self.layouts[signature] = (layout, torch.empty(0, dtype=torch.uint8))   # the runner has its own memory
 
     def executor(self, *input_shapes) -> dict:
         """Which executor runs inputs of these shapes, and its memory (after a first run with them)."""
@@ -339,16 +336,7 @@ class IntCpuProgram:
                                              _ptr(out[image]), KERNEL_TYPE[out.dtype])
             return out
         per_group = c_out // groups
-        if groups == 1 and batch == 1:   # one image: the GEMM writes NCHW directly (pixel stride 1, channel OH·OW)
-            packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
-            bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
-            columns = self._scratch(step, (oh * ow, k), x.dtype)
-            self.lib.hw_im2col(_ptr(x[0]), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry, _ptr(columns))
-            self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], oh * ow, k, k, packed, c_out, _ptr(bias_c),
-                               _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(out),
-                               KERNEL_TYPE[out.dtype], 1, oh * ow, self._threads_for(oh * ow))
-            return out
-        if groups == 1:   # every image's patches in one GEMM (N·OH·OW rows), NHWC result moved to NCHW once
+        if groups == 1:   # every image's patches in one GEMM (N·OH·OW rows)
             packed, _, k = self._pack((step.name, 0), weight.reshape(c_out, -1))
             bias_c, m0_c, shift_c = self._epilogue(step, bias, m0, shift, 0, c_out)
             pixels = oh * ow
@@ -356,11 +344,14 @@ class IntCpuProgram:
             for image in range(batch):
                 self.lib.hw_im2col(_ptr(x[image]), KERNEL_TYPE[x.dtype], c_in, height, width, *geometry,
                                    _ptr(columns[image * pixels]))
-            rows_out = self._scratch(step, (batch * pixels, c_out), out.dtype)
+            direct = batch == 1      # one image: the GEMM writes NCHW itself (pixel stride 1, channel stride OH·OW)
+            rows_out = out if direct else self._scratch(step, (batch * pixels, c_out), out.dtype)
             self.lib.hw_linear(_ptr(columns), KERNEL_TYPE[x.dtype], batch * pixels, k, k, packed, c_out, _ptr(bias_c),
                                _ptr(m0_c), _ptr(shift_c), int(qmin), int(qmax), None, 0, _ptr(rows_out),
-                               KERNEL_TYPE[out.dtype], c_out, 1, self._threads_for(batch * pixels))
-            out.copy_(rows_out.view(batch, oh, ow, c_out).permute(0, 3, 1, 2))
+                               KERNEL_TYPE[out.dtype], *((1, pixels) if direct else (c_out, 1)),
+                               self._threads_for(batch * pixels))
+            if not direct:       # the NHWC result moved to NCHW once
+                out.copy_(rows_out.view(batch, oh, ow, c_out).permute(0, 3, 1, 2))
             return out
         columns = self._scratch(step, (oh * ow, c_in * kh * kw), x.dtype)
         for group in range(groups):

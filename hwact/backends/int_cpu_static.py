@@ -95,7 +95,6 @@ class Recording:
     by_base: dict[int, Region] = field(default_factory=dict)
     init: list[tuple] = field(default_factory=list)          # (opcode, [(tag, value)]); value of a pointer:
     run: list[tuple] = field(default_factory=list)           # (region, byte offset)
-    labels: list[str] = field(default_factory=list)          # the plan step of each run instruction
     step: str = ""
 
     # ----- regions ----------------------------------------------------------------------------------
@@ -129,9 +128,7 @@ class Recording:
 
     # ----- instructions -----------------------------------------------------------------------------
     def append(self, instruction: tuple) -> None:
-        """A run instruction, labelled with the plan step that made it (for profiles)."""
         self.run.append(instruction)
-        self.labels.append(self.step)
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
         """dst = src (broadcast to dst's shape, converted to dst's type) as one strided copy."""
@@ -168,10 +165,7 @@ class Recording:
         self.append(("elementwise", args))
 
     def fill(self, dst: torch.Tensor, value) -> None:
-        if dst.dtype == torch.float32:
-            value = (T_INT, struct.unpack("<i", struct.pack("<f", float(value)))[0])
-        else:
-            value = (T_INT, int(value))
+        value = (T_INT, _float_bits(value) if dst.dtype == torch.float32 else int(value))
         self.mark_written(dst)
         self.append(("fill", [self.tensor_pointer(dst), (T_INT, _elem(dst)), (T_INT, dst.numel()), value]))
 
@@ -204,11 +198,16 @@ def _broadcast_strides(tensor: torch.Tensor, shape) -> list[int]:
     return strides
 
 
-def _constant(value, like: torch.Tensor, recording: Recording) -> torch.Tensor:
-    """A Python number as a 0-d constant region (kept alive by the recording)."""
-    if isinstance(value, float) and not like.is_floating_point() and not value.is_integer():
+def _float_bits(value: float) -> int:
+    """The bits of `value` as a float32, as a signed int32 (how a program carries a float)."""
+    return struct.unpack("<i", struct.pack("<f", float(value)))[0]
+
+
+def _constant(value, dtype: torch.dtype, recording: Recording) -> torch.Tensor:
+    """A Python number as a 0-d constant region of `dtype` (kept alive by the recording)."""
+    if isinstance(value, float) and not dtype.is_floating_point and not value.is_integer():
         raise NotStatic("an integer compared with a fraction")
-    tensor = torch.tensor(value, dtype=like.dtype if not isinstance(value, bool) else torch.bool)
+    tensor = torch.tensor(value, dtype=dtype if not isinstance(value, bool) else torch.bool)
     recording.of_tensor(tensor).constant = True
     return tensor
 
@@ -243,7 +242,7 @@ class RecordingLibrary:
                         recording.mark_region_written(region)
                     encoded.append((T_PTR, (region, offset)))
                 elif kind is ctypes.c_float:
-                    encoded.append((T_FLOAT, struct.unpack("<i", struct.pack("<f", value))[0]))
+                    encoded.append((T_FLOAT, _float_bits(value)))
                 else:
                     encoded.append((T_INT, int(value)))
             if name == "hw_pack":
@@ -340,7 +339,7 @@ class Tracer(TorchDispatchMode):
                 raise NotStatic("add/sub with alpha")
             a, b = args[0], args[1] if len(args) > 1 else None
             if b is not None and not isinstance(b, torch.Tensor):
-                b = _constant(b, a, recording)
+                b = _constant(b, a.dtype, recording)
             recording.elementwise(OPERATIONS[func], out, a, b)
         elif func is aten.clamp.default:
             x = args[0]
@@ -359,9 +358,7 @@ class Tracer(TorchDispatchMode):
             source = x
             for operation, bound in zip((MAX, MIN), bounds):
                 if bound is not None:
-                    limit = torch.tensor(int(bound), dtype=torch.int64)
-                    recording.of_tensor(limit).constant = True
-                    recording.elementwise(operation, out, source, limit)
+                    recording.elementwise(operation, out, source, _constant(int(bound), torch.int64, recording))
                     source = out
             if source is x:
                 recording.copy(out, x)
@@ -379,7 +376,7 @@ def _checksum(library, data: bytes) -> int:
 
 
 def _words(library, recording: Recording, inputs: list[torch.Tensor], outputs: list[torch.Tensor]):
-    """(int64 program, constants bytes, workspace bytes) of a finished recording."""
+    """(int64 program, constants bytes) of a finished recording."""
     instructions = recording.init + recording.run
     used: dict[Region, list[int]] = {}
     for position, (_, args) in enumerate(instructions):
@@ -414,7 +411,7 @@ def _words(library, recording: Recording, inputs: list[torch.Tensor], outputs: l
         words += [OPCODES.index(name), len(args)]
         for tag, value in args:
             words += [tag, (numbers[value[0]] << OFFSET_BITS) | value[1] if tag == T_PTR else value]
-    return np.asarray(words, dtype=np.int64), bytes(blob), layout.arena_bytes
+    return np.asarray(words, dtype=np.int64), bytes(blob)
 
 
 @dataclass
@@ -428,8 +425,11 @@ class StaticProgram:
     workspace_bytes: int
     inputs: list[tuple[tuple, torch.dtype]]
     outputs: list[tuple[tuple, torch.dtype]]
-    instructions: int = 0
-    labels: list[str] = field(default_factory=list)
+
+    @property
+    def instructions(self) -> int:
+        """Run instructions (the program header's last word)."""
+        return int(self.words[9])
 
     def __call__(self, *values) -> list[torch.Tensor]:
         return self.profile(*values)[0]
@@ -437,12 +437,7 @@ class StaticProgram:
     def profile(self, *values, times: np.ndarray | None = None) -> tuple[list[torch.Tensor], np.ndarray | None]:
         """(outputs, times): with `times` (int64, one per run instruction) each instruction's nanoseconds are
         added to it (hw_program_profile)."""
-        arrays = []
-        for value, (shape, dtype) in zip(values, self.inputs):
-            array = torch.as_tensor(value).to(dtype).contiguous()
-            if tuple(array.shape) != shape:
-                raise InputError(f"the static program takes inputs of shape {shape}, got {tuple(array.shape)}")
-            arrays.append(array)
+        arrays = self._arrays(values)
         results = [torch.empty(shape, dtype=dtype) for shape, dtype in self.outputs]
         pointers_in = (ctypes.c_void_p * max(1, len(arrays)))(*[a.data_ptr() for a in arrays])
         pointers_out = (ctypes.c_void_p * max(1, len(results)))(*[r.data_ptr() for r in results])
@@ -463,6 +458,16 @@ class StaticProgram:
             totals[name] = totals.get(name, 0.0) + nanoseconds / 1e9 / repeats
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
+    def _arrays(self, values) -> list[torch.Tensor]:
+        """The inputs as contiguous tensors of the program's types; InputError when a shape differs."""
+        arrays = []
+        for value, (shape, dtype) in zip(values, self.inputs):
+            array = torch.as_tensor(value).to(dtype).contiguous()
+            if tuple(array.shape) != shape:
+                raise InputError(f"the static program takes inputs of shape {shape}, got {tuple(array.shape)}")
+            arrays.append(array)
+        return arrays
+
     def save(self, folder: Path) -> list[str]:
         """program.bin and program_constants.bin: what hwact_run (int_cpu_runner/driver) runs."""
         (folder / PROGRAM_FILES[0]).write_bytes(self.words.astype("<i8").tobytes())
@@ -475,13 +480,9 @@ class StaticProgram:
         `inputs`; (outputs, the kernel path it reported)."""
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
-            paths = []
-            for index, (value, (shape, dtype)) in enumerate(zip(inputs, self.inputs)):
-                array = torch.as_tensor(value).to(dtype).contiguous()
-                if tuple(array.shape) != shape:
-                    raise InputError(f"the static program takes inputs of shape {shape}, got {tuple(array.shape)}")
-                paths.append(scratch / f"input_{index}.bin")
-                paths[-1].write_bytes(array.numpy().tobytes())
+            paths = [scratch / f"input_{index}.bin" for index in range(len(self.inputs))]
+            for path, array in zip(paths, self._arrays(inputs)):
+                path.write_bytes(array.numpy().tobytes())
             options = [*(("--isa", str(isa)) if isa is not None else ()), "--threads", str(threads)]
             done = subprocess.run([*prefix, str(driver), *options, str(folder / PROGRAM_FILES[0]),
                                    str(folder / PROGRAM_FILES[1]), str(scratch), *map(str, paths)],
@@ -544,8 +545,6 @@ def compile_static(program, inputs: list[torch.Tensor]) -> StaticProgram:
                 final.append(target)
     finally:
         torch.set_num_threads(torch_threads)
-    words, constants, workspace = _words(program.lib, recording, given, final)
-    static = load_static(program.lib, words, constants, [(tuple(t.shape), t.dtype) for t in given],
-                         [(tuple(t.shape), t.dtype) for t in final])
-    static.workspace_bytes, static.instructions, static.labels = workspace, len(recording.run), recording.labels
-    return static
+    words, constants = _words(program.lib, recording, given, final)
+    return load_static(program.lib, words, constants, [(tuple(t.shape), t.dtype) for t in given],
+                       [(tuple(t.shape), t.dtype) for t in final])

@@ -225,3 +225,14 @@ def test_random_strided_copies_equal_torch(library, tmp_path, seed):
         want = x.permute(order)[(slice(None),) * dim + (slice(start, None, step),)]
         assert torch.equal(c, want) and torch.equal(t, want.to(getattr(torch, target)))
     assert program.executor(tuple(shape))["executor"] == "static C program"
+
+
+@pytest.mark.parametrize("model", ["cnn-tiny", "convnext-tiny"])
+def test_one_image_convolutions_are_bit_exact(model, compiled, library):
+    """Batch 1: each conv's GEMM writes the NCHW result itself (no NHWC copy), in both executors."""
+    graph, _, _, folder = compiled[model]
+    program = IntCpuProgram(read_plan(folder), library)
+    for batch in (graph.example_inputs(batch=1), tuple(x * 60 for x in graph.example_inputs(batch=1))):
+        for got, want in zip(program(*batch), _reference(graph, batch)):   # Python executor, then static
+            assert torch.equal(got, want)
+    assert program.executor(*[x.shape for x in batch])["executor"] == "static C program"
