@@ -139,6 +139,21 @@ def main():
     isas = [i for i in range(5) if lib.hw_isa_available(i)]
     rng = np.random.default_rng(0)
     rows = []
+
+    def measure(label: str, ops: float, float_operands: tuple, kernel_for_isa) -> None:
+        """Rows (label, path, threads, GOPS): onnxruntime's fp32 MatMul of `float_operands`, then on every ISA
+        path the call kernel_for_isa() returns (it runs after hw_force_isa: weights pack for that path)."""
+        for threads in args.threads:
+            ort_call = _ort_matmul(*float_operands, threads)
+            if ort_call is not None:
+                rows.append((label, "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
+        for isa in isas:
+            lib.hw_force_isa(isa)
+            kernel = kernel_for_isa()
+            for threads in args.threads:
+                rows.append((label, lib.hw_isa_name(isa).decode(), threads,
+                             ops / _timeit(lambda: kernel(threads), args.seconds) / 1e9))
+
     for m, k, n in SHAPES:
         a = rng.integers(-128, 128, (m, k)).astype(np.int8)
         w = rng.integers(-127, 128, (n, k)).astype(np.int8)
@@ -146,55 +161,32 @@ def main():
         m0 = np.full(n, 1 << 30, np.int32)
         shift = np.full(n, 40, np.int32)
         out = np.zeros((m, n), np.int8)
-        ops = 2.0 * m * n * k
-        af, wf = a.astype(np.float32), w.astype(np.float32).T.copy()
-        for threads in args.threads:
-            ort_call = _ort_matmul(af, wf, threads)
-            if ort_call is not None:
-                rows.append((f"linear {m}x{k}x{n}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
-        for isa in isas:
-            lib.hw_force_isa(isa)
+
+        def linear(a=a, w=w, bias=bias, m0=m0, shift=shift, out=out, m=m, k=k, n=n):
             packed = np.zeros(lib.hw_pack_size(n, k), np.uint8)
             lib.hw_pack(w.ctypes.data, n, k, packed.ctypes.data)
-            for threads in args.threads:
-                call = lambda: lib.hw_linear(a.ctypes.data, 0, m, k, k, packed.ctypes.data, n, bias.ctypes.data,  # noqa: E731
-                                             m0.ctypes.data, shift.ctypes.data, -128, 127, None, 0, out.ctypes.data,
-                                             0, n, 1, threads)
-                rows.append((f"linear {m}x{k}x{n}", lib.hw_isa_name(isa).decode(), threads,
-                             ops / _timeit(call, args.seconds) / 1e9))
+            return lambda threads: lib.hw_linear(a.ctypes.data, 0, m, k, k, packed.ctypes.data, n, bias.ctypes.data,
+                                                 m0.ctypes.data, shift.ctypes.data, -128, 127, None, 0,
+                                                 out.ctypes.data, 0, n, 1, threads)
+        measure(f"linear {m}x{k}x{n}", 2.0 * m * n * k, (a.astype(np.float32), w.astype(np.float32).T.copy()), linear)
     heads, m, k, n = 6, 197, 64, 197
+    ops = 2.0 * heads * m * n * k
+    # Q·Kᵀ: the key (6, 197, 64) read transposed through its strides
     q = rng.integers(-128, 128, (heads, m, k)).astype(np.int8)
     key = rng.integers(-128, 128, (heads, n, k)).astype(np.int8)
     out = np.zeros((heads, m, n), np.int8)
-    ops = 2.0 * heads * m * n * k
-    qf, kf = q.astype(np.float32), np.ascontiguousarray(key.astype(np.float32).transpose(0, 2, 1))
-    for threads in args.threads:
-        ort_call = _ort_matmul(qf, kf, threads)
-        if ort_call is not None:
-            rows.append((f"matmul {heads}x{m}x{k}x{n}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
-    for isa in isas:
-        lib.hw_force_isa(isa)
-        for threads in args.threads:
-            call = lambda: lib.hw_matmul(q.ctypes.data, 0, m * k, k, 1, key.ctypes.data, 0, n * k, 1, k, heads, m, k,  # noqa: E731
-                                         n, 1 << 30, 40, -128, 127, out.ctypes.data, 0, threads)
-            rows.append((f"matmul {heads}x{m}x{k}x{n}", lib.hw_isa_name(isa).decode(), threads,
-                         ops / _timeit(call, args.seconds) / 1e9))
+    measure(f"matmul {heads}x{m}x{k}x{n}", ops,
+            (q.astype(np.float32), np.ascontiguousarray(key.astype(np.float32).transpose(0, 2, 1))),
+            lambda: lambda threads: lib.hw_matmul(q.ctypes.data, 0, m * k, k, 1, key.ctypes.data, 0, n * k, 1, k,
+                                                  heads, m, k, n, 1 << 30, 40, -128, 127, out.ctypes.data, 0, threads))
     # P·V: uint8 probabilities (6, 197, 197) times V (6, 197, 64), V contiguous along N
     probs = rng.integers(0, 256, (heads, m, n)).astype(np.uint8)
     value = rng.integers(-128, 128, (heads, n, k)).astype(np.int8)
     out_pv = np.zeros((heads, m, k), np.int8)
-    pf, vf = probs.astype(np.float32), value.astype(np.float32)
-    for threads in args.threads:
-        ort_call = _ort_matmul(pf, vf, threads)
-        if ort_call is not None:
-            rows.append((f"matmul {heads}x{m}x{n}x{k}", "ort fp32", threads, ops / _timeit(ort_call, args.seconds) / 1e9))
-    for isa in isas:
-        lib.hw_force_isa(isa)
-        for threads in args.threads:
-            call = lambda: lib.hw_matmul(probs.ctypes.data, 1, m * n, n, 1, value.ctypes.data, 0, n * k, k, 1, heads,  # noqa: E731
-                                         m, n, k, 1 << 30, 40, -128, 127, out_pv.ctypes.data, 0, threads)
-            rows.append((f"matmul {heads}x{m}x{n}x{k}", lib.hw_isa_name(isa).decode(), threads,
-                         ops / _timeit(call, args.seconds) / 1e9))
+    measure(f"matmul {heads}x{m}x{n}x{k}", ops, (probs.astype(np.float32), value.astype(np.float32)),
+            lambda: lambda threads: lib.hw_matmul(probs.ctypes.data, 1, m * n, n, 1, value.ctypes.data, 0, n * k, k,
+                                                  1, heads, m, n, k, 1 << 30, 40, -128, 127, out_pv.ctypes.data, 0,
+                                                  threads))
     lib.hw_force_isa(-2)
     peak = measure_peak(2 in isas)
     machine_peak = max(peak["peaks"].values())
