@@ -15,7 +15,7 @@ import torch
 from hwact.backends import int_cpu_lib
 from hwact.backends.int_cpu_plan import make_plan, read_plan, write_plan
 from hwact.backends.int_cpu_runtime import IntCpuProgram
-from hwact.backends.int_cpu_static import StaticProgram, load_static
+from hwact.backends.int_cpu_static import OPCODES, StaticProgram, load_static
 from hwact.backends.toolchain import aarch64_emulator
 from hwact.errors import InputError
 from tests.backends.test_int_cpu_backend import integer_graph
@@ -236,3 +236,22 @@ def test_one_image_convolutions_are_bit_exact(model, compiled, library):
         for got, want in zip(program(*batch), _reference(graph, batch)):   # Python executor, then static
             assert torch.equal(got, want)
     assert program.executor(*[x.shape for x in batch])["executor"] == "static C program"
+
+
+def test_a_hugging_face_bert_runs_whole_on_aarch64_under_qemu(cli, tmp_path, arm_runner, library):
+    """A model hwact did not write (transformers' BERT with an attention mask: gathers and integer mask
+    arithmetic in the program) converted for cortex-a76: hwact_run under qemu-aarch64 is bit-exact."""
+    from hwact import hf_suite
+
+    pt2, calib, _ = hf_suite.save_files("bert", tmp_path, calibration=8)
+    out = tmp_path / "arm"
+    code, _, stderr = cli("convert", pt2, "--recipe", "int8-shiftgelu", "--calib", calib, "--target", "cortex-a76",
+                          "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["int_cpu"]
+    assert section["verified"] is True and section["executor"] == "static C program"
+    assert section["runner"]["ran"] == "qemu-aarch64 -cpu max" and section["runner"]["batches"] >= 1
+    static = load_static(library, np.fromfile(out / "program.bin", dtype="<i8"),
+                         (out / "program_constants.bin").read_bytes(), [], [])
+    kinds = {OPCODES[library.hw_program_opcode(static.handle, i)] for i in range(static.instructions)}
+    assert {"gather", "elementwise", "hw_embedding", "hw_shiftmax"} <= kinds
