@@ -215,6 +215,24 @@ class Network:
         out = self.rescale(name, in_dtype, in_zp, m0, shift, dtype, zp, shape, hint)
         return self.narrow(out, shape, *bounds, dtype, zp, hint), dtype, zp
 
+    def scalar(self, value: int, rank: int) -> str:
+        """An int32 constant of shape [1] * rank (broadcasts against any tensor of that rank)."""
+        return self.const(f"i32_{value}".replace("-", "m"), np.full([1] * rank, value, dtype=np.int64), "INT32")
+
+    def binary(self, kind: str, a: str, b: str, shape, hint: str, attr: list | None = None) -> str:
+        """An int32 element-wise op (ADD, SUB, MAXIMUM, MINIMUM, LOGICAL_LEFT_SHIFT, ARITHMETIC_RIGHT_SHIFT)."""
+        attributes = {"ADD": ["AddAttribute", []], "SUB": ["SubAttribute", []],
+                      "MAXIMUM": ["MaximumAttribute", [{"NanPropagationMode": "PROPAGATE"}]],
+                      "MINIMUM": ["MinimumAttribute", [{"NanPropagationMode": "PROPAGATE"}]],
+                      "LOGICAL_LEFT_SHIFT": ["LogicalLeftShiftAttribute", []],
+                      "ARITHMETIC_RIGHT_SHIFT": ["ArithmeticRightShiftAttribute", [True]]}
+        return self.op(kind, [a, b], shape, "INT32", attr or attributes[kind], hint)
+
+    def mul(self, a: str, b: str, shift: int, shape, hint: str) -> str:
+        """MUL of int32 tensors: floor((a · b + 2^(shift−1)) / 2^shift) in 64 bits (a · b for shift 0)."""
+        return self.op("MUL", [a, b, self.const(f"mul_shift_{shift}", [shift], "INT8")], shape, "INT32",
+                       ["MulAttribute", []], hint)
+
     def description(self) -> tuple[dict, dict[str, np.ndarray]]:
         body = {"format": "hwact-tosa-description", "version": 1,
                 "tensors": list(self.tensors.values()),
@@ -657,6 +675,122 @@ def _pad(self: Lowering, node) -> Value:
     return Value(out, shape, x.dtype, x.zp, x.perm)
 
 
+def _rows(self: Lowering, x: Value, hint: str) -> tuple[str, list[int], list[int]]:
+    """x as [1, rows, C] (the reduced dim last, channel-wise for Vela's reductions); (name, row shape, column shape)."""
+    rows, channels = math.prod(x.shape[:-1]), x.shape[-1]
+    return (self.net.reshape(self.net.logical(x), [1, rows, channels], x.dtype, hint), [1, rows, channels],
+            [1, rows, 1])
+
+
+def _to_int32(self: Lowering, name: str, dtype: str, zp: int, shape, hint: str) -> str:
+    return self.net.rescale(name, dtype, zp, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, shape, hint)
+
+
+def _reduce(self: Lowering, kind: str, name: str, dtype: str, shape, hint: str) -> str:
+    attr = (["ReduceSumAttribute", [2]] if kind == "REDUCE_SUM" else
+            [f"{kind.title().replace('_', '')}Attribute", [2, {"NanPropagationMode": "PROPAGATE"}]])
+    return self.net.op(kind, [name], shape, dtype, attr, hint)
+
+
+def _clz(self: Lowering, name: str, shape, hint: str) -> str:
+    return self.net.op("CLZ", [name], shape, "INT32", ["ClzAttribute", []], hint)
+
+
+def _npu_softmax(self: Lowering, node) -> Value:
+    """hwact::npu_softmax (hwact/ir/int_npu_ops.py), op for op: REDUCE_MAX, SUB, RESCALE to the table index,
+    two int8 TABLEs (high and low byte of the exponential), REDUCE_SUM, CLZ, shifts, Newton MULs, RESCALE."""
+    from hwact.ir.int_npu_ops import NEWTON_STEPS, RECIPROCAL_START, softmax_npu_constants
+    a = op_args(node)
+    x = self.value(a.q)
+    if x.dtype not in ("INT8", "INT16"):
+        raise UnsupportedError(f"{node.name}: npu_softmax takes 8- or 16-bit codes ({x.dtype} here)")
+    c = softmax_npu_constants(float(a.in_scale), float(a.out_scale), x.shape[-1], float(a.exp_step))
+    net, n = self.net, node.name
+    xin, row, col = _rows(self, x, f"{n}_in")
+    top = _reduce(self, "REDUCE_MAX", xin, x.dtype, col, f"{n}_max")
+    d = net.binary("SUB", _to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32"),
+                   _to_int32(self, top, x.dtype, x.zp, col, f"{n}_max32"), row, f"{n}_d")
+    index = net.rescale(d, "INT32", 0, c.index_m0, c.index_shift, "INT8", 127, row, f"{n}_index")
+    exp = np.asarray(c.table, dtype=np.int64)[127 - np.arange(-128, 128)]
+    parts = []
+    for byte, values, multiplier_shift in (("hi", exp >> 8, 22), ("lo", exp & 255, IDENTITY_SHIFT)):
+        table = net.const(f"{n}_exp_{byte}", values - 128, "INT8")
+        looked = net.op("TABLE", [index, table], row, "INT8", ["TableAttribute", []], f"{n}_exp_{byte}")
+        parts.append(net.rescale(looked, "INT8", -128, IDENTITY_MULTIPLIER, multiplier_shift, "INT32", 0, row,
+                                 f"{n}_exp_{byte}32"))
+    e = net.binary("ADD", *parts, row, f"{n}_exp")
+    total = _reduce(self, "REDUCE_SUM", e, "INT32", col, f"{n}_sum")
+    shift = net.binary("SUB", _clz(self, total, col, f"{n}_clz"), net.scalar(1, 3), col, f"{n}_norm")
+    normal = net.binary("LOGICAL_LEFT_SHIFT", total, shift, col, f"{n}_sum_norm")
+    r = net.binary("SUB", net.scalar(RECIPROCAL_START[0], 3),
+                   net.mul(normal, net.scalar(RECIPROCAL_START[1], 3), 31, col, f"{n}_r0"), col, f"{n}_r")
+    for step in range(NEWTON_STEPS):
+        error = net.binary("SUB", net.scalar(1 << 30, 3), net.mul(normal, r, 31, col, f"{n}_ar{step}"), col,
+                           f"{n}_two_minus{step}")
+        r = net.mul(r, error, 29, col, f"{n}_r{step + 1}")
+    p = net.mul(net.binary("LOGICAL_LEFT_SHIFT", e, shift, row, f"{n}_exp_norm"), r, 30, row, f"{n}_p")
+    out, dtype, zp = net.requantize_to(p, "INT32", 0, c.out_m0, c.out_shift, output_bounds(node), row, n)
+    shape = self.shape(node)
+    return Value(net.reshape(out, shape, dtype, f"{n}_out"), shape, dtype, zp, tuple(range(len(shape))))
+
+
+def _npu_layernorm(self: Lowering, node) -> Value:
+    """hwact::npu_layernorm (hwact/ir/int_npu_ops.py), op for op: REDUCE_SUM / MAX / MIN, the row shift by CLZ,
+    squares as MUL with shift, the variance normalized by CLZ and shifts, Newton MULs for 1/sqrt, γ MUL, β ADD,
+    RESCALE."""
+    from hwact.ir.int_npu_ops import NEWTON_STEPS, RSQRT_START, check_layernorm_affine, layernorm_npu_constants
+    a = op_args(node)
+    x = self.value(a.q)
+    if x.dtype not in ("INT8", "INT16"):
+        raise UnsupportedError(f"{node.name}: npu_layernorm takes 8- or 16-bit codes ({x.dtype} here)")
+    channels = x.shape[-1]
+    gamma = _constant(self.graph, a.gamma_int).to(torch.int64)
+    beta = _constant(self.graph, a.beta_int).to(torch.int64)
+    c = layernorm_npu_constants(channels, float(a.in_scale), float(a.out_scale), float(a.gamma_scale), float(a.eps),
+                                int(a.in_qmin), int(a.in_qmax))
+    check_layernorm_affine(c, channels, int(gamma.abs().max()), int(beta.abs().max()))
+    low, high = RANGES[x.dtype]
+    if int(a.in_qmin) > low - x.zp or int(a.in_qmax) < high - x.zp:      # the op's clamp, when storage is wider
+        x = Value(self.net.clamp(x.name, x.dtype, int(a.in_qmin) + x.zp, int(a.in_qmax) + x.zp, x.tosa_shape,
+                                 f"{node.name}_in_clamp"), x.shape, x.dtype, x.zp, x.perm)
+    net, n = self.net, node.name
+    xin, row, col = _rows(self, x, f"{n}_in")
+    x32 = _to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32")
+    d = net.binary("SUB", net.mul(x32, net.scalar(channels, 3), 0, row, f"{n}_cx"),
+                   _reduce(self, "REDUCE_SUM", x32, "INT32", col, f"{n}_sum"), row, f"{n}_d")
+    spread = net.binary("SUB", _to_int32(self, _reduce(self, "REDUCE_MAX", xin, x.dtype, col, f"{n}_max"), x.dtype,
+                                         x.zp, col, f"{n}_max32"),
+                        _to_int32(self, _reduce(self, "REDUCE_MIN", xin, x.dtype, col, f"{n}_min"), x.dtype, x.zp,
+                                  col, f"{n}_min32"), col, f"{n}_spread")
+    span = net.mul(spread, net.scalar(channels, 3), 0, col, f"{n}_span")
+    row_shift = net.binary("MINIMUM", net.binary("SUB", _clz(self, span, col, f"{n}_span_clz"),
+                                                 net.scalar(c.span_clz, 3), col, f"{n}_row_shift0"),
+                           net.scalar(c.max_row_shift, 3), col, f"{n}_row_shift")
+    dn = net.binary("LOGICAL_LEFT_SHIFT", d, row_shift, row, f"{n}_dn")
+    squares = _reduce(self, "REDUCE_SUM", net.mul(dn, dn, c.square_shift, row, f"{n}_sq"), "INT32", col, f"{n}_sq_sum")
+    eps_shift = net.binary("SUB", net.scalar(c.max_row_shift, 3), row_shift, col, f"{n}_eps_half_shift")
+    eps = net.binary("ARITHMETIC_RIGHT_SHIFT", net.scalar(c.eps_hi, 3),
+                     net.binary("ADD", eps_shift, eps_shift, col, f"{n}_eps_shift"), col, f"{n}_eps")
+    v = net.binary("MAXIMUM", net.binary("ADD", squares, eps, col, f"{n}_v0"), net.scalar(1, 3), col, f"{n}_v")
+    h = net.binary("SUB", net.binary("ARITHMETIC_RIGHT_SHIFT", _clz(self, v, col, f"{n}_v_clz"), net.scalar(1, 3), col,
+                                     f"{n}_half_clz"), net.scalar(1, 3), col, f"{n}_h")
+    vn = net.binary("LOGICAL_LEFT_SHIFT", v, net.binary("ADD", h, h, col, f"{n}_2h"), col, f"{n}_vn")
+    y = net.binary("SUB", net.scalar(RSQRT_START[0], 3), net.mul(vn, net.scalar(RSQRT_START[1], 3), 31, col,
+                                                                 f"{n}_y0"), col, f"{n}_y")
+    for step in range(NEWTON_STEPS):
+        ay2 = net.mul(net.mul(vn, y, 31, col, f"{n}_ay{step}"), y, 29, col, f"{n}_ay2{step}")
+        y = net.mul(y, net.binary("SUB", net.scalar(3 << 29, 3), ay2, col, f"{n}_three_minus{step}"), 30, col,
+                    f"{n}_y{step + 1}")
+    w = net.binary("LOGICAL_LEFT_SHIFT", net.mul(dn, y, c.z_shift, row, f"{n}_w"), h, row, f"{n}_wh")
+    z = net.mul(w, net.scalar(c.k, 3), c.k_shift, row, f"{n}_z")
+    scaled = net.mul(z, net.const(f"{n}_gamma", gamma.reshape(1, 1, channels).numpy(), "INT32"), 0, row, f"{n}_zg")
+    acc = net.binary("ADD", scaled, net.const(f"{n}_beta", beta.reshape(1, 1, channels).numpy(), "INT32"), row,
+                     f"{n}_acc")
+    out, dtype, zp = net.requantize_to(acc, "INT32", 0, c.out_m0, c.out_shift, output_bounds(node), row, n)
+    shape = self.shape(node)
+    return Value(net.reshape(out, shape, dtype, f"{n}_out"), shape, dtype, zp, tuple(range(len(shape))))
+
+
 def _pass_through(self: Lowering, node) -> Value:
     return self.value(node.args[0])
 
@@ -671,6 +805,8 @@ HANDLERS = {
     "hwact.int_max_pool2d.default": _max_pool,
     "hwact.int_lut.default": _lut,
     "hwact.int_mul.default": _mul,
+    "hwact.npu_softmax.default": _npu_softmax,
+    "hwact.npu_layernorm.default": _npu_layernorm,
     "hwact.dequantize.default": lambda self, node: None,      # an output (handled with the output node)
     "aten.clamp.default": _clamp,
     "aten.sum.dim_IntList": _sum,

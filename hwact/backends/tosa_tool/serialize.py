@@ -31,7 +31,9 @@ ENUMS = {"DType": ts.DType, "RoundingMode": ts.RoundingMode, "NanPropagationMode
 ATTRIBUTES = {"Conv2dAttribute", "DepthwiseConv2dAttribute", "MatMulAttribute", "MaxPool2dAttribute",
               "ReduceSumAttribute", "TransposeAttribute", "ConcatAttribute", "TableAttribute", "AddAttribute",
               "SubAttribute", "MulAttribute", "SliceAttribute", "TileAttribute", "ReshapeAttribute",
-              "RescaleAttribute", "ClampAttribute", "IdentityAttribute", "ReduceMaxAttribute", "PadAttribute"}
+              "RescaleAttribute", "ClampAttribute", "IdentityAttribute", "ReduceMaxAttribute", "PadAttribute",
+              "ClzAttribute", "LogicalLeftShiftAttribute", "ArithmeticRightShiftAttribute", "MaximumAttribute",
+              "MinimumAttribute", "ReduceMinAttribute"}
 
 
 def decode(value):
