@@ -34,10 +34,16 @@ rounding_shift of hwact/ir/int_ops.py, then clamps to the output type; multiplie
 of hwact's dyadic() (TOSA requires 2 <= shift <= 62; a smaller shift is refused by name). The x1 RESCALE is
 multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
 
-Not lowered (the check names them): Shiftmax and I-LayerNorm (their reference carries int64 intermediates:
-2^62 / Σe, isqrt of a 61-bit variance; TOSA's INT profile stops at int32 and Ethos-U55 has no INTDIV),
-ShiftGELU (its σ depends on the row maximum, so it is no 256-entry table of the input code), embeddings
-and masks (GATHER, SELECT: not on Ethos-U55/U65).
+    npu_softmax          REDUCE_MAX, SUB, RESCALE to an int8 index, two int8 TABLEs (exp's high and low byte), ADD,
+                         REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal, MUL, RESCALE
+    npu_layernorm        REDUCE_SUM / MAX / MIN, MUL by C, SUB, CLZ row shift, MUL (squares with a shift),
+                         ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, MUL γ, ADD β, RESCALE
+                         (both op for op as their references in hwact/ir/int_npu_ops.py, on [1, rows, C])
+
+Not lowered (the check names them, with the recipe that avoids them): Shiftmax and I-LayerNorm (their
+reference carries int64 intermediates: 2^62 / Σe, isqrt of a 61-bit variance; TOSA's INT profile stops at
+int32 and Ethos-U55 has no INTDIV), ShiftGELU (its σ depends on the row maximum, so it is no 256-entry
+table of the input code), embeddings and masks (GATHER, SELECT: not on Ethos-U55/U65).
 """
 
 from __future__ import annotations
@@ -62,16 +68,17 @@ RANGES = {"INT8": (-128, 127), "INT16": (-32768, 32767), "INT32": (-(1 << 31), (
 NUMPY = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32}
 IDENTITY_MULTIPLIER, IDENTITY_SHIFT = 1 << 30, 30
 
-# ops without a bit-exact TOSA lowering yet, with the reason the check reports
+# ops without a bit-exact TOSA lowering, with the reason the check reports
 BLOCKED = {
-    "hwact.shiftmax.default": "Shiftmax has no bit-exact TOSA lowering yet: its reference divides 2^62 by the row "
-                              "sum and multiplies in int64, beyond TOSA's int32 INT profile (and Ethos-U55 has no INTDIV)",
-    "hwact.i_layernorm.default": "I-LayerNorm has no bit-exact TOSA lowering yet: its variance (up to 2^61) and "
-                                 "integer square root need int64, beyond TOSA's int32 INT profile",
+    "hwact.shiftmax.default": "Shiftmax's reference divides 2^62 by the row sum and multiplies in int64, beyond "
+                              "TOSA's int32 INT profile (and Ethos-U55 has no INTDIV); use --recipe int8-npu "
+                              "(npu-softmax: an int32 softmax)",
+    "hwact.i_layernorm.default": "I-LayerNorm's variance (up to 2^61) and integer square root need int64, beyond "
+                                 "TOSA's int32 INT profile; use --recipe int8-npu (npu-layernorm: an int32 LayerNorm)",
     "hwact.shift_gelu.default": "ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE of the input "
-                                "code; no TOSA lowering yet (lut-gelu makes GELU a per-code table TOSA takes)",
+                                "code; use --recipe int8-npu (lut-gelu: GELU as a per-code TABLE)",
     "hwact.lambda_shift_gelu.default": "lambda-ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE "
-                                       "of the input code; no TOSA lowering yet (lut-gelu makes GELU a per-code table)",
+                                       "of the input code; use --recipe int8-npu (lut-gelu: GELU as a per-code TABLE)",
     "hwact.int_embedding.default": "embedding lookups (GATHER) are not supported on Ethos-U55/U65",
     "hwact.int_mask.default": "masks (SELECT) are not supported on Ethos-U55/U65",
 }

@@ -41,6 +41,10 @@ RECIPES: dict[str, Recipe] = {
                         "fold-quant-scales", "lut-activations", "i-layernorm", "shiftmax"), ("integer-only",)),
     "int8-shiftgelu": Recipe(INTEGER_PREPARE + ("calibrate", "fold-quant-scales", "shift-gelu",
                                                 "lut-activations", "i-layernorm", "shiftmax"), ("integer-only",)),
+    # for NPUs without 64-bit arithmetic (Arm Ethos-U via TOSA): GELU and other activations as per-code tables,
+    # LayerNorm and softmax as the int32 ops of hwact/ir/int_npu_ops.py
+    "int8-npu": Recipe(INTEGER_PREPARE + ("calibrate", "fold-quant-scales", "lut-gelu", "lut-activations",
+                                          "npu-layernorm", "npu-softmax"), ("integer-only",)),
     "logic": Recipe(("lower-logic",)),
     "delta": Recipe(("lower-delta",)),
 }
