@@ -602,14 +602,25 @@ def _slice(self: Lowering, node) -> Value:
     x = self.value(node.args[0])
     dim, start, end, step = (list(node.args[1:]) + [0, None, None, 1][len(node.args) - 1:])[:4]
     dim = dim % len(x.shape)
-    if step != 1:
-        raise UnsupportedError(f"{node.name}: strided slice (step {step}) has no TOSA lowering")
     start, end, _ = slice(start, end).indices(x.shape[dim])
     shape = self.shape(node)
     if shape == x.shape:
         return x
-    return Value(_slice_value(self, x, dim, start, end - start, node.name), shape, x.dtype, x.zp,
-                 tuple(range(len(shape))))
+    if step == 1:
+        return Value(_slice_value(self, x, dim, start, end - start, node.name), shape, x.dtype, x.zp,
+                     tuple(range(len(shape))))
+    # every step-th element (Swin's patch merging): the dim split into [size / step, step], one SLICE of both
+    size = x.shape[dim]
+    if size % step:
+        raise UnsupportedError(f"{node.name}: strided slice (step {step}) of a dim of {size}, not a multiple")
+    split = list(x.shape[:dim]) + [size // step, step] + list(x.shape[dim + 1:])
+    folded = self.net.reshape(self.net.logical(x), split, x.dtype, f"{node.name}_split")
+    starts, sizes = [0] * len(split), list(split)
+    starts[dim], sizes[dim] = start // step, len(range(start, end, step))
+    starts[dim + 1], sizes[dim + 1] = start % step, 1
+    part = self.net.op("SLICE", [folded, self.net.const("start", starts, "SHAPE"), self.net.const("size", sizes, "SHAPE")],
+                       sizes, x.dtype, ["SliceAttribute", []], f"{node.name}_slice")
+    return Value(self.net.reshape(part, shape, x.dtype, node.name), shape, x.dtype, x.zp, tuple(range(len(shape))))
 
 
 def _cat(self: Lowering, node) -> Value:
@@ -831,6 +842,16 @@ HANDLERS = {
 }
 
 
+def _strided_remainder(node) -> bool:
+    """A slice with step > 1 over a dim whose size the step does not divide (_slice cannot split it)."""
+    step = node.args[4] if len(node.args) > 4 else 1
+    value = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+    if step == 1 or value is None:
+        return False
+    dim = (node.args[1] if len(node.args) > 1 else 0) % value.dim()
+    return int(value.shape[dim]) % step != 0
+
+
 # ----- check before emitting -----------------------------------------------------------------------------
 def problems(graph: Graph) -> list[str]:
     """One line per node the TOSA lowering cannot take, with the reason and what would fix it."""
@@ -849,6 +870,9 @@ def problems(graph: Graph) -> list[str]:
             lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
         elif name not in HANDLERS:
             lines.append(f"{node.name} ({name}): no TOSA lowering for this op")
+        elif name == "aten.slice.Tensor" and _strided_remainder(node):
+            lines.append(f"{node.name} ({name}): strided slice of a dim whose size is no multiple of the step has "
+                         "no TOSA lowering")
         elif name == "hwact.int_conv2d.default" and op_args(node).groups != 1:
             weight = op_args(node).weight
             if _constant(graph, weight).shape[1] != 1:
