@@ -80,7 +80,8 @@ BLOCKED = {
     "hwact.lambda_shift_gelu.default": "lambda-ShiftGELU's σ depends on the row maximum, so it is no 256-entry TABLE "
                                        "of the input code; use --recipe int8-npu (lut-gelu: GELU as a per-code TABLE)",
     "hwact.int_embedding.default": "embedding lookups (GATHER) are not supported on Ethos-U55/U65",
-    "hwact.int_mask.default": "masks (SELECT) are not supported on Ethos-U55/U65",
+    "hwact.int_mask.default": "a mask computed from the inputs (SELECT) is not supported on Ethos-U55/U65 (a "
+                              "constant mask lowers)",
 }
 PASS_THROUGH = {"aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default"}
 RESHAPES = {"aten.reshape.default", "aten.view.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
@@ -315,8 +316,10 @@ class Lowering:
                 self.output(node)
                 continue
             name = _name(node)
-            if name in SCALAR_OPS or not isinstance(self.values.get(node), torch.Tensor):
-                self.env[node] = self.values.get(node)
+            value = self.values.get(node)
+            if name in SCALAR_OPS or not isinstance(value, torch.Tensor) or value.dtype == torch.bool:
+                # python scalars, and boolean masks (read by int_mask as constants: _int_mask)
+                self.env[node] = value
                 continue
             handler = HANDLERS.get(name)
             if handler is None:
@@ -809,6 +812,43 @@ def _npu_layernorm(self: Lowering, node) -> Value:
     return Value(net.reshape(out, shape, dtype, f"{n}_out"), shape, dtype, zp, tuple(range(len(shape))))
 
 
+def _constant_mask(node) -> bool:
+    """int_mask's keep is computed from constants only (no graph input above it but through shapes)."""
+    seen, todo = set(), [op_args(node).keep]
+    while todo:
+        arg = todo.pop()
+        if not isinstance(arg, torch.fx.Node) or arg in seen or _name(arg) in SCALAR_OPS:
+            continue
+        seen.add(arg)
+        if arg.op == "placeholder":
+            return False
+        todo.extend(arg.all_input_nodes)
+    return True
+
+
+def _int_mask(self: Lowering, node) -> Value:
+    """int_mask with a constant keep: the codes unchanged where every position is kept (HF attention without a
+    mask), else codes · keep + fill · (1 − keep) as int32 MUL and ADD with constants, RESCALE x1 to storage."""
+    a = op_args(node)
+    if not _constant_mask(node):
+        raise UnsupportedError(f"{node.name}: {BLOCKED['hwact.int_mask.default']}")
+    x = self.value(a.q)
+    shape = self.shape(node)
+    keep = self.values[a.keep].to(torch.bool).expand(shape)
+    if bool(keep.all()) and shape == x.shape:
+        return x
+    net, n = self.net, node.name
+    x32 = _to_int32(self, net.logical(x), x.dtype, x.zp, list(shape), f"{n}_x32") if shape == x.shape else None
+    if x32 is None:
+        raise UnsupportedError(f"{node.name}: a mask that broadcasts the scores {x.shape} to {shape}")
+    kept = net.mul(x32, net.const(f"{n}_keep", keep.to(torch.int64).numpy(), "INT32"), 0, list(shape), f"{n}_kept")
+    filled = net.binary("ADD", kept, net.const(f"{n}_fill", (int(a.fill) * (~keep).to(torch.int64)).numpy(), "INT32"),
+                        list(shape), f"{n}_masked")
+    out, dtype, zp = net.requantize_to(filled, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, output_bounds(node),
+                                       list(shape), n)
+    return Value(out, shape, dtype, zp, tuple(range(len(shape))))
+
+
 def _pass_through(self: Lowering, node) -> Value:
     return self.value(node.args[0])
 
@@ -825,6 +865,7 @@ HANDLERS = {
     "hwact.int_mul.default": _mul,
     "hwact.npu_softmax.default": _npu_softmax,
     "hwact.npu_layernorm.default": _npu_layernorm,
+    "hwact.int_mask.default": _int_mask,
     "hwact.dequantize.default": lambda self, node: None,      # an output (handled with the output node)
     "aten.clamp.default": _clamp,
     "aten.sum.dim_IntList": _sum,
@@ -866,7 +907,7 @@ def problems(graph: Graph) -> list[str]:
         if node in floats:
             lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; lower it with an int8 "
                          "recipe (--recipe int8-shiftgelu or int8-relu; `hwact inspect` names the pass for each op)")
-        elif name in BLOCKED:
+        elif name in BLOCKED and not (name == "hwact.int_mask.default" and _constant_mask(node)):
             lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
         elif name not in HANDLERS:
             lines.append(f"{node.name} ({name}): no TOSA lowering for this op")

@@ -7,9 +7,9 @@ reciprocal in MULs; no division, no 64-bit value).
 Exponent step, per layer: the input codes span [lo, hi] (their producer's bounds).
 
     span <= 255 codes:   step = S_in                         every code difference has its own table entry (exact)
-    wider (int16):       step = max(S_in, min((hi − lo) · S_in, ln(2 A_max)) / 255)
+    wider (int16):       step = max(S_in, min((hi − lo) · S_in, ln(4 A_max)) / 255)
 
-(A_max = 65535: past ln(2 A_max) every entry rounds to 0.) The softmax must run over the last dim (the op
+(A_max = 65535: past ln(4 A_max) every entry rounds to 0, so a masked score, int16's lowest code, gets weight 0.) The softmax must run over the last dim (the op
 reduces along the channel axis, which Ethos-U reduces natively); another dim fails the precondition.
 
 Before:                                                 After:
@@ -38,7 +38,7 @@ def choose_step(island: Island) -> float:
     lo, hi = island.in_bounds
     if hi - lo < EXP_TABLE_SIZE:
         return island.in_scale
-    cover = min((hi - lo) * island.in_scale, math.log(2 * EXP_AMPLITUDE))
+    cover = min((hi - lo) * island.in_scale, math.log(4 * EXP_AMPLITUDE))
     return max(island.in_scale, cover / (EXP_TABLE_SIZE - 1))
 
 
