@@ -123,7 +123,8 @@ def softmax_npu_constants(in_scale: float, out_scale: float, channels: int, exp_
     table = tuple(round(amplitude * math.exp(-k * exp_step)) for k in range(EXP_TABLE_SIZE))
     out_m0, out_shift = dyadic(2.0 ** -PROB_BITS / out_scale)
     if out_shift < PROB_BITS + 2:
-        raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is too coarse for a probability (> 1/4)")
+        raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is finer than 2^-29: p (up to 2^30) "
+                                "would leave RESCALE's input range")
     return SoftmaxConstants(index_m0, index_shift, table, out_m0, out_shift)
 
 

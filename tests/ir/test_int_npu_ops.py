@@ -1,0 +1,160 @@
+"""hwact::npu_softmax and hwact::npu_layernorm (hwact/ir/int_npu_ops.py): the int32 primitives against Python's
+integers, accuracy against float softmax / LayerNorm (stated as numbers), edge rows, guards, and the ONNX
+translations bit-exact under onnxruntime. (Their TOSA lowerings: tests/backends/test_tosa_npu_ops.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwact.errors import PreconditionError
+from hwact.ir import int_npu_ops as npu
+from hwact.ir.int_nonlinear_ops import layernorm_parameters
+from int_helpers import edge_int8, onnx_outputs
+
+hw = torch.ops.hwact
+
+
+def test_int32_primitives_match_python_integers():
+    generator = torch.Generator().manual_seed(1)
+    values = torch.cat([torch.tensor([0, 1, 2, 3, (1 << 31) - 1, 1 << 30, (1 << 30) - 1]),
+                        torch.randint(0, 1 << 31, (500,), generator=generator)])
+    assert npu.clz32(values).tolist() == [32 - v.bit_length() for v in values.tolist()]
+    a = torch.randint(-(1 << 31), 1 << 31, (300,), generator=generator)
+    b = torch.randint(-(1 << 31), 1 << 31, (300,), generator=generator)
+    for shift in (0, 1, 29, 31, 45):
+        want = [x * y if shift == 0 else (x * y + (1 << (shift - 1))) >> shift for x, y in zip(a.tolist(), b.tolist())]
+        assert npu.mul_shift(a, b, shift).tolist() == want
+    amounts = torch.randint(0, 31, (300,), generator=generator)
+    want = [(x + (1 << s >> 1)) >> s for x, s in zip(a.tolist(), amounts.tolist())]
+    assert npu.round_shift_right(a, amounts).tolist() == want
+
+
+def _softmax_codes(rows: int, channels: int, generator, low=-128, high=127) -> torch.Tensor:
+    q = edge_int8((rows, channels), generator, low, high)
+    q[0] = 9                              # all equal
+    q[1] = low
+    q[1, channels // 2] = high            # one huge value
+    return q
+
+
+@pytest.mark.parametrize("channels", [1, 17, 65, 197])
+def test_npu_softmax_close_to_softmax(channels):
+    """Output codes within 1 of round(softmax / S_out) for every element (int8 scores at vit-tiny's scale)."""
+    generator = torch.Generator().manual_seed(channels)
+    q = _softmax_codes(40, channels, generator)
+    scale, out_scale = 0.0093, 1 / 255
+    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, scale)
+    want = torch.clamp(torch.round(torch.softmax(q.double() * scale, -1) / out_scale), 0, 255)
+    error = (got.double() - want).abs()
+    assert error.max() <= 1 and error.mean() < 0.01
+    if channels == 1:
+        assert (got == 255).all()
+    assert (got[0] == got[0, 0]).all()                                      # equal scores, equal probabilities
+    assert got[1, channels // 2] == want[1, channels // 2]
+
+
+def test_npu_softmax_int16_scores_with_a_stepped_exponent():
+    """int16 scores: the exponent in steps of ln(4 · 65535) / 255; still within 2 codes of float softmax, and a
+    score at int16's lowest code (a masked position) gets probability 0."""
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randint(-3000, 3000, (30, 50), generator=generator, dtype=torch.int32)
+    q[:, 7] = -32768
+    scale, out_scale = 0.002, 1 / 255
+    step = math.log(4 * npu.EXP_AMPLITUDE) / 255
+    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, step)
+    want = torch.clamp(torch.round(torch.softmax(q.double() * scale, -1) / out_scale), 0, 255)
+    assert (got.double() - want).abs().max() <= 2
+    assert (got[:, 7] == 0).all()
+
+
+def test_npu_softmax_guards():
+    q = torch.zeros(2, 4, dtype=torch.int32)
+    with pytest.raises(PreconditionError, match="not the last dimension"):
+        hw.npu_softmax(q, 0.01, 1 / 255, 0, 0, 255, 0.01)
+    with pytest.raises(PreconditionError, match="exp_step"):
+        hw.npu_softmax(q, 0.01, 1 / 255, -1, 0, 255, 0.005)
+    with pytest.raises(PreconditionError, match="finer than 2"):
+        hw.npu_softmax(q, 0.01, 2.0**-31, -1, 0, 255, 0.01)
+    with pytest.raises(PreconditionError, match="per row"):
+        npu.softmax_npu_constants(0.01, 1 / 255, 1 << 24, 0.01)
+
+
+def _layernorm_case(channels: int, generator):
+    gamma = torch.randn(channels, generator=generator) * 0.4 + 1
+    beta = torch.randn(channels, generator=generator) * 0.2
+    return gamma, beta, *layernorm_parameters(gamma, beta, channels)
+
+
+@pytest.mark.parametrize("channels, bounds, scale", [(64, (-32768, 32767), 6e-5), (192, (-128, 127), 0.05),
+                                                     (768, (-32768, 32767), 1e-4), (2, (-128, 127), 0.05)])
+def test_npu_layernorm_close_to_layer_norm(channels, bounds, scale):
+    """Output codes within 1 of round(LayerNorm / S_out), mean error below 0.01 codes, also for rows spanning a
+    few codes of an int16 range (the row shift keeps their bits) and for a constant row (output β)."""
+    generator = torch.Generator().manual_seed(channels)
+    gamma, beta, gamma_int, beta_int, gamma_scale = _layernorm_case(channels, generator)
+    low, high = bounds
+    q = edge_int8((60, channels), generator, low, high)
+    q[0] = 11                                                              # constant row
+    q[1] = torch.randint(-3, 4, (channels,), generator=generator)          # a spread of a few codes
+    q[2:30] = q[2:30] // 37                                                # narrower rows
+    out_scale = 0.03
+    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-6, low, high, -128, 127)
+    want = torch.clamp(torch.round(F.layer_norm(q.double() * scale, (channels,), gamma.double(), beta.double(), 1e-6)
+                                   / out_scale), -128, 127)
+    error = (got.double() - want).abs()
+    assert error.max() <= 1 and error.mean() < 0.01
+
+
+def test_npu_layernorm_guards():
+    gamma_int, beta_int = torch.full((8,), 32767, dtype=torch.int32), torch.full((8,), 3 << 29, dtype=torch.int32)
+    with pytest.raises(PreconditionError, match="leaves int32"):
+        hw.npu_layernorm(torch.zeros(2, 8, dtype=torch.int32), gamma_int, beta_int, 0.05, 0.03, 1e-4, 1e-6, -128,
+                         127, -128, 127)
+    with pytest.raises(PreconditionError, match="int16 codes"):
+        npu.layernorm_npu_constants(8, 0.05, 0.03, 1e-4, 1e-6, -70000, 127)
+    with pytest.raises(PreconditionError, match="empty"):
+        npu.layernorm_npu_constants(0, 0.05, 0.03, 1e-4, 1e-6, -128, 127)
+
+
+# ----- ONNX: bit-exact under onnxruntime -----------------------------------------------------------
+class _Op(torch.nn.Module):
+    def __init__(self, fn, **buffers):
+        super().__init__()
+        self.fn = fn
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
+
+    def forward(self, q):
+        return self.fn(self, q)
+
+
+def _assert_onnx_bit_exact(module, q, tmp_path, name):
+    want = module(q)
+    got = onnx_outputs(module, [q], tmp_path / f"{name}.onnx")[0]
+    assert got.dtype == np.int32
+    assert np.array_equal(got, want.numpy()), f"{name}: {int((got != want.numpy()).sum())} elements differ"
+
+
+def test_onnx_npu_softmax_bit_exact(tmp_path):
+    generator = torch.Generator().manual_seed(8)
+    q = _softmax_codes(4 * 17, 17, generator).reshape(4, 17, 17)
+    module = _Op(lambda self, x: torch.cat([hw.npu_softmax(x, 0.0093, 0.00062, -1, 0, 255, 0.0093),
+                                            hw.npu_softmax(x, 0.05, 1 / 128, -1, -128, 127, 0.07)], dim=-1))
+    _assert_onnx_bit_exact(module, q, tmp_path, "npu_softmax")
+
+
+def test_onnx_npu_layernorm_bit_exact(tmp_path):
+    generator = torch.Generator().manual_seed(9)
+    _, _, gamma_int, beta_int, gamma_scale = _layernorm_case(96, generator)
+    q = edge_int8((80, 96), generator, -32768, 32767)
+    q[0] = 5                                                   # constant row
+    q[1] = torch.randint(-2, 3, (96,), generator=generator)    # a few codes: the largest row shift
+    q[2:40] = q[2:40] // 101
+    module = _Op(lambda self, x: hw.npu_layernorm(x, self.gamma, self.beta, 6e-5, 0.03, gamma_scale, 1e-6, -32768,
+                                                  32767, -128, 127), gamma=gamma_int, beta=beta_int)
+    _assert_onnx_bit_exact(module, q.reshape(8, 10, 96), tmp_path, "npu_layernorm")
