@@ -718,28 +718,40 @@ def _clz(self: Lowering, name: str, shape, hint: str) -> str:
 
 
 def _npu_softmax(self: Lowering, node) -> Value:
-    """hwact::npu_softmax (hwact/ir/int_npu_ops.py), op for op: REDUCE_MAX, SUB, RESCALE to the table index,
-    two int8 TABLEs (high and low byte of the exponential), REDUCE_SUM, CLZ, shifts, Newton MULs, RESCALE."""
-    from hwact.ir.int_npu_ops import NEWTON_STEPS, RECIPROCAL_START, softmax_npu_constants
+    """hwact::npu_softmax (hwact/ir/int_npu_ops.py), op for op: REDUCE_MAX, SUB, the int8 table index (narrow: a
+    RESCALE with zero point 127; wide: RESCALE to log2 units, ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs
+    (high and low byte), the wide form's ARITHMETIC_RIGHT_SHIFT, REDUCE_SUM, CLZ, shifts, Newton MULs, RESCALE."""
+    from hwact.ir.int_npu_ops import NEWTON_STEPS, RECIPROCAL_START, WIDE_FRACTION_BITS, softmax_npu_constants
     a = op_args(node)
     x = self.value(a.q)
     if x.dtype not in ("INT8", "INT16"):
         raise UnsupportedError(f"{node.name}: npu_softmax takes 8- or 16-bit codes ({x.dtype} here)")
-    c = softmax_npu_constants(float(a.in_scale), float(a.out_scale), x.shape[-1], float(a.exp_step))
+    c = softmax_npu_constants(float(a.in_scale), float(a.out_scale), x.shape[-1], bool(a.wide))
     net, n = self.net, node.name
     xin, row, col = _rows(self, x, f"{n}_in")
     top = _reduce(self, "REDUCE_MAX", xin, x.dtype, col, f"{n}_max")
     d = net.binary("SUB", _to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32"),
                    _to_int32(self, top, x.dtype, x.zp, col, f"{n}_max32"), row, f"{n}_d")
-    index = net.rescale(d, "INT32", 0, c.index_m0, c.index_shift, "INT8", 127, row, f"{n}_index")
-    exp = np.asarray(c.table, dtype=np.int64)[127 - np.arange(-128, 128)]
+    if c.wide:
+        t = net.rescale(d, "INT32", 0, c.index_m0, c.index_shift, "INT32", 0, row, f"{n}_log2")
+        whole = net.binary("ARITHMETIC_RIGHT_SHIFT", t, net.scalar(WIDE_FRACTION_BITS, 3), row, f"{n}_whole")
+        fraction = net.binary("SUB", t, net.binary("LOGICAL_LEFT_SHIFT", whole, net.scalar(WIDE_FRACTION_BITS, 3), row,
+                                                   f"{n}_whole_units"), row, f"{n}_fraction")
+        index = net.rescale(fraction, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT8", 0, row, f"{n}_index")
+    else:
+        index = net.rescale(d, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT8", 127, row, f"{n}_index")
+    values = np.asarray(c.values, dtype=np.int64)
     parts = []
-    for byte, values, multiplier_shift in (("hi", exp >> 8, 22), ("lo", exp & 255, IDENTITY_SHIFT)):
-        table = net.const(f"{n}_exp_{byte}", values - 128, "INT8")
+    for byte, entries, multiplier_shift in (("hi", values >> 8, 22), ("lo", values & 255, IDENTITY_SHIFT)):
+        table = net.const(f"{n}_exp_{byte}", entries - 128, "INT8")
         looked = net.op("TABLE", [index, table], row, "INT8", ["TableAttribute", []], f"{n}_exp_{byte}")
         parts.append(net.rescale(looked, "INT8", -128, IDENTITY_MULTIPLIER, multiplier_shift, "INT32", 0, row,
                                  f"{n}_exp_{byte}32"))
     e = net.binary("ADD", *parts, row, f"{n}_exp")
+    if c.wide:
+        amount = net.binary("MINIMUM", net.binary("SUB", net.scalar(0, 3), whole, row, f"{n}_neg_whole"),
+                            net.scalar(31, 3), row, f"{n}_exp_shift")
+        e = net.binary("ARITHMETIC_RIGHT_SHIFT", e, amount, row, f"{n}_exp_scaled")
     total = _reduce(self, "REDUCE_SUM", e, "INT32", col, f"{n}_sum")
     shift = net.binary("SUB", _clz(self, total, col, f"{n}_clz"), net.scalar(1, 3), col, f"{n}_norm")
     normal = net.binary("LOGICAL_LEFT_SHIFT", total, shift, col, f"{n}_sum_norm")

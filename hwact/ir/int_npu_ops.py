@@ -12,21 +12,24 @@ the TOSA network op for op. Notation (all integers):
     ms(a, b, sh)   = floor((a · b + 2^(sh−1)) / 2^sh), ms(a, b, 0) = a · b     MUL with shift, int64 inside
     clz(v)         = leading zero bits of v as int32 (v in [1, 2^31): v in [2^(31−clz), 2^(32−clz)))
 
-hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, exp_step)      softmax along the last dim
-    m   = max(x)  over the row                                  REDUCE_MAX on the stored 8/16-bit codes
-    j   = clamp(rs(x − m, m0_j, sh_j) + 127, −128, 127)          (m0_j, sh_j) = dyadic(S_in / exp_step)
-    k   = 127 − j in [0, 255]                                    the exponent −k · exp_step, saturated at 255
-    e   = E[k],  E[k] = round(A · exp(−k · exp_step)),  A = min(65535, floor((2^31 − 1) / C))
-          as two int8 TABLEs (high and low byte, zero point −128) and e = 256 · hi + lo
-    s   = Σ e  (< 2^31 by the choice of A);  l = clz(s) − 1;  sn = s << l in [2^30, 2^31)   (a = sn / 2^31)
-    r   = R48 − ms(sn, R32, 31);  3 times: r = ms(r, 2^30 − ms(sn, r, 31), 29)
+hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax along the last dim
+    m   = max(x)  over the row;  d = x − m <= 0               REDUCE_MAX on the stored 8/16-bit codes, SUB in int32
+    e   = the exponential of d, by one of two int8-TABLE forms (V: a 256-entry table of stored index s, looked up
+          as two int8 TABLEs, its high and low byte with zero point −128, recombined as 256 · hi + lo):
+      narrow (wide = False; the pass's choice when the input codes span at most 256 values):
+          s = clamp(d + 127, −128, 127),  e = V[s] = round(A · exp((s − 127) · S_in)),  A = min(65535, floor((2^31 − 1) / C))
+          every code difference has its own exact entry (differences past 255 codes saturate at the last)
+      wide (int16 scores, masked scores): the exponent in base 2 with 8 fraction bits, I-ViT's shift trick
+          t = rs(d, dyadic(S_in · log2(e) · 256)) <= 0,  i = (t + 128) >> 8 (ARITHMETIC_RIGHT_SHIFT, round),
+          s = t − 256 i in [−128, 127],  V[s] = round(2^14 · 2^(s/256)),  e = rs(V[s], 1, min(−i, 31))
+          (e ≈ 2^14 · 2^(d · S_in · log2 e), exponent steps of 1/256: 0.14 % relative at most)
+    t   = Σ e  (< 2^31: C · max e checked);  l = clz(t) − 1;  tn = t << l in [2^30, 2^31)   (a = tn / 2^31)
+    r   = R48 − ms(tn, R32, 31);  3 times: r = ms(r, 2^30 − ms(tn, r, 31), 29)
           Newton for 1/a in Q2.29 (gemmlowp's start 48/17 − 32/17 · a; relative error 2^−32 after 3 steps)
-    p   = ms(e << l, r, 30)                                      e / s at scale 2^−30 (e << l <= sn < 2^31)
+    p   = ms(e << l, r, 30)                                      e / t at scale 2^−30 (e << l <= tn < 2^31)
     out = clamp(rs(p, dyadic(2^−30 / S_out)), qmin, qmax)
-  exp_step is S_in when the input codes span at most 256 values (every code difference has its own exact
-  table entry); wider inputs (int16) are stepped coarser by the pass. E[0] = A: the row max always
-  contributes A, so s >= A >= 1 and nothing divides by zero. No 64-bit value exists anywhere: the MULs
-  produce at most 2^30 + 1 after their shifts.
+  The row max always contributes V's largest entry (A, or 2^14), so t >= 1 and nothing divides by zero. No
+  64-bit value exists anywhere: the MULs produce at most 2^30 + 1 after their shifts.
 
 hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax)
   LayerNorm over the last dim (C channels), γ = gamma_int · gamma_scale, β = beta_int · gamma_scale · 2^−F
@@ -67,12 +70,15 @@ from onnxscript import opset18 as op
 
 from hwact.errors import PreconditionError
 from hwact.ir.int_nonlinear_ops import layernorm_fraction_bits
-from hwact.ir.int_ops import INT64_TYPE, dyadic, onnx_clamp_int32, onnx_int64, onnx_rounding_shift, rounding_shift
+from hwact.ir.int_ops import (INT64_TYPE, dyadic, onnx_clamp_int32, onnx_floor_shift, onnx_int64, onnx_rounding_shift,
+                              rounding_shift)
 from hwact.ir.ops import hwact_op, onnx_translation
 
 INT32_LIMIT = 1 << 31
-EXP_TABLE_SIZE = 256                 # k = 0..255: an int8 TABLE index
-EXP_AMPLITUDE = 65535                # E[0] <= 2^16 − 1: two int8 tables (high and low byte)
+IDENTITY = (1 << 30, 30)             # RESCALE x1
+EXP_AMPLITUDE = 65535                # narrow: V[127] = A <= 2^16 − 1 (two int8 tables: high and low byte)
+WIDE_ONE_BITS = 14                   # wide: V[s] = round(2^14 · 2^(s/256))
+WIDE_FRACTION_BITS = 8               # wide: the base-2 exponent with 8 fraction bits
 PROB_BITS = 30                       # p = e / s at scale 2^−30
 RECIPROCAL_START = (round(48 / 17 * 2**29), round(32 / 17 * 2**29))
 RSQRT_START = (round(2.132 * 2**29), round(1.218 * 2**29))
@@ -103,29 +109,46 @@ def clz32(v: torch.Tensor) -> torch.Tensor:
 # ----- constants from the float scales (shared by the reference, the ONNX translation and the TOSA lowering) -----
 @dataclass(frozen=True)
 class SoftmaxConstants:
-    index_m0: int              # j = rs(x − m, index_m0, index_shift) + 127
+    wide: bool
+    index_m0: int              # wide: t = rs(d, index_m0, index_shift)
     index_shift: int
-    table: tuple[int, ...]     # E[k], k = 0..255
+    values: tuple[int, ...]    # V[s] for the stored index s = −128 .. 127
     out_m0: int
     out_shift: int
 
 
-def softmax_npu_constants(in_scale: float, out_scale: float, channels: int, exp_step: float) -> SoftmaxConstants:
+def softmax_npu_constants(in_scale: float, out_scale: float, channels: int, wide: bool) -> SoftmaxConstants:
     if channels < 1:
         raise PreconditionError("npu_softmax: the softmax dimension is empty")
-    if not (math.isfinite(exp_step) and exp_step >= in_scale > 0):
-        raise PreconditionError(f"npu_softmax: exp_step {exp_step!r} must be >= the input scale {in_scale!r}")
-    index_m0, index_shift = dyadic(in_scale / exp_step)
-    amplitude = min(EXP_AMPLITUDE, (INT32_LIMIT - 1) // channels)
-    if amplitude < 256:
-        raise PreconditionError(f"npu_softmax: a row of {channels} values leaves the exponential {amplitude} "
-                                "levels below int32's sum limit (at most 8388607 values per row)")
-    table = tuple(round(amplitude * math.exp(-k * exp_step)) for k in range(EXP_TABLE_SIZE))
+    if not (math.isfinite(in_scale) and in_scale > 0):
+        raise PreconditionError(f"npu_softmax: input scale {in_scale!r} is not a positive finite number")
+    if wide:
+        index_m0, index_shift = dyadic(in_scale * math.log2(math.e) * 2**WIDE_FRACTION_BITS)
+        if index_shift < 18:                    # RESCALE's |d| < 2^(shift − 1) for int16 differences
+            raise PreconditionError(f"npu_softmax: input scale {in_scale:.3g} is too coarse for the wide exponent")
+        values = tuple(round(2**WIDE_ONE_BITS * 2 ** (s / 2**WIDE_FRACTION_BITS)) for s in range(-128, 128))
+    else:
+        index_m0, index_shift = IDENTITY
+        amplitude = min(EXP_AMPLITUDE, (INT32_LIMIT - 1) // channels)
+        values = tuple(round(amplitude * math.exp((s - 127) * in_scale)) for s in range(-128, 128))
+    if channels * max(values) >= INT32_LIMIT or max(values) < 256:
+        raise PreconditionError(f"npu_softmax: a row of {channels} values overflows the int32 sum of exponentials")
     out_m0, out_shift = dyadic(2.0 ** -PROB_BITS / out_scale)
     if out_shift < PROB_BITS + 2:
         raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is finer than 2^-29: p (up to 2^30) "
                                 "would leave RESCALE's input range")
-    return SoftmaxConstants(index_m0, index_shift, table, out_m0, out_shift)
+    return SoftmaxConstants(wide, index_m0, index_shift, values, out_m0, out_shift)
+
+
+def softmax_exponential(d: torch.Tensor, c: SoftmaxConstants) -> torch.Tensor:
+    """e of the module docstring from d = x − max (int64 tensors)."""
+    values = torch.tensor(c.values, dtype=torch.int64)
+    if not c.wide:
+        return values[torch.clamp(d + 127, -128, 127) + 128]
+    t = rounding_shift(d, c.index_m0, c.index_shift)
+    whole = (t + (1 << WIDE_FRACTION_BITS - 1)) >> WIDE_FRACTION_BITS
+    looked = values[t - (whole << WIDE_FRACTION_BITS) + 128]
+    return round_shift_right(looked, torch.clamp(-whole, max=31))
 
 
 @dataclass(frozen=True)
@@ -189,13 +212,12 @@ def _check_last(dim: int, rank: int) -> None:
 
 @hwact_op("npu_softmax", bounds=("qmin", "qmax"))
 def npu_softmax(q: torch.Tensor, in_scale: float, out_scale: float, dim: int, qmin: int, qmax: int,
-                exp_step: float) -> torch.Tensor:
+                wide: bool) -> torch.Tensor:
     """Softmax along the last dim in TOSA int32 arithmetic (module docstring)."""
     _check_last(dim, q.dim())
-    c = softmax_npu_constants(in_scale, out_scale, q.shape[-1], exp_step)
+    c = softmax_npu_constants(in_scale, out_scale, q.shape[-1], wide)
     x = q.to(torch.int64)
-    j = torch.clamp(rounding_shift(x - x.amax(dim=-1, keepdim=True), c.index_m0, c.index_shift) + 127, -128, 127)
-    e = torch.tensor(c.table, dtype=torch.int64)[127 - j]
+    e = softmax_exponential(x - x.amax(dim=-1, keepdim=True), c)
     s = e.sum(dim=-1, keepdim=True)
     shift = clz32(s) - 1
     sn = torch.bitwise_left_shift(s, shift)
@@ -207,7 +229,7 @@ def npu_softmax(q: torch.Tensor, in_scale: float, out_scale: float, dim: int, qm
 
 
 @npu_softmax.register_fake
-def _(q, in_scale, out_scale, dim, qmin, qmax, exp_step):
+def _(q, in_scale, out_scale, dim, qmin, qmax, wide):
     return torch.empty(q.shape, dtype=torch.int32, device=q.device)
 
 
@@ -272,14 +294,21 @@ def _onnx_round_shift_right(value, amount):
 
 @onnx_translation(torch.ops.hwact.npu_softmax.default)
 def npu_softmax_onnx(q: INT32, in_scale: float, out_scale: float, dim: int, qmin: int, qmax: int,
-                     exp_step: float) -> INT32:
+                     wide: bool) -> INT32:
     last = op.Constant(value_ints=[-1])
-    channels = int(q.shape[-1])
-    c = softmax_npu_constants(in_scale, out_scale, channels, exp_step)
+    c = softmax_npu_constants(in_scale, out_scale, int(q.shape[-1]), wide)
     x = op.Cast(q, to=INT64_TYPE)
-    j = op.Clip(op.Add(onnx_rounding_shift(op.Sub(x, op.ReduceMax(x, last, keepdims=1)), c.index_m0, c.index_shift),
-                       onnx_int64(127)), onnx_int64(-128), onnx_int64(127))
-    e = op.Gather(op.Constant(value_ints=list(c.table)), op.Sub(onnx_int64(127), j), axis=0)
+    d = op.Sub(x, op.ReduceMax(x, last, keepdims=1))
+    values = op.Constant(value_ints=list(c.values))
+    if wide:
+        t = onnx_rounding_shift(d, c.index_m0, c.index_shift)
+        whole = onnx_floor_shift(t, WIDE_FRACTION_BITS, 1 << WIDE_FRACTION_BITS - 1)
+        looked = op.Gather(values, op.Add(op.Sub(t, op.Mul(whole, onnx_int64(1 << WIDE_FRACTION_BITS))),
+                                          onnx_int64(128)), axis=0)
+        e = _onnx_round_shift_right(looked, op.Min(op.Neg(whole), onnx_int64(31)))
+    else:
+        e = op.Gather(values, op.Add(op.Clip(op.Add(d, onnx_int64(127)), onnx_int64(-128), onnx_int64(127)),
+                                     onnx_int64(128)), axis=0)
     s = op.ReduceSum(e, last, keepdims=1)
     shift = op.Sub(_onnx_clz32(s), onnx_int64(1))
     sn = _onnx_shift_left(s, shift)

@@ -9,7 +9,7 @@ MULs; no division, no 64-bit value).
 
     gamma_scale = max|γ| / (2^15 − 1),  γ_int = round(γ / gamma_scale),  β_int = round(β / (gamma_scale·2^−F))
 
-The op also takes the input codes' bounds [in_qmin, in_qmax] (the producer's; int8 when unknown), from which
+The op also takes the input codes' bounds [in_qmin, in_qmax] (the producer's; int16 when unknown), from which
 it sizes its shifts: an int16 input costs bits only where a row really spans the int16 range. A LayerNorm over
 more than the last dim, or one whose int32 bounds fail (|z·γ_int| + |β_int| >= 2^31, see the op), fails the
 precondition with the node named.
@@ -35,6 +35,12 @@ from hwact.passes.i_layernorm import LAYERNORM_OPS
 from hwact.passes.i_layernorm import _layernorm_args as layernorm_args
 
 hw = torch.ops.hwact
+INT16 = (-(1 << 15), (1 << 15) - 1)
+
+
+def input_codes(island: Island) -> tuple[int, int]:
+    """The input codes' bounds; int16 when no op declares them (Swin's patch merging concatenates int16 slices)."""
+    return island.in_bounds if island.in_bounds_known else INT16
 
 
 def _integer_parameters(graph: Graph, island: Island):
@@ -46,7 +52,7 @@ def _integer_parameters(graph: Graph, island: Island):
     gamma_int, beta_int, gamma_scale = layernorm_parameters(get_tensor(graph, weight), get_tensor(graph, bias),
                                                             channels)
     constants = layernorm_npu_constants(channels, island.in_scale, island.out_scale, gamma_scale, eps,
-                                        *island.in_bounds)
+                                        *input_codes(island))
     check_layernorm_affine(constants, channels, int(gamma_int.abs().max()), int(beta_int.abs().max()))
     return channels, gamma_int, beta_int, gamma_scale, eps, constants
 
@@ -66,7 +72,7 @@ class NpuLayerNorm(IslandPass):
         gamma_node = add_constant(graph, f"{island.name}_gamma_int", gamma_int, island.quantize, trainable=False)
         beta_node = add_constant(graph, f"{island.name}_beta_int", beta_int, island.quantize, trainable=False)
         args = (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
-                *island.in_bounds, island.qmin, island.qmax)
+                *input_codes(island), island.qmin, island.qmax)
         return hw.npu_layernorm.default, args, {"channels": channels, "gamma_scale": gamma_scale,
                                                 "variance_shift": constants.square_shift,
                                                 "max_row_shift": constants.max_row_shift}

@@ -1,32 +1,30 @@
 """npu-softmax: replace each softmax float island by hwact::npu_softmax, a softmax in the int32 arithmetic that
-TOSA and Arm Ethos-U take (hwact/ir/int_npu_ops.py: an exact exponential table, CLZ normalization, a Newton
-reciprocal in MULs; no division, no 64-bit value).
+TOSA and Arm Ethos-U take (hwact/ir/int_npu_ops.py: the exponential from int8 TABLEs, CLZ normalization, a
+Newton reciprocal in MULs; no division, no 64-bit value).
 
-    softmax(x)_i = e^(x_i − max) / Σ_j e^(x_j − max),  e^(−k · step) = E[k] / A for k = 0..255
+    softmax(x)_i = e^(x_i − max) / Σ_j e^(x_j − max)
 
-Exponent step, per layer: the input codes span [lo, hi] (their producer's bounds).
+Exponential form, per layer (the op's `wide`): the input codes span [lo, hi] (their producer's bounds).
 
-    span <= 255 codes:   step = S_in                         every code difference has its own table entry (exact)
-    wider (int16):       step = max(S_in, min((hi − lo) · S_in, ln(4 A_max)) / 255)
+    hi − lo <= 255 (int8 scores)                     narrow: one exact table entry per code difference
+    wider (int16, masked scores), or no op declares  wide: the base-2 exponent in steps of 1/256 (0.14 % relative)
 
-(A_max = 65535: past ln(4 A_max) every entry rounds to 0, so a masked score, int16's lowest code, gets weight 0.) The softmax must run over the last dim (the op
-reduces along the channel axis, which Ethos-U reduces natively); another dim fails the precondition.
+The softmax must run over the last dim (the op reduces along the channel axis, which Ethos-U reduces natively);
+another dim fails the precondition.
 
 Before:                                                 After:
     %dq = hwact.dequantize(%q, 0.0093)                      %p = hwact.npu_softmax(%q, 0.0093, 0.00062, -1,
-    %s  = aten.softmax.int(%dq, -1)                                                0, 255, 0.0093)
+    %s  = aten.softmax.int(%dq, -1)                                                0, 255, False)
     %p  = hwact.quantize(%s, 0.00062, 0, 255)
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from hwact.errors import PreconditionError
 from hwact.ir.graph import Graph
-from hwact.ir.int_npu_ops import EXP_AMPLITUDE, EXP_TABLE_SIZE, softmax_npu_constants
+from hwact.ir.int_npu_ops import softmax_npu_constants
 from hwact.passes._islands import Island, IslandPass
 from hwact.passes.base import register
 from hwact.passes.shiftmax import SOFTMAX_OPS, row_length, softmax_dim
@@ -34,12 +32,9 @@ from hwact.passes.shiftmax import SOFTMAX_OPS, row_length, softmax_dim
 hw = torch.ops.hwact
 
 
-def choose_step(island: Island) -> float:
+def is_wide(island: Island) -> bool:
     lo, hi = island.in_bounds
-    if hi - lo < EXP_TABLE_SIZE:
-        return island.in_scale
-    cover = min((hi - lo) * island.in_scale, math.log(4 * EXP_AMPLITUDE))
-    return max(island.in_scale, cover / (EXP_TABLE_SIZE - 1))
+    return hi - lo > 255 or not island.in_bounds_known
 
 
 def _last_dim(island: Island) -> int:
@@ -60,11 +55,10 @@ class NpuSoftmax(IslandPass):
 
     def guard(self, graph: Graph, island: Island) -> None:
         dim = _last_dim(island)
-        softmax_npu_constants(island.in_scale, island.out_scale, row_length(island.op, dim), choose_step(island))
+        softmax_npu_constants(island.in_scale, island.out_scale, row_length(island.op, dim), is_wide(island))
 
     def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
         dim = _last_dim(island)
-        step = choose_step(island)
+        wide = is_wide(island)
         return hw.npu_softmax.default, (island.q_in, island.in_scale, island.out_scale, dim, island.qmin,
-                                        island.qmax, step), {"exp_step": step, "row_length": row_length(island.op, dim),
-                                                             "exact_exponent": step == island.in_scale}
+                                        island.qmax, wide), {"wide": wide, "row_length": row_length(island.op, dim)}

@@ -48,7 +48,7 @@ def test_npu_softmax_close_to_softmax(channels):
     generator = torch.Generator().manual_seed(channels)
     q = _softmax_codes(40, channels, generator)
     scale, out_scale = 0.0093, 1 / 255
-    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, scale)
+    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, False)
     want = torch.clamp(torch.round(torch.softmax(q.double() * scale, -1) / out_scale), 0, 255)
     error = (got.double() - want).abs()
     assert error.max() <= 1 and error.mean() < 0.01
@@ -59,29 +59,28 @@ def test_npu_softmax_close_to_softmax(channels):
 
 
 def test_npu_softmax_int16_scores_with_a_stepped_exponent():
-    """int16 scores: the exponent in steps of ln(4 · 65535) / 255; still within 2 codes of float softmax, and a
-    score at int16's lowest code (a masked position) gets probability 0."""
+    """int16 scores: the wide exponential (base 2, steps of 1/256) within 1 code of float softmax, a score at
+    int16's lowest code (a masked position) gets probability 0."""
     generator = torch.Generator().manual_seed(3)
     q = torch.randint(-3000, 3000, (30, 50), generator=generator, dtype=torch.int32)
     q[:, 7] = -32768
     scale, out_scale = 0.002, 1 / 255
-    step = math.log(4 * npu.EXP_AMPLITUDE) / 255
-    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, step)
+    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 255, True)
     want = torch.clamp(torch.round(torch.softmax(q.double() * scale, -1) / out_scale), 0, 255)
-    assert (got.double() - want).abs().max() <= 2
+    assert (got.double() - want).abs().max() <= 1
     assert (got[:, 7] == 0).all()
 
 
 def test_npu_softmax_guards():
     q = torch.zeros(2, 4, dtype=torch.int32)
     with pytest.raises(PreconditionError, match="not the last dimension"):
-        hw.npu_softmax(q, 0.01, 1 / 255, 0, 0, 255, 0.01)
-    with pytest.raises(PreconditionError, match="exp_step"):
-        hw.npu_softmax(q, 0.01, 1 / 255, -1, 0, 255, 0.005)
+        hw.npu_softmax(q, 0.01, 1 / 255, 0, 0, 255, False)
+    with pytest.raises(PreconditionError, match="too coarse for the wide"):
+        hw.npu_softmax(q, 30.0, 1 / 255, -1, 0, 255, True)
     with pytest.raises(PreconditionError, match="finer than 2"):
-        hw.npu_softmax(q, 0.01, 2.0**-31, -1, 0, 255, 0.01)
-    with pytest.raises(PreconditionError, match="per row"):
-        npu.softmax_npu_constants(0.01, 1 / 255, 1 << 24, 0.01)
+        hw.npu_softmax(q, 0.01, 2.0**-31, -1, 0, 255, False)
+    with pytest.raises(PreconditionError, match="overflows the int32 sum"):
+        npu.softmax_npu_constants(0.01, 1 / 255, 1 << 24, False)
 
 
 def _layernorm_case(channels: int, generator):
@@ -143,9 +142,13 @@ def _assert_onnx_bit_exact(module, q, tmp_path, name):
 def test_onnx_npu_softmax_bit_exact(tmp_path):
     generator = torch.Generator().manual_seed(8)
     q = _softmax_codes(4 * 17, 17, generator).reshape(4, 17, 17)
-    module = _Op(lambda self, x: torch.cat([hw.npu_softmax(x, 0.0093, 0.00062, -1, 0, 255, 0.0093),
-                                            hw.npu_softmax(x, 0.05, 1 / 128, -1, -128, 127, 0.07)], dim=-1))
+    module = _Op(lambda self, x: torch.cat([hw.npu_softmax(x, 0.0093, 0.00062, -1, 0, 255, False),
+                                            hw.npu_softmax(x, 0.05, 1 / 128, -1, -128, 127, True)], dim=-1))
     _assert_onnx_bit_exact(module, q, tmp_path, "npu_softmax")
+    wide = torch.cat([edge_int8((30, 40), generator, -32768, 32767), torch.randint(-900, 900, (30, 40),
+                                                                                   generator=generator)])
+    module16 = _Op(lambda self, x: hw.npu_softmax(x, 0.003, 1 / 255, -1, 0, 255, True))
+    _assert_onnx_bit_exact(module16, wide, tmp_path, "npu_softmax16")
 
 
 def test_onnx_npu_layernorm_bit_exact(tmp_path):
