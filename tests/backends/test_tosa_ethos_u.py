@@ -180,12 +180,78 @@ def test_float_model_is_refused_with_its_nodes(tmp_path, cli, cnn_calib):
 
 
 def test_unlowered_ops_are_named_with_the_reason(tmp_path, cli):
-    """vit-tiny's Shiftmax / I-LayerNorm / ShiftGELU have no bit-exact TOSA lowering yet: exit 2, listed."""
+    """vit-tiny with int8-shiftgelu: Shiftmax / I-LayerNorm (int64) and ShiftGELU (no TABLE) have no bit-exact TOSA
+    lowering: exit 2, each listed with the recipe that avoids it."""
     out = tmp_path / "out"
-    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", "ethos-u55-128", "-o", out)
+    code, _, stderr = cli("convert", "zoo:vit-tiny", "--target", "ethos-u55-128", "--recipe", "int8-shiftgelu",
+                          "-o", out)
     assert code == 2
-    assert "i_layernorm_default (hwact.i_layernorm.default): I-LayerNorm has no bit-exact TOSA lowering" in stderr
-    assert "shiftmax_default (hwact.shiftmax.default)" in stderr
+    assert "i_layernorm_default (hwact.i_layernorm.default): I-LayerNorm's variance" in stderr
+    assert "shiftmax_default (hwact.shiftmax.default)" in stderr and "use --recipe int8-npu" in stderr
+    assert "Traceback" not in stderr and not out.exists()
+
+
+def _zoo_calib(folder, name: str, samples: int = 4):
+    from hwact.load import load
+
+    path = folder / f"{name}.npz"
+    np.savez(path, x=load(f"zoo:{name}").graph.example_inputs(batch=samples, seed=3)[0].numpy())
+    return path
+
+
+@pytest.mark.parametrize("model, target", [("vit-tiny", "ethos-u55-128"), ("vit-tiny", "ethos-u85-256"),
+                                           ("swin-tiny", "ethos-u55-128"), ("convnext-tiny", "ethos-u85-256")])
+def test_zoo_transformers_run_whole_on_the_npu_bit_exact(tmp_path, cli, model, target):
+    """The targets' default recipe int8-npu: LayerNorm, softmax and GELU become npu_layernorm, npu_softmax and
+    TABLEs; every op of the network is on the NPU in Vela's plan and the TOSA reference model equals the integer
+    reference bit for bit (Swin: its int16 scores, biased and masked, take npu_softmax's wide form; its patch
+    merging is strided slices)."""
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", f"zoo:{model}", "--target", target, "--calib", _zoo_calib(tmp_path, model), "-o",
+                          out)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    section = report["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 4
+    assert section["cpu_ops"] == 0 and section["npu_ops"] > 100 and section["npu_cycles"] > 0
+    assert all(layer["target"] == "NPU" for layer in section["layers"])
+    kinds = dict(item.split() for item in section["tosa_op_kinds"].split(", "))
+    assert {"TABLE", "CLZ", "LOGICAL_LEFT_SHIFT", "REDUCE_MIN"} <= set(kinds) and "INTDIV" not in kinds
+    passes = {record["name"]: record for record in report["passes"]}
+    assert passes["npu-layernorm"]["changed"] > 0 and passes["lut-gelu"]["changed"] > 0
+    if model != "convnext-tiny":
+        assert passes["npu-softmax"]["changed"] > 0 and "MATMUL" in kinds
+    if model == "swin-tiny":
+        wide = [layer.get("wide") for layer in report["integer"]["nonlinear"] if layer["pass"] == "npu-softmax"]
+        assert wide == [True] * 4                  # scores + relative-position bias (and masks) are int16 codes
+
+
+def test_hugging_face_vit_runs_whole_on_the_npu(tmp_path, cli):
+    """transformers' ViT (not written here): SDPA decomposed, its all-true attention mask a constant that lowers to
+    nothing, LayerNorm / softmax / GELU through int8-npu; bit-exact, 0 CPU operators on U55-128."""
+    pytest.importorskip("transformers")
+    from hwact import hf_suite
+
+    model, calib, _ = hf_suite.save_files("vit", tmp_path, calibration=2)
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", model, "--target", "ethos-u55-128", "--calib", calib, "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert section["bit_exact"] is True and section["samples"] == 2
+    assert section["cpu_ops"] == 0 and section["npu_cycles"] > 0
+
+
+def test_hugging_face_bert_is_refused_with_its_blockers(tmp_path, cli):
+    """transformers' BERT: its embeddings are GATHERs and its attention mask comes from an input (SELECT), neither
+    on U55: exit 2, the nodes listed, nothing written."""
+    pytest.importorskip("transformers")
+    from hwact import hf_suite
+
+    model, calib, _ = hf_suite.save_files("bert", tmp_path, calibration=2)
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", model, "--target", "ethos-u55-128", "--calib", calib, "-o", out)
+    assert code == 2
+    assert "int_embedding_default (hwact.int_embedding.default): embedding lookups (GATHER)" in stderr
     assert "Traceback" not in stderr and not out.exists()
 
 
