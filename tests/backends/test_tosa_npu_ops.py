@@ -121,3 +121,21 @@ def test_npu_layernorm_tosa_is_bit_exact(tmp_path, rows, channels, bounds, scale
     np.testing.assert_array_equal(got, want)
     kinds = {op["op"] for op in network.ops}
     assert {"CLZ", "LOGICAL_LEFT_SHIFT", "ARITHMETIC_RIGHT_SHIFT", "MUL", "REDUCE_MIN"} <= kinds
+
+
+@pytest.mark.parametrize("target", [("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),
+                                    ("ethos-u85-256", "Ethos_U85_SYS_DRAM_Mid", "Dedicated_Sram_384KB")])
+def test_vela_places_both_ops_on_the_npu(tmp_path, target):
+    """Vela 5.2 compiles npu_softmax (narrow and wide) and npu_layernorm with 0 CPU operators on U55 and U85."""
+    accelerator, system, memory = target
+    codes = torch.randint(-32768, 32768, (1, 6, 64), generator=torch.Generator().manual_seed(2))
+    modules = {"softmax": (Softmax(0.0093, (-128, 127), 1 / 256, (0, 255)), codes.clamp(-128, 127), 0.0093),
+               "softmax_wide": (Softmax(0.003, (-32768, 32767), 1 / 256, (0, 255)), codes, 0.003),
+               "layernorm": (LayerNorm(64, 6e-5, (-32768, 32767), 0.03, seed=1), codes, 6e-5)}
+    for name, (module, values, scale) in modules.items():
+        (tmp_path / name).mkdir()
+        _reference_and_tosa(module, values, scale, tmp_path / name)
+        summary = tosa_tools.vela(tmp_path / name / "op.tosa", tmp_path / name / "vela", accelerator, system, memory)
+        log = (tmp_path / name / "vela" / "vela.log").read_text()
+        assert "CPU operators = 0 (0.0%)" in log, name
+        assert int(float(summary["cycles_npu"])) > 0
