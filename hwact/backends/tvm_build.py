@@ -1,7 +1,8 @@
 """Apache TVM (0.27, Relax) builds of an exported model.onnx: import, compile, tune, export, cache.
 
     import   relax.frontend.onnx.from_onnx with every input's shape fixed (batch 1 unless the graph has
-             a fixed batch); an op the frontend has no converter for is refused up front, listed
+             a fixed batch) and hwact's additions for integer graphs (tvm_onnx.py: ConvInteger, scalar
+             integer operands); an op without a converter is refused up front, listed
     target   a target TOML's `[backend.tvm] target` table, a TVM target as a JSON dict (mcpu = "host":
              this machine's CPU as LLVM names it, so its features come with it)
     tune     MetaSchedule with a global trial budget; the database lives in the cache under a key of
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hwact.backends import tvm_onnx
 from hwact.errors import InputError, ToolMissingError, UnsupportedError
 
 TUNE_TIMEOUT_S = 4 * 3600
@@ -80,10 +82,9 @@ def make_target(spec: dict, where: str):
 
 
 def missing_converters(model) -> list[str]:
-    """The op types of an ONNX model that TVM's Relax ONNX frontend has no converter for."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
-    known = _get_convert_map()
+    """The op types of an ONNX model that the import (TVM's Relax ONNX frontend with hwact's additions,
+    tvm_onnx.py) has no converter for."""
+    known = tvm_onnx.known_ops()
     return sorted({node.op_type for node in model.graph.node if node.op_type not in known})
 
 
@@ -107,7 +108,8 @@ class Signature:
 
 
 def import_onnx(path: Path, signature: Signature, where: str):
-    """model.onnx as a Relax IRModule with the signature's shapes (weights kept in the module)."""
+    """model.onnx as a Relax IRModule with the signature's shapes (weights kept in the module), imported
+    with hwact's additions to the frontend (ConvInteger, scalar integer operands: tvm_onnx.py)."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -115,10 +117,11 @@ def import_onnx(path: Path, signature: Signature, where: str):
     missing = missing_converters(model)
     if missing:
         raise UnsupportedError(f"{where}: TVM's Relax ONNX frontend has no converter for {', '.join(missing)}",
-                               hint="TVM takes float graphs and integer graphs without these ops")
+                               hint="hwact's TVM import takes the ops of hwact's float and integer ONNX")
     shapes = {name: shape for name, shape, _ in signature.inputs}
     dtypes = {name: dtype for name, _, dtype in signature.inputs}
-    return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    with tvm_onnx.converters():
+        return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
 
 
 def tuning_key(onnx_path: Path, signature: Signature, spec: dict) -> str:
