@@ -42,6 +42,15 @@ def test_shift_exp_hand_computed():
         assert nl.shift_exp(torch.tensor([v]), -7, 12).item() == py_shift_exp(v, -7, 12)
 
 
+
+@pytest.mark.parametrize("x0, n, drop", [(-4, 10, 0), (-7, 12, 3), (-613, 40, 0), (-(1 << 20), 42, 7), (-1, 0, 0)])
+def test_tabulated_shift_exp_equals_shift_exp_over_the_whole_domain(x0, n, drop):
+    # every x - max of int16-saturated inputs, [-65535, 0]: the table is read at each of them
+    d = torch.arange(-nl.EXP_DOMAIN, 1, dtype=torch.int64)
+    assert torch.equal(nl.tabulated_shift_exp(d, x0, n, drop), nl.shift_exp(d, x0, n) >> drop)
+    assert nl.tabulated_shift_exp(torch.tensor([[-65535, 0]]), x0, n, drop).tolist() == \
+        [[py_shift_exp(-65535, x0, n) >> drop, py_shift_exp(0, x0, n) >> drop]]
+
 def test_isqrt_newton_is_exact():
     generator = torch.Generator().manual_seed(3)
     values = torch.cat([torch.arange(1, 5000, dtype=torch.int64),
@@ -88,6 +97,19 @@ def test_shift_gelu_matches_python_rederivation_on_random_rows():
         want = [py_shift_gelu(r, in_scale, out_scale, -128, 127, n) for r in q.tolist()]
         assert got.tolist() == want
 
+
+
+def test_shift_gelu_and_shiftmax_match_python_on_int16_rows_spanning_the_exp_domain():
+    # int16 codes (and beyond, saturated): x - max reaches -65535, the far end of the exp table
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randint(-40000, 40000, (4, 23), generator=generator, dtype=torch.int32)
+    q[0, :2] = torch.tensor([-32768, 32767])
+    q[1, :2] = torch.tensor([-50000, 50000])
+    saturated = q.clamp(-32768, 32767).tolist()
+    got = hw.shift_gelu(q, 1e-3, 2e-3, -32768, 32767, 30)
+    assert got.tolist() == [py_shift_gelu(r, 1e-3, 2e-3, -32768, 32767, 30) for r in saturated]
+    got = hw.shiftmax(q, 1e-3, 1 / 32767, -1, -32768, 32767, 20)
+    assert got.tolist() == [py_shiftmax_row(r, 1e-3, 1 / 32767, -32768, 32767, 20) for r in saturated]
 
 @pytest.mark.parametrize("amax", [4.0, 8.0, 12.0, 16.0])
 def test_shift_gelu_close_to_gelu_with_the_largest_safe_clamp(amax):
