@@ -37,7 +37,8 @@ multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
     npu_softmax          REDUCE_MAX, SUB, RESCALE to an int8 index, two int8 TABLEs (exp's high and low byte), ADD,
                          REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal, MUL, RESCALE
     npu_layernorm        REDUCE_SUM / MAX / MIN, MUL by C, SUB, CLZ row shift, MUL (squares with a shift),
-                         ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, MUL γ, ADD β, RESCALE
+                         ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, MUL γ, ADD β,
+                         RESCALE
                          (both op for op as their references in hwact/ir/int_npu_ops.py, on [1, rows, C])
 
 Not lowered (the check names them, with the recipe that avoids them): Shiftmax and I-LayerNorm (their
@@ -621,8 +622,8 @@ def _slice(self: Lowering, node) -> Value:
     starts, sizes = [0] * len(split), list(split)
     starts[dim], sizes[dim] = start // step, len(range(start, end, step))
     starts[dim + 1], sizes[dim + 1] = start % step, 1
-    part = self.net.op("SLICE", [folded, self.net.const("start", starts, "SHAPE"), self.net.const("size", sizes, "SHAPE")],
-                       sizes, x.dtype, ["SliceAttribute", []], f"{node.name}_slice")
+    bounds = [self.net.const("start", starts, "SHAPE"), self.net.const("size", sizes, "SHAPE")]
+    part = self.net.op("SLICE", [folded, *bounds], sizes, x.dtype, ["SliceAttribute", []], f"{node.name}_slice")
     return Value(self.net.reshape(part, shape, x.dtype, node.name), shape, x.dtype, x.zp, tuple(range(len(shape))))
 
 

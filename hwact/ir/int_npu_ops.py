@@ -10,14 +10,15 @@ the TOSA network op for op. Notation (all integers):
 
     rs(x, m0, sh)  = floor((x · m0 + 2^(sh−1)) / 2^sh)             RESCALE's apply_scale_32 (= rounding_shift)
     ms(a, b, sh)   = floor((a · b + 2^(sh−1)) / 2^sh), ms(a, b, 0) = a · b     MUL with shift, int64 inside
-    clz(v)         = leading zero bits of v as int32 (v in [1, 2^31): v in [2^(31−clz), 2^(32−clz)))
+    clz(v)         = leading zero bits of v as int32 (v in [1, 2^31): v in [2^(31−clz), 2^(32−clz)); clz(0) = 32)
 
 hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax along the last dim
     m   = max(x)  over the row;  d = x − m <= 0               REDUCE_MAX on the stored 8/16-bit codes, SUB in int32
     e   = the exponential of d, by one of two int8-TABLE forms (V: a 256-entry table of stored index s, looked up
           as two int8 TABLEs, its high and low byte with zero point −128, recombined as 256 · hi + lo):
       narrow (wide = False; the pass's choice when the input codes span at most 256 values):
-          s = clamp(d + 127, −128, 127),  e = V[s] = round(A · exp((s − 127) · S_in)),  A = min(65535, floor((2^31 − 1) / C))
+          s = clamp(d + 127, −128, 127),  e = V[s] = round(A · exp((s − 127) · S_in)),
+          A = min(65535, floor((2^31 − 1) / C))
           every code difference has its own exact entry (differences past 255 codes saturate at the last)
       wide (int16 scores, masked scores): the exponent in base 2 with 8 fraction bits, I-ViT's shift trick
           t = rs(d, dyadic(S_in · log2(e) · 256)) <= 0,  i = (t + 128) >> 8 (ARITHMETIC_RIGHT_SHIFT, round),
@@ -39,7 +40,8 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
     dn  = d << L                                                  |dn| < D = 2^bits(Dmax): each row scaled up to
                                                                   the full range (exact), so small spreads keep bits
     v   = max(Σ ms(dn, dn, sv) + rs(eps_hi, 1, 2 (Lmax − L)), 1)   sv = the least shift with C · D² / 2^sv < 2^30
-                                                                  eps_hi = round(eps · C³ / S_in² · 2^(2 Lmax − sv)) < 2^30
+                                                  eps_hi = round(eps · C³ / S_in² · 2^(2 Lmax − sv)) < 2^30,
+                                                  Lmax <= 15 the largest row shift keeping eps_hi below 2^30
     h   = ((clz(v) + 1) >> 1) − 1;  vn = v << 2h in [2^29, 2^31)            (a = vn / 2^31 in [1/4, 1))
     y   = Y0 − ms(vn, Y1, 31);  3 times: y = ms(y, 3 · 2^29 − ms(ms(vn, y, 31), y, 29), 30)
           Newton for 1/sqrt(a) in Q2.29 from the line 2.132 − 1.218 a (relative error 2^−24 after 3 steps)
@@ -94,8 +96,8 @@ def mul_shift(a: torch.Tensor, b, shift: int) -> torch.Tensor:
 
 def round_shift_right(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     """TOSA ARITHMETIC_RIGHT_SHIFT with round: floor((x + 2^(amount−1)) / 2^amount), x itself for amount 0."""
-    return torch.bitwise_right_shift(x + torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(x), amount), 1),
-                                     amount)
+    half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(x), amount), 1)
+    return torch.bitwise_right_shift(x + half, amount)
 
 
 def clz32(v: torch.Tensor) -> torch.Tensor:

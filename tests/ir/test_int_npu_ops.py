@@ -4,8 +4,6 @@ translations bit-exact under onnxruntime. (Their TOSA lowerings: tests/backends/
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
