@@ -919,7 +919,7 @@ def problems(graph: Graph) -> list[str]:
             continue
         if node in floats:
             lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; lower it with an int8 "
-                         "recipe (--recipe int8-shiftgelu or int8-relu; `hwact inspect` names the pass for each op)")
+                         "recipe (--recipe int8-npu, the Ethos-U targets' default; `hwact inspect` names the pass for each op)")
         elif name in BLOCKED and not (name == "hwact.int_mask.default" and _constant_mask(node)):
             lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
         elif name not in HANDLERS:

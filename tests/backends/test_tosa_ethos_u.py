@@ -175,7 +175,7 @@ def test_float_model_is_refused_with_its_nodes(tmp_path, cli, cnn_calib):
                           cnn_calib, "-o", out)
     assert code == 2
     assert "cannot take this graph" in stderr and "computes in float" in stderr
-    assert "conv2d" in stderr and "--recipe int8-shiftgelu" in stderr
+    assert "conv2d" in stderr and "--recipe int8-npu" in stderr
     assert "Traceback" not in stderr and not out.exists()
 
 
