@@ -2,11 +2,18 @@
 fraction of operators on the NPU, convert wall time (recipe + TOSA lowering + reference-model check + Vela),
 Vela's cycle and time estimates, memory; and the models it refuses, with their blocking ops.
 
-Every row is one `hwact convert MODEL --target TARGET --calib CALIB -o OUT` in a subprocess (4 calibration
-samples, each checked bit-exact in the TOSA reference model). Cycles and times are Vela's static
-estimates, not measurements. Not here yet: ExecuTorch's Arm backend and litert-torch + Vela side by side.
+Every row is one `hwact convert MODEL --target TARGET --recipe RECIPE --calib CALIB -o OUT` in a subprocess
+(4 calibration samples, each checked bit-exact in the TOSA reference model). Cycles and times are Vela's
+static estimates, not measurements. Then, in this process:
+  * where a convert's time goes, for zoo vit-tiny on U55-128 (recipe, TOSA lowering, serializer, Vela, one
+    reference-model run);
+  * accuracy on scikit-learn digits (test split 20 %, seed 1234) of zoo vit-digits trained from its seed-0
+    init (as benchmarks/bench_int.py does), lowered with int8-shiftgelu (ShiftGELU, Shiftmax, I-LayerNorm:
+    int64, not deployable on Ethos-U) and int8-npu (GELU table, npu_softmax, npu_layernorm: what the NPU runs),
+    calibrated on 256 training images.
+Not here yet: ExecuTorch's Arm backend and litert-torch + Vela side by side.
 
-Run:  python benchmarks/bench_ethos_u.py [--out benchmarks/results/ethos_u.md]
+Run:  python benchmarks/bench_ethos_u.py [--out benchmarks/results/ethos_u.md] [--no-accuracy]
 """
 
 from __future__ import annotations
@@ -55,8 +62,13 @@ MODELS = [
     ("HF resnet", hugging_face("resnet"), "int8-relu"),
     ("HF mobilenet_v2", hugging_face("mobilenet_v2"), "int8-relu"),
     ("HF efficientnet", hugging_face("efficientnet"), "int8-relu"),
-    ("zoo vit-tiny", zoo("vit-tiny"), "int8-relu"),
-    ("zoo convnext-tiny", zoo("convnext-tiny"), "int8-relu"),
+    ("zoo vit-tiny", zoo("vit-tiny"), "int8-npu"),
+    ("zoo vit-digits", zoo("vit-digits"), "int8-npu"),
+    ("zoo swin-tiny", zoo("swin-tiny"), "int8-npu"),
+    ("zoo convnext-tiny", zoo("convnext-tiny"), "int8-npu"),
+    ("HF vit", hugging_face("vit"), "int8-npu"),
+    ("HF deit", hugging_face("deit"), "int8-npu"),
+    ("zoo vit-tiny", zoo("vit-tiny"), "int8-shiftgelu"),
 ]
 
 
@@ -73,9 +85,68 @@ def convert(model: str, calib: Path, recipe: str, target: str, out: Path) -> dic
     return {"status": "ok", "wall_s": wall, **section}
 
 
+def stages(work: Path) -> dict[str, float]:
+    """Seconds per stage of zoo vit-tiny's convert for ethos-u55-128 (int8-npu, 4 calibration samples)."""
+    from hwact.backends import tosa_lower, tosa_tools
+    from hwact.load import load
+    from hwact.passes.manager import run_passes
+    from hwact.passes.recipes import RECIPES
+
+    times = {}
+    start = time.perf_counter()
+    graph = load("zoo:vit-tiny").graph
+    batches = [graph.example_inputs(batch=SAMPLES, seed=3)]
+    times["load + trace"] = time.perf_counter() - start
+    start = time.perf_counter()
+    graph, _ = run_passes(graph, list(RECIPES["int8-npu"].passes), {}, batches)
+    times["recipe int8-npu (each pass verified)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    network, _ = tosa_lower.lower(graph, tuple(t[:1] for t in batches[0]))
+    description, constants = tosa_lower.write_description(network, work)
+    times["TOSA lowering"] = time.perf_counter() - start
+    start = time.perf_counter()
+    names = tosa_tools.serialize(description, constants, work / "model.tosa")
+    times["serializer (tosa-tools, own process)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tosa_tools.vela(work / "model.tosa", work / "vela", "ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    times["Vela (ethos-u55-128)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    feed = np.zeros([int(d) for d in network.tensors[network.inputs[0]]["shape"]], np.int8)
+    tosa_tools.reference_run(work / "model.tosa", names, [feed], work / "run")
+    times["TOSA reference model, one sample"] = time.perf_counter() - start
+    return times
+
+
+def digits_accuracy() -> dict[str, float]:
+    """Top-1 on the digits test split: fp32, int8-shiftgelu, int8-npu (module docstring)."""
+    from hwact import models
+    from hwact.ir.graph import trace
+    from hwact.passes.manager import run_passes
+    from hwact.passes.recipes import RECIPES
+    from hwact.train.data import load_dataset, split
+    from hwact.train.distill import evaluate
+    from hwact.train.recover import recover
+
+    digits = load_dataset("digits")
+    rest, test = split(digits, 0.2, seed=1234)
+    module, specs = models.build("vit-digits", seed=0)
+    graph = trace(module, specs, "vit-digits")
+    trained, _ = recover(graph, "none", rest, dict(epochs=100, lr=3e-3, batch_size=64, patience=20,
+                                                   weight_decay=0.01, seed=0, progress=False), lambda *a, **k: None)
+    calib = [(rest.x[i:i + 32],) for i in range(0, 256, 32)]
+    result = {"fp32": evaluate(trained.module, test, None)["accuracy"]}
+    for recipe in ("int8-shiftgelu", "int8-npu"):
+        lowered, _ = run_passes(trained.copy(), list(RECIPES[recipe].passes), {}, calib,
+                                postconditions=RECIPES[recipe].postconditions)
+        result[recipe] = evaluate(lowered.module, test, None)["accuracy"]
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ethos_u.md"))
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the digits training and accuracy")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ethos-u-") as work:
@@ -100,6 +171,22 @@ def main() -> None:
         else:
             lines.append(f"| {r['model']} | {r['recipe']} | {r['target']} | refused: {r['blockers']} | | | | | | | "
                          f"{r['wall_s']:.1f} |")
+    with tempfile.TemporaryDirectory(prefix="bench-ethos-u-stages-") as work:
+        times = stages(Path(work))
+    backend = sum(v for k, v in times.items() if k.startswith(("TOSA lowering", "serializer", "Vela")))
+    lines += ["", "## Where zoo vit-tiny's convert goes (ethos-u55-128, int8-npu, in one process)\n",
+              "| stage | s |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in times.items()],
+              f"\nTOSA lowering + serializer + Vela: {backend:.2f} s (the convert also runs the reference model on "
+              "every sample, as many at a time as there are CPUs, and writes the report)."]
+    if not args.no_accuracy:
+        accuracy = digits_accuracy()
+        lines += ["", "## Accuracy: zoo vit-digits trained on scikit-learn digits (seed 0), test split top-1\n",
+                  "| model | top-1 % |", "|---|---|",
+                  f"| fp32 (GELU) | {100 * accuracy['fp32']:.2f} |",
+                  f"| int8-shiftgelu (ShiftGELU, Shiftmax, I-LayerNorm; int64, not on Ethos-U) | "
+                  f"{100 * accuracy['int8-shiftgelu']:.2f} |",
+                  f"| int8-npu (GELU TABLE, npu_softmax, npu_layernorm; what Ethos-U runs) | "
+                  f"{100 * accuracy['int8-npu']:.2f} |"]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
