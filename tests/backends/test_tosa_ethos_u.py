@@ -332,3 +332,33 @@ def test_saturated_inputs_bit_exact(tmp_path, cli, mixed_model):
     section = json.loads((out / "report.json").read_text())["ethos_u"]
     assert section["bit_exact"] is True and section["samples"] == 4
     assert "int8 zero point 0" in section["input_scales"]
+
+
+class CausalAttention(torch.nn.Module):
+    """Scores under a constant causal mask (where(keep, s, -inf)): int_mask with a constant keep, int16 codes."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = torch.nn.Linear(16, 16)
+        self.register_buffer("keep", torch.tril(torch.ones(12, 12, dtype=torch.bool)))
+
+    def forward(self, x):
+        scores = torch.where(self.keep, self.q(x) @ x.transpose(1, 2), float("-inf"))
+        return torch.softmax(scores, -1) @ x
+
+
+def test_constant_causal_mask_bit_exact(tmp_path, cli):
+    """The mask becomes MUL / ADD with constants (SELECT is not on U55), the masked scores int16's lowest code,
+    which npu_softmax's wide form gives weight 0; bit-exact, 0 CPU operators."""
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(CausalAttention().eval(), (torch.randn(2, 12, 16),)), tmp_path / "c.pt2")
+    np.savez(tmp_path / "calib.npz", x=torch.randn(4, 12, 16).numpy())
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", tmp_path / "c.pt2", "--target", "ethos-u55-128", "--calib", tmp_path / "calib.npz",
+                          "-o", out)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    section = report["ethos_u"]
+    assert section["bit_exact"] is True and section["cpu_ops"] == 0
+    assert "SELECT" not in section["tosa_op_kinds"]
+    assert [layer["wide"] for layer in report["integer"]["nonlinear"]] == [True]
