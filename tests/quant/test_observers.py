@@ -132,6 +132,30 @@ def test_bad_inputs():
         HistogramObserver(bins=10)
 
 
+
+@pytest.mark.parametrize("where", [0, 77_777, 196_607])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_single_nan_or_inf_anywhere_in_a_large_tensor_is_found(where, dtype):
+    # the finiteness check is one aminmax pass: NaN must reach both ends, an inf must be an end
+    clean = torch.randn(4, 128, 384, generator=torch.Generator().manual_seed(3)).to(dtype)
+    for bad, refused in ((float("nan"), "NaN"), (float("inf"), "infinite"), (float("-inf"), "infinite")):
+        x = clean.clone()
+        x.view(-1)[where] = bad
+        with pytest.raises(InputError, match=refused):
+            MinMaxObserver().observe(x)
+        with pytest.raises(InputError, match=refused):
+            HistogramObserver().observe(x)
+    x = clean.clone()
+    x.view(-1)[where] = float("-inf")
+    observer = MinMaxObserver()
+    observer.observe(x, ignore_infinite=True)     # calibrate's choice for intermediates: counted, left out
+    assert observer.infinite == 1
+    kept = torch.cat([clean.view(-1)[:where], clean.view(-1)[where + 1:]]).float()
+    assert observer.range() == (float(kept.min()), float(kept.max()))
+    x.view(-1)[where // 2] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        MinMaxObserver().observe(x, ignore_infinite=True)
+
 def test_channel_stats_match_numpy_and_stay_bounded():
     from hwact.quant.observers import ChannelStatsObserver
 
