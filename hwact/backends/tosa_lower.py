@@ -21,6 +21,7 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_mul              RESCALE x1 of each operand to int32 (zero point removed), MUL (shift 0), RESCALE
     int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
+    int_mask (constant)  nothing when every position is kept, else MUL / ADD with constants, RESCALE x1
     clamp on codes       CLAMP on stored values
     sum (mean pooling)   over H and W of 8-bit codes: DEPTHWISE_CONV2D with a kernel of ones (input_zp removes the
                          zero point); else RESCALE to int32 (zero point removed), REDUCE_SUM per axis
@@ -34,8 +35,10 @@ rounding_shift of hwact/ir/int_ops.py, then clamps to the output type; multiplie
 of hwact's dyadic() (TOSA requires 2 <= shift <= 62; a smaller shift is refused by name). The x1 RESCALE is
 multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
 
-    npu_softmax          REDUCE_MAX, SUB, RESCALE to an int8 index, two int8 TABLEs (exp's high and low byte), ADD,
-                         REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal, MUL, RESCALE
+    npu_softmax          REDUCE_MAX, SUB, an int8 index (RESCALE; wide: RESCALE to log2 units,
+                         ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs (exp's high and low byte), ADD (wide: and
+                         ARITHMETIC_RIGHT_SHIFT), REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal,
+                         MUL, RESCALE
     npu_layernorm        REDUCE_SUM / MAX / MIN, MUL by C, SUB, CLZ row shift, MUL (squares with a shift),
                          ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, MUL γ, ADD β,
                          RESCALE
@@ -228,14 +231,14 @@ class Network:
         """An int32 constant of shape [1] * rank (broadcasts against any tensor of that rank)."""
         return self.const(f"i32_{value}".replace("-", "m"), np.full([1] * rank, value, dtype=np.int64), "INT32")
 
-    def binary(self, kind: str, a: str, b: str, shape, hint: str, attr: list | None = None) -> str:
+    def binary(self, kind: str, a: str, b: str, shape, hint: str) -> str:
         """An int32 element-wise op (ADD, SUB, MAXIMUM, MINIMUM, LOGICAL_LEFT_SHIFT, ARITHMETIC_RIGHT_SHIFT)."""
         attributes = {"ADD": ["AddAttribute", []], "SUB": ["SubAttribute", []],
                       "MAXIMUM": ["MaximumAttribute", [{"NanPropagationMode": "PROPAGATE"}]],
                       "MINIMUM": ["MinimumAttribute", [{"NanPropagationMode": "PROPAGATE"}]],
                       "LOGICAL_LEFT_SHIFT": ["LogicalLeftShiftAttribute", []],
                       "ARITHMETIC_RIGHT_SHIFT": ["ArithmeticRightShiftAttribute", [True]]}
-        return self.op(kind, [a, b], shape, "INT32", attr or attributes[kind], hint)
+        return self.op(kind, [a, b], shape, "INT32", attributes[kind], hint)
 
     def mul(self, a: str, b: str, shift: int, shape, hint: str) -> str:
         """MUL of int32 tensors: floor((a · b + 2^(shift−1)) / 2^shift) in 64 bits (a · b for shift 0)."""
@@ -919,7 +922,8 @@ def problems(graph: Graph) -> list[str]:
             continue
         if node in floats:
             lines.append(f"{node.name} ({name}) computes in float: Ethos-U has no float units; lower it with an int8 "
-                         "recipe (--recipe int8-npu, the Ethos-U targets' default; `hwact inspect` names the pass for each op)")
+                         "recipe (--recipe int8-npu, the Ethos-U targets' default; `hwact inspect` names the pass for "
+                         "each op)")
         elif name in BLOCKED and not (name == "hwact.int_mask.default" and _constant_mask(node)):
             lines.append(f"{node.name} ({name}): {BLOCKED[name]}")
         elif name not in HANDLERS:
