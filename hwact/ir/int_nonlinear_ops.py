@@ -201,15 +201,24 @@ def shift_exp(x: torch.Tensor, x0: int, n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _shift_exp_table(x0: int, n: int, drop: int) -> torch.Tensor:
-    """shift_exp(d, x0, n) >> drop for every d in [-EXP_DOMAIN, 0], at index d + EXP_DOMAIN (512 KiB)."""
-    return shift_exp(torch.arange(-EXP_DOMAIN, 1, dtype=torch.int64), x0, n) >> drop
+def shift_exp_table(x0: int, n: int, drop: int) -> tuple[int, torch.Tensor]:
+    """(low, table) with shift_exp(d, x0, n) >> drop == table[max(d, low) - low] for every d in
+    [-EXP_DOMAIN, 0] (every x - max of saturated inputs), the table filled by shift_exp itself.
+
+    shift_exp's scaled exponent d + (d >> 1) - (d >> 4) does not decrease as d grows, so once it reaches the
+    clamp n·x0 it stays clamped for every smaller d, where shift_exp is constant: the table starts at the
+    largest such d (low), a few hundred entries for an int8 layer (n·|x0|/1.4375), at most 65,536."""
+    d = torch.arange(-EXP_DOMAIN, 1, dtype=torch.int64)
+    clamped = torch.nonzero(d + (d >> 1) - (d >> 4) <= n * x0)
+    start = int(clamped[-1]) if len(clamped) else 0
+    return start - EXP_DOMAIN, (shift_exp(d[start:], x0, n) >> drop).clone()
 
 
 def tabulated_shift_exp(d: torch.Tensor, x0: int, n: int, drop: int = 0) -> torch.Tensor:
-    """shift_exp(d, x0, n) >> drop for int64 d in [-EXP_DOMAIN, 0] (every x - max of saturated inputs), read
-    from the table shift_exp itself filled: the same integers, one gather instead of a dozen int64 passes."""
-    return _shift_exp_table(x0, n, drop)[d + EXP_DOMAIN]
+    """shift_exp(d, x0, n) >> drop for int64 d in [-EXP_DOMAIN, 0], read from shift_exp_table: the same
+    integers, one clamp and one gather instead of a dozen int64 passes."""
+    low, table = shift_exp_table(x0, n, drop)
+    return table[torch.clamp(d, min=low) - low]
 
 
 def isqrt_newton(v: torch.Tensor) -> torch.Tensor:
@@ -237,14 +246,11 @@ def _onnx_saturate(q):
     return op.Clip(op.Cast(q, to=INT64_TYPE), onnx_int64(INPUT_MIN), onnx_int64(INPUT_MAX))
 
 
-def _onnx_shift_exp(x, x0: int, n: int):
-    x = op.Sub(op.Add(x, _onnx_floor_div(x, 2)), _onnx_floor_div(x, 16))
-    x = op.Max(x, onnx_int64(n * x0))
-    q = op.Div(x, onnx_int64(x0))          # x <= 0, x0 < 0: the quotient is >= 0, truncation = floor
-    r = op.Sub(x, op.Mul(onnx_int64(x0), q))
-    e = op.Sub(_onnx_floor_div(r, 2), onnx_int64(x0))
-    powers = op.Constant(value_ints=[1 << k for k in range(n + 1)])
-    return op.Mul(e, op.Gather(powers, op.Sub(onnx_int64(n), q), axis=0))
+def _onnx_tabulated_shift_exp(d, x0: int, n: int, drop: int = 0):
+    """tabulated_shift_exp on INT64 ONNX values: Gather from the same table (no Div, no per-element powers)."""
+    low, table = shift_exp_table(x0, n, drop)
+    return op.Gather(op.Constant(value_ints=table.tolist()), op.Sub(op.Max(d, onnx_int64(low)), onnx_int64(low)),
+                     axis=0)
 
 
 def _axes(dim: int):
@@ -266,8 +272,8 @@ def _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, lam):
     x0, drop, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
     x = _onnx_saturate(q)
     m = op.Max(op.ReduceMax(x, _axes(-1), keepdims=1), onnx_int64(0))
-    e1 = _onnx_floor_div(_onnx_shift_exp(op.Sub(x, m), x0, n), 1 << drop)
-    e2 = _onnx_floor_div(_onnx_shift_exp(op.Neg(m), x0, n), 1 << drop)
+    e1 = _onnx_tabulated_shift_exp(op.Sub(x, m), x0, n, drop)
+    e2 = _onnx_tabulated_shift_exp(op.Neg(m), x0, n, drop)
     total = op.Max(op.Add(e1, e2), onnx_int64(1))
     sig = op.Div(op.Mul(e1, onnx_int64(1 << SIGMOID_BITS)), total)   # both >= 0: truncation = floor
     return onnx_clamp_int32(onnx_rounding_shift(op.Mul(x, sig), m0, shift), qmin, qmax)
@@ -332,7 +338,7 @@ def shiftmax_onnx(q: INT32, in_scale: float, out_scale: float, dim: int, qmin: i
     check_exp_clamp(n)
     m0, shift = dyadic(2.0 ** -PROB_BITS / out_scale)
     x = _onnx_saturate(q)
-    e = _onnx_shift_exp(op.Sub(x, op.ReduceMax(x, _axes(dim), keepdims=1)), x0, n)
+    e = _onnx_tabulated_shift_exp(op.Sub(x, op.ReduceMax(x, _axes(dim), keepdims=1)), x0, n)
     factor = op.Div(onnx_int64(1 << FACTOR_BITS), op.ReduceSum(e, _axes(dim), keepdims=1))
     p = onnx_rounding_shift(op.Mul(e, factor), 1, FACTOR_BITS - PROB_BITS)
     return onnx_clamp_int32(onnx_rounding_shift(p, m0, shift), qmin, qmax)

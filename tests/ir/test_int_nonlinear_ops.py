@@ -48,6 +48,9 @@ def test_tabulated_shift_exp_equals_shift_exp_over_the_whole_domain(x0, n, drop)
     # every x - max of int16-saturated inputs, [-65535, 0]: the table is read at each of them
     d = torch.arange(-nl.EXP_DOMAIN, 1, dtype=torch.int64)
     assert torch.equal(nl.tabulated_shift_exp(d, x0, n, drop), nl.shift_exp(d, x0, n) >> drop)
+    low, table = nl.shift_exp_table(x0, n, drop)
+    assert len(table) == -low + 1 <= 65536
+    assert len(nl.shift_exp_table(-20, 30, 0)[1]) == 419   # an int8 layer's table: n·|x0|/1.4375 entries
     assert nl.tabulated_shift_exp(torch.tensor([[-65535, 0]]), x0, n, drop).tolist() == \
         [[py_shift_exp(-65535, x0, n) >> drop, py_shift_exp(0, x0, n) >> drop]]
 
