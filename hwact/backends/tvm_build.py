@@ -5,9 +5,9 @@
              integer operands); an op without a converter is refused up front, listed
     target   a target TOML's `[backend.tvm] target` table, a TVM target as a JSON dict (mcpu = "host":
              this machine's CPU as LLVM names it, so its features come with it)
-    tune     MetaSchedule with a global trial budget; the database lives in the cache under a key of
-             (model.onnx bytes, input shapes, target), so a later build of the same model for the same
-             target reuses it instead of tuning again
+    tune     MetaSchedule with a global trial budget split evenly over the tuning tasks (search()); the
+             database lives in the cache under a key of (model.onnx bytes, input shapes, target), so a
+             later build of the same model for the same target reuses it instead of tuning again
     build    tvm.compile (untuned: TVM's default schedules), or the MetaSchedule pipeline that applies
              the tuned database; export_library with the target's cross compiler when it names one
 
@@ -31,6 +31,7 @@ from hwact.backends import tvm_onnx
 from hwact.errors import InputError, ToolMissingError, UnsupportedError
 
 TUNE_TIMEOUT_S = 4 * 3600
+BUILD_TIMEOUT_S = 60        # one candidate kernel's build in MetaSchedule
 TARGET_KEYS = {"kind", "mtriple", "mcpu", "mattr", "arch", "num-cores", "max_num_threads", "thread_warp_size"}
 
 
@@ -131,32 +132,34 @@ def tuning_key(onnx_path: Path, signature: Signature, spec: dict) -> str:
 
 
 def tune(onnx_path: Path, signature: Signature, spec: dict, key: str, trials: int, log=print) -> dict:
-    """MetaSchedule the model's kernels with `trials` measured candidates in all, into the cache's database
-    for `key`; a database that already holds at least `trials` is reused as it is. The search runs in a
-    child process (python -m hwact.backends.tvm_build): a crash inside TVM becomes a one-line error."""
+    """MetaSchedule the model's kernels with `trials` measured candidates in all (search()), into the cache's
+    database for `key`; a database that already holds at least `trials` is reused as it is. The search
+    runs in a child process (python -m hwact.backends.tvm_build): a crash inside TVM becomes a one-line
+    error. Returns what the report says: trials, tasks, trials per task, database, reused, wall seconds."""
     work_dir = cache_dir() / "tune" / key
     done_path = work_dir / "hwact-trials.json"
-    done = json.loads(done_path.read_text())["trials"] if done_path.is_file() else 0
-    if done >= trials:
-        log(f"  tvm: reusing the tuning database of {done} trials ({work_dir})")
-        return {"trials": trials, "database": str(work_dir), "reused": True, "wall_s": 0.0}
+    done = json.loads(done_path.read_text()) if done_path.is_file() else {"trials": 0}
+    if done["trials"] >= trials:
+        log(f"  tvm: reusing the tuning database of {done['trials']} trials ({work_dir})")
+        return {**done, "database": str(work_dir), "reused": True}
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log(f"  tvm: MetaSchedule tuning, {trials} trials ({work_dir})")
     request = json.dumps({"onnx": str(onnx_path), "inputs": signature.as_json(), "target": spec,
                           "work_dir": str(work_dir), "trials": trials})
-    done = subprocess.run([sys.executable, "-m", "hwact.backends.tvm_build", request], timeout=TUNE_TIMEOUT_S,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if done.returncode != 0:
-        said = [line.strip() for line in done.stdout.splitlines()
+    child = subprocess.run([sys.executable, "-m", "hwact.backends.tvm_build", request], timeout=TUNE_TIMEOUT_S,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if child.returncode != 0:
+        said = [line.strip() for line in child.stdout.splitlines()
                 if line.strip() and not line.lstrip().startswith(("File ", "Traceback", "!!!")) and "Warning" not in line]
-        how = (f"it crashed with signal {-done.returncode} inside TVM" if done.returncode < 0
-               else f"exit {done.returncode}{': ' + said[-1][:160] if said else ''}")
+        how = (f"it crashed with signal {-child.returncode} inside TVM" if child.returncode < 0
+               else f"exit {child.returncode}{': ' + said[-1][:160] if said else ''}")
         raise UnsupportedError(f"TVM's MetaSchedule tuning failed ({how})",
-                               hint="tune_trials = 0 builds untuned; docs/tvm.md says where this was seen")
-    wall = time.perf_counter() - start
-    done_path.write_text(json.dumps({"trials": trials}))
-    return {"trials": trials, "database": str(work_dir), "reused": False, "wall_s": round(wall, 2)}
+                               hint="--tune-trials 0 builds untuned; docs/tvm.md says where this was seen")
+    done = {"trials": trials, **json.loads((work_dir / "hwact-search.json").read_text()),
+            "wall_s": round(time.perf_counter() - start, 2)}
+    done_path.write_text(json.dumps(done))
+    return {**done, "database": str(work_dir), "reused": False}
 
 
 def tuning_pipeline(target, work_dir: Path, trials: int):
@@ -164,6 +167,29 @@ def tuning_pipeline(target, work_dir: Path, trials: int):
     then apply the database in `work_dir` to the kernels it holds records for."""
     return tvm().relax.pipeline.static_shape_tuning_pipeline(total_trials=trials, target=target,
                                                              work_dir=str(work_dir), cpu_weight_prepack=False)
+
+
+def search(mod, target, work_dir: Path, trials: int) -> dict:
+    """MetaSchedule over the kernels of `mod`, legalized and fused as tuning_pipeline does: `trials` measured
+    candidates in all, split evenly over the tuning tasks (ceil(trials / tasks) each, measured in batches
+    of at most 64), so that a small budget reaches every kernel rather than the first few the task
+    scheduler picks (its default batch is 64 per task). Records go to the JSON database in work_dir.
+    Candidates are built by one worker process: with TVM's default of one per core, every build here
+    ran into the builder's timeout (30 s, a 16x64 MatMul included) and nothing was measured."""
+    module = tvm()
+    from tvm.s_tir import meta_schedule
+
+    relax = module.relax
+    with target:
+        mod = module.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                           relax.transform.CanonicalizeBindings(), relax.pipeline.zero_pipeline()])(mod)
+    tasks = len(meta_schedule.relax_integration.extract_tasks(mod, target))
+    per_task = max(1, -(-trials // max(tasks, 1)))
+    builder = meta_schedule.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
+    meta_schedule.relax_integration.tune_relax(mod, {}, target, str(work_dir), max_trials_global=trials,
+                                               max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
+                                               builder=builder)
+    return {"tasks": tasks, "trials_per_task": per_task}
 
 
 def compile_module(mod, target, key: str | None):
@@ -188,4 +214,5 @@ def export(executable, path: Path, cross_compiler: str | None) -> Path:
 if __name__ == "__main__":   # the tuning child of tune(): writes the database into work_dir
     job = json.loads(sys.argv[1])
     module = import_onnx(Path(job["onnx"]), Signature.from_json(job["inputs"], "tune"), job["onnx"])
-    tuning_pipeline(make_target(job["target"], "tune"), Path(job["work_dir"]), int(job["trials"]))(module)
+    split = search(module, make_target(job["target"], "tune"), Path(job["work_dir"]), int(job["trials"]))
+    (Path(job["work_dir"]) / "hwact-search.json").write_text(json.dumps(split))

@@ -17,6 +17,7 @@ compared with a local one bit for bit.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -50,8 +51,10 @@ def library(onnx_path: Path, signature: tvm_build.Signature, spec: dict, cross_c
             trials: int) -> tuple[Path, bool]:
     """hwact's own build of the folder's model for `spec`, cached; (path, whether it is tuned)."""
     key = tvm_build.tuning_key(onnx_path, signature, spec)
-    tuned = trials > 0 and (tvm_build.cache_dir() / "tune" / key / "hwact-trials.json").is_file()
-    path = tvm_build.cache_dir() / "lib" / f"{key}-{'tuned' if tuned else 'untuned'}.so"
+    record = tvm_build.cache_dir() / "tune" / key / "hwact-trials.json"
+    tuned = trials > 0 and record.is_file()
+    done = json.loads(record.read_text())["trials"] if tuned else 0     # the database may grow: a library each
+    path = tvm_build.cache_dir() / "lib" / f"{key}-t{done}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         mod = tvm_build.import_onnx(onnx_path, signature, str(onnx_path))

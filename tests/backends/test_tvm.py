@@ -313,6 +313,36 @@ def test_op_without_converter_refused_with_its_name(tmp_path):
         tvm_build.import_onnx(tmp_path / "w.onnx", tvm_build.Signature([("n", [], "int64")]), "w")
 
 
+@pytest.mark.slow
+def test_tuning_writes_a_database_that_a_second_tune_reuses(tmp_path, cache):
+    """MetaSchedule (TVM 0.27 with apache-tvm-ffi 0.1.14; 0.1.15 segfaulted) on a one-MatMul model: a database
+    with records, reused without a search by a second tune of the same model, and the tuned build correct."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 64])],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "mm.onnx")
+    signature = tvm_build.Signature([("x", [16, 64], "float32")])
+    spec = tvm_build.resolve_target({"kind": "llvm", "mcpu": "host"}, "test")
+    key = tvm_build.tuning_key(tmp_path / "mm.onnx", signature, spec)
+    said = []
+    first = tvm_build.tune(tmp_path / "mm.onnx", signature, spec, key, 4, said.append)
+    assert first["reused"] is False and first["tasks"] == 1 and first["trials_per_task"] == 4 and first["wall_s"] > 0
+    records = (tvm_build.cache_dir() / "tune" / key / "database_tuning_record.json").read_text().splitlines()
+    measured = [json.loads(line)[1][1] for line in records]          # [workload, [trace, run seconds, ...]]
+    assert measured and any(seconds and all(s < 1e9 for s in seconds) for seconds in measured), measured
+    second = tvm_build.tune(tmp_path / "mm.onnx", signature, spec, key, 4, said.append)
+    assert second["reused"] is True and second["wall_s"] == first["wall_s"] and "reusing" in said[-1]
+    mod = tvm_build.import_onnx(tmp_path / "mm.onnx", signature, "mm")
+    vm = tvm.relax.VirtualMachine(tvm_build.compile_module(mod, tvm_build.make_target(spec, "t"), key), tvm.cpu())
+    x = np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32)
+    assert np.allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), x @ weight, atol=1e-4)
+
+
 def test_tune_trials_belongs_to_the_tvm_targets(cli, tmp_path):
     code, _, err = cli("convert", "zoo:cnn-tiny", "--tune-trials", "4", "-o", tmp_path / "out")
     assert code == 2 and "--tune-trials does not apply" in err and "tvm" in err and len(err.strip().splitlines()) == 1
