@@ -11,8 +11,9 @@
             is compiled, not run here: the report says so, and `hwact bench --rpc` runs it on the device
     bench   `hwact bench OUT [--rpc HOST:PORT --key KEY]` (hwact/bench/tvm_bench.py)
 
-An integer graph whose ONNX holds an op the Relax frontend lacks (ConvInteger in 0.27) is refused with
-the list of those ops before anything is written.
+Integer graphs (an int8 recipe) import with hwact's additions to the Relax ONNX frontend (ConvInteger,
+scalar integer operands: tvm_onnx.py) and are verified bit for bit; a graph holding an op without a
+converter is refused with the list of those ops before anything is written.
 """
 
 from __future__ import annotations
