@@ -135,7 +135,8 @@ def tune(onnx_path: Path, signature: Signature, spec: dict, key: str, trials: in
     """MetaSchedule the model's kernels with `trials` measured candidates in all (search()), into the cache's
     database for `key`; a database that already holds at least `trials` is reused as it is. The search
     runs in a child process (python -m hwact.backends.tvm_build): a crash inside TVM becomes a one-line
-    error. Returns what the report says: trials, tasks, trials per task, database, reused, wall seconds."""
+    error, and so does a search that measured no candidate. Returns what the report says: trials, tasks,
+    trials per task, measured records, database, reused, wall seconds."""
     work_dir = cache_dir() / "tune" / key
     done_path = work_dir / "hwact-trials.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {"trials": 0}
@@ -157,9 +158,21 @@ def tune(onnx_path: Path, signature: Signature, spec: dict, key: str, trials: in
         raise UnsupportedError(f"TVM's MetaSchedule tuning failed ({how})",
                                hint="--tune-trials 0 builds untuned; docs/tvm.md says where this was seen")
     done = {"trials": trials, **json.loads((work_dir / "hwact-search.json").read_text()),
-            "wall_s": round(time.perf_counter() - start, 2)}
+            "measured": measured_records(work_dir), "wall_s": round(time.perf_counter() - start, 2)}
+    if not done["measured"]:
+        raise UnsupportedError("TVM's MetaSchedule tuning measured no candidate (every build or run failed)",
+                               hint=f"the search's logs are in {work_dir / 'logs'}")
     done_path.write_text(json.dumps(done))
     return {**done, "database": str(work_dir), "reused": False}
+
+
+def measured_records(work_dir: Path) -> int:
+    """How many tuning records in work_dir's JSON database hold a measured run time (a candidate whose build
+    or run failed is recorded with 1e10 s)."""
+    path = work_dir / "database_tuning_record.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    run_seconds = [json.loads(line)[1][1] for line in lines if line.strip()]   # [workload, [trace, run_secs, ..]]
+    return sum(1 for seconds in run_seconds if seconds and max(seconds) < 1e9)
 
 
 def tuning_pipeline(target, work_dir: Path, trials: int):

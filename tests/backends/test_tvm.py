@@ -332,6 +332,7 @@ def test_tuning_writes_a_database_that_a_second_tune_reuses(tmp_path, cache):
     said = []
     first = tvm_build.tune(tmp_path / "mm.onnx", signature, spec, key, 4, said.append)
     assert first["reused"] is False and first["tasks"] == 1 and first["trials_per_task"] == 4 and first["wall_s"] > 0
+    assert 1 <= first["measured"] <= 4
     records = (tvm_build.cache_dir() / "tune" / key / "database_tuning_record.json").read_text().splitlines()
     measured = [json.loads(line)[1][1] for line in records]          # [workload, [trace, run seconds, ...]]
     assert measured and any(seconds and all(s < 1e9 for s in seconds) for seconds in measured), measured
