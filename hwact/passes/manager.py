@@ -33,13 +33,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.utils._pytree as pytree
 
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line, module_path, op_name
-from hwact.ir.metrics import (Outputs, collect, compare, degenerate, nonfinite_batch, require_finite_reference,
-                              run_outputs)  # run_outputs: re-exported (tests/passes, benchmarks/bench_cle.py)
+from hwact.ir.metrics import (Outputs, collect, compare, degenerate, nonfinite_batch, output_runs,
+                              require_finite_reference, run_outputs)  # run_outputs: re-exported (tests/passes, benchmarks/bench_cle.py)
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 from hwact.passes.recipes import POSTCONDITIONS
@@ -160,9 +159,7 @@ def _outputs(graph: Graph, batches: list[tuple], where: str) -> tuple[Runs, Outp
     Outputs; a PreconditionError an op raises while running (hwact.ir.int_ops.dyadic's knows no node) names
     `where` (the pass) and the node that raised it."""
     try:
-        with torch.no_grad():
-            runs = [[t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
-                    for args in batches]
+        runs = output_runs(graph, batches)
         return runs, collect(runs)
     except PreconditionError as exc:
         node = _failing_node(graph, batches)
