@@ -1,5 +1,7 @@
 """The model.onnx that `hwact convert` writes stays byte-identical: its sha256 for zoo models x recipes equals
-the one recorded in tests/data/onnx_hashes.json (recorded before issue 13, by scripts/onnx_hashes.py)."""
+the one recorded in tests/data/onnx_hashes.json (recorded before issue 13, by scripts/onnx_hashes.py; the int8
+hashes of vit-tiny and cnn-tiny again on 2026-12-05, when integer exports began to store each weight as its
+uint8 operand and to read shift_exp from a table; the float hashes did not move)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ import torch
 from hwact.backends.onnx_stream import inline_external_data
 from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.graph import Graph, first_line
-from hwact.ir.metrics import Outputs, collect, compare, nonfinite_batch, require_finite_reference, run_outputs
+from hwact.ir.metrics import (Outputs, collect, compare, map_batches, nonfinite_batch, require_finite_reference,
+                              run_outputs)
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
 
 OPSET = 20
@@ -132,10 +133,14 @@ def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
 
 
 def run_onnx(session, batches: list[tuple]) -> Outputs:
-    """The outputs of an onnxruntime session on every batch (the torch tensors fed as numpy arrays)."""
+    """The outputs of an onnxruntime session on every batch (the torch tensors fed as numpy arrays), the
+    batches spread over the cores (map_batches: give the session one intra-op thread)."""
     names = [i.name for i in session.get_inputs()]
-    runs = (session.run(None, {n: a.numpy() for n, a in zip(names, args)}) for args in batches)
-    return collect([torch.from_numpy(np.asarray(o)) for o in outs] for outs in runs)
+
+    def run(args: tuple) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.asarray(o)) for o in session.run(None, {n: a.numpy() for n, a in zip(names, args)})]
+
+    return collect(map_batches(run, batches))
 
 
 def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4,
@@ -148,7 +153,7 @@ def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | No
     name = name or Path(path).name
     reference = collect(reference_runs) if reference_runs is not None else run_outputs(graph, batches)
     require_finite_reference(reference, batches, what="the torch graph's outputs")
-    produced = run_onnx(ort_session(path, low_memory=True), batches)
+    produced = run_onnx(ort_session(path, threads=1, low_memory=True), batches)
     broken = nonfinite_batch(produced)
     if broken is not None:
         raise VerificationError(f"{name}: onnxruntime's outputs are NaN/Inf on calibration batch {broken + 1} "

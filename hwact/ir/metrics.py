@@ -41,21 +41,17 @@ def collect(runs) -> Outputs:
     return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
 
 
-def output_runs(graph: Graph, batches: list[tuple]) -> list[list[torch.Tensor]]:
-    """The tensor outputs (pytree leaves) of `graph` on every batch, in order.
+def map_batches(run, batches: list) -> list:
+    """[run(batch) for batch in batches], the batches spread over torch's threads (the machine's cores), one
+    batch per thread with every op of it on that thread (torch's intra-op threads set to 1 meanwhile).
 
-    The batches are independent, so they are spread over torch's threads, one batch per thread with every op
-    of it on that thread, instead of every op split over the threads: no fork/join per op (most ops of an
-    integer graph are small element-wise ones), and no threads spinning for a CPU another job holds. The
-    8-batch integer verification of zoo:vit-s16 took 10 s this way and 58 s with 2 intra-op threads on
-    the 2-core machine while other work kept it busy (load 3)."""
-    def run(args: tuple) -> list[torch.Tensor]:
-        with torch.no_grad():   # thread-local: set in the worker
-            return [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
-
+    Calibration batches are independent: this has no fork/join per op (most ops of an integer graph are small
+    element-wise ones) and no threads spinning for a CPU another job holds. The 8-batch integer verification
+    of zoo:vit-s16 took 10 s this way and 58 s with 2 intra-op threads on the 2-core machine while other work
+    kept it busy (load 3). `run` must be thread-safe (a torch graph, an onnxruntime session)."""
     workers = min(torch.get_num_threads(), len(batches))
     if workers <= 1:
-        return [run(args) for args in batches]
+        return [run(batch) for batch in batches]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -63,6 +59,15 @@ def output_runs(graph: Graph, batches: list[tuple]) -> list[list[torch.Tensor]]:
             return list(pool.map(run, batches))
     finally:
         torch.set_num_threads(threads)
+
+
+def output_runs(graph: Graph, batches: list[tuple]) -> list[list[torch.Tensor]]:
+    """The tensor outputs (pytree leaves) of `graph` on every batch, in order (map_batches)."""
+    def run(args: tuple) -> list[torch.Tensor]:
+        with torch.no_grad():   # thread-local: set in the worker
+            return [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
+
+    return map_batches(run, batches)
 
 
 def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:

@@ -37,8 +37,9 @@ import torch
 from hwact.errors import InputError, PreconditionError, VerificationError
 from hwact.ir import activations
 from hwact.ir.graph import Graph, InputSpec, first_line, module_path, op_name
+# run_outputs: re-exported (tests/passes, benchmarks/bench_cle.py)
 from hwact.ir.metrics import (Outputs, collect, compare, degenerate, nonfinite_batch, output_runs,
-                              require_finite_reference, run_outputs)  # run_outputs: re-exported (tests/passes, benchmarks/bench_cle.py)
+                              require_finite_reference, run_outputs)
 from hwact.npz import REAL, Npz, open_npz
 from hwact.passes.base import all_passes, make_pass, option_names
 from hwact.passes.recipes import POSTCONDITIONS
