@@ -17,8 +17,15 @@ import unicodedata
 
 import click
 
+from hwact import heap
 from hwact.errors import HwactError
 from hwact.outputs import os_error
+
+# torch's OpenMP threads sleep when they wait, instead of spinning for the CPU (read once, when torch loads;
+# a user's own setting wins). Spinning threads fight any other job on the cores: calibrate of zoo:vit-s16
+# took 65 s with torch's 2 threads on the 2-core machine under a load of 2.6, 5.7 s with this, 5.3 s on
+# one thread.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMAND_MODULES = (
     "hwact.commands.core",      # inspect, convert, export-onnx, bench, demo
@@ -108,26 +115,7 @@ def _debug(ctx: click.Context) -> bool:
 def main(ctx: click.Context, debug: bool) -> None:
     """hwact: trace PyTorch models, rewrite them for hardware, export and benchmark them."""
     ctx.obj = {"debug": debug}
-    keep_freed_memory()
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc mallopt() parameters
-LARGEST_HEAP_BLOCK = 32 * 1024 * 1024          # glibc's cap on M_MMAP_THRESHOLD (64-bit)
-
-
-def keep_freed_memory() -> None:
-    """Let glibc serve tensors up to 32 MiB from its heap and keep freed memory for the next one.
-
-    By default every allocation above ~128 KiB is a fresh mmap, so each large intermediate of a verification
-    run (the int64 temporaries of the integer references, ~10 MB each) is paged in again, a page fault per
-    4 KiB: 4.8 million faults and 5.6 s of kernel time per 8-batch run of zoo:vit-s16 int8-shiftgelu,
-    none with this setting (peak RSS unchanged: the heap reuses what the previous op freed). No-op off glibc."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, LARGEST_HEAP_BLOCK)
-        libc.mallopt(M_TRIM_THRESHOLD, 4 * LARGEST_HEAP_BLOCK)
+    heap.keep_freed_memory()
 
 
 for _module in COMMAND_MODULES:

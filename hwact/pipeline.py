@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from hwact import heap
 from hwact.backends.base import Backend, EmitContext, all_backends, get_backend
 from hwact.backends.onnx_backend import OnnxBackend
 from hwact.errors import InputError
@@ -237,6 +238,7 @@ def convert(loaded: Loaded, options: ConvertOptions, target: Target, outdir: Pat
             context.reference = reference.runs_of(graph, batches)   # None once anything changed the graph
             section.update(backend.verify(graph, tmp, context))
             sections[backend.section or backend.name] = section
+            heap.return_freed_memory()   # the next backend starts from what is live (hwact/heap.py)
         body.update(sections)
         body["target_support"] = target.support_report(graph, lowering_advice)  # inspect's advice
         report = {"input": loaded.describe(), "target": target.name, **body, "versions": versions()}

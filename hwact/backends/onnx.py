@@ -24,8 +24,7 @@ import torch
 from hwact.backends.onnx_stream import inline_external_data
 from hwact.errors import UnsupportedError, VerificationError
 from hwact.ir.graph import Graph, first_line
-from hwact.ir.metrics import (Outputs, collect, compare, map_batches, nonfinite_batch, require_finite_reference,
-                              run_outputs)
+from hwact.ir.metrics import Outputs, collect, compare, nonfinite_batch, require_finite_reference, run_outputs
 from hwact.ir.ops import ONNX_TRANSLATIONS, load_all_ops
 
 OPSET = 20
@@ -118,7 +117,11 @@ def _strip_node_metadata(model, keep_namespace: bool = True) -> None:
 
 
 def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
-    """An onnxruntime CPU session; `low_memory` skips weight pre-packing and the arena (for checks, not speed)."""
+    """An onnxruntime CPU session. `low_memory`, for checks, not speed: no weight pre-packing, no arena, no
+    memory pattern (one block per run for all planned intermediates, ~140 MiB for ViT-S/16's integer model)
+    and intra-op threads that sleep while they wait instead of spinning (spinning threads fight any other job
+    on the cores; the 8 calibration batches of that model took as long on 2 threads this way as two runs on
+    one thread each at a time, with 260 instead of 400 MiB peak, on the 2-core machine under a load of 2.5)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -126,6 +129,8 @@ def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
     if low_memory:
         options.add_session_config_entry("session.disable_prepacking", "1")
         options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -133,14 +138,10 @@ def ort_session(path: Path, threads: int = 0, low_memory: bool = False):
 
 
 def run_onnx(session, batches: list[tuple]) -> Outputs:
-    """The outputs of an onnxruntime session on every batch (the torch tensors fed as numpy arrays), the
-    batches spread over the cores (map_batches: give the session one intra-op thread)."""
+    """The outputs of an onnxruntime session on every batch (the torch tensors fed as numpy arrays)."""
     names = [i.name for i in session.get_inputs()]
-
-    def run(args: tuple) -> list[torch.Tensor]:
-        return [torch.from_numpy(np.asarray(o)) for o in session.run(None, {n: a.numpy() for n, a in zip(names, args)})]
-
-    return collect(map_batches(run, batches))
+    runs = (session.run(None, {n: a.numpy() for n, a in zip(names, args)}) for args in batches)
+    return collect([torch.from_numpy(np.asarray(o)) for o in outs] for outs in runs)
 
 
 def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | None = 1e-4,
@@ -153,7 +154,7 @@ def verify(graph: Graph, path: Path, batches: list[tuple], tolerance: float | No
     name = name or Path(path).name
     reference = collect(reference_runs) if reference_runs is not None else run_outputs(graph, batches)
     require_finite_reference(reference, batches, what="the torch graph's outputs")
-    produced = run_onnx(ort_session(path, threads=1, low_memory=True), batches)
+    produced = run_onnx(ort_session(path, low_memory=True), batches)
     broken = nonfinite_batch(produced)
     if broken is not None:
         raise VerificationError(f"{name}: onnxruntime's outputs are NaN/Inf on calibration batch {broken + 1} "

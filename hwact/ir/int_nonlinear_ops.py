@@ -265,7 +265,7 @@ def _gelu_reference(q, in_scale, out_scale, qmin, qmax, n, lam):
     e1 = tabulated_shift_exp(x - m, x0, n, drop)
     e2 = tabulated_shift_exp(-m, x0, n, drop)
     sig = torch.div(e1 << SIGMOID_BITS, torch.clamp(e1 + e2, min=1), rounding_mode="floor")
-    return torch.clamp(rounding_shift(x * sig, m0, shift), qmin, qmax).to(torch.int32)
+    return rounding_shift(sig.mul_(x), m0, shift).clamp_(qmin, qmax).to(torch.int32)
 
 
 def _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, lam):
@@ -323,8 +323,8 @@ def shiftmax(q: torch.Tensor, in_scale: float, out_scale: float, dim: int, qmin:
     e = tabulated_shift_exp(x - x.amax(dim=dim, keepdim=True), x0, n)
     factor = torch.div(torch.tensor(1 << FACTOR_BITS, dtype=torch.int64), e.sum(dim=dim, keepdim=True),
                        rounding_mode="floor")
-    p = rounding_shift(e * factor, 1, FACTOR_BITS - PROB_BITS)
-    return torch.clamp(rounding_shift(p, m0, shift), qmin, qmax).to(torch.int32)
+    p = rounding_shift(e.mul_(factor), 1, FACTOR_BITS - PROB_BITS)
+    return rounding_shift(p, m0, shift).clamp_(qmin, qmax).to(torch.int32)
 
 
 @shiftmax.register_fake
@@ -358,8 +358,8 @@ def i_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tensor
     v = torch.clamp((d * d).sum(dim=-1, keepdim=True) + (eps_int << 2 * precision), min=1)
     s = isqrt_newton(v)
     z = torch.div(2 * k * d + s, 2 * s, rounding_mode="floor")
-    acc = z * gamma_int.to(torch.int64) + beta_int.to(torch.int64)
-    return torch.clamp(rounding_shift(acc, m0, shift), qmin, qmax).to(torch.int32)
+    acc = z.mul_(gamma_int).add_(beta_int)
+    return rounding_shift(acc, m0, shift).clamp_(qmin, qmax).to(torch.int32)
 
 
 @i_layernorm.register_fake

@@ -67,19 +67,22 @@ def dyadic_tensors(reals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rounding_shift(x: torch.Tensor, m0, shift) -> torch.Tensor:
-    """floor((x · m0 + 2^(shift-1)) / 2^shift) in int64; m0/shift python ints or broadcastable tensors."""
-    x = x.to(torch.int64)
+    """floor((x · m0 + 2^(shift-1)) / 2^shift) in int64; m0/shift python ints or broadcastable tensors.
+    Returns a new tensor (the product's, shifted in place: one int64 temporary instead of three)."""
     if isinstance(shift, int):
-        product = x * m0
-        return (product + ((1 << shift) >> 1)) >> shift
+        product = x.to(torch.int64) * m0
+        product += (1 << shift) >> 1
+        return product.bitwise_right_shift_(shift)
     m0, shift = m0.to(torch.int64), shift.to(torch.int64)
     half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(shift), shift), 1)
-    return torch.bitwise_right_shift(x * m0 + half, shift)
+    product = x.to(torch.int64) * m0
+    product += half
+    return product.bitwise_right_shift_(shift)
 
 
 def requantize_values(acc: torch.Tensor, multiplier: float, qmin: int, qmax: int) -> torch.Tensor:
     m0, shift = dyadic(multiplier)
-    return torch.clamp(rounding_shift(acc, m0, shift), qmin, qmax).to(torch.int32)
+    return rounding_shift(acc, m0, shift).clamp_(qmin, qmax).to(torch.int32)
 
 
 # ----- ONNX helpers (used inside translations, which torch.onnx traces as plain Python) -------------
@@ -241,8 +244,7 @@ def _per_channel_requantize(acc: torch.Tensor, m0: torch.Tensor, shift: torch.Te
                             qmin: int, qmax: int) -> torch.Tensor:
     view = [1] * acc.dim()
     view[axis] = -1
-    out = rounding_shift(acc, m0.reshape(view), shift.reshape(view))
-    return torch.clamp(out, qmin, qmax).to(torch.int32)
+    return rounding_shift(acc, m0.reshape(view), shift.reshape(view)).clamp_(qmin, qmax).to(torch.int32)
 
 
 @hwact_op("int_linear", bounds=("qmin", "qmax"))
@@ -250,7 +252,8 @@ def int_linear(q: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, m0: to
                unsigned_input: bool, qmin: int, qmax: int) -> torch.Tensor:
     """acc_c = Σ_k q_k · W_ck + bias_c (int32 accumulate, held in int64 here); out_c = clamp(rounding_shift(
     acc_c, m0_c, shift_c), qmin, qmax). q: 8-bit values (uint8 when unsigned_input), W: int8 [N, K]."""
-    acc = exact_matmul(q, weight.t()) + bias.to(torch.int64)
+    acc = exact_matmul(q, weight.t())
+    acc += bias   # exact_matmul's result is new: added in place
     return _per_channel_requantize(acc, m0, shift, -1, qmin, qmax)
 
 

@@ -41,17 +41,21 @@ def collect(runs) -> Outputs:
     return Outputs(torch.cat(flat), torch.cat(classes) if has_classes else None, [f.shape[0] for f in flat])
 
 
-def map_batches(run, batches: list) -> list:
-    """[run(batch) for batch in batches], the batches spread over torch's threads (the machine's cores), one
-    batch per thread with every op of it on that thread (torch's intra-op threads set to 1 meanwhile).
+def output_runs(graph: Graph, batches: list[tuple]) -> list[list[torch.Tensor]]:
+    """The tensor outputs (pytree leaves) of `graph` on every batch, in order.
 
-    Calibration batches are independent: this has no fork/join per op (most ops of an integer graph are small
-    element-wise ones) and no threads spinning for a CPU another job holds. The 8-batch integer verification
-    of zoo:vit-s16 took 10 s this way and 58 s with 2 intra-op threads on the 2-core machine while other work
-    kept it busy (load 3). `run` must be thread-safe (a torch graph, an onnxruntime session)."""
+    The batches are independent, so they are spread over torch's threads (the machine's cores), one batch
+    per thread with every op of it on that thread (torch's intra-op threads set to 1 meanwhile): no fork/join
+    per op (most ops of an integer graph are small element-wise ones), and no threads waiting on each other
+    for a CPU another job holds. The 8-batch integer verification of zoo:vit-s16 took 10 s this way and 58 s
+    with 2 intra-op threads on the 2-core machine while other work kept it busy (load 3)."""
+    def run(args: tuple) -> list[torch.Tensor]:
+        with torch.no_grad():   # thread-local: set in the worker
+            return [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
+
     workers = min(torch.get_num_threads(), len(batches))
     if workers <= 1:
-        return [run(batch) for batch in batches]
+        return [run(args) for args in batches]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -59,15 +63,6 @@ def map_batches(run, batches: list) -> list:
             return list(pool.map(run, batches))
     finally:
         torch.set_num_threads(threads)
-
-
-def output_runs(graph: Graph, batches: list[tuple]) -> list[list[torch.Tensor]]:
-    """The tensor outputs (pytree leaves) of `graph` on every batch, in order (map_batches)."""
-    def run(args: tuple) -> list[torch.Tensor]:
-        with torch.no_grad():   # thread-local: set in the worker
-            return [t for t in pytree.tree_leaves(graph.module(*args)) if isinstance(t, torch.Tensor)]
-
-    return map_batches(run, batches)
 
 
 def run_outputs(graph: Graph, batches: list[tuple]) -> Outputs:
