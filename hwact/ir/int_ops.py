@@ -155,6 +155,12 @@ def _ieee_float32_matmul() -> bool:
         getattr(mkldnn, "fp32_precision", "none") in ("none", "ieee")
 
 
+def _max_abs(t: torch.Tensor) -> int:
+    """max |t| of a non-empty integer tensor, in one pass without a temporary (no abs() copy)."""
+    low, high = torch.aminmax(t)
+    return max(-int(low), int(high))
+
+
 def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of integer tensors as int64, exactly, on float BLAS (torch has no integer GEMM on CPU; its int64
     matmul is 4x slower than float32).
@@ -171,7 +177,7 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Float32 only while torch's float32 matmul is IEEE (_ieee_float32_matmul); otherwise float64 or int64.
     """
     k = a.shape[-1]
-    bound = int(a.abs().amax()) * int(b.abs().amax()) if a.numel() and b.numel() else 0
+    bound = _max_abs(a) * _max_abs(b) if a.numel() and b.numel() else 0
     width = k if k * bound <= FLOAT32_EXACT else FLOAT32_EXACT // bound
     if _ieee_float32_matmul() and width >= 1 and -(-k // width) <= MAX_FLOAT32_SLICES:
         a32, b32 = a.to(torch.float32), b.to(torch.float32)
