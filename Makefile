@@ -6,8 +6,11 @@ STAMP  := $(VENV)/.hwact-installed
 # the TOSA tools (Ethos-U backend) in their own environment: tosa-tools pins numpy < 2.2 (docs/ethos-u.md)
 TOSA_VENV  ?= .venv-tosa
 TOSA_STAMP := $(TOSA_VENV)/.hwact-installed
+# ExecuTorch's Arm backend, only for benchmarks/bench_ethos_u_executorch.py (never needed by test or demo)
+ET_VENV  ?= .venv-executorch
+ET_STAMP := $(ET_VENV)/.hwact-installed
 
-.PHONY: install tools tosa-env demo test bench
+.PHONY: install tools tosa-env executorch-env demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +26,16 @@ $(TOSA_STAMP):
 	touch $(TOSA_STAMP)
 
 tosa-env: $(TOSA_STAMP)
+
+# executorch 1.5.1 names no torch; its [ethos-u] extra pins tosa-tools 2026.5.0 (its serializer API) and
+# Vela 5.1.0: Vela is 5.2.0 here, the version hwact's own flow compiles with, so the cycles compare
+$(ET_STAMP):
+	python3 -m venv $(ET_VENV)
+	$(ET_VENV)/bin/pip install -q torch==2.13.0    # the CPU wheel, as in .venv
+	$(ET_VENV)/bin/pip install -q executorch==1.5.1 tosa-tools==2026.5.0 ml_dtypes==0.5.1 ethos-u-vela==5.2.0
+	touch $(ET_STAMP)
+
+executorch-env: $(ET_STAMP)
 
 tools:
 	scripts/install-tools.sh
