@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("bench_convert", "bench_convert_speed", "bench_recovery", "bench_int", "bench_int_gelu", "bench_hf_suite",
-           "bench_int_cpu", "bench_int_cpu_kernels", "bench_int_cpu_rows", "bench_ethos_u", "bench_tvm", "bench_cle",
+           "bench_int_cpu", "bench_int_cpu_kernels", "bench_int_cpu_rows", "bench_ethos_u", "bench_tvm",
+           "bench_ethos_u_executorch", "bench_cle",
            "bench_delta", "bench_delta_gru", "bench_logic", "bench_logic_accuracy", "bench_logic_fpga")
 
 
