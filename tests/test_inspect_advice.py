@@ -208,3 +208,15 @@ def test_the_table_matches_what_the_recipe_lowers_on_hugging_face_models(name, h
     assert not (after & set(INT8_LOWERABLE)), f"still float yet listed: {sorted(after & set(INT8_LOWERABLE))}"
     unlisted = (before - after) - set(INT8_LOWERABLE) - IDENTITY_CASTS
     assert not unlisted, f"lowered by {INT8_RECIPE} but inspect says no integer lowering exists: {sorted(unlisted)}"
+
+
+def test_an_ethos_u_target_advises_its_own_recipe(tmp_path, cli):
+    program = torch.export.export(Mixed().eval(), (torch.randn(2, 8),))
+    torch.export.save(program, tmp_path / "mixed.pt2")
+    code, stdout, _ = cli("inspect", tmp_path / "mixed.pt2", "--json")
+    assert code == 0
+    reasons = {op: entry["reason"] for op, entry in json.loads(stdout)["targets"]["ethos-u55-128"]["not_native"].items()}
+    assert "; lower it with --recipe int8-npu (the target's default recipe" in reasons["aten.sigmoid.default"]
+    assert reasons["aten.gelu.default"].endswith("; lower it with --recipe int8-npu (the target's default recipe)")
+    assert reasons["aten.exp.default"].endswith("; no integer lowering exists for this op")
+    assert not any("int8-shiftgelu" in reason for reason in reasons.values())

@@ -172,9 +172,12 @@ for _op in ("aten.add.Tensor", "aten.mul.Tensor", "aten.mul.Scalar", "aten.div.T
 del _op, _packet, _overload
 
 
-def lowering_advice(op: str) -> str:
-    """What `hwact inspect` tells a user about a float op that blocks an integer-only target."""
+def lowering_advice(op: str, recipe: str | None = None) -> str:
+    """What `hwact inspect` tells a user about a float op that blocks an integer-only target. `recipe`: the
+    target's own int8 recipe when it has one (Ethos-U: int8-npu, which lowers the same ops with other
+    passes), named instead of int8-shiftgelu and its passes."""
     if op not in INT8_LOWERABLE:
         return "no integer lowering exists for this op"
     condition = INT8_CONDITIONS.get(op)
-    return f"lower it with --recipe {INT8_RECIPE} ({INT8_LOWERABLE[op]}{', ' + condition if condition else ''})"
+    how = INT8_LOWERABLE[op] if recipe in (None, INT8_RECIPE) else "the target's default recipe"
+    return f"lower it with --recipe {recipe or INT8_RECIPE} ({how}{', ' + condition if condition else ''})"

@@ -77,14 +77,20 @@ class Target:
         return self.deploy[model_kind]
 
     @property
+    def integer_recipe(self) -> str | None:
+        """The int8 recipe the target deploys tensor models with by default, when it names one."""
+        tensor = self.deploy.get("tensor")
+        return tensor.recipe if tensor is not None and tensor.recipe.startswith("int8") else None
+
+    @property
     def has_float_units(self) -> bool:
         return any(fmt.startswith(("float", "bfloat")) for fmt in self.numeric_formats)
 
     def support_report(self, graph: Graph, advice: Callable[[str], str] | None = None) -> dict:
         """Per op: native or not, with the reason and (for blockers) the first nodes and module paths.
 
-        `advice(op)` (hwact.passes.lowerable.lowering_advice: targets sit below the passes and cannot import
-        their table, so the caller hands it in) is appended to the reason of an op that blocks this target
+        `advice(op, recipe)` (hwact.passes.lowerable.lowering_advice: targets sit below the passes and cannot
+        import their table, so the caller hands it in; recipe: integer_recipe) is appended to the reason of an op that blocks this target
         only because it computes in float, on a target with no float units that runs hwact's integer ops."""
         native: dict[str, int] = {}
         blocked: dict[str, dict] = {}
@@ -102,7 +108,7 @@ class Target:
                 native[name] = native.get(name, 0) + 1
                 continue
             if advice is not None and integer_ops and node in float_nodes:
-                reason = f"{reason}; {advice(name)}"
+                reason = f"{reason}; {advice(name, self.integer_recipe)}"
             entry = blocked.setdefault(name, {"count": 0, "reason": reason, "nodes": []})
             entry["count"] += 1
             if len(entry["nodes"]) < 5:
