@@ -13,7 +13,12 @@ Per zoo model (random weights, seed 0) and target (ethos-u55-128, ethos-u85-256)
     edge-dialect operators inside the delegates and those left outside (CPU), and the TOSA flatbuffer of
     each delegate, which ExecuTorch dumps into its intermediates folder, is compiled once more here by the
     Vela of .venv-tosa exactly as hwact compiles its own (hwact.backends.tosa_tools.vela): the cycles
-    compare like for like.
+    compare like for like;
+  * agreement with the float model (mean cosine and top-1 of the logits on 256 random inputs, seed 11):
+    hwact's int8-npu graph run in torch (what the NPU network computes, bit for bit) and ExecuTorch's
+    quantized q/dq model run in torch (an approximation of its NPU network, which is not run here);
+  * Vela's per-layer cycles summed per TOSA operator (U55-128), and hwact's stages for vit-tiny
+    (bench_ethos_u.stages).
 Cycles and times are Vela's static estimates, not measurements.
 
 Needs `make executorch-env` (.venv-executorch: executorch 1.5.1, torch 2.13.0, tosa-tools 2026.5.0,
@@ -53,8 +58,8 @@ BOUNDARY = {"quantized_decomposed.quantize_per_tensor.default": "input quantize"
 
 def worker(pt2: Path, calib: Path, evaluation: Path, target: str, system_config: str, memory_mode: str,
            out: Path) -> dict:
-    """ExecuTorch's documented Ethos-U flow (backends/arm/test/public_api_bc/test_ethosu_flow.py,
-    examples/arm/aot_arm_compiler.py) on the float program in `pt2`; seconds per stage, operator placement,
+    """ExecuTorch's public Ethos-U flow (as its backends/arm/test/public_api_bc/test_ethosu_flow.py runs it)
+    on the float program in `pt2`; seconds per stage, operator placement,
     the TOSA files of the delegates; the quantized (q/dq) model's logits on `evaluation` in out/logits.npy."""
     times = {}
     start = time.perf_counter()
