@@ -27,3 +27,24 @@ def edge_int8(shape: tuple[int, ...], generator: torch.Generator, low: int = -12
     edges = torch.tensor([low, high, 0, low + 1, high - 1], dtype=torch.int32)
     values[: min(len(edges), values.numel())] = edges[: values.numel()]
     return values.reshape(shape)
+
+
+class OpModule(torch.nn.Module):
+    """fn(self, q) as a module, with tensors it reads registered as buffers (so they export as constants)."""
+
+    def __init__(self, fn, **buffers):
+        super().__init__()
+        self.fn = fn
+        for name, value in buffers.items():
+            self.register_buffer(name, value)
+
+    def forward(self, q):
+        return self.fn(self, q)
+
+
+def assert_onnx_bit_exact(module: torch.nn.Module, q: torch.Tensor, tmp_path: Path, name: str) -> None:
+    """The module's int32 output equals its ONNX export's under onnxruntime, element for element."""
+    want = module(q)
+    got = onnx_outputs(module, [q], tmp_path / f"{name}.onnx")[0]
+    assert got.dtype == np.int32
+    assert np.array_equal(got, want.numpy()), f"{name}: {int((got != want.numpy()).sum())} elements differ"

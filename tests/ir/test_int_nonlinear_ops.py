@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hwact.errors import PreconditionError
 from hwact.ir import int_nonlinear_ops as nl
-from int_helpers import edge_int8, onnx_outputs
+from int_helpers import OpModule, assert_onnx_bit_exact, edge_int8
 
 hw = torch.ops.hwact
 
@@ -280,45 +279,27 @@ def test_i_layernorm_guards():
 
 
 # ----- ONNX: bit-exact under onnxruntime -----------------------------------------------------------
-class _Op(torch.nn.Module):
-    def __init__(self, fn, **buffers):
-        super().__init__()
-        self.fn = fn
-        for name, value in buffers.items():
-            self.register_buffer(name, value)
-
-    def forward(self, q):
-        return self.fn(self, q)
-
-
-def _assert_onnx_bit_exact(module, q, tmp_path, name):
-    want = module(q)
-    got = onnx_outputs(module, [q], tmp_path / f"{name}.onnx")[0]
-    assert got.dtype == np.int32
-    assert np.array_equal(got, want.numpy()), f"{name}: {int((got != want.numpy()).sum())} elements differ"
-
-
 def test_onnx_shift_gelu_and_lambda_bit_exact(tmp_path):
     generator = torch.Generator().manual_seed(7)
     q = torch.cat([edge_int8((64, 48), generator), edge_int8((8, 48), generator, -32768, 32767)])
     q[3] = -128  # an all-negative row: m = max(row max, 0) = 0
-    gelu = _Op(lambda self, x: torch.cat([hw.shift_gelu(x, 12 / 127, 0.07, -128, 127, 41),
+    gelu = OpModule(lambda self, x: torch.cat([hw.shift_gelu(x, 12 / 127, 0.07, -128, 127, 41),
                                           hw.shift_gelu(x, 0.03, 0.03, 0, 255, 23)], dim=-1))
-    _assert_onnx_bit_exact(gelu, q, tmp_path, "shift_gelu")
-    lam = _Op(lambda self, x: hw.lambda_shift_gelu(x, 5 / 127, 5 / 127, -128, 127, 30, 1.64))
-    _assert_onnx_bit_exact(lam, q, tmp_path, "lambda_shift_gelu")
+    assert_onnx_bit_exact(gelu, q, tmp_path, "shift_gelu")
+    lam = OpModule(lambda self, x: hw.lambda_shift_gelu(x, 5 / 127, 5 / 127, -128, 127, 30, 1.64))
+    assert_onnx_bit_exact(lam, q, tmp_path, "lambda_shift_gelu")
 
 
 def test_onnx_shiftmax_bit_exact(tmp_path):
     generator = torch.Generator().manual_seed(8)
     q = edge_int8((4, 3, 17, 17), generator)
     q[0, 0, 0] = 127  # a row of equal maxima
-    module = _Op(lambda self, x: torch.cat([hw.shiftmax(x, 8 / 127, 1 / 255, -1, 0, 255, 24),
+    module = OpModule(lambda self, x: torch.cat([hw.shiftmax(x, 8 / 127, 1 / 255, -1, 0, 255, 24),
                                             hw.shiftmax(x, 0.02, 2.0**-15, 2, -32768, 32767, 15)], dim=-1))
-    _assert_onnx_bit_exact(module, q, tmp_path, "shiftmax")
+    assert_onnx_bit_exact(module, q, tmp_path, "shiftmax")
     wide = edge_int8((6, 33), generator, -32768, 32767)  # int16 logits (x0 = -1000)
-    module16 = _Op(lambda self, x: hw.shiftmax(x, 1e-3, 2.0**-15, -1, -32768, 32767, 20))
-    _assert_onnx_bit_exact(module16, wide, tmp_path, "shiftmax16")
+    module16 = OpModule(lambda self, x: hw.shiftmax(x, 1e-3, 2.0**-15, -1, -32768, 32767, 20))
+    assert_onnx_bit_exact(module16, wide, tmp_path, "shiftmax16")
 
 
 def test_onnx_i_layernorm_bit_exact(tmp_path):
@@ -326,6 +307,6 @@ def test_onnx_i_layernorm_bit_exact(tmp_path):
     _, _, gamma_int, beta_int, gamma_scale = _layernorm_case(96, generator)
     q = torch.cat([edge_int8((40, 96), generator, -32768, 32767), edge_int8((40, 96), generator)]).reshape(8, 10, 96)
     q[0, 0] = 5  # a constant row (variance 0)
-    module = _Op(lambda self, x: hw.i_layernorm(x, self.gamma, self.beta, 2e-3, 0.03, gamma_scale, 1e-5, -128, 127),
+    module = OpModule(lambda self, x: hw.i_layernorm(x, self.gamma, self.beta, 2e-3, 0.03, gamma_scale, 1e-5, -128, 127),
                  gamma=gamma_int, beta=beta_int)
-    _assert_onnx_bit_exact(module, q, tmp_path, "i_layernorm")
+    assert_onnx_bit_exact(module, q, tmp_path, "i_layernorm")

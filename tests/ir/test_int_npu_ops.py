@@ -4,7 +4,6 @@ translations bit-exact under onnxruntime. (Their TOSA lowerings: tests/backends/
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from hwact.errors import PreconditionError
 from hwact.ir import int_npu_ops as npu
 from hwact.ir.int_nonlinear_ops import layernorm_parameters
-from int_helpers import edge_int8, onnx_outputs
+from int_helpers import OpModule, assert_onnx_bit_exact, edge_int8
 
 hw = torch.ops.hwact
 
@@ -119,34 +118,16 @@ def test_npu_layernorm_guards():
 
 
 # ----- ONNX: bit-exact under onnxruntime -----------------------------------------------------------
-class _Op(torch.nn.Module):
-    def __init__(self, fn, **buffers):
-        super().__init__()
-        self.fn = fn
-        for name, value in buffers.items():
-            self.register_buffer(name, value)
-
-    def forward(self, q):
-        return self.fn(self, q)
-
-
-def _assert_onnx_bit_exact(module, q, tmp_path, name):
-    want = module(q)
-    got = onnx_outputs(module, [q], tmp_path / f"{name}.onnx")[0]
-    assert got.dtype == np.int32
-    assert np.array_equal(got, want.numpy()), f"{name}: {int((got != want.numpy()).sum())} elements differ"
-
-
 def test_onnx_npu_softmax_bit_exact(tmp_path):
     generator = torch.Generator().manual_seed(8)
     q = _softmax_codes(4 * 17, 17, generator).reshape(4, 17, 17)
-    module = _Op(lambda self, x: torch.cat([hw.npu_softmax(x, 0.0093, 0.00062, -1, 0, 255, False),
+    module = OpModule(lambda self, x: torch.cat([hw.npu_softmax(x, 0.0093, 0.00062, -1, 0, 255, False),
                                             hw.npu_softmax(x, 0.05, 1 / 128, -1, -128, 127, True)], dim=-1))
-    _assert_onnx_bit_exact(module, q, tmp_path, "npu_softmax")
+    assert_onnx_bit_exact(module, q, tmp_path, "npu_softmax")
     wide = torch.cat([edge_int8((30, 40), generator, -32768, 32767), torch.randint(-900, 900, (30, 40),
                                                                                    generator=generator)])
-    module16 = _Op(lambda self, x: hw.npu_softmax(x, 0.003, 1 / 255, -1, 0, 255, True))
-    _assert_onnx_bit_exact(module16, wide, tmp_path, "npu_softmax16")
+    module16 = OpModule(lambda self, x: hw.npu_softmax(x, 0.003, 1 / 255, -1, 0, 255, True))
+    assert_onnx_bit_exact(module16, wide, tmp_path, "npu_softmax16")
 
 
 def test_onnx_npu_layernorm_bit_exact(tmp_path):
@@ -156,6 +137,6 @@ def test_onnx_npu_layernorm_bit_exact(tmp_path):
     q[0] = 5                                                   # constant row
     q[1] = torch.randint(-2, 3, (96,), generator=generator)    # a few codes: the largest row shift
     q[2:40] = q[2:40] // 101
-    module = _Op(lambda self, x: hw.npu_layernorm(x, self.gamma, self.beta, 6e-5, 0.03, gamma_scale, 1e-6, -32768,
+    module = OpModule(lambda self, x: hw.npu_layernorm(x, self.gamma, self.beta, 6e-5, 0.03, gamma_scale, 1e-6, -32768,
                                                   32767, -128, 127), gamma=gamma_int, beta=beta_int)
-    _assert_onnx_bit_exact(module, q.reshape(8, 10, 96), tmp_path, "npu_layernorm")
+    assert_onnx_bit_exact(module, q.reshape(8, 10, 96), tmp_path, "npu_layernorm")
