@@ -23,8 +23,8 @@ from hwact.outputs import os_error
 
 # torch's OpenMP threads sleep when they wait, instead of spinning for the CPU (read once, when torch loads;
 # a user's own setting wins). Spinning threads fight any other job on the cores: calibrate of zoo:vit-s16
-# (measured once, by hand) took 65 s with torch's 2 threads on the 2-core machine under a load of 2.6, 5.7 s with this, 5.3 s on
-# one thread.
+# (measured once, by hand) took 65 s with torch's 2 threads on the 2-core machine under a load of 2.6,
+# 5.7 s with this, 5.3 s on one thread.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMAND_MODULES = (

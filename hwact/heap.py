@@ -7,9 +7,9 @@ mmap and unmaps it when freed, so each one is paged in again: a page fault per 4
 freed for the next block; return_freed_memory() (the pipeline calls it after each backend) gives the free
 pages back, so the next stage starts from what is live, not from the previous stage's high-water mark.
 
-Measured once by hand (getrusage around the passes' verification run) on zoo:vit-s16 int8-shiftgelu: an 8-batch verification run took 4.8 million page faults and 5.6 s
-of kernel time by default, 0.2 million and 0.4 s with keep_freed_memory. Both functions do nothing where
-the C library is not glibc.
+Measured once by hand (getrusage around one verification run) on zoo:vit-s16 int8-shiftgelu: an 8-batch
+verification run took 4.8 million page faults and 5.6 s of kernel time by default, 0.2 million and 0.4 s
+with keep_freed_memory. Both functions do nothing where the C library is not glibc.
 """
 
 from __future__ import annotations
