@@ -79,6 +79,7 @@ from hwact.ir.ops import hwact_op, onnx_translation
 INPUT_MIN, INPUT_MAX = -(1 << 15), (1 << 15) - 1   # inputs are saturated to int16
 EXP_DOMAIN = INPUT_MAX - INPUT_MIN                  # x - max of saturated inputs lies in [-EXP_DOMAIN, 0]
 SIGMOID_BITS = 15                                   # ShiftGELU's σ at scale 2^-15
+GELU_GRID_LIMIT = 1 << 16                           # ShiftGELU reference: the most (x, row max) pairs tabulated
 PROB_BITS = 16                                      # Shiftmax's internal probability at scale 2^-16
 FACTOR_BITS = 62                                    # Shiftmax: factor = floor(2^62 / sum)
 SOFTMAX_SUM_LIMIT_BITS = 42                         # Shiftmax guard: C · |x0| · 2^n <= 2^42
@@ -258,14 +259,32 @@ def _axes(dim: int):
 
 
 # ----- hwact::shift_gelu / hwact::lambda_shift_gelu ------------------------------------------------
-def _gelu_reference(q, in_scale, out_scale, qmin, qmax, n, lam):
-    x0, drop, m0, shift = gelu_constants(in_scale, out_scale, n, lam)
-    x = _saturate(q)
-    m = torch.clamp(x.amax(dim=-1, keepdim=True), min=0) if x.dim() else torch.clamp(x, min=0)
+def _gelu_values(x: torch.Tensor, m: torch.Tensor, x0: int, drop: int, m0: int, shift: int, n: int, qmin: int,
+                 qmax: int) -> torch.Tensor:
+    """ShiftGELU of saturated inputs x whose rows have the maximum m = max(max x, 0), element by element."""
     e1 = tabulated_shift_exp(x - m, x0, n, drop)
     e2 = tabulated_shift_exp(-m, x0, n, drop)
     sig = torch.div(e1 << SIGMOID_BITS, torch.clamp(e1 + e2, min=1), rounding_mode="floor")
-    return rounding_shift(sig.mul_(x), m0, shift).clamp_(qmin, qmax).to(torch.int32)
+    return rounding_shift(sig.mul_(x), m0, shift).clamp_(qmin, qmax)
+
+
+def _gelu_reference(q, in_scale, out_scale, qmin, qmax, n, lam):
+    """Each output is a function of its input x and its row's m alone: when the pairs that can occur (x and
+    m between the tensor's least and largest input) are fewer than the elements and GELU_GRID_LIMIT, they
+    are evaluated once, in one grid, and every element reads its own: the same integers, one gather instead
+    of a dozen int64 passes over the tensor."""
+    constants = gelu_constants(in_scale, out_scale, n, lam)
+    x = torch.clamp(q, INPUT_MIN, INPUT_MAX)              # _saturate, in q's own integer type
+    m = torch.clamp(x.amax(dim=-1, keepdim=True), min=0) if x.dim() else torch.clamp(x, min=0)
+    low, high = (int(v) for v in torch.aminmax(x)) if x.numel() else (0, 0)
+    width, rows = high - low + 1, max(high, 0) + 1
+    if width * rows <= min(GELU_GRID_LIMIT, x.numel()):
+        maxima = torch.arange(rows)[:, None]             # x > m never occurs (m >= its row): filled as x = m
+        inputs = torch.minimum(torch.arange(low, high + 1)[None, :], maxima)
+        grid = _gelu_values(inputs, maxima, *constants, n=n, qmin=qmin, qmax=qmax).to(torch.int32).flatten()
+        return grid[x.sub_(low).add_(m * width)]          # x is clamp's new tensor: the index in place
+    x, m = x.to(torch.int64), m.to(torch.int64)
+    return _gelu_values(x, m, *constants, n=n, qmin=qmin, qmax=qmax).to(torch.int32)
 
 
 def _gelu_onnx(q, in_scale, out_scale, qmin, qmax, n, lam):

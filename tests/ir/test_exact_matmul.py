@@ -1,6 +1,7 @@
-"""exact_matmul (hwact/ir/int_ops.py): integer products on float GEMMs equal int64 matmul bit for bit, on
-every path (one float32 GEMM, float32 slices of K, float64, int64), including operands at the 8-bit
-extremes where a plain float32 GEMM rounds; int_linear / int_matmul give what their int64 form gave."""
+"""exact_matmul (hwact/ir/int_ops.py): integer products equal int64 matmul bit for bit, on every path (the
+int8 GEMM on a VNNI CPU, one float32 GEMM, float32 slices of K, float64, int64), including operands at the
+8-bit extremes where a plain float32 GEMM rounds; int_linear / int_matmul give what their int64 form gave.
+The tests marked with the `gemm` fixture run twice where the int8 GEMM is exact: with it and without it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from hwact.ir.int_ops import exact_matmul
 from int_helpers import edge_int8
 
 hw = torch.ops.hwact
+
+
+@pytest.fixture(params=["int8", "float"])
+def gemm(request, monkeypatch):
+    """Which GEMM exact_matmul may use: "int8" (torch._int_mm, only where it is exact) or "float" only."""
+    if request.param == "int8" and not int_ops._int8_gemm_is_exact():
+        pytest.skip("no VNNI dot product on this CPU: torch._int_mm is not used here")
+    if request.param == "float":
+        monkeypatch.setattr(int_ops, "_int8_gemm_is_exact", lambda: False)
+    return request.param
 
 
 def _int64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -31,7 +42,7 @@ def _odd_near_limit(k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("k", [1, 7, 384, 1031, 1536, 4096])
 @pytest.mark.parametrize("signed", [True, False])
-def test_exact_matmul_equals_int64_on_edge_values(k, signed):
+def test_exact_matmul_equals_int64_on_edge_values(k, signed, gemm):
     gen = torch.Generator().manual_seed(k)
     low, high = (-128, 127) if signed else (0, 255)
     a = edge_int8((2, 9, k), gen, low, high)
@@ -43,7 +54,7 @@ def test_exact_matmul_equals_int64_on_edge_values(k, signed):
     assert torch.equal(exact_matmul(a, b), _int64(a, b))
 
 
-def test_plain_float32_rounds_where_exact_matmul_does_not():
+def test_plain_float32_rounds_where_exact_matmul_does_not(gemm):
     a, b = _odd_near_limit(1536)     # K·B = 1536 · 127 · 128 > 2^24: two float32 slices
     want = _int64(a, b)
     assert int(want.abs().max()) > int_ops.FLOAT32_EXACT
@@ -64,7 +75,7 @@ def test_float64_and_int64_paths(k):
     assert torch.equal(exact_matmul(a, b), _int64(a, b))
 
 
-def test_batched_vector_and_empty_operands():
+def test_batched_vector_and_empty_operands(gemm):
     gen = torch.Generator().manual_seed(6)
     a = edge_int8((2, 3, 5, 1100), gen, 0, 255)
     b = edge_int8((2, 3, 1100, 4), gen)
@@ -75,7 +86,27 @@ def test_batched_vector_and_empty_operands():
     assert torch.equal(exact_matmul(empty, torch.zeros((0, 3), dtype=torch.int32)), torch.zeros((4, 3), dtype=torch.int64))
 
 
-def test_reduced_float32_precision_falls_back_to_float64():
+def test_int8_gemm_at_its_largest_k_and_beyond(monkeypatch):
+    """Worst-case operands (every product −128 · −128, or 255 · −128 through the uint8 offset) at K = 2^16, the
+    largest K the int32 sums of the int8 GEMM take; one more column goes to the float GEMMs."""
+    if not int_ops._int8_gemm_is_exact():
+        pytest.skip("no VNNI dot product on this CPU: torch._int_mm is not used here")
+    calls = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
+    k = int_ops.INT8_GEMM_MAX_K
+    for fill in (-128, 255):
+        a = torch.full((2, k), fill, dtype=torch.int32)
+        a[1, ::2] = 0
+        b = torch.full((k, 3), -128, dtype=torch.int32)
+        assert torch.equal(exact_matmul(a, b), _int64(a, b))
+    assert calls == [(2, k), (2, k)]
+    a, b = torch.full((2, k + 1), -128, dtype=torch.int32), torch.full((k + 1, 3), -128, dtype=torch.int32)
+    assert torch.equal(exact_matmul(a, b), _int64(a, b)) and len(calls) == 2
+
+
+def test_reduced_float32_precision_falls_back_to_float64(monkeypatch):
+    monkeypatch.setattr(int_ops, "_int8_gemm_is_exact", lambda: False)
     a, b = _odd_near_limit(1536)
     before = torch.get_float32_matmul_precision()
     try:
@@ -87,7 +118,7 @@ def test_reduced_float32_precision_falls_back_to_float64():
 
 
 @pytest.mark.parametrize("unsigned", [False, True])
-def test_int_linear_and_int_matmul_equal_their_int64_form(unsigned):
+def test_int_linear_and_int_matmul_equal_their_int64_form(unsigned, gemm):
     gen = torch.Generator().manual_seed(7)
     low, high = (0, 255) if unsigned else (-128, 127)
     q = edge_int8((3, 17, 1536), gen, low, high)

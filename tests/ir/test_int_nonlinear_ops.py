@@ -101,6 +101,29 @@ def test_shift_gelu_matches_python_rederivation_on_random_rows():
 
 
 
+@pytest.mark.parametrize("low, high", [(-128, 127), (-128, -3), (0, 90), (-2000, 31)])
+def test_shift_gelu_grid_equals_elementwise_evaluation(monkeypatch, low, high):
+    """Tensors with more elements than (x, row max) pairs read ShiftGELU from a grid of those pairs: the same
+    integers as evaluating every element (GELU_GRID_LIMIT 0) and as the pure-Python rederivation."""
+    generator = torch.Generator().manual_seed(high)
+    q = torch.randint(low, high + 1, (6, 40, 200), generator=generator, dtype=torch.int32)
+    q[0, 0, :2] = torch.tensor([low, high])
+    q[1, 1] = low                                        # a constant row
+    evaluated = []
+    values = nl._gelu_values
+    monkeypatch.setattr(nl, "_gelu_values", lambda x, *rest, **kw: evaluated.append(x.numel()) or values(x, *rest, **kw))
+    got = hw.shift_gelu(q, 0.05, 0.04, -128, 127, 25)
+    grid = (high - low + 1) * (max(high, 0) + 1)
+    assert evaluated == ([grid] if grid <= min(nl.GELU_GRID_LIMIT, q.numel()) else [q.numel()])
+    assert evaluated[0] < q.numel() or low == -2000     # int8 ranges take the grid
+    monkeypatch.setattr(nl, "GELU_GRID_LIMIT", 0)
+    assert torch.equal(got, hw.shift_gelu(q, 0.05, 0.04, -128, 127, 25)) and evaluated[-1] == q.numel()
+    for row in (q[0, 0], q[1, 1], q[5, 39]):
+        assert hw.shift_gelu(row[None], 0.05, 0.04, -128, 127, 25)[0].tolist() == \
+            py_shift_gelu(row.tolist(), 0.05, 0.04, -128, 127, 25)
+    assert got[0, 0].tolist() == py_shift_gelu(q[0, 0].tolist(), 0.05, 0.04, -128, 127, 25)
+
+
 def test_shift_gelu_and_shiftmax_match_python_on_int16_rows_spanning_the_exp_domain():
     # int16 codes (and beyond, saturated): x - max reaches -65535, the far end of the exp table
     generator = torch.Generator().manual_seed(5)
