@@ -39,9 +39,10 @@ multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
                          ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs (exp's high and low byte), ADD (wide: and
                          ARITHMETIC_RIGHT_SHIFT), REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal,
                          MUL, RESCALE
-    npu_layernorm        REDUCE_SUM / MAX / MIN, MUL by C, SUB, CLZ row shift, MUL (squares with a shift),
-                         ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, MUL γ, ADD β,
-                         RESCALE
+    npu_layernorm        REDUCE_SUM of x, MUL by C, SUB, MAXIMUM(d, 0) and REDUCE_SUM for the CLZ row shift (no
+                         REDUCE_MAX / MIN: Vela's slowest ops on a wide row), MUL (squares with a shift),
+                         ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, one MUL by the
+                         row factor, MUL γ, ADD β, RESCALE
                          (both op for op as their references in hwact/ir/int_npu_ops.py, on [1, rows, C])
 
 Not lowered (the check names them, with the recipe that avoids them): Shiftmax and I-LayerNorm (their
@@ -772,10 +773,12 @@ def _npu_softmax(self: Lowering, node) -> Value:
 
 
 def _npu_layernorm(self: Lowering, node) -> Value:
-    """hwact::npu_layernorm (hwact/ir/int_npu_ops.py), op for op: REDUCE_SUM / MAX / MIN, the row shift by CLZ,
-    squares as MUL with shift, the variance normalized by CLZ and shifts, Newton MULs for 1/sqrt, γ MUL, β ADD,
-    RESCALE."""
-    from hwact.ir.int_npu_ops import NEWTON_STEPS, RSQRT_START, check_layernorm_affine, layernorm_npu_constants
+    """hwact::npu_layernorm (hwact/ir/int_npu_ops.py), op for op: REDUCE_SUM of x and of max(d, 0) for the row
+    shift by CLZ (no REDUCE_MAX / MIN), squares as MUL with shift, the variance normalized by CLZ and shifts, Newton
+    MULs for 1/sqrt, one full-size MUL by the row factor, γ MUL, β ADD, RESCALE. The x1 RESCALE before a reduction
+    has that reduction as its only reader, so Vela fuses it; C · x is an 8/16-bit MUL (no int32 copy of x)."""
+    from hwact.ir.int_npu_ops import (NEWTON_STEPS, RSQRT_START, SQUARE_SHIFT, check_layernorm_affine,
+                                      layernorm_npu_constants)
     a = op_args(node)
     x = self.value(a.q)
     if x.dtype not in ("INT8", "INT16"):
@@ -792,22 +795,37 @@ def _npu_layernorm(self: Lowering, node) -> Value:
                                  f"{node.name}_in_clamp"), x.shape, x.dtype, x.zp, x.perm)
     net, n = self.net, node.name
     xin, row, col = _rows(self, x, f"{n}_in")
-    x32 = _to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32")
-    d = net.binary("SUB", net.mul(x32, net.scalar(channels, 3), 0, row, f"{n}_cx"),
-                   _reduce(self, "REDUCE_SUM", x32, "INT32", col, f"{n}_sum"), row, f"{n}_d")
-    spread = net.binary("SUB", _to_int32(self, _reduce(self, "REDUCE_MAX", xin, x.dtype, col, f"{n}_max"), x.dtype,
-                                         x.zp, col, f"{n}_max32"),
-                        _to_int32(self, _reduce(self, "REDUCE_MIN", xin, x.dtype, col, f"{n}_min"), x.dtype, x.zp,
-                                  col, f"{n}_min32"), col, f"{n}_spread")
-    span = net.mul(spread, net.scalar(channels, 3), 0, col, f"{n}_span")
-    row_shift = net.binary("MINIMUM", net.binary("SUB", _clz(self, span, col, f"{n}_span_clz"),
-                                                 net.scalar(c.span_clz, 3), col, f"{n}_row_shift0"),
+    total = _reduce(self, "REDUCE_SUM", _to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32"), "INT32", col, f"{n}_sum")
+    if x.zp == 0 and channels <= RANGES[x.dtype][1]:
+        times = net.op("MUL", [xin, net.const(f"c_{x.dtype.lower()}_{channels}", np.full([1, 1, 1], channels),
+                                              x.dtype), net.const("mul_shift_0", [0], "INT8")], row, "INT32",
+                       ["MulAttribute", []], f"{n}_cx")
+    else:
+        times = net.mul(_to_int32(self, xin, x.dtype, x.zp, row, f"{n}_x32_mul"), net.scalar(channels, 3), 0, row,
+                        f"{n}_cx")
+    d = net.binary("SUB", times, total, row, f"{n}_d")
+    positive = net.binary("MAXIMUM", d, net.scalar(0, 3), row, f"{n}_positive")
+    if c.pre_shift:
+        positive = net.binary("ARITHMETIC_RIGHT_SHIFT", positive, net.scalar(c.pre_shift, 3), row, f"{n}_positive_k")
+    spread = _reduce(self, "REDUCE_SUM", positive, "INT32", col, f"{n}_spread")
+    if c.slack:
+        spread = net.binary("ADD", spread, net.scalar(c.slack, 3), col, f"{n}_spread_slack")
+    row_shift = net.binary("MINIMUM", net.binary("SUB", _clz(self, spread, col, f"{n}_spread_clz"),
+                                                 net.scalar(2 + c.pre_shift, 3), col, f"{n}_row_shift0"),
                            net.scalar(c.max_row_shift, 3), col, f"{n}_row_shift")
-    dn = net.binary("LOGICAL_LEFT_SHIFT", d, row_shift, row, f"{n}_dn")
-    squares = _reduce(self, "REDUCE_SUM", net.mul(dn, dn, c.square_shift, row, f"{n}_sq"), "INT32", col, f"{n}_sq_sum")
-    eps_shift = net.binary("SUB", net.scalar(c.max_row_shift, 3), row_shift, col, f"{n}_eps_half_shift")
-    eps = net.binary("ARITHMETIC_RIGHT_SHIFT", net.scalar(c.eps_hi, 3),
-                     net.binary("ADD", eps_shift, eps_shift, col, f"{n}_eps_shift"), col, f"{n}_eps")
+    if c.pre_shift:
+        up = net.binary("MAXIMUM", row_shift, net.scalar(0, 3), col, f"{n}_row_up")
+        down = net.binary("MAXIMUM", net.binary("SUB", net.scalar(0, 3), row_shift, col, f"{n}_row_neg"),
+                          net.scalar(0, 3), col, f"{n}_row_down")
+        dn = net.binary("ARITHMETIC_RIGHT_SHIFT", net.binary("LOGICAL_LEFT_SHIFT", d, up, row, f"{n}_dn_up"), down,
+                        row, f"{n}_dn")
+    else:
+        dn = net.binary("LOGICAL_LEFT_SHIFT", d, row_shift, row, f"{n}_dn")
+    squares = _reduce(self, "REDUCE_SUM", net.mul(dn, dn, SQUARE_SHIFT, row, f"{n}_sq"), "INT32", col, f"{n}_sq_sum")
+    eps_half = net.binary("SUB", net.scalar(c.max_row_shift, 3), row_shift, col, f"{n}_eps_half_shift")
+    eps_shift = net.binary("MINIMUM", net.binary("ADD", eps_half, eps_half, col, f"{n}_eps_shift0"),
+                           net.scalar(31, 3), col, f"{n}_eps_shift")
+    eps = net.binary("ARITHMETIC_RIGHT_SHIFT", net.scalar(c.eps_hi, 3), eps_shift, col, f"{n}_eps")
     v = net.binary("MAXIMUM", net.binary("ADD", squares, eps, col, f"{n}_v0"), net.scalar(1, 3), col, f"{n}_v")
     h = net.binary("SUB", net.binary("ARITHMETIC_RIGHT_SHIFT", _clz(self, v, col, f"{n}_v_clz"), net.scalar(1, 3), col,
                                      f"{n}_half_clz"), net.scalar(1, 3), col, f"{n}_h")
@@ -818,8 +836,9 @@ def _npu_layernorm(self: Lowering, node) -> Value:
         ay2 = net.mul(net.mul(vn, y, 31, col, f"{n}_ay{step}"), y, 29, col, f"{n}_ay2{step}")
         y = net.mul(y, net.binary("SUB", net.scalar(3 << 29, 3), ay2, col, f"{n}_three_minus{step}"), 30, col,
                     f"{n}_y{step + 1}")
-    w = net.binary("LOGICAL_LEFT_SHIFT", net.mul(dn, y, c.z_shift, row, f"{n}_w"), h, row, f"{n}_wh")
-    z = net.mul(w, net.scalar(c.k, 3), c.k_shift, row, f"{n}_z")
+    factor = net.binary("LOGICAL_LEFT_SHIFT", net.mul(y, net.scalar(c.k, 3), c.k_shift, col, f"{n}_yk"),
+                        net.binary("MINIMUM", h, net.scalar(c.max_h, 3), col, f"{n}_h_bounded"), col, f"{n}_factor")
+    z = net.mul(dn, factor, c.z_shift, row, f"{n}_z")
     scaled = net.mul(z, net.const(f"{n}_gamma", gamma.reshape(1, 1, channels).numpy(), "INT32"), 0, row, f"{n}_zg")
     acc = net.binary("ADD", scaled, net.const(f"{n}_beta", beta.reshape(1, 1, channels).numpy(), "INT32"), row,
                      f"{n}_acc")

@@ -34,31 +34,48 @@ hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax a
 
 hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax)
   LayerNorm over the last dim (C channels), γ = gamma_int · gamma_scale, β = beta_int · gamma_scale · 2^−F
-  (the same integer γ, β as I-LayerNorm: int_nonlinear_ops.layernorm_parameters, F = layernorm_fraction_bits):
-    x   = clamp(q, in_qmin, in_qmax);  d = C · x − Σ x            = C · (x − mean), exact (I-ViT rounds the mean)
-    L   = min(clz(C · (max x − min x)) − clz(Dmax), Lmax)        Dmax = C · (in_qmax − in_qmin)
-    dn  = d << L                                                  |dn| < D = 2^bits(Dmax): each row scaled up to
-                                                                  the full range (exact), so small spreads keep bits
-    v   = max(Σ ms(dn, dn, sv) + rs(eps_hi, 1, 2 (Lmax − L)), 1)   sv = the least shift with C · D² / 2^sv < 2^30
-                                                  eps_hi = round(eps · C³ / S_in² · 2^(2 Lmax − sv)) < 2^30,
-                                                  Lmax <= 15 the largest row shift keeping eps_hi below 2^30
+  (the same integer γ, β as I-LayerNorm: int_nonlinear_ops.layernorm_parameters, F = layernorm_fraction_bits).
+  No row maximum or minimum (REDUCE_MAX / MIN of a wide row are Vela's slowest ops on Ethos-U55): each row is
+  scaled by the sum of its positive deviations, which bounds every deviation because the deviations sum to 0.
+    x   = clamp(q, in_qmin, in_qmax);  d = C · x − Σ x             = C · (x − mean), exact; Σ d = 0
+    P   = Σ max(d, 0) = Σ|d| / 2,  so max|d| <= P                    (the positive and negative parts are equal)
+          k = 0: Pk = P.  k > 0 (wide int16 rows, Pmax = floor(C² · (in_qmax − in_qmin) / 4) >= 2^30):
+          Pk = Σ rs(max(d, 0), 1, k) >= P / 2^k − C / 2, so P <= 2^k · Q
+    Q   = Pk + (ceil(C / 2) if k > 0 else 0)                         < 2^30 (k: the least with Pmax / 2^k + C + 1 < 2^30)
+    L   = min(clz(Q) − 2 − k, Lmax)                                  the row shift, −k <= L <= Lmax <= 30
+    dn  = d << L  (k = 0);  rs(d << max(L, 0), 1, max(−L, 0))  (k > 0)      |dn| <= 2^30: 2^(k+L) · Q < 2^30
+    v   = max(Σ ms(dn, dn, 31) + rs(eps_hi, 1, min(2 (Lmax − L), 31)), 1)
+          eps_hi = round(E · 2^(2 Lmax − 31)), E = eps · C³ / S_in²; Lmax the largest L <= 30 with
+          eps_hi < 2^30 − 2C (PreconditionError when not even L = −k qualifies)
     h   = ((clz(v) + 1) >> 1) − 1;  vn = v << 2h in [2^29, 2^31)            (a = vn / 2^31 in [1/4, 1))
     y   = Y0 − ms(vn, Y1, 31);  3 times: y = ms(y, 3 · 2^29 − ms(ms(vn, y, 31), y, 29), 30)
           Newton for 1/sqrt(a) in Q2.29 from the line 2.132 − 1.218 a (relative error 2^−24 after 3 steps)
-    z   = ms(ms(dn, y, sz) << h, K, sk)      ≈ (x − mean) / std · 2^F,  sz = ceil(15.5 + sv / 2),
-                                             (K, sk) = dyadic(sqrt(C) · 2^(F − sv/2 − 44.5 + sz))
+    f   = ms(y, K, sk) << min(h, hmax)            per row,  (K, sk) = dyadic(sqrt(C) · 2^(F − 60 + sz))
+    z   = ms(dn, f, sz)                           ≈ (x − mean) / std · 2^F, one full-size MUL
     acc = z · gamma_int + beta_int
     out = clamp(rs(acc, dyadic(gamma_scale · 2^−F / S_out)), qmin, qmax)
-  Why: dn = d · 2^L and the variance term v (eps included, scaled by 2^2L too) is Σ dn² / 2^sv, so
-  (x − mean)/std = dn · sqrt(C) · 2^(−sv/2) / sqrt(v), and 1/sqrt(v) = 2^h / sqrt(vn) = 2^h · y · 2^−15.5.
-  Precision: the mean is exact; a row's largest |dn| is at least D/4 (its farthest code is half the spread
-  from the mean), so its square keeps >= 25 − log2 C bits; the square root keeps 24 bits; the << h after the
-  product costs at most 2^(h−1) of |z| · 2^30 / sqrt(C), i.e. 2^−12 relative at C = 192.
-  Bounds (layernorm_npu_constants / check_layernorm_affine, else PreconditionError): C · x, d < 2^31; v < 2^31;
-  ms(dn, y, sz) << h <= 2^30 while |z| <= 2 sqrt(C), i.e. unless Σ ms(dn, dn, sv) underestimates Σ dn² / 2^sv
-  four times, which the rounding (C / 2 at most) cannot when L < Lmax (then Σ dn² >= D² / 16) or eps_hi >= 2^28,
-  and which sv <= 26 + log2 C rules out otherwise; |z · gamma_int| + |beta_int| < 2^31 and RESCALE's
-  |acc| < 2^(shift − 1).
+  Why: with dn = d · 2^L, the true variance term vt = Σ dn² / 2^31 + E · 2^(2L − 31) is 2^(2L − 31) · C³ ·
+  (var + eps / S_in²) in code units, so (x − mean) / sqrt(var + eps) = dn · sqrt(C) · 2^−15.5 / sqrt(vt), and
+  1 / sqrt(v) = 2^h / sqrt(vn) = y · 2^(h − 44.5): z = dn · y · 2^h · sqrt(C) · 2^(F − 60).
+  Bounds: Q < 2^30, so clz(Q) >= 2 and L >= −k (no left shift by a negative amount for k = 0). |dn| <= 2^30
+  (|d| <= P <= 2^k Q and 2^(k+L) Q < 2^(32 − clz(Q) + L + k) <= 2^30; a rounding right shift adds at most 1/2).
+  Σ|dn| <= 2^(L+1) P + C/2 <= 2^31 + C/2, so Σ dn² <= max|dn| · Σ|dn| < 2^61 + 2^29 C and Σ ms(dn, dn, 31)
+  < 2^30 + C: v < 2^31. The rounded sums underestimate vt by at most C/2 + 1 (each square and eps_hi by 1/2).
+  A row that is not constant has P >= C − 1 (every d ≡ −Σx mod C), and its vt is at least vlo, the least of
+    unclamped L:  Σ|dn| >= 2^30 ρ (minus C/2 for k > 0), ρ = 1 (k = 0: 2^L P >= 2^29, Σ|dn| = 2^(L+1) P) or
+                  ρ = (C − 1) / (C − 1 + 2^k (C + 1)) (k > 0: 2^(k+L) Q >= 2^29, Q <= P / 2^k + C + 1),
+                  so Σ dn² >= (Σ|dn|)² / C: vt >= (2^30 ρ − c)² / (C · 2^31)   (2^29 / C for k = 0)
+    clamped L:    L = Lmax < 30, where eps_hi(Lmax + 1) >= 2^30 − 2C: vt >= (2^30 − 2C − 1) / 4
+                  (L = Lmax = 30 only for a constant row with k = 0: dn = 0)
+  (PreconditionError unless ε = (C/2 + 1) / vlo <= 1/4.) So v >= (1 − ε) vt, hmax = h(vlo − C/2 − 1) bounds h
+  on every row that is not constant (a constant row has dn = 0 and z = 0 whatever f is), f = ms(y, K, sk) · 2^h
+  < 2^31 because K / 2^sk <= 2^(−hmax) · 0.99 (sz is chosen so), and |z| <= sqrt(C) · 2^F / sqrt(1 − ε) ·
+  (1 + 2^(hmax − 27)) + 1/2 (|dn| / sqrt(vt) <= 2^15.5), which check_layernorm_affine uses.
+  Precision: the mean is exact (k = 0; k > 0 rounds dn by 1/2 of a 2^30 range when L < 0); v's relative error
+  is at most (C/2 + 1) / vt: C² / 2^30 for an unclamped row with k = 0, C / 2^27 when eps sets L; the square
+  root keeps 24 bits and f at least 27 − hmax bits.
+  Bounds checked by layernorm_npu_constants / check_layernorm_affine (else PreconditionError): C · x < 2^31,
+  the ones above, |z · gamma_int| + |beta_int| < 2^31 and RESCALE's |acc| < 2^(shift − 1).
 """
 
 from __future__ import annotations
@@ -155,16 +172,27 @@ def softmax_exponential(d: torch.Tensor, c: SoftmaxConstants) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LayerNormConstants:
-    span_clz: int              # clz(Dmax)
+    pre_shift: int             # k
+    slack: int                 # ceil(C / 2) when k > 0, else 0
     max_row_shift: int         # Lmax
-    square_shift: int          # sv
     eps_hi: int
-    z_shift: int               # sz
+    max_h: int                 # hmax
     k: int                     # K
     k_shift: int               # sk
+    z_shift: int               # sz
+    z_bound: float             # |z| <= z_bound
     fraction_bits: int         # F
     out_m0: int
     out_shift: int
+
+
+SQUARE_SHIFT = 31              # the squares' MUL shift
+ROW_BITS = 30                  # |dn| <= 2^30
+
+
+def _h(v: int) -> int:
+    """h of the module docstring for an int32 v >= 1."""
+    return ((32 - v.bit_length() + 1) >> 1) - 1
 
 
 def layernorm_npu_constants(channels: int, in_scale: float, out_scale: float, gamma_scale: float, eps: float,
@@ -175,32 +203,53 @@ def layernorm_npu_constants(channels: int, in_scale: float, out_scale: float, ga
         raise PreconditionError("npu_layernorm: the normalized dimension is empty")
     if not (in_qmin <= 0 <= in_qmax and -(1 << 15) <= in_qmin and in_qmax < 1 << 15):
         raise PreconditionError(f"npu_layernorm: input codes [{in_qmin}, {in_qmax}] are not int16 codes around 0")
-    d_max = max(channels * (in_qmax - in_qmin), 1)
     if channels * (1 << 15) >= INT32_LIMIT:
         raise PreconditionError(f"npu_layernorm: C · x overflows int32 (C = {channels})")
-    bound = 1 << d_max.bit_length()                                  # D
-    scale_eps = eps * channels ** 3 / (in_scale * in_scale)
-    square_shift = 0
-    while channels * -(-bound * bound // 2**square_shift) >= 1 << 30 or round(scale_eps / 2**square_shift) >= 1 << 30:
-        square_shift += 1
-    max_row_shift = 0
-    while max_row_shift < 15 and round(scale_eps * 2.0 ** (2 * max_row_shift + 2 - square_shift)) < 1 << 30:
+    limit = 1 << ROW_BITS
+    p_max = channels * channels * (in_qmax - in_qmin) // 4                  # Σ max(d, 0) <= C² · span / 4
+    pre_shift = 0
+    if p_max >= limit:
+        while -(-p_max >> pre_shift) + channels + 1 >= limit:
+            pre_shift += 1
+    slack = (channels + 1) // 2 if pre_shift else 0
+    scale_eps = eps * channels ** 3 / (in_scale * in_scale)                # E
+    eps_limit = limit - 2 * channels
+
+    def eps_at(row_shift: int) -> int:
+        return round(scale_eps * 2.0 ** (2 * row_shift - SQUARE_SHIFT))
+
+    if eps_at(-pre_shift) >= eps_limit:
+        raise PreconditionError(f"npu_layernorm: eps / S_in² ({eps / in_scale ** 2:.3g}) is too large for the int32 "
+                                "variance", hint="keep this LayerNorm as i-layernorm")
+    max_row_shift = -pre_shift
+    while max_row_shift < ROW_BITS and eps_at(max_row_shift + 1) < eps_limit:
         max_row_shift += 1
-    if max_row_shift == 15 and square_shift > 26 + math.log2(channels):
-        raise PreconditionError(f"npu_layernorm: variance shift {square_shift} is too large for C = {channels}",
-                                hint="keep this LayerNorm as i-layernorm")
-    eps_hi = round(scale_eps * 2.0 ** (2 * max_row_shift - square_shift))
-    z_shift = math.ceil(15.5 + square_shift / 2)
+    if pre_shift:
+        rho = (channels - 1) / (channels - 1 + 2 ** pre_shift * (channels + 1))
+        spread = 2.0 ** ROW_BITS * rho - channels / 2
+    else:
+        spread = 2.0 ** ROW_BITS
+    v_low = spread * spread / (channels * 2.0 ** SQUARE_SHIFT) if channels > 1 else math.inf
+    if max_row_shift < ROW_BITS:
+        v_low = min(v_low, (eps_limit - 1) / 4)
+    error = (channels / 2 + 1) / v_low                                     # ε
+    if error > 0.25:
+        raise PreconditionError(f"npu_layernorm: the rounding of {channels} squares can reach {error:.0%} of a row's "
+                                "variance", hint="keep this LayerNorm as i-layernorm")
+    max_h = _h(max(math.floor(v_low - channels / 2 - 1), 1)) if math.isfinite(v_low) else 0
     frac = layernorm_fraction_bits(channels)
-    k, k_shift = dyadic(math.sqrt(channels) * 2.0 ** (frac - square_shift / 2 - 44.5 + z_shift))
+    # f = ms(y, K, sk) << h < 2^31 with y <= 2^30 (1 + 2^-20): K / 2^sk <= 0.99 · 2^-hmax, the largest sz for it
+    z_shift = math.floor(60 - frac - math.log2(math.sqrt(channels)) - max_h + math.log2(0.99))
+    k, k_shift = dyadic(math.sqrt(channels) * 2.0 ** (frac - 60 + z_shift))
+    z_bound = math.sqrt(channels) * 2 ** frac / math.sqrt(1 - error) * (1 + 2.0 ** (max_h - 27)) + 0.5
     out_m0, out_shift = dyadic(gamma_scale * 2.0 ** -frac / out_scale)
-    return LayerNormConstants(32 - d_max.bit_length(), max_row_shift, square_shift, eps_hi, z_shift, k, k_shift, frac,
-                              out_m0, out_shift)
+    return LayerNormConstants(pre_shift, slack, max_row_shift, eps_at(max_row_shift), max_h, k, k_shift, z_shift,
+                              z_bound, frac, out_m0, out_shift)
 
 
 def check_layernorm_affine(c: LayerNormConstants, channels: int, gamma_max: int, beta_max: int) -> None:
     """|z · gamma_int| + |beta_int| must stay in int32 and in the output RESCALE's range 2^(shift − 1)."""
-    acc_max = math.ceil(math.sqrt(channels) * 2**c.fraction_bits * (1 + 2**-10)) * gamma_max + beta_max
+    acc_max = math.ceil(c.z_bound) * gamma_max + beta_max
     if acc_max >= INT32_LIMIT or acc_max >= 1 << (c.out_shift - 1):
         raise PreconditionError(f"npu_layernorm: z · γ + β (up to {acc_max}) leaves int32 or the output RESCALE's "
                                 f"range 2^{c.out_shift - 1}", hint="keep this LayerNorm as i-layernorm")
@@ -247,17 +296,24 @@ def npu_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tens
     check_layernorm_affine(c, channels, int(gamma.abs().max()), int(beta.abs().max()))
     x = torch.clamp(q.to(torch.int64), in_qmin, in_qmax)
     d = channels * x - x.sum(dim=-1, keepdim=True)
-    span = channels * (x.amax(dim=-1, keepdim=True) - x.amin(dim=-1, keepdim=True))
-    row_shift = torch.clamp(clz32(span) - c.span_clz, max=c.max_row_shift)
-    dn = torch.bitwise_left_shift(d, row_shift)
-    eps_row = round_shift_right(torch.full_like(row_shift, c.eps_hi), 2 * (c.max_row_shift - row_shift))
-    v = torch.clamp(mul_shift(dn, dn, c.square_shift).sum(dim=-1, keepdim=True) + eps_row, min=1)
+    positive = torch.clamp(d, min=0)
+    if c.pre_shift:
+        positive = round_shift_right(positive, torch.full_like(positive, c.pre_shift))
+    total = positive.sum(dim=-1, keepdim=True) + c.slack
+    row_shift = torch.clamp(clz32(total) - 2 - c.pre_shift, max=c.max_row_shift)
+    dn = torch.bitwise_left_shift(d, torch.clamp(row_shift, min=0))
+    if c.pre_shift:
+        dn = round_shift_right(dn, torch.clamp(-row_shift, min=0))
+    eps_row = round_shift_right(torch.full_like(row_shift, c.eps_hi),
+                                torch.clamp(2 * (c.max_row_shift - row_shift), max=31))
+    v = torch.clamp(mul_shift(dn, dn, SQUARE_SHIFT).sum(dim=-1, keepdim=True) + eps_row, min=1)
     h = ((clz32(v) + 1) >> 1) - 1
     vn = torch.bitwise_left_shift(v, 2 * h)
     y = RSQRT_START[0] - mul_shift(vn, RSQRT_START[1], 31)
     for _ in range(NEWTON_STEPS):
         y = mul_shift(y, 3 * (1 << 29) - mul_shift(mul_shift(vn, y, 31), y, 29), 30)
-    z = mul_shift(torch.bitwise_left_shift(mul_shift(dn, y, c.z_shift), h), c.k, c.k_shift)
+    f = torch.bitwise_left_shift(mul_shift(y, c.k, c.k_shift), torch.clamp(h, max=c.max_h))
+    z = mul_shift(dn, f, c.z_shift)
     acc = z * gamma + beta
     return torch.clamp(rounding_shift(acc, c.out_m0, c.out_shift), qmin, qmax).to(torch.int32)
 
@@ -327,21 +383,27 @@ def npu_layernorm_onnx(q: INT32, gamma_int: INT32, beta_int: INT32, in_scale: fl
     channels = int(gamma_int.shape[0])
     c = layernorm_npu_constants(channels, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax)
     last = op.Constant(value_ints=[-1])
+    zero, one = onnx_int64(0), onnx_int64(1)
     x = op.Clip(op.Cast(q, to=INT64_TYPE), onnx_int64(in_qmin), onnx_int64(in_qmax))
     d = op.Sub(op.Mul(x, onnx_int64(channels)), op.ReduceSum(x, last, keepdims=1))
-    span = op.Mul(op.Sub(op.ReduceMax(x, last, keepdims=1), op.ReduceMin(x, last, keepdims=1)), onnx_int64(channels))
-    row_shift = op.Min(op.Sub(_onnx_clz32(span), onnx_int64(c.span_clz)), onnx_int64(c.max_row_shift))
-    dn = _onnx_shift_left(d, row_shift)
-    eps_row = _onnx_round_shift_right(op.Add(op.Mul(row_shift, onnx_int64(0)), onnx_int64(c.eps_hi)),
-                                      op.Mul(op.Sub(onnx_int64(c.max_row_shift), row_shift), onnx_int64(2)))
-    v = op.Max(op.Add(op.ReduceSum(_onnx_mul_shift(dn, dn, c.square_shift), last, keepdims=1), eps_row),
-               onnx_int64(1))
-    h = op.Sub(op.Div(op.Add(_onnx_clz32(v), onnx_int64(1)), onnx_int64(2)), onnx_int64(1))   # operands >= 0
+    positive = op.Max(d, zero)
+    if c.pre_shift:
+        positive = onnx_rounding_shift(positive, 1, c.pre_shift)
+    total = op.Add(op.ReduceSum(positive, last, keepdims=1), onnx_int64(c.slack))
+    row_shift = op.Min(op.Sub(_onnx_clz32(total), onnx_int64(2 + c.pre_shift)), onnx_int64(c.max_row_shift))
+    dn = _onnx_shift_left(d, op.Max(row_shift, zero))
+    if c.pre_shift:
+        dn = onnx_rounding_shift(dn, one, op.Max(op.Neg(row_shift), zero))
+    eps_shift = op.Min(op.Mul(op.Sub(onnx_int64(c.max_row_shift), row_shift), onnx_int64(2)), onnx_int64(31))
+    eps_row = onnx_rounding_shift(op.Add(op.Mul(row_shift, zero), onnx_int64(c.eps_hi)), one, eps_shift)
+    v = op.Max(op.Add(op.ReduceSum(_onnx_mul_shift(dn, dn, SQUARE_SHIFT), last, keepdims=1), eps_row), one)
+    h = op.Sub(op.Div(op.Add(_onnx_clz32(v), one), onnx_int64(2)), one)   # operands >= 0
     vn = _onnx_shift_left(v, op.Mul(h, onnx_int64(2)))
     y = op.Sub(onnx_int64(RSQRT_START[0]), _onnx_mul_shift(vn, onnx_int64(RSQRT_START[1]), 31))
     for _ in range(NEWTON_STEPS):
         y = _onnx_mul_shift(y, op.Sub(onnx_int64(3 * (1 << 29)), _onnx_mul_shift(_onnx_mul_shift(vn, y, 31), y, 29)),
                             30)
-    z = _onnx_mul_shift(_onnx_shift_left(_onnx_mul_shift(dn, y, c.z_shift), h), onnx_int64(c.k), c.k_shift)
+    f = _onnx_shift_left(_onnx_mul_shift(y, onnx_int64(c.k), c.k_shift), op.Min(h, onnx_int64(c.max_h)))
+    z = _onnx_mul_shift(dn, f, c.z_shift)
     acc = op.Add(op.Mul(z, op.Cast(gamma_int, to=INT64_TYPE)), op.Cast(beta_int, to=INT64_TYPE))
     return onnx_clamp_int32(onnx_rounding_shift(acc, c.out_m0, c.out_shift), qmin, qmax)

@@ -74,5 +74,5 @@ class NpuLayerNorm(IslandPass):
         args = (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
                 *input_codes(island), island.qmin, island.qmax)
         return hw.npu_layernorm.default, args, {"channels": channels, "gamma_scale": gamma_scale,
-                                                "variance_shift": constants.square_shift,
+                                                "pre_shift": constants.pre_shift,
                                                 "max_row_shift": constants.max_row_shift}

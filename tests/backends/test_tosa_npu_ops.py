@@ -102,10 +102,13 @@ def test_npu_softmax_tosa_is_bit_exact(tmp_path, rows, channels, bounds, scale, 
 
 
 @pytest.mark.parametrize("rows, channels, bounds, scale", [
-    (6, 64, (-32768, 32767), 6.1e-5),          # vit-tiny: the int16 residual stream
-    (5, 192, (-128, 127), 0.05),
+    (8, 64, (-32768, 32767), 6.1e-5),          # vit-tiny: the int16 residual stream
+    (8, 192, (-128, 127), 0.05),
     (4, 1, (-128, 127), 0.05),                 # C = 1: the output is β
-    (4, 2, (-32768, 32767), 0.001),
+    (6, 2, (-32768, 32767), 0.001),
+    (8, 65, (-128, 127), 0.02),                # odd C
+    (8, 768, (-32768, 32767), 1e-4),           # wide int16 rows: Σ max(d, 0) pre-shifted (k = 4), L < 0
+    (8, 384, (-32768, 32767), 1e-3),           # k = 2
 ])
 def test_npu_layernorm_tosa_is_bit_exact(tmp_path, rows, channels, bounds, scale):
     lo, hi = bounds
@@ -114,13 +117,18 @@ def test_npu_layernorm_tosa_is_bit_exact(tmp_path, rows, channels, bounds, scale
     codes[0, 0] = 7                                                       # constant row: variance 0
     if channels > 1:
         codes[0, 1] = torch.randint(-2, 3, (channels,), generator=generator)   # a spread of a few codes
-        codes[0, 2, ::2], codes[0, 2, 1::2] = hi, lo                          # the extremes
+        codes[0, 2, ::2], codes[0, 2, 1::2] = hi, lo                          # the extremes, balanced: P is largest
         codes[0, 3] = codes[0, 3] // 97                                       # a narrower row
+        codes[0, 4] = lo
+        codes[0, 4, channels // 2] = hi                                       # one huge outlier
+        codes[0, 5] = 3
+        codes[0, 5, 0] = 4                                                    # one code off a constant row
     want, got, network = _reference_and_tosa(LayerNorm(channels, scale, bounds, 0.03, seed=channels), codes, scale,
                                              tmp_path)
     np.testing.assert_array_equal(got, want)
     kinds = {op["op"] for op in network.ops}
-    assert {"CLZ", "LOGICAL_LEFT_SHIFT", "ARITHMETIC_RIGHT_SHIFT", "MUL", "REDUCE_MIN"} <= kinds
+    assert {"CLZ", "LOGICAL_LEFT_SHIFT", "ARITHMETIC_RIGHT_SHIFT", "MUL", "MAXIMUM", "REDUCE_SUM"} <= kinds
+    assert not kinds & {"REDUCE_MAX", "REDUCE_MIN"}            # the row shift comes from Σ max(d, 0)
 
 
 @pytest.mark.parametrize("target", [("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram"),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hwact.errors import PreconditionError
 from hwact.ir import int_npu_ops as npu
-from hwact.ir.int_nonlinear_ops import layernorm_parameters
+from hwact.ir.int_nonlinear_ops import layernorm_fraction_bits, layernorm_parameters
 from int_helpers import OpModule, assert_onnx_bit_exact, edge_int8
 
 hw = torch.ops.hwact
@@ -106,6 +106,45 @@ def test_npu_layernorm_close_to_layer_norm(channels, bounds, scale):
     assert error.max() <= 1 and error.mean() < 0.01
 
 
+@pytest.mark.parametrize("channels, bounds", [(64, (-32768, 32767)), (65, (-128, 127)), (768, (-32768, 32767)),
+                                             (384, (-32768, 32767))])
+def test_npu_layernorm_std_precision_on_small_spreads(channels, bounds):
+    """γ = 1, β = 0, eps 1e-12 and int16 output codes at 2^-12: for rows spanning 2 to 200 codes of their range
+    (the row shift scales them up), the fitted output / LayerNorm ratio of each row, i.e. the relative error of
+    1 / std, is within the docstring's bound (C/2 + 1) / v <= C² / 2^30 (plus 2^-12 for the output codes), and
+    no code is off by more than 1 beyond that relative error and half a step of z (2^-F)."""
+    generator = torch.Generator().manual_seed(channels)
+    gamma_int, beta_int, gamma_scale = layernorm_parameters(torch.ones(channels), torch.zeros(channels), channels)
+    rows = [torch.randint(-spread, spread + 1, (channels,), generator=generator) + bounds[1] // 40 * (spread % 7)
+            for spread in (1, 2, 3, 5, 17, 100)]
+    outlier = torch.zeros(channels, dtype=torch.int64)
+    outlier[channels // 3] = 1                                              # one code off a constant row
+    q = torch.stack(rows + [outlier]).clamp(*bounds)
+    out_scale, scale = 2.0**-12, 1e-3
+    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-12, *bounds, -32768,
+                           32767).double() * out_scale
+    want = F.layer_norm(q.double() * scale, (channels,), eps=1e-12)
+    inside = want.abs() < 32767 * out_scale                                 # the outlier of a wide row saturates
+    got, want = got * inside, want * inside
+    ratio = (got * want).sum(dim=-1) / (want * want).sum(dim=-1)
+    assert (ratio[:-1] - 1).abs().max() < 2.0**-12 + channels**2 / 2.0**30        # the outlier row: codes only
+    z_step = 2.0 ** -layernorm_fraction_bits(channels)                     # z's own resolution
+    assert (((got - want).abs() - want.abs() * channels**2 / 2.0**30 - z_step / 2) / out_scale).max() <= 1.01
+
+
+def test_positive_deviations_of_a_varying_row_are_at_least_c_minus_1():
+    """The docstring's P >= C − 1 for every integer row that is not constant (the precision bound uses it)."""
+    generator = torch.Generator().manual_seed(4)
+    for channels in (2, 3, 5, 8, 13):
+        q = torch.randint(-3, 4, (4000, channels), generator=generator)
+        q[0] = 0
+        q[0, 0] = 1                                          # one code off a constant row: P = C − 1 exactly
+        d = channels * q - q.sum(dim=-1, keepdim=True)
+        positive = d.clamp(min=0).sum(dim=-1)
+        varying = q.amax(dim=-1) != q.amin(dim=-1)
+        assert int(positive[varying].min()) == channels - 1
+
+
 def test_npu_layernorm_guards():
     gamma_int, beta_int = torch.full((8,), 32767, dtype=torch.int32), torch.full((8,), 3 << 29, dtype=torch.int32)
     with pytest.raises(PreconditionError, match="leaves int32"):
@@ -115,6 +154,13 @@ def test_npu_layernorm_guards():
         npu.layernorm_npu_constants(8, 0.05, 0.03, 1e-4, 1e-6, -70000, 127)
     with pytest.raises(PreconditionError, match="empty"):
         npu.layernorm_npu_constants(0, 0.05, 0.03, 1e-4, 1e-6, -128, 127)
+    with pytest.raises(PreconditionError, match="rounding of 2048 squares"):      # wide int16 rows, k = 7
+        npu.layernorm_npu_constants(2048, 1e-3, 0.03, 1e-4, 1e-6, -32768, 32767)
+    with pytest.raises(PreconditionError, match="too large for the int32 variance"):
+        npu.layernorm_npu_constants(64, 1e-9, 0.03, 1e-4, 1.0, -128, 127)
+    wide = npu.layernorm_npu_constants(768, 1e-4, 0.03, 1e-4, 1e-6, -32768, 32767)
+    assert (wide.pre_shift, wide.slack) == (4, 384) and wide.max_row_shift < 31
+    assert npu.layernorm_npu_constants(768, 0.05, 0.03, 1e-4, 1e-6, -128, 127).pre_shift == 0
 
 
 # ----- ONNX: bit-exact under onnxruntime -----------------------------------------------------------
