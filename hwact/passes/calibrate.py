@@ -38,7 +38,7 @@ from hwact.errors import InputError
 from hwact.ir.graph import Graph
 from hwact.ir.record import Recorder
 from hwact.passes.base import Pass, register
-from hwact.quant.observers import METHODS, make_observer
+from hwact.quant.observers import METHODS, all_finite, make_observer
 
 RANGE_KEY = "hwact_range"
 
@@ -98,7 +98,7 @@ class Calibrate(Pass):
                 return
             if node not in observers:
                 observers[node] = make_observer(self.method)
-            constant_infinity = node.op == "call_function" and bool(torch.isinf(value).any()) and _inherits(node)
+            constant_infinity = node.op == "call_function" and not all_finite(value) and _inherits(node)
             try:
                 observers[node].observe(value, ignore_infinite=constant_infinity)
             except InputError as exc:
