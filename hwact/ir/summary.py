@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 
 import torch
@@ -48,8 +49,25 @@ def float_compute_nodes(graph: Graph) -> list[torch.fx.Node]:
         %y = hwact.dequantize(%q, 0.05)
         %g = aten.gelu(%y)                 reported: gelu computes in float
         %q2 = hwact.quantize(%g, 0.02, -128, 127)
-    """
+
+    The answer is remembered per module, for as long as its graph and its tensors' dtypes stay the same (a
+    convert asks after the recipe, in its report and in each backend's check: one run of ViT-S/16's integer
+    graph each)."""
     load_all_ops()
+    module = graph.module
+    key = (str(module.graph), tuple((name, t.dtype) for name, t in module.state_dict(keep_vars=True).items()))
+    known = _FLOAT_NODES.get(module)
+    if known is None or known[0] != key:
+        known = _FLOAT_NODES[module] = (key, _run_float_nodes(graph))
+    by_name = {node.name: node for node in graph.fx.nodes}
+    return [by_name[name] for name in known[1]]
+
+
+_FLOAT_NODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _run_float_nodes(graph: Graph) -> list[str]:
+    """The names of float_compute_nodes, from one run on a batch of 2."""
     floating: dict[torch.fx.Node, bool] = {}
 
     def note_dtype(node: torch.fx.Node, value) -> None:
@@ -59,4 +77,4 @@ def float_compute_nodes(graph: Graph) -> list[torch.fx.Node]:
 
     record(graph.module, [graph.example_inputs(batch=2, seed=0)], note_dtype)
     dequantize = torch.ops.hwact.dequantize.default
-    return [node for node, is_float in floating.items() if is_float and node.target is not dequantize]
+    return [node.name for node, is_float in floating.items() if is_float and node.target is not dequantize]
