@@ -36,9 +36,9 @@ of hwact's dyadic() (TOSA requires 2 <= shift <= 62; a smaller shift is refused 
 multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
 
     npu_softmax          REDUCE_MAX, SUB, an int8 index (RESCALE; wide: RESCALE to log2 units,
-                         ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs (exp's high and low byte), ADD (wide: and
-                         ARITHMETIC_RIGHT_SHIFT), REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the reciprocal,
-                         MUL, RESCALE
+                         ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs (exp's high and low byte), ADD to int16 (wide:
+                         int32 and ARITHMETIC_RIGHT_SHIFT), REDUCE_SUM, CLZ, LOGICAL_LEFT_SHIFT, Newton MULs for the
+                         reciprocal, its int16 row factor, one int16 x int16 MUL, RESCALE
     npu_layernorm        REDUCE_SUM of x, MUL by C, SUB, MAXIMUM(d, 0) and REDUCE_SUM for the CLZ row shift (no
                          REDUCE_MAX / MIN: Vela's slowest ops on a wide row), MUL (squares with a shift),
                          ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, one MUL by the
@@ -725,7 +725,10 @@ def _clz(self: Lowering, name: str, shape, hint: str) -> str:
 def _npu_softmax(self: Lowering, node) -> Value:
     """hwact::npu_softmax (hwact/ir/int_npu_ops.py), op for op: REDUCE_MAX, SUB, the int8 table index (narrow: a
     RESCALE with zero point 127; wide: RESCALE to log2 units, ARITHMETIC_RIGHT_SHIFT, SUB), two int8 TABLEs
-    (high and low byte), the wide form's ARITHMETIC_RIGHT_SHIFT, REDUCE_SUM, CLZ, shifts, Newton MULs, RESCALE."""
+    (high and low byte), the wide form's ARITHMETIC_RIGHT_SHIFT, REDUCE_SUM, CLZ, shifts, Newton MULs, the int16
+    row factor f, MUL e · f (int16 x int16), RESCALE. Narrow: the ADD of the two bytes (each RESCALEd to int32,
+    x256 and x1) has one reader, a x1 RESCALE to int16, so Vela 5.2 fuses the three RESCALEs into an 8-bit ADD
+    (it does not when the ADD writes int32)."""
     from hwact.ir.int_npu_ops import NEWTON_STEPS, RECIPROCAL_START, WIDE_FRACTION_BITS, softmax_npu_constants
     a = op_args(node)
     x = self.value(a.q)
@@ -757,7 +760,13 @@ def _npu_softmax(self: Lowering, node) -> Value:
         amount = net.binary("MINIMUM", net.binary("SUB", net.scalar(0, 3), whole, row, f"{n}_neg_whole"),
                             net.scalar(31, 3), row, f"{n}_exp_shift")
         e = net.binary("ARITHMETIC_RIGHT_SHIFT", e, amount, row, f"{n}_exp_scaled")
-    total = _reduce(self, "REDUCE_SUM", e, "INT32", col, f"{n}_sum")
+        e16 = net.rescale(e, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT16", 0, row, f"{n}_exp16")
+        total = _reduce(self, "REDUCE_SUM", e, "INT32", col, f"{n}_sum")
+    else:
+        # ADD's only reader is this x1 RESCALE to int16: Vela makes the byte recombination one 8-bit ADD
+        e16 = net.rescale(e, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT16", 0, row, f"{n}_exp16")
+        total = _reduce(self, "REDUCE_SUM", _to_int32(self, e16, "INT16", 0, row, f"{n}_exp32"), "INT32", col,
+                        f"{n}_sum")
     shift = net.binary("SUB", _clz(self, total, col, f"{n}_clz"), net.scalar(1, 3), col, f"{n}_norm")
     normal = net.binary("LOGICAL_LEFT_SHIFT", total, shift, col, f"{n}_sum_norm")
     r = net.binary("SUB", net.scalar(RECIPROCAL_START[0], 3),
@@ -766,7 +775,11 @@ def _npu_softmax(self: Lowering, node) -> Value:
         error = net.binary("SUB", net.scalar(1 << 30, 3), net.mul(normal, r, 31, col, f"{n}_ar{step}"), col,
                            f"{n}_two_minus{step}")
         r = net.mul(r, error, 29, col, f"{n}_r{step + 1}")
-    p = net.mul(net.binary("LOGICAL_LEFT_SHIFT", e, shift, row, f"{n}_exp_norm"), r, 30, row, f"{n}_p")
+    f = net.binary("ARITHMETIC_RIGHT_SHIFT", r, net.binary("SUB", net.scalar(c.reciprocal_shift, 3), shift, col,
+                                                           f"{n}_f_shift"), col, f"{n}_f")
+    f16 = net.rescale(f, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT16", 0, col, f"{n}_f16")
+    p = net.op("MUL", [e16, f16, net.const("mul_shift_0", [0], "INT8")], row, "INT32", ["MulAttribute", []],
+               f"{n}_p")
     out, dtype, zp = net.requantize_to(p, "INT32", 0, c.out_m0, c.out_shift, output_bounds(node), row, n)
     shape = self.shape(node)
     return Value(net.reshape(out, shape, dtype, f"{n}_out"), shape, dtype, zp, tuple(range(len(shape))))

@@ -18,7 +18,7 @@ hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax a
           as two int8 TABLEs, its high and low byte with zero point −128, recombined as 256 · hi + lo):
       narrow (wide = False; the pass's choice when the input codes span at most 256 values):
           s = clamp(d + 127, −128, 127),  e = V[s] = round(A · exp((s − 127) · S_in)),
-          A = min(65535, floor((2^31 − 1) / C))
+          A = min(32767, floor((2^31 − 1) / C))        (int16: the two bytes recombine in one 8-bit ADD)
           every code difference has its own exact entry (differences past 255 codes saturate at the last)
       wide (int16 scores, masked scores): the exponent in base 2 with 8 fraction bits, I-ViT's shift trick
           t = rs(d, dyadic(S_in · log2(e) · 256)) <= 0,  i = (t + 128) >> 8 (ARITHMETIC_RIGHT_SHIFT, round),
@@ -27,10 +27,17 @@ hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax a
     t   = Σ e  (< 2^31: C · max e checked);  l = clz(t) − 1;  tn = t << l in [2^30, 2^31)   (a = tn / 2^31)
     r   = R48 − ms(tn, R32, 31);  3 times: r = ms(r, 2^30 − ms(tn, r, 31), 29)
           Newton for 1/a in Q2.29 (gemmlowp's start 48/17 − 32/17 · a; relative error 2^−32 after 3 steps)
-    p   = ms(e << l, r, 30)                                      e / t at scale 2^−30 (e << l <= tn < 2^31)
-    out = clamp(rs(p, dyadic(2^−30 / S_out)), qmin, qmax)
-  The row max always contributes V's largest entry (A, or 2^14), so t >= 1 and nothing divides by zero. No
-  64-bit value exists anywhere: the MULs produce at most 2^30 + 1 after their shifts.
+    f   = rs(r, 1, sf − l)                   ≈ 2^(60 − sf) / t, per row;  r ≈ 2^60 / tn = 2^(60 − l) / t
+    p   = e · f                               e / t at scale 2^(sf − 60): one 16-bit x 16-bit MUL per element
+    out = clamp(rs(p, dyadic(2^(sf − 60) / S_out)), qmin, qmax)
+  sf is the least shift with 2^(60 − sf) / T · (1 + 2^−20) + 1 <= 32767, T = V's largest entry (A, or 2^14),
+  which the row max always contributes: t >= T, so nothing divides by zero, l <= clz(T) − 1 <= sf and f <=
+  32767 (e and f are int16 values, e <= 32767 as V's entries are). sf − l <= 31 (l >= clz(C · max V) − 1)
+  and p < 2^30 are checked. No 64-bit value exists anywhere: the MULs produce at most 2^30 + 1 after their shifts.
+  Precision: r has 2^−32 relative error and f's rounding costs at most 1/2, so p / 2^(60 − sf) = e / t ± e /
+  2^(61 − sf): every probability is within 2^−14.5 of e / t (2^(60 − sf) > 16383 T and e <= 1.42 T), under
+  1/64 of an 8-bit output step. e / t itself differs from the softmax by the rounded table entries (each by 1/2
+  at most: (1 + C · p) / (2t) for a probability p) and, wide, by the 1/256 exponent steps.
 
 hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax)
   LayerNorm over the last dim (C channels), γ = gamma_int · gamma_scale, β = beta_int · gamma_scale · 2^−F
@@ -95,10 +102,10 @@ from hwact.ir.ops import hwact_op, onnx_translation
 
 INT32_LIMIT = 1 << 31
 IDENTITY = (1 << 30, 30)             # RESCALE x1
-EXP_AMPLITUDE = 65535                # narrow: V[127] = A <= 2^16 − 1 (two int8 tables: high and low byte)
+EXP_AMPLITUDE = 32767                # narrow: V[127] = A <= 2^15 − 1 (two int8 tables: high and low byte)
 WIDE_ONE_BITS = 14                   # wide: V[s] = round(2^14 · 2^(s/256))
 WIDE_FRACTION_BITS = 8               # wide: the base-2 exponent with 8 fraction bits
-PROB_BITS = 30                       # p = e / s at scale 2^−30
+F16_MAX = (1 << 15) - 1             # f and e are int16 values
 RECIPROCAL_START = (round(48 / 17 * 2**29), round(32 / 17 * 2**29))
 RSQRT_START = (round(2.132 * 2**29), round(1.218 * 2**29))
 NEWTON_STEPS = 3
@@ -132,6 +139,8 @@ class SoftmaxConstants:
     index_m0: int              # wide: t = rs(d, index_m0, index_shift)
     index_shift: int
     values: tuple[int, ...]    # V[s] for the stored index s = −128 .. 127
+    top: int                   # T: the row maximum's entry
+    reciprocal_shift: int      # sf
     out_m0: int
     out_shift: int
 
@@ -146,17 +155,24 @@ def softmax_npu_constants(in_scale: float, out_scale: float, channels: int, wide
         if index_shift < 18:                    # RESCALE's |d| < 2^(shift − 1) for int16 differences
             raise PreconditionError(f"npu_softmax: input scale {in_scale:.3g} is too coarse for the wide exponent")
         values = tuple(round(2**WIDE_ONE_BITS * 2 ** (s / 2**WIDE_FRACTION_BITS)) for s in range(-128, 128))
+        top = 1 << WIDE_ONE_BITS
     else:
         index_m0, index_shift = IDENTITY
-        amplitude = min(EXP_AMPLITUDE, (INT32_LIMIT - 1) // channels)
-        values = tuple(round(amplitude * math.exp((s - 127) * in_scale)) for s in range(-128, 128))
+        top = min(EXP_AMPLITUDE, (INT32_LIMIT - 1) // channels)
+        values = tuple(round(top * math.exp((s - 127) * in_scale)) for s in range(-128, 128))
     if channels * max(values) >= INT32_LIMIT or max(values) < 256:
         raise PreconditionError(f"npu_softmax: a row of {channels} values overflows the int32 sum of exponentials")
-    out_m0, out_shift = dyadic(2.0 ** -PROB_BITS / out_scale)
-    if out_shift < PROB_BITS + 2:
-        raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is finer than 2^-29: p (up to 2^30) "
+    shift = 0
+    while 2.0 ** (60 - shift) / top * (1 + 2**-20) + 1 > F16_MAX:
+        shift += 1
+    least_l, most_l = 31 - (channels * max(values)).bit_length(), 31 - top.bit_length()   # l's range: T <= t <= C·max V
+    if shift - most_l < 0 or shift - least_l > 31:
+        raise PreconditionError(f"npu_softmax: the reciprocal's shift {shift} − l leaves 0..31 for a row of {channels}")
+    out_m0, out_shift = dyadic(2.0 ** (shift - 60) / out_scale)
+    if max(values) * F16_MAX >= 1 << (out_shift - 1):
+        raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is finer than 2^-15: p (up to 2^30) "
                                 "would leave RESCALE's input range")
-    return SoftmaxConstants(wide, index_m0, index_shift, values, out_m0, out_shift)
+    return SoftmaxConstants(wide, index_m0, index_shift, values, top, shift, out_m0, out_shift)
 
 
 def softmax_exponential(d: torch.Tensor, c: SoftmaxConstants) -> torch.Tensor:
@@ -275,8 +291,8 @@ def npu_softmax(q: torch.Tensor, in_scale: float, out_scale: float, dim: int, qm
     r = RECIPROCAL_START[0] - mul_shift(sn, RECIPROCAL_START[1], 31)
     for _ in range(NEWTON_STEPS):
         r = mul_shift(r, (1 << 30) - mul_shift(sn, r, 31), 29)
-    p = mul_shift(torch.bitwise_left_shift(e, shift), r, 30)
-    return torch.clamp(rounding_shift(p, c.out_m0, c.out_shift), qmin, qmax).to(torch.int32)
+    f = round_shift_right(r, c.reciprocal_shift - shift)
+    return torch.clamp(rounding_shift(e * f, c.out_m0, c.out_shift), qmin, qmax).to(torch.int32)
 
 
 @npu_softmax.register_fake
@@ -373,8 +389,8 @@ def npu_softmax_onnx(q: INT32, in_scale: float, out_scale: float, dim: int, qmin
     r = op.Sub(onnx_int64(RECIPROCAL_START[0]), _onnx_mul_shift(sn, onnx_int64(RECIPROCAL_START[1]), 31))
     for _ in range(NEWTON_STEPS):
         r = _onnx_mul_shift(r, op.Sub(onnx_int64(1 << 30), _onnx_mul_shift(sn, r, 31)), 29)
-    p = _onnx_mul_shift(_onnx_shift_left(e, shift), r, 30)
-    return onnx_clamp_int32(onnx_rounding_shift(p, c.out_m0, c.out_shift), qmin, qmax)
+    f = onnx_rounding_shift(r, onnx_int64(1), op.Sub(onnx_int64(c.reciprocal_shift), shift))
+    return onnx_clamp_int32(onnx_rounding_shift(op.Mul(e, f), c.out_m0, c.out_shift), qmin, qmax)
 
 
 @onnx_translation(torch.ops.hwact.npu_layernorm.default)

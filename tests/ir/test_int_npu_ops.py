@@ -55,6 +55,24 @@ def test_npu_softmax_close_to_softmax(channels):
     assert got[1, channels // 2] == want[1, channels // 2]
 
 
+@pytest.mark.parametrize("channels, wide", [(17, False), (197, False), (49, True)])
+def test_npu_softmax_probabilities_within_the_stated_bound(channels, wide):
+    """The docstring's precision, seen through fine int16 output codes (S_out = 2^-15): every probability p is within
+    2^-14.5 (the int16 row factor f) + (1 + C·p) / (2t) (the rounded table entries, t = T / max p; wide: + 2 · 0.14 %
+    for the 2^(1/256) exponent steps) + S_out / 2 of float softmax, also on flat rows where f is smallest."""
+    generator = torch.Generator().manual_seed(channels)
+    q = _softmax_codes(60, channels, generator)
+    q[2] = torch.randint(-2, 3, (channels,), generator=generator)          # a flat row: the largest t, the least f
+    scale, out_scale = 0.02, 2.0**-15
+    c = npu.softmax_npu_constants(scale, out_scale, channels, wide)
+    got = hw.npu_softmax(q, scale, out_scale, -1, 0, 32767, wide).double() * out_scale
+    want = torch.softmax(q.double() * scale, -1)
+    total = c.top / want.amax(dim=-1, keepdim=True)
+    bound = 2.0**-14.5 + (1 + channels * want) / (2 * total) + out_scale / 2 + (want * 0.0028 if wide else 0)
+    assert ((got - want).abs() - bound).max() <= 0
+    assert 16384 <= 2.0 ** (60 - c.reciprocal_shift) / c.top * (1 + 2**-20) + 1 <= npu.F16_MAX
+
+
 def test_npu_softmax_int16_scores_with_a_stepped_exponent():
     """int16 scores: the wide exponential (base 2, steps of 1/256) within 1 code of float softmax, a score at
     int16's lowest code (a masked position) gets probability 0."""
