@@ -265,6 +265,32 @@ def test_missing_tosa_environment_is_one_line(tmp_path, cli, cnn_calib, monkeypa
     assert not out.exists()
 
 
+def test_qkv_split_slices_before_it_transposes(tmp_path):
+    """Attention's q, k, v: a [1, N, 3, H, D] tensor seen through the permute to [3, 1, H, N, D], each part
+    selected, then laid out for the MATMULs ([1, H, N, D], k as [1, H, D, N]). The SLICEs read the tensor in its
+    own layout and every TRANSPOSE is of rank <= 3 with no size-1 axis (Vela splits a rank-5 transpose into 13);
+    the TOSA reference model gives numpy's transpose and slices."""
+    n, heads, depth = 5, 2, 4
+    lowering = tosa_lower.Lowering(None, {})
+    net = lowering.net
+    stored = net.tensor("qkv", [1, n, 3, heads, depth], "INT8")
+    net.inputs.append(stored)
+    qkv = tosa_lower.Value(stored, (3, 1, heads, n, depth), "INT8", 0, (1, 3, 0, 2, 4))
+    assert qkv.tosa_shape == [1, n, 3, heads, depth]
+    parts = [tosa_lower._select_value(lowering, qkv, 0, index, f"part{index}") for index in range(3)]
+    net.outputs += [net.logical(parts[0]), net.layout(parts[1], (0, 1, 3, 2)), net.logical(parts[2])]
+    transposes = [op for op in net.ops if op["op"] == "TRANSPOSE"]
+    assert len(transposes) == 3
+    assert all(1 not in net.shape_of(op["inputs"][0]) and len(net.shape_of(op["inputs"][0])) == 3 for op in transposes)
+    description, constants = tosa_lower.write_description(net, tmp_path)
+    names = tosa_tools.serialize(description, constants, tmp_path / "qkv.tosa")
+    values = np.random.default_rng(0).integers(-128, 128, (1, n, 3, heads, depth)).astype(np.int8)
+    got = tosa_tools.reference_run(tmp_path / "qkv.tosa", names, [values], tmp_path / "run")
+    logical = values.transpose(np.argsort((1, 3, 0, 2, 4)))                     # [3, 1, H, N, D]
+    for mine, want in zip(got, [logical[0], logical[1].transpose(0, 1, 3, 2), logical[2]]):
+        np.testing.assert_array_equal(mine, want)
+
+
 def test_storage_types():
     assert tosa_lower.storage(-128, 127) == ("INT8", 0)
     assert tosa_lower.storage(0, 255) == ("INT8", -128)
