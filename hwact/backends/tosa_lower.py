@@ -251,7 +251,25 @@ class Network:
         return self.op("MUL", [a, b, self.const(f"mul_shift_{shift}", [shift], "INT8")], shape, "INT32",
                        ["MulAttribute", []], hint)
 
+    def producer(self, name: str) -> dict | None:
+        return next((op for op in reversed(self.ops) if name in op["outputs"]), None)
+
+    def prune(self) -> None:
+        """Drop ops whose results nothing reads (a RESHAPE a TABLE was moved before), and their tensors."""
+        while True:
+            read = set(self.outputs) | {name for op in self.ops for name in op["inputs"]}
+            dead = [op for op in self.ops if not any(out in read for out in op["outputs"])]
+            if not dead:
+                break
+            for op in dead:
+                self.ops.remove(op)
+                for out in op["outputs"]:
+                    self.tensors.pop(out, None)
+        read = {name for op in self.ops for name in op["inputs"]}
+        self.consts = {name: value for name, value in self.consts.items() if name in read}
+
     def description(self) -> tuple[dict, dict[str, np.ndarray]]:
+        self.prune()
         body = {"format": "hwact-tosa-description", "version": 1,
                 "tensors": list(self.tensors.values()),
                 "consts": [{"name": n, "dtype": d, "key": n} for n, (d, _) in self.consts.items()],
@@ -517,8 +535,15 @@ def _lut(self: Lowering, node) -> Value:
     stored = torch.arange(-128, 128)
     index = torch.clamp(stored - x.zp - int(a.in_qmin), 0, table.numel() - 1)
     entries = torch.clamp(table[index], int(a.qmin), int(a.qmax)) + zp
-    out = self.net.op("TABLE", [x.name, self.net.const(f"{node.name}_table", entries.numpy(), "INT8")], x.tosa_shape,
-                      "INT8", ["TableAttribute", []], node.name)
+    table = self.net.const(f"{node.name}_table", entries.numpy(), "INT8")
+    source = self.net.producer(x.name)
+    if source is not None and source["op"] == "RESHAPE":
+        # TABLE is element-wise: look up before the reshape, so Vela fuses it into the producer (a linear's RESCALE)
+        before = source["inputs"][0]
+        looked = self.net.op("TABLE", [before, table], self.net.shape_of(before), "INT8", ["TableAttribute", []],
+                             f"{node.name}_lut")
+        return Value(self.net.reshape(looked, x.tosa_shape, "INT8", node.name), x.shape, "INT8", zp, x.perm)
+    out = self.net.op("TABLE", [x.name, table], x.tosa_shape, "INT8", ["TableAttribute", []], node.name)
     return Value(out, x.shape, "INT8", zp, x.perm)
 
 

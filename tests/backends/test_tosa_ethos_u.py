@@ -291,6 +291,22 @@ def test_qkv_split_slices_before_it_transposes(tmp_path):
         np.testing.assert_array_equal(mine, want)
 
 
+def test_unread_ops_are_pruned_from_the_description(tmp_path):
+    """An op nothing reads (the RESHAPE a TABLE was moved before) leaves the description with its tensor and the
+    constants only it read; what the outputs depend on stays."""
+    net = tosa_lower.Network()
+    x = net.tensor("x", [1, 4, 1, 8], "INT8")
+    net.inputs.append(x)
+    dead = net.reshape(x, [4, 8], "INT8", "dead")
+    table = net.const("table", np.arange(-128, 128), "INT8")
+    net.outputs.append(net.reshape(net.op("TABLE", [x, table], [1, 4, 1, 8], "INT8", ["TableAttribute", []], "lut"),
+                                   [1, 4, 8], "INT8", "y"))
+    body, constants = net.description()
+    assert [op["op"] for op in body["ops"]] == ["TABLE", "RESHAPE"]
+    assert dead not in {t["name"] for t in body["tensors"]} and "table" in constants
+    assert len(constants) == 2                     # the table and the live RESHAPE's shape; the dead one's is gone
+
+
 def test_storage_types():
     assert tosa_lower.storage(-128, 127) == ("INT8", 0)
     assert tosa_lower.storage(0, 255) == ("INT8", -128)
