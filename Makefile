@@ -9,8 +9,11 @@ TOSA_STAMP := $(TOSA_VENV)/.hwact-installed
 # ExecuTorch's Arm backend, only for benchmarks/bench_ethos_u_executorch.py (never needed by test or demo)
 ET_VENV  ?= .venv-executorch
 ET_STAMP := $(ET_VENV)/.hwact-installed
+# litert-torch's PT2E -> TFLite flow, only for benchmarks/bench_ethos_u_litert.py (Vela from .venv-tosa)
+LITERT_VENV  ?= .venv-litert
+LITERT_STAMP := $(LITERT_VENV)/.hwact-installed
 
-.PHONY: install tools tosa-env executorch-env demo test bench
+.PHONY: install tools tosa-env executorch-env litert-env demo test bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +39,18 @@ $(ET_STAMP):
 	touch $(ET_STAMP)
 
 executorch-env: $(ET_STAMP)
+
+# litert-torch 0.10.0 takes torch >=2.4,<2.15: the CPU wheel of .venv's torch first, or pip picks a CUDA
+# build; it pulls ai-edge-litert 2.3.0 (the interpreter), litert-converter 0.5.0, ai-edge-quantizer 0.10.0,
+# torchao 0.18.0, jax 0.10.2 and transformers 5.25.0 (no TensorFlow wheel)
+$(LITERT_STAMP):
+	python3 -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/pip install -q torch==2.13.0    # the CPU wheel, as in .venv
+	$(LITERT_VENV)/bin/pip install -q litert-torch==0.10.0 ai-edge-litert==2.3.0 litert-converter==0.5.0 \
+	    ai-edge-quantizer==0.10.0 torchao==0.18.0
+	touch $(LITERT_STAMP)
+
+litert-env: $(LITERT_STAMP)
 
 tools:
 	scripts/install-tools.sh
