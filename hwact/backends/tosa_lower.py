@@ -17,7 +17,8 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_linear           RESHAPE to [1, rows, 1, K], CONV2D 1x1, RESCALE per channel, RESHAPE back
     int_matmul           RESHAPE to rank 3, MATMUL (int8, zero points) -> int32, RESCALE
     requantize           RESCALE
-    int_add              RESCALE each operand to int32 by its dyadic, ADD, RESCALE x1 to the output type
+    int_add              RESCALE each operand by its dyadic (to int16 when its whole code range fits, then x1 to
+                         int32: Vela makes that one 16-bit ADD; else to int32), ADD, RESCALE x1 to the output type
     int_mul              RESCALE x1 of each operand to int32 (zero point removed), MUL (shift 0), RESCALE
     int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
@@ -42,7 +43,7 @@ multiplier 2^30, shift 30. A clamp tighter than the storage type adds a CLAMP.
     npu_layernorm        REDUCE_SUM of x, MUL by C, SUB, MAXIMUM(d, 0) and REDUCE_SUM for the CLZ row shift (no
                          REDUCE_MAX / MIN: Vela's slowest ops on a wide row), MUL (squares with a shift),
                          ARITHMETIC_RIGHT_SHIFT (eps), CLZ normalization, Newton MULs for 1/sqrt, one MUL by the
-                         row factor, MUL γ, ADD β, RESCALE
+                         row factor, MUL γo, ADD βo, RESCALE by a shift (fused into the ADD)
                          (both op for op as their references in hwact/ir/int_npu_ops.py, on [1, rows, C])
 
 Not lowered (the check names them, with the recipe that avoids them): Shiftmax and I-LayerNorm (their
@@ -462,16 +463,32 @@ def _requantize(self: Lowering, node) -> Value:
 
 
 def _add(self: Lowering, node) -> Value:
-    from hwact.ir.int_ops import dyadic
+    from hwact.ir.int_ops import dyadic, rounding_shift
     a = op_args(node)
     left, right = self.value(a.a), self.value(a.b)
     shape = self.shape(node)
     perm, names, operands_shape = _broadcast_operands(self, node, left, right)
+    operands = [(left, names[0], dyadic(float(a.a_multiplier)), "a"), (right, names[1], dyadic(float(a.b_multiplier)), "b")]
+
+    def rescaled(operand: Value, scale) -> tuple[int, int]:
+        low, high = RANGES[operand.dtype]
+        return tuple(int(rounding_shift(torch.tensor(code - operand.zp), *scale)) for code in (low, high))
+
+    narrow = all(op.dtype in ("INT8", "INT16") and -32768 <= min(rescaled(op, scale)) and max(rescaled(op, scale))
+                 <= 32767 for op, _, scale, _ in operands)
     wide = []
-    for operand, name, multiplier, side in ((left, names[0], a.a_multiplier, "a"), (right, names[1], a.b_multiplier, "b")):
-        m0, shift = dyadic(float(multiplier))
-        wide.append(self.net.rescale(name, operand.dtype, operand.zp, m0, shift, "INT32", 0, self.net.shape_of(name),
-                                     f"{node.name}_{side}32"))
+    for operand, name, (m0, shift), side in operands:
+        stored = self.net.shape_of(name)
+        if narrow:
+            # each branch RESCALEd to int16 (exact: the whole code range fits), then x1 to int32: Vela fuses the
+            # x1 RESCALEs and the output's into one 16-bit ADD (it cannot take two general input scales)
+            name = self.net.rescale(name, operand.dtype, operand.zp, m0, shift, "INT16", 0, stored,
+                                    f"{node.name}_{side}16")
+            wide.append(self.net.rescale(name, "INT16", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, stored,
+                                         f"{node.name}_{side}32"))
+        else:
+            wide.append(self.net.rescale(name, operand.dtype, operand.zp, m0, shift, "INT32", 0, stored,
+                                         f"{node.name}_{side}32"))
     total = self.net.op("ADD", wide, operands_shape, "INT32", ["AddAttribute", []], f"{node.name}_sum")
     out, dtype, zp = self.net.requantize_to(total, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT,
                                             output_bounds(node), operands_shape, node.name)
@@ -838,8 +855,9 @@ def _npu_layernorm(self: Lowering, node) -> Value:
     shift by CLZ (no REDUCE_MAX / MIN), squares as MUL with shift, the variance normalized by CLZ and shifts, Newton
     MULs for 1/sqrt, one full-size MUL by the row factor, γ MUL, β ADD, RESCALE. The x1 RESCALE before a reduction
     has that reduction as its only reader, so Vela fuses it; C · x is an 8/16-bit MUL (no int32 copy of x)."""
+    from hwact.ir.int_ops import rounding_shift
     from hwact.ir.int_npu_ops import (NEWTON_STEPS, RSQRT_START, SQUARE_SHIFT, check_layernorm_affine,
-                                      layernorm_npu_constants)
+                                      layernorm_gamma_scale, layernorm_npu_constants)
     a = op_args(node)
     x = self.value(a.q)
     if x.dtype not in ("INT8", "INT16"):
@@ -849,7 +867,9 @@ def _npu_layernorm(self: Lowering, node) -> Value:
     beta = _constant(self.graph, a.beta_int).to(torch.int64)
     c = layernorm_npu_constants(channels, float(a.in_scale), float(a.out_scale), float(a.gamma_scale), float(a.eps),
                                 int(a.in_qmin), int(a.in_qmax))
-    check_layernorm_affine(c, channels, int(gamma.abs().max()), int(beta.abs().max()))
+    out_shift = int(a.out_shift)
+    check_layernorm_affine(c, out_shift, int(gamma.abs().max()), int(beta.abs().max()))
+    gamma, beta = (rounding_shift(t, *layernorm_gamma_scale(c, out_shift)) for t in (gamma, beta))     # γo, βo
     low, high = RANGES[x.dtype]
     if int(a.in_qmin) > low - x.zp or int(a.in_qmax) < high - x.zp:      # the op's clamp, when storage is wider
         x = Value(self.net.clamp(x.name, x.dtype, int(a.in_qmin) + x.zp, int(a.in_qmax) + x.zp, x.tosa_shape,
@@ -903,7 +923,9 @@ def _npu_layernorm(self: Lowering, node) -> Value:
     scaled = net.mul(z, net.const(f"{n}_gamma", gamma.reshape(1, 1, channels).numpy(), "INT32"), 0, row, f"{n}_zg")
     acc = net.binary("ADD", scaled, net.const(f"{n}_beta", beta.reshape(1, 1, channels).numpy(), "INT32"), row,
                      f"{n}_acc")
-    out, dtype, zp = net.requantize_to(acc, "INT32", 0, c.out_m0, c.out_shift, output_bounds(node), row, n)
+    # a plain shift (2^30 / 2^(so + 30)): Vela applies it in the ADD's output, no RESCALE op of its own
+    out, dtype, zp = net.requantize_to(acc, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT + out_shift,
+                                       output_bounds(node), row, n)
     shape = self.shape(node)
     return Value(net.reshape(out, shape, dtype, f"{n}_out"), shape, dtype, zp, tuple(range(len(shape))))
 

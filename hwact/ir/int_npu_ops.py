@@ -39,7 +39,8 @@ hwact::npu_softmax(q, in_scale, out_scale, dim, qmin, qmax, wide)      softmax a
   1/64 of an 8-bit output step. e / t itself differs from the softmax by the rounded table entries (each by 1/2
   at most: (1 + C · p) / (2t) for a probability p) and, wide, by the 1/256 exponent steps.
 
-hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax)
+hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax,
+                     out_shift)
   LayerNorm over the last dim (C channels), γ = gamma_int · gamma_scale, β = beta_int · gamma_scale · 2^−F
   (the same integer γ, β as I-LayerNorm: int_nonlinear_ops.layernorm_parameters, F = layernorm_fraction_bits).
   No row maximum or minimum (REDUCE_MAX / MIN of a wide row are Vela's slowest ops on Ethos-U55): each row is
@@ -59,8 +60,11 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
           Newton for 1/sqrt(a) in Q2.29 from the line 2.132 − 1.218 a (relative error 2^−24 after 3 steps)
     f   = ms(y, K, sk) << min(h, hmax)            per row,  (K, sk) = dyadic(sqrt(C) · 2^(F − 60 + sz))
     z   = ms(dn, f, sz)                           ≈ (x − mean) / std · 2^F, one full-size MUL
-    acc = z · gamma_int + beta_int
-    out = clamp(rs(acc, dyadic(gamma_scale · 2^−F / S_out)), qmin, qmax)
+    γo  = rs(gamma_int, g),  βo = rs(beta_int, g),  g = dyadic(gamma_scale · 2^(so − F) / S_out)    (constants)
+    out = clamp(rs(z · γo + βo, 1, so), qmin, qmax)
+          so = out_shift, in [2, 32]: the pass's choice (layernorm_out_shift), the largest with ceil(|z| bound) ·
+          max|γo| + max|βo| < 2^31 (checked). The output scale sits in γo and βo, so the last RESCALE is a plain
+          shift, which Vela fuses into the β ADD
   Why: with dn = d · 2^L, the true variance term vt = Σ dn² / 2^31 + E · 2^(2L − 31) is 2^(2L − 31) · C³ ·
   (var + eps / S_in²) in code units, so (x − mean) / sqrt(var + eps) = dn · sqrt(C) · 2^−15.5 / sqrt(vt), and
   1 / sqrt(v) = 2^h / sqrt(vn) = y · 2^(h − 44.5): z = dn · y · 2^h · sqrt(C) · 2^(F − 60).
@@ -82,7 +86,8 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
   is at most (C/2 + 1) / vt: C² / 2^30 for an unclamped row with k = 0, C / 2^27 when eps sets L; the square
   root keeps 24 bits and f at least 27 − hmax bits.
   Bounds checked by layernorm_npu_constants / check_layernorm_affine (else PreconditionError): C · x < 2^31,
-  the ones above, |z · gamma_int| + |beta_int| < 2^31 and RESCALE's |acc| < 2^(shift − 1).
+  the ones above, |z · γo| + |βo| < 2^31 <= 2^(so + 29) (RESCALE's input range for multiplier 2^30, shift
+  so + 30). γo and βo are rounded once more than γ_int and β_int: 2^−16 of max|γ| at most (max|γo| >= 2^15).
 """
 
 from __future__ import annotations
@@ -198,8 +203,7 @@ class LayerNormConstants:
     z_shift: int               # sz
     z_bound: float             # |z| <= z_bound
     fraction_bits: int         # F
-    out_m0: int
-    out_shift: int
+    output_scale: float        # gamma_scale · 2^−F / S_out
 
 
 SQUARE_SHIFT = 31              # the squares' MUL shift
@@ -214,7 +218,7 @@ def _h(v: int) -> int:
 def layernorm_npu_constants(channels: int, in_scale: float, out_scale: float, gamma_scale: float, eps: float,
                             in_qmin: int, in_qmax: int) -> LayerNormConstants:
     """The constants of npu_layernorm; PreconditionError when an int32 bound (module docstring) fails
-    (those on γ and β: check_layernorm_affine)."""
+    (those on γ and β: layernorm_affine)."""
     if channels < 1:
         raise PreconditionError("npu_layernorm: the normalized dimension is empty")
     if not (in_qmin <= 0 <= in_qmax and -(1 << 15) <= in_qmin and in_qmax < 1 << 15):
@@ -258,17 +262,39 @@ def layernorm_npu_constants(channels: int, in_scale: float, out_scale: float, ga
     z_shift = math.floor(60 - frac - math.log2(math.sqrt(channels)) - max_h + math.log2(0.99))
     k, k_shift = dyadic(math.sqrt(channels) * 2.0 ** (frac - 60 + z_shift))
     z_bound = math.sqrt(channels) * 2 ** frac / math.sqrt(1 - error) * (1 + 2.0 ** (max_h - 27)) + 0.5
-    out_m0, out_shift = dyadic(gamma_scale * 2.0 ** -frac / out_scale)
     return LayerNormConstants(pre_shift, slack, max_row_shift, eps_at(max_row_shift), max_h, k, k_shift, z_shift,
-                              z_bound, frac, out_m0, out_shift)
+                              z_bound, frac, gamma_scale * 2.0 ** -frac / out_scale)
 
 
-def check_layernorm_affine(c: LayerNormConstants, channels: int, gamma_max: int, beta_max: int) -> None:
-    """|z · gamma_int| + |beta_int| must stay in int32 and in the output RESCALE's range 2^(shift − 1)."""
-    acc_max = math.ceil(c.z_bound) * gamma_max + beta_max
-    if acc_max >= INT32_LIMIT or acc_max >= 1 << (c.out_shift - 1):
-        raise PreconditionError(f"npu_layernorm: z · γ + β (up to {acc_max}) leaves int32 or the output RESCALE's "
-                                f"range 2^{c.out_shift - 1}", hint="keep this LayerNorm as i-layernorm")
+def layernorm_gamma_scale(c: LayerNormConstants, out_shift: int) -> tuple[int, int]:
+    """g = dyadic(gamma_scale · 2^(so − F) / S_out): γo = rs(gamma_int, *g), βo = rs(beta_int, *g)."""
+    return dyadic(c.output_scale * 2.0**out_shift)
+
+
+def _accumulator_max(c: LayerNormConstants, out_shift: int, gamma_max: int, beta_max: int) -> int:
+    """ceil(z bound) · max|γo| + max|βo| (γo, βo rounded alike: their maxima are the rounded maxima)."""
+    if c.output_scale * 2.0**out_shift * max(gamma_max, 1) * c.z_bound >= INT32_LIMIT:
+        return INT32_LIMIT
+    m0, shift = layernorm_gamma_scale(c, out_shift)
+    return math.ceil(c.z_bound) * int(rounding_shift(torch.tensor(gamma_max), m0, shift)) + int(
+        rounding_shift(torch.tensor(beta_max), m0, shift))
+
+
+def layernorm_out_shift(c: LayerNormConstants, gamma_max: int, beta_max: int) -> int:
+    """so of the module docstring for max|gamma_int| and max|beta_int|: the largest in [2, 32] keeping z · γo + βo
+    in int32; PreconditionError when not even so = 2 does."""
+    for out_shift in range(32, 1, -1):
+        if _accumulator_max(c, out_shift, gamma_max, beta_max) < INT32_LIMIT:
+            return out_shift
+    raise PreconditionError(f"npu_layernorm: z · γ + β leaves int32 for every output shift (max|γ_int| {gamma_max}, "
+                            f"max|β_int| {beta_max})", hint="keep this LayerNorm as i-layernorm")
+
+
+def check_layernorm_affine(c: LayerNormConstants, out_shift: int, gamma_max: int, beta_max: int) -> None:
+    """The op's own check of its out_shift argument against its γ and β."""
+    if not 2 <= out_shift <= 32 or _accumulator_max(c, out_shift, gamma_max, beta_max) >= INT32_LIMIT:
+        raise PreconditionError(f"npu_layernorm: z · γ + β leaves int32 at output shift {out_shift}",
+                                hint="keep this LayerNorm as i-layernorm")
 
 
 # ----- hwact::npu_softmax ---------------------------------------------------------------------------------
@@ -304,12 +330,13 @@ def _(q, in_scale, out_scale, dim, qmin, qmax, wide):
 @hwact_op("npu_layernorm", bounds=("qmin", "qmax"))
 def npu_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tensor, in_scale: float,
                   out_scale: float, gamma_scale: float, eps: float, in_qmin: int, in_qmax: int, qmin: int,
-                  qmax: int) -> torch.Tensor:
+                  qmax: int, out_shift: int) -> torch.Tensor:
     """LayerNorm over the last dim in TOSA int32 arithmetic (module docstring)."""
     channels = q.shape[-1]
     gamma, beta = gamma_int.to(torch.int64), beta_int.to(torch.int64)
     c = layernorm_npu_constants(channels, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax)
-    check_layernorm_affine(c, channels, int(gamma.abs().max()), int(beta.abs().max()))
+    check_layernorm_affine(c, out_shift, int(gamma.abs().max()), int(beta.abs().max()))
+    g = layernorm_gamma_scale(c, out_shift)
     x = torch.clamp(q.to(torch.int64), in_qmin, in_qmax)
     d = channels * x - x.sum(dim=-1, keepdim=True)
     positive = torch.clamp(d, min=0)
@@ -330,12 +357,12 @@ def npu_layernorm(q: torch.Tensor, gamma_int: torch.Tensor, beta_int: torch.Tens
         y = mul_shift(y, 3 * (1 << 29) - mul_shift(mul_shift(vn, y, 31), y, 29), 30)
     f = torch.bitwise_left_shift(mul_shift(y, c.k, c.k_shift), torch.clamp(h, max=c.max_h))
     z = mul_shift(dn, f, c.z_shift)
-    acc = z * gamma + beta
-    return torch.clamp(rounding_shift(acc, c.out_m0, c.out_shift), qmin, qmax).to(torch.int32)
+    acc = z * rounding_shift(gamma, *g) + rounding_shift(beta, *g)
+    return torch.clamp(rounding_shift(acc, 1, out_shift), qmin, qmax).to(torch.int32)
 
 
 @npu_layernorm.register_fake
-def _(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax):
+def _(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax, qmin, qmax, out_shift):
     return torch.empty(q.shape, dtype=torch.int32, device=q.device)
 
 
@@ -395,7 +422,8 @@ def npu_softmax_onnx(q: INT32, in_scale: float, out_scale: float, dim: int, qmin
 
 @onnx_translation(torch.ops.hwact.npu_layernorm.default)
 def npu_layernorm_onnx(q: INT32, gamma_int: INT32, beta_int: INT32, in_scale: float, out_scale: float,
-                       gamma_scale: float, eps: float, in_qmin: int, in_qmax: int, qmin: int, qmax: int) -> INT32:
+                       gamma_scale: float, eps: float, in_qmin: int, in_qmax: int, qmin: int, qmax: int,
+                       out_shift: int) -> INT32:
     channels = int(gamma_int.shape[0])
     c = layernorm_npu_constants(channels, in_scale, out_scale, gamma_scale, eps, in_qmin, in_qmax)
     last = op.Constant(value_ints=[-1])
@@ -421,5 +449,7 @@ def npu_layernorm_onnx(q: INT32, gamma_int: INT32, beta_int: INT32, in_scale: fl
                             30)
     f = _onnx_shift_left(_onnx_mul_shift(y, onnx_int64(c.k), c.k_shift), op.Min(h, onnx_int64(c.max_h)))
     z = _onnx_mul_shift(dn, f, c.z_shift)
-    acc = op.Add(op.Mul(z, op.Cast(gamma_int, to=INT64_TYPE)), op.Cast(beta_int, to=INT64_TYPE))
-    return onnx_clamp_int32(onnx_rounding_shift(acc, c.out_m0, c.out_shift), qmin, qmax)
+    g = layernorm_gamma_scale(c, out_shift)
+    acc = op.Add(op.Mul(z, onnx_rounding_shift(op.Cast(gamma_int, to=INT64_TYPE), *g)),
+                 onnx_rounding_shift(op.Cast(beta_int, to=INT64_TYPE), *g))
+    return onnx_clamp_int32(onnx_rounding_shift(acc, 1, out_shift), qmin, qmax)

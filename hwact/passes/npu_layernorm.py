@@ -11,13 +11,15 @@ MULs; no division, no 64-bit value).
 
 The op also takes the input codes' bounds [in_qmin, in_qmax] (the producer's; int16 when unknown), from which
 it sizes its shifts: an int16 input costs bits only where a row really spans the int16 range. A LayerNorm over
-more than the last dim, or one whose int32 bounds fail (|z·γ_int| + |β_int| >= 2^31, see the op), fails the
-precondition with the node named.
+more than the last dim, or one whose int32 bounds fail (|z·γo| + |βo| >= 2^31 at every output shift, see the op),
+fails the precondition with the node named. The pass also picks the op's output shift so (layernorm_out_shift: the
+largest keeping z·γo + βo in int32), so the output scale rides in γo, βo and the final RESCALE is a shift.
 
 Before:                                                    After:
     %dq = hwact.dequantize(%q, 6.1e-5)                         %g_int = get_attr[int32], %b_int = get_attr[int32]
     %ln = aten.layer_norm(%dq, [64], %w, %b, 1e-6)             %y = hwact.npu_layernorm(%q, %g_int, %b_int, 6.1e-5,
-    %y  = hwact.quantize(%ln, 0.029, -128, 127)                         0.029, 3.1e-5, 1e-6, -32768, 32767, -128, 127)
+    %y  = hwact.quantize(%ln, 0.029, -128, 127)                         0.029, 3.1e-5, 1e-6, -32768, 32767, -128, 127,
+                                                                        17)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from hwact.errors import PreconditionError
 from hwact.ir.graph import Graph
 from hwact.ir.int_nonlinear_ops import layernorm_parameters
-from hwact.ir.int_npu_ops import check_layernorm_affine, layernorm_npu_constants
+from hwact.ir.int_npu_ops import layernorm_npu_constants, layernorm_out_shift
 from hwact.ir.params import add_constant, get_tensor
 from hwact.passes._islands import Island, IslandPass
 from hwact.passes.base import register
@@ -53,8 +55,8 @@ def _integer_parameters(graph: Graph, island: Island):
                                                             channels)
     constants = layernorm_npu_constants(channels, island.in_scale, island.out_scale, gamma_scale, eps,
                                         *input_codes(island))
-    check_layernorm_affine(constants, channels, int(gamma_int.abs().max()), int(beta_int.abs().max()))
-    return channels, gamma_int, beta_int, gamma_scale, eps, constants
+    out_shift = layernorm_out_shift(constants, int(gamma_int.abs().max()), int(beta_int.abs().max()))
+    return channels, gamma_int, beta_int, gamma_scale, eps, constants, out_shift
 
 
 @register
@@ -68,11 +70,11 @@ class NpuLayerNorm(IslandPass):
         _integer_parameters(graph, island)
 
     def lower(self, graph: Graph, island: Island) -> tuple[object, tuple, dict]:
-        channels, gamma_int, beta_int, gamma_scale, eps, constants = _integer_parameters(graph, island)
+        channels, gamma_int, beta_int, gamma_scale, eps, constants, out_shift = _integer_parameters(graph, island)
         gamma_node = add_constant(graph, f"{island.name}_gamma_int", gamma_int, island.quantize, trainable=False)
         beta_node = add_constant(graph, f"{island.name}_beta_int", beta_int, island.quantize, trainable=False)
         args = (island.q_in, gamma_node, beta_node, island.in_scale, island.out_scale, gamma_scale, eps,
-                *input_codes(island), island.qmin, island.qmax)
+                *input_codes(island), island.qmin, island.qmax, out_shift)
         return hw.npu_layernorm.default, args, {"channels": channels, "gamma_scale": gamma_scale,
                                                 "pre_shift": constants.pre_shift,
                                                 "max_row_shift": constants.max_row_shift}

@@ -44,12 +44,16 @@ class LayerNorm(torch.nn.Module):
         self.register_buffer("gamma_int", gamma_int)
         self.register_buffer("beta_int", beta_int)
         self.in_scale, self.in_bounds, self.out_scale = in_scale, in_bounds, out_scale
+        constants = int_npu_ops.layernorm_npu_constants(channels, in_scale, out_scale, self.gamma_scale, 1e-6,
+                                                        *in_bounds)
+        self.out_shift = int_npu_ops.layernorm_out_shift(constants, int(gamma_int.abs().max()),
+                                                         int(beta_int.abs().max()))
 
     def forward(self, x):
         lo, hi = self.in_bounds
         q = hw.quantize(x, self.in_scale, lo, hi)
         y = hw.npu_layernorm(q, self.gamma_int, self.beta_int, self.in_scale, self.out_scale, self.gamma_scale, 1e-6,
-                             lo, hi, -128, 127)
+                             lo, hi, -128, 127, self.out_shift)
         return hw.dequantize(y, self.out_scale)
 
 

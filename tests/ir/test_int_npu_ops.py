@@ -98,6 +98,12 @@ def test_npu_softmax_guards():
         npu.softmax_npu_constants(0.01, 1 / 255, 1 << 24, False)
 
 
+def _out_shift(channels, in_scale, out_scale, gamma_scale, eps, bounds, gamma_int, beta_int) -> int:
+    """The output shift the npu-layernorm pass picks."""
+    c = npu.layernorm_npu_constants(channels, in_scale, out_scale, gamma_scale, eps, *bounds)
+    return npu.layernorm_out_shift(c, int(gamma_int.abs().max()), int(beta_int.abs().max()))
+
+
 def _layernorm_case(channels: int, generator):
     gamma = torch.randn(channels, generator=generator) * 0.4 + 1
     beta = torch.randn(channels, generator=generator) * 0.2
@@ -117,7 +123,8 @@ def test_npu_layernorm_close_to_layer_norm(channels, bounds, scale):
     q[1] = torch.randint(-3, 4, (channels,), generator=generator)          # a spread of a few codes
     q[2:30] = q[2:30] // 37                                                # narrower rows
     out_scale = 0.03
-    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-6, low, high, -128, 127)
+    shift = _out_shift(channels, scale, out_scale, gamma_scale, 1e-6, bounds, gamma_int, beta_int)
+    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-6, low, high, -128, 127, shift)
     want = torch.clamp(torch.round(F.layer_norm(q.double() * scale, (channels,), gamma.double(), beta.double(), 1e-6)
                                    / out_scale), -128, 127)
     error = (got.double() - want).abs()
@@ -139,8 +146,9 @@ def test_npu_layernorm_std_precision_on_small_spreads(channels, bounds):
     outlier[channels // 3] = 1                                              # one code off a constant row
     q = torch.stack(rows + [outlier]).clamp(*bounds)
     out_scale, scale = 2.0**-12, 1e-3
-    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-12, *bounds, -32768,
-                           32767).double() * out_scale
+    shift = _out_shift(channels, scale, out_scale, gamma_scale, 1e-12, bounds, gamma_int, beta_int)
+    got = hw.npu_layernorm(q, gamma_int, beta_int, scale, out_scale, gamma_scale, 1e-12, *bounds, -32768, 32767,
+                           shift).double() * out_scale
     want = F.layer_norm(q.double() * scale, (channels,), eps=1e-12)
     inside = want.abs() < 32767 * out_scale                                 # the outlier of a wide row saturates
     got, want = got * inside, want * inside
@@ -165,9 +173,12 @@ def test_positive_deviations_of_a_varying_row_are_at_least_c_minus_1():
 
 def test_npu_layernorm_guards():
     gamma_int, beta_int = torch.full((8,), 32767, dtype=torch.int32), torch.full((8,), 3 << 29, dtype=torch.int32)
-    with pytest.raises(PreconditionError, match="leaves int32"):
-        hw.npu_layernorm(torch.zeros(2, 8, dtype=torch.int32), gamma_int, beta_int, 0.05, 0.03, 1e-4, 1e-6, -128,
-                         127, -128, 127)
+    with pytest.raises(PreconditionError, match="leaves int32 for every output shift"):
+        _out_shift(8, 0.05, 1e-6, 1.0, 1e-6, (-128, 127), gamma_int, beta_int)     # γ / S_out too large
+    fine = torch.ones(8, dtype=torch.int32)
+    with pytest.raises(PreconditionError, match="leaves int32 at output shift 32"):     # the op checks its argument
+        hw.npu_layernorm(torch.zeros(2, 8, dtype=torch.int32), fine * 32767, fine, 0.05, 0.03, 1e-4, 1e-6, -128, 127,
+                         -128, 127, 32)
     with pytest.raises(PreconditionError, match="int16 codes"):
         npu.layernorm_npu_constants(8, 0.05, 0.03, 1e-4, 1e-6, -70000, 127)
     with pytest.raises(PreconditionError, match="empty"):
@@ -201,6 +212,7 @@ def test_onnx_npu_layernorm_bit_exact(tmp_path):
     q[0] = 5                                                   # constant row
     q[1] = torch.randint(-2, 3, (96,), generator=generator)    # a few codes: the largest row shift
     q[2:40] = q[2:40] // 101
+    shift = _out_shift(96, 6e-5, 0.03, gamma_scale, 1e-6, (-32768, 32767), gamma_int, beta_int)
     module = OpModule(lambda self, x: hw.npu_layernorm(x, self.gamma, self.beta, 6e-5, 0.03, gamma_scale, 1e-6, -32768,
-                                                  32767, -128, 127), gamma=gamma_int, beta=beta_int)
+                                                  32767, -128, 127, shift), gamma=gamma_int, beta=beta_int)
     assert_onnx_bit_exact(module, q.reshape(8, 10, 96), tmp_path, "npu_layernorm")
