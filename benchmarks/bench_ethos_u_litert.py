@@ -17,13 +17,16 @@ ethos-u85-256):
   * agreement with the float model (mean cosine and top-1 of the logits on the 256 random inputs, seed 11, of
     the ExecuTorch bench): hwact's int8-npu graph run in torch (what its NPU network computes, bit for bit)
     and the .tflite run by the LiteRT interpreter (ai-edge-litert) on the host CPU, int8 in and out.
+Then zoo vit-digits trained on scikit-learn digits (seeds 0 and 1, as benchmarks/bench_ethos_u.py trains it),
+both flows calibrated on the same 256 training images: top-1 on the digits test split for fp32, hwact int8-npu
+and litert-torch's .tflite.
 Vela's NPU cycles and times cover the NPU part only: for litert-torch the CPU operators (float LayerNorm,
 softmax, attention matmuls, quantize/dequantize) come on top and are not estimated by Vela.
 
 Needs `make litert-env` (.venv-litert: litert-torch 0.10.0, torch 2.13.0) and `make tosa-env`; without
 .venv-litert it prints one 'not installed' line and exits 0, writing nothing.
 
-Run:  python benchmarks/bench_ethos_u_litert.py [--models vit-tiny,cnn-tiny] [--out FILE]
+Run:  python benchmarks/bench_ethos_u_litert.py [--models vit-tiny,cnn-tiny] [--digits-seeds 0,1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -144,6 +147,58 @@ def litert_rows(pt2: Path, calib: Path, evaluation: Path, out: Path) -> dict:
     return rows
 
 
+def digits_rows(seed: int, work: Path) -> dict:
+    """zoo vit-digits trained on scikit-learn digits from `seed` (benchmarks/bench_ethos_u.py's training and
+    split), both flows calibrated on the same 256 training images: top-1 on the test split (359 images) and
+    the cosine of the logits to the fp32 model's, for fp32, hwact int8-npu (in torch) and litert-torch's
+    .tflite (LiteRT interpreter)."""
+    import numpy as np
+    import torch
+
+    from bench_ethos_u_executorch import RECIPE, agreement
+    from bench_recovery import BASELINE
+    from hwact import models
+    from hwact.ir.graph import trace
+    from hwact.passes.manager import run_passes
+    from hwact.passes.recipes import RECIPES
+    from hwact.train.data import load_dataset, split
+    from hwact.train.distill import predict
+    from hwact.train.recover import recover
+
+    rest, test = split(load_dataset("digits"), 0.2, seed=1234)
+    module, specs = models.build("vit-digits", seed=seed)
+    trained, _ = recover(trace(module, specs, "vit-digits"), "none", rest,
+                         {**BASELINE, "seed": seed, "progress": False}, lambda *_a, **_k: None)
+    folder = work / f"digits-{seed}"
+    folder.mkdir(parents=True)
+    pt2, calib, evaluation = folder / "model.pt2", folder / "calib.npz", folder / "eval.npz"
+    torch.export.save(torch.export.export(trained.module, (rest.x[:1],)), str(pt2))
+    np.savez(calib, x=rest.x[:256].numpy())
+    reference = predict(trained.module, test.x)
+    np.savez(evaluation, x=test.x.numpy(), logits=reference.numpy())
+    labels = test.y.numpy()
+
+    def top1(logits) -> float:
+        return float((np.asarray(logits).argmax(1) == labels).mean())
+
+    recipe = RECIPES[RECIPE]
+    lowered, _ = run_passes(trained.copy(), list(recipe.passes), {}, [(rest.x[i:i + 32],) for i in range(0, 256, 32)],
+                            postconditions=recipe.postconditions)
+    ours = predict(lowered.module, test.x).numpy()
+    row = {"fp32": (top1(reference.numpy()), 1.0), "hwact int8-npu": (top1(ours), agreement(ours, evaluation)[0])}
+    out = folder / "litert"
+    out.mkdir()
+    done = subprocess.run([str(LITERT_PYTHON), __file__, "--worker", str(pt2), str(calib), str(evaluation), str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        row["litert-torch int8"] = done.stderr.strip().splitlines()[-1][:300]
+    else:
+        theirs = np.load(out / "logits.npy")
+        row["litert-torch int8"] = (top1(theirs), agreement(theirs, evaluation)[0])
+    print(json.dumps({"seed": seed, **row}), flush=True)
+    return row
+
+
 def table(results: dict) -> list[str]:
     from bench_ethos_u_executorch import EVAL_SAMPLES, TARGETS
 
@@ -166,9 +221,9 @@ def table(results: dict) -> list[str]:
                 wall = "/".join(f"{r['wall_s']:.1f}" for r in rows.values())
             else:
                 tflite = sum(first["tflite_ops"].values())
-                placed = "/".join(f"{r['vela_npu_ops']} of {r['vela_npu_ops'] + r['vela_cpu_ops']}" for r in rows.values()) \
-                    + " Vela ops (" + "/".join(f"{100 * r['vela_npu_ops'] / (r['vela_npu_ops'] + r['vela_cpu_ops']):.1f} %"
-                                               for r in rows.values()) + f"); {tflite} TFLite ops"
+                counts = [(r["vela_npu_ops"], r["vela_npu_ops"] + r["vela_cpu_ops"]) for r in rows.values()]
+                placed = "/".join(f"{npu} of {total}" for npu, total in counts) + " Vela ops (" \
+                    + "/".join(f"{100 * npu / total:.1f} %" for npu, total in counts) + f"); {tflite} TFLite ops"
                 left = ", ".join(f"{k} {v}" for k, v in sorted(first["cpu_by_operator"].items(),
                                                                  key=lambda item: -item[1])) or "none"
                 if any(r["cpu_by_operator"] != first["cpu_by_operator"] for r in rows.values()):
@@ -187,6 +242,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="zoo model names, comma-separated")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ethos_u_litert.md"))
+    parser.add_argument("--digits-seeds", default="0,1",
+                        help="vit-digits training seeds for the top-1 table ('' to skip it)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS, metavar=("PT2", "CALIB", "EVAL", "OUT"))
     args = parser.parse_args()
     if args.worker:
@@ -211,10 +268,13 @@ def main() -> None:
                 for target, row in rows.items():
                     row = {k: v for k, v in row.items() if k != "layers"}
                     print(json.dumps({"model": name, "flow": flow, "target": target, **row}), flush=True)
+        seeds = [int(s) for s in args.digits_seeds.split(",") if s.strip()]
+        digits = {seed: digits_rows(seed, Path(work)) for seed in seeds}
     first = next((r for f in results.values() for r in f["litert-torch"].values() if r["status"] == "ok"), {})
     load = os.getloadavg()
     lines = ["# Arm Ethos-U: hwact vs litert-torch PT2E -> TFLite int8 -> Vela\n",
-             f"`python benchmarks/bench_ethos_u_litert.py --models {args.models}` on {platform.machine()} "
+             f"`python benchmarks/bench_ethos_u_litert.py --models {args.models} --digits-seeds {args.digits_seeds}` "
+             f"on {platform.machine()} "
              f"({os.cpu_count()} CPUs, shared with other jobs: load average {load[0]:.1f} at the end, so wall "
              f"times are upper bounds), `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}`. "
              f"litert-torch {first.get('litert_torch', '?')} (torch {first.get('torch', '?')}, ai-edge-litert "
@@ -241,6 +301,22 @@ def main() -> None:
                      + " / ".join(f"{r['vela_s']:.2f}" for r in flows["litert-torch"].values()) + " |")
         lines.append(f"| zoo {name} | TFLite operators in the .tflite | "
                      + ", ".join(f"{k} {v}" for k, v in sorted(row["tflite_ops"].items(), key=lambda i: -i[1])) + " |")
+    if digits:
+        lines += ["", "## zoo vit-digits trained on scikit-learn digits: top-1 on the test split (359 images)\n",
+                  "Training as benchmarks/bench_ethos_u.py (100 epochs, early stopping, test split 20 %, seed 1234); "
+                  "both flows calibrated on the same 256 training images. Top-1 % / cosine of the logits to the fp32 "
+                  "model's; hwact's int8-npu graph run in torch (bit-exact to its NPU network), litert-torch's .tflite "
+                  "run by the LiteRT interpreter (its float CPU operators included).\n",
+                  "| model | " + " | ".join(f"seed {s}" for s in digits) + " | mean top-1 % |",
+                  "|---|" + "---|" * (len(digits) + 1)]
+        for key in next(iter(digits.values())):
+            cells = [r[key] for r in digits.values()]
+            if any(isinstance(c, str) for c in cells):
+                lines.append(f"| {key} | failed: {next(c for c in cells if isinstance(c, str))} |")
+                continue
+            mean = 100 * sum(c[0] for c in cells) / len(cells)
+            lines.append(f"| {key} | " + " | ".join(f"{100 * c[0]:.2f} / {c[1]:.5f}" for c in cells)
+                         + f" | {mean:.2f} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
