@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ("convert", "convert_speed", "recovery", "int", "int_gelu", "hf_suite", "int_cpu", "int_cpu_kernels", "int_cpu_rows",
-         "ethos_u", "tvm", "cle", "delta", "delta_gru", "logic", "logic_accuracy", "logic_fpga")
+         "ethos_u", "ethos_u_executorch", "ethos_u_litert", "ethos_u_gelu", "tvm", "tvm_vit_s16", "cle", "delta", "delta_gru", "logic", "logic_accuracy", "logic_fpga")
 
 HEADER = """# Benchmarks
 

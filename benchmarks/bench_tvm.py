@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -114,7 +115,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     budgets = [int(t) for t in args.trials.split(",") if t.strip() and int(t) > 0]
     command = "python benchmarks/bench_tvm.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v != parser.get_default(k))
+        f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
+        if k != "out" and v != parser.get_default(k))
     models = args.models.split(",")
     builds = [(model, None, 0) for model in models] + [(model, args.recipe, 0) for model in models if args.recipe]
     builds += [(model, None, t) for t in budgets for model in models if model in args.tuned_models.split(",")]
