@@ -644,23 +644,74 @@ def _slice_value(self: Lowering, x: Value, dim: int, start: int, size: int, hint
                                  self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []], hint)
 
 
-def _slice_in_place(self: Lowering, x: Value, dim: int, start: int, size: int, hint: str) -> Value:
+def _sliced_linear(node) -> bool:
+    """`node` (the tensor a select / slice reads) is a linear's output seen through reshapes and permutes that
+    nothing else reads, and every reader of `node` is a select or slice: its parts may be computed apart."""
+    parts = {"aten.select.int", "aten.slice.Tensor"}
+    if not isinstance(node, torch.fx.Node) or not all(_name(user) in parts for user in node.users):
+        return False
+    while _name(node) in RESHAPES | PASS_THROUGH | {"aten.permute.default", "aten.transpose.int"}:
+        node = node.args[0]
+        if not isinstance(node, torch.fx.Node) or len(node.users) != 1:
+            return False
+    return node.target is _hwact("int_linear")
+
+
+def _linear_channels(self: Lowering, name: str, axis: int, start: int, size: int, sizes: list[int],
+                     hint: str) -> str | None:
+    """The part `sizes` of TOSA tensor `name` on `axis` as its own CONV2D + RESCALE (+ CLAMP), when `name` is a
+    linear's output ([1, rows, 1, n] CONV2D 1x1, RESCALE, CLAMP, RESHAPEs) and the part is a range of its output
+    channels (the axes from `axis` on are the channels); else None. A channel slice of an 8-bit tensor costs Vela
+    one copy per row on Ethos-U55; the linear's own split costs nothing (same MACs; the whole is pruned)."""
+    net = self.net
+    shape, current = net.shape_of(name), name
+    while (op := net.producer(current)) is not None and op["op"] == "RESHAPE":
+        current = op["inputs"][0]
+    clamp = op if op is not None and op["op"] == "CLAMP" else None
+    rescale = net.producer(op["inputs"][0]) if clamp else op
+    conv = net.producer(rescale["inputs"][0]) if rescale is not None and rescale["op"] == "RESCALE" else None
+    if conv is None or conv["op"] != "CONV2D" or not all(c in net.consts for c in conv["inputs"][1:3]):
+        return None
+    out = net.shape_of(conv["outputs"][0])
+    weight = net.consts[conv["inputs"][1]][1]
+    if out[0] != 1 or out[2] != 1 or weight.shape[1:3] != (1, 1) or math.prod(shape[axis:]) != out[3]:
+        return None
+    inner = math.prod(shape[axis + 1:])
+    low, high = start * inner, (start + size) * inner
+    part = [1, out[1], 1, high - low]
+    acc = net.op("CONV2D", [conv["inputs"][0], net.const(f"{hint}_weight", weight[low:high], "INT8"),
+                            net.const(f"{hint}_bias", net.consts[conv["inputs"][2]][1][low:high], "INT32"),
+                            *conv["inputs"][3:]], part, "INT32", conv["attr"], f"{hint}_acc")
+    m0, shift = (net.consts[c][1] for c in rescale["inputs"][1:3])
+    in_zp, out_zp = (int(net.consts[c][1].reshape(-1)[0]) for c in rescale["inputs"][3:5])
+    dtype = net.tensors[rescale["outputs"][0]]["dtype"]
+    result = net.rescale(acc, "INT32", in_zp, m0[low:high] if m0.size > 1 else m0,
+                         shift[low:high] if shift.size > 1 else shift, dtype, out_zp, part, f"{hint}_rescale")
+    if clamp:
+        result = net.op("CLAMP", [result], part, dtype, clamp["attr"], f"{hint}_clamp")
+    return net.reshape(result, sizes, dtype, hint)
+
+
+def _slice_in_place(self: Lowering, x: Value, dim: int, start: int, size: int, hint: str, split: bool = False) -> Value:
     """A SLICE of logical dim `dim` taken in x's own TOSA layout: no TRANSPOSE first. Attention's q, k, v come
     out of one [1, N, 3, H, D] tensor permuted to [3, 1, H, N, D]: transposing the whole before slicing costs Vela
-    13 chained transposes (about 100k U85 cycles per block); sliced first, each part transposes alone."""
+    13 chained transposes (about 100k U85 cycles per block); sliced first, each part transposes alone. With
+    `split` (_sliced_linear), a part that is a range of a linear's output channels is that linear's own split."""
     axis = x.perm.index(dim)
     starts, sizes = [0] * len(x.shape), list(x.tosa_shape)
     starts[axis], sizes[axis] = start, size
-    name = self.net.op("SLICE", [x.name, self.net.const("start", starts, "SHAPE"), self.net.const("size", sizes, "SHAPE")],
-                       sizes, x.dtype, ["SliceAttribute", []], hint)
+    name = _linear_channels(self, x.name, axis, start, size, sizes, hint) if split else None
+    if name is None:
+        name = self.net.op("SLICE", [x.name, self.net.const("start", starts, "SHAPE"),
+                                     self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []], hint)
     shape = list(x.shape)
     shape[dim] = size
     return Value(name, tuple(shape), x.dtype, x.zp, x.perm)
 
 
-def _select_value(self: Lowering, x: Value, dim: int, index: int, hint: str) -> Value:
+def _select_value(self: Lowering, x: Value, dim: int, index: int, hint: str, split: bool = False) -> Value:
     """x[..., index, ...] along logical dim `dim`, sliced in x's own layout, the dim dropped (a RESHAPE)."""
-    part = _slice_in_place(self, x, dim, index, 1, f"{hint}_slice")
+    part = _slice_in_place(self, x, dim, index, 1, f"{hint}_slice", split)
     perm = tuple(p - (p > dim) for p in part.perm if p != dim)
     shape = tuple(size for axis, size in enumerate(x.shape) if axis != dim)
     return Value(self.net.reshape(part.name, [shape[p] for p in perm], x.dtype, hint), shape, x.dtype, x.zp, perm)
@@ -669,7 +720,7 @@ def _select_value(self: Lowering, x: Value, dim: int, index: int, hint: str) -> 
 def _select(self: Lowering, node) -> Value:
     x = self.value(node.args[0])
     dim = node.args[1] % len(x.shape)
-    return _select_value(self, x, dim, node.args[2] % x.shape[dim], node.name)
+    return _select_value(self, x, dim, node.args[2] % x.shape[dim], node.name, _sliced_linear(node.args[0]))
 
 
 def _slice(self: Lowering, node) -> Value:
@@ -681,7 +732,7 @@ def _slice(self: Lowering, node) -> Value:
     if shape == x.shape:
         return x
     if step == 1:
-        return _slice_in_place(self, x, dim, start, end - start, node.name)
+        return _slice_in_place(self, x, dim, start, end - start, node.name, _sliced_linear(node.args[0]))
     # every step-th element (Swin's patch merging): the dim split into [size / step, step], one SLICE of both
     size = x.shape[dim]
     if size % step:

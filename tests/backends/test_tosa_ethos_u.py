@@ -291,6 +291,36 @@ def test_qkv_split_slices_before_it_transposes(tmp_path):
         np.testing.assert_array_equal(mine, want)
 
 
+class Qkv(torch.nn.Module):
+    """The zoo's attention (q, k, v selected from one linear after a reshape and a permute), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        from hwact.models.common import Attention
+
+        self.attention, self.head = Attention(16, 2), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.attention(x))
+
+
+def test_a_linear_read_only_in_parts_is_split_into_them(tmp_path, cli):
+    """q, k, v are each their own CONV2D (the linear's channel ranges, no SLICE: a strided channel copy per row on
+    Ethos-U55), the whole linear pruned; bit-exact in the reference model."""
+    torch.manual_seed(0)
+    program = torch.export.export(Qkv().eval(), (torch.randn(1, 6, 16),))
+    torch.export.save(program, tmp_path / "qkv.pt2")
+    np.savez(tmp_path / "calib.npz", x=torch.randn(4, 6, 16).numpy())
+    out = tmp_path / "out"
+    code, _, stderr = cli("convert", tmp_path / "qkv.pt2", "--target", "ethos-u55-128", "--calib",
+                          tmp_path / "calib.npz", "-o", out)
+    assert code == 0, stderr
+    section = json.loads((out / "report.json").read_text())["ethos_u"]
+    assert section["bit_exact"] is True and section["cpu_ops"] == 0
+    kinds = dict(item.split() for item in section["tosa_op_kinds"].split(", "))
+    assert kinds["CONV2D"] == "5" and "SLICE" not in kinds            # q, k, v, the projection and the head
+
+
 def test_unread_ops_are_pruned_from_the_description(tmp_path):
     """An op nothing reads (the RESHAPE a TABLE was moved before) leaves the description with its tensor and the
     constants only it read; what the outputs depend on stays."""
