@@ -18,7 +18,8 @@ Ops (hwact reference -> TOSA; every requantization is one RESCALE):
     int_matmul           RESHAPE to rank 3, MATMUL (int8, zero points) -> int32, RESCALE
     requantize           RESCALE
     int_add              RESCALE each operand by its dyadic (to int16 when its whole code range fits, then x1 to
-                         int32: Vela makes that one 16-bit ADD; else to int32), ADD, RESCALE x1 to the output type
+                         int32: Vela makes that one 16-bit ADD; else to int32; a constant operand: its rescaled
+                         codes as an int32 constant), ADD, RESCALE x1 to the output type
     int_mul              RESCALE x1 of each operand to int32 (zero point removed), MUL (shift 0), RESCALE
     int_max_pool2d       MAX_POOL2D (max commutes with the zero-point offset)
     int_lut (8 bit)      TABLE: entry s = clamp(table[clamp(s − zp_in − in_qmin, 0, N−1)], qmin, qmax) + zp_out
@@ -486,6 +487,10 @@ def _add(self: Lowering, node) -> Value:
                                     f"{node.name}_{side}16")
             wide.append(self.net.rescale(name, "INT16", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT, "INT32", 0, stored,
                                          f"{node.name}_{side}32"))
+        elif name in self.net.consts and _fits_int32(values := rounding_shift(
+                torch.from_numpy(self.net.consts[name][1].astype(np.int64)) - operand.zp, m0, shift)):
+            # a constant branch (ViT's position embedding): its rescaled codes are a constant too
+            wide.append(self.net.const(f"{node.name}_{side}32", values.numpy(), "INT32"))
         else:
             wide.append(self.net.rescale(name, operand.dtype, operand.zp, m0, shift, "INT32", 0, stored,
                                          f"{node.name}_{side}32"))
@@ -493,6 +498,10 @@ def _add(self: Lowering, node) -> Value:
     out, dtype, zp = self.net.requantize_to(total, "INT32", 0, IDENTITY_MULTIPLIER, IDENTITY_SHIFT,
                                             output_bounds(node), operands_shape, node.name)
     return Value(out, shape, dtype, zp, perm)
+
+
+def _fits_int32(values: torch.Tensor) -> bool:
+    return int(values.min()) >= -(1 << 31) and int(values.max()) < 1 << 31
 
 
 def _broadcast_operands(self: Lowering, node, left: Value, right: Value) -> tuple[tuple, list[str], list[int]]:
