@@ -75,7 +75,8 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
   A row that is not constant has P >= C − 1 (every d ≡ −Σx mod C), and its vt is at least vlo, the least of
     unclamped L:  Σ|dn| >= 2^30 ρ (minus C/2 for k > 0), ρ = 1 (k = 0: 2^L P >= 2^29, Σ|dn| = 2^(L+1) P) or
                   ρ = (C − 1) / (C − 1 + 2^k (C + 1)) (k > 0: 2^(k+L) Q >= 2^29, Q <= P / 2^k + C + 1),
-                  so Σ dn² >= (Σ|dn|)² / C: vt >= (2^30 ρ − c)² / (C · 2^31)   (2^29 / C for k = 0)
+                  so Σ dn² >= (Σ|dn|)² / C: vt >= (2^30 ρ − c)² / (C · 2^31), c = C/2 for k > 0 else 0
+                  (2^29 / C for k = 0)
     clamped L:    L = Lmax < 30, where eps_hi(Lmax + 1) >= 2^30 − 2C: vt >= (2^30 − 2C − 1) / 4
                   (L = Lmax = 30 only for a constant row with k = 0: dn = 0)
   (PreconditionError unless ε = (C/2 + 1) / vlo <= 1/4.) So v >= (1 − ε) vt, hmax = h(vlo − C/2 − 1) bounds h
@@ -87,7 +88,8 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
   root keeps 24 bits and f at least 27 − hmax bits.
   Bounds checked by layernorm_npu_constants / check_layernorm_affine (else PreconditionError): C · x < 2^31,
   the ones above, |z · γo| + |βo| < 2^31 <= 2^(so + 29) (RESCALE's input range for multiplier 2^30, shift
-  so + 30). γo and βo are rounded once more than γ_int and β_int: 2^−16 of max|γ| at most (max|γo| >= 2^15).
+  so + 30). γo and βo are rounded once more than γ_int and β_int, by 1/2 of their own step: 2^−15 of max|γ| when
+  max|γo| >= 2^14, which the largest fitting so gives unless β takes most of the int32 range or so reaches 32.
 """
 
 from __future__ import annotations
