@@ -150,6 +150,7 @@ FLOAT32_EXACT = 2**24     # every integer of magnitude <= 2^24 is a float32 (and
 FLOAT64_EXACT = 2**53
 MAX_FLOAT32_SLICES = 4    # beyond this, one float64 GEMM is cheaper than the float32 slices
 INT8_GEMM_MAX_K = 1 << 16  # K · 255 · 128 + the offset term stays below 2^31
+INT8_GEMM_MIN_K = 2        # torch 2.13's _int_mm returns garbage for K = 1 (N >= 2) on CPU
 
 
 def _ieee_float32_matmul() -> bool:
@@ -199,8 +200,9 @@ def _int8_matmul(a: torch.Tensor, b: torch.Tensor, a_offset: int) -> torch.Tenso
 def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of integer tensors as int64, exactly.
 
-    8-bit operands (a int8 or uint8, b int8) on a CPU where torch._int_mm is exact (_int8_gemm_is_exact):
-    one int8 GEMM with int32 sums (_int8_matmul), 4-5x faster than a float32 GEMM here. Otherwise on float
+    8-bit operands (a int8 or uint8, b int8) on a CPU where torch._int_mm is exact (_int8_gemm_is_exact), for
+    2 <= K <= 2^16: one int8 GEMM with int32 sums (_int8_matmul), 4-5x faster than a float32 GEMM here (K = 1:
+    torch 2.13's _int_mm returned wrong values for every N >= 2 in a sweep of 4,312 shapes, and only there). Otherwise on float
     BLAS (torch has no other integer GEMM on CPU; its int64 matmul is 4x slower than float32):
 
     With K the reduced size and B = max|a| · max|b|, every partial sum a GEMM forms, in whatever order and
@@ -218,7 +220,7 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if not (a.numel() and b.numel()):
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
     (a_low, a_high), (b_low, b_high) = (map(int, torch.aminmax(a)), map(int, torch.aminmax(b)))
-    if _int8_gemm_is_exact() and k <= INT8_GEMM_MAX_K and -128 <= b_low and b_high <= 127:
+    if _int8_gemm_is_exact() and INT8_GEMM_MIN_K <= k <= INT8_GEMM_MAX_K and -128 <= b_low and b_high <= 127:
         a_offset = 0 if -128 <= a_low and a_high <= 127 else 128 if 0 <= a_low and a_high <= 255 else None
         if a_offset is not None:
             product = _int8_matmul(a, b, a_offset)

@@ -54,6 +54,17 @@ def test_exact_matmul_equals_int64_on_edge_values(k, signed, gemm):
     assert torch.equal(exact_matmul(a, b), _int64(a, b))
 
 
+def test_small_and_odd_shapes(gemm):
+    """Every M, K, N from 1 to 9 and a few odd sizes, weights as the transposed view int_linear passes: torch
+    2.13's _int_mm returns wrong values for K = 1 (N >= 2), which exact_matmul must never reach."""
+    gen = torch.Generator().manual_seed(9)
+    sizes = list(range(1, 10)) + [17, 65]
+    for m, k, n in [(m, k, n) for m in (1, 3, 9, 17) for k in sizes for n in sizes]:
+        a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int32)
+        w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+        assert torch.equal(exact_matmul(a, w.t()), _int64(a, w.t())), (m, k, n)
+
+
 def test_plain_float32_rounds_where_exact_matmul_does_not(gemm):
     a, b = _odd_near_limit(1536)     # K·B = 1536 · 127 · 128 > 2^24: two float32 slices
     want = _int64(a, b)
