@@ -25,7 +25,8 @@ Machines: the project's 2-core build machines (24 GiB, Debian 12, Python 3.11.7,
 onnxruntime 1.32.0): an AMD EPYC (AVX2, no VNNI) and an Intel Xeon, one per session; each section
 names its CPU and its command (logic, delta, delta_gru and convert were rerun on 2026-12-04 after the
 pipeline refactor of issue 13, on the AMD EPYC; hf_suite, int_cpu, int_cpu_kernels, int_cpu_rows, convert_speed,
-ethos_u, tvm and logic are from 2026-12-05, AMD EPYC with AVX-512 VNNI). Cores were shared with
+ethos_u, ethos_u_executorch, ethos_u_litert, ethos_u_gelu, tvm, tvm_vit_s16 and logic are from 2026-12-05, AMD EPYC
+with AVX-512 VNNI). Cores were shared with
 other jobs while measuring: compare the ratios, measured in the same run. No GPU was available: CUDA
 kernels are compiled, never timed.
 """
