@@ -202,8 +202,8 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     8-bit operands (a int8 or uint8, b int8) on a CPU where torch._int_mm is exact (_int8_gemm_is_exact), for
     2 <= K <= 2^16: one int8 GEMM with int32 sums (_int8_matmul), 4-5x faster than a float32 GEMM here (K = 1:
-    torch 2.13's _int_mm returned wrong values for every N >= 2 in a sweep of 4,312 shapes, and only there). Otherwise on float
-    BLAS (torch has no other integer GEMM on CPU; its int64 matmul is 4x slower than float32):
+    torch 2.13's _int_mm returned wrong values for every N >= 2 in a sweep of 4,312 shapes, and only there).
+    Otherwise on float BLAS (torch has no other integer GEMM on CPU; its int64 matmul is 4x slower than float32):
 
     With K the reduced size and B = max|a| · max|b|, every partial sum a GEMM forms, in whatever order and
     blocking, is an integer of magnitude <= Σ_k |a_k b_k| <= K·B. A float type holds such integers exactly

@@ -104,7 +104,7 @@ def test_int8_gemm_at_its_largest_k_and_beyond(monkeypatch):
         pytest.skip("no VNNI dot product on this CPU: torch._int_mm is not used here")
     calls = []
     int_mm = torch._int_mm
-    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or int_mm(a, b))
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(tuple(a.shape)) or int_mm(a, b))
     k = int_ops.INT8_GEMM_MAX_K
     for fill in (-128, 255):
         a = torch.full((2, k), fill, dtype=torch.int32)
