@@ -469,14 +469,15 @@ def _add(self: Lowering, node) -> Value:
     left, right = self.value(a.a), self.value(a.b)
     shape = self.shape(node)
     perm, names, operands_shape = _broadcast_operands(self, node, left, right)
-    operands = [(left, names[0], dyadic(float(a.a_multiplier)), "a"), (right, names[1], dyadic(float(a.b_multiplier)), "b")]
+    operands = [(left, names[0], dyadic(float(a.a_multiplier)), "a"),
+                (right, names[1], dyadic(float(a.b_multiplier)), "b")]
 
-    def rescaled(operand: Value, scale) -> tuple[int, int]:
-        low, high = RANGES[operand.dtype]
-        return tuple(int(rounding_shift(torch.tensor(code - operand.zp), *scale)) for code in (low, high))
+    def fits_int16(operand: Value, scale) -> bool:
+        """Every stored code of the operand, RESCALEd by `scale` (monotone), lies in int16."""
+        low, high = (int(rounding_shift(torch.tensor(code - operand.zp), *scale)) for code in RANGES[operand.dtype])
+        return operand.dtype in ("INT8", "INT16") and -32768 <= low and high <= 32767
 
-    narrow = all(op.dtype in ("INT8", "INT16") and -32768 <= min(rescaled(op, scale)) and max(rescaled(op, scale))
-                 <= 32767 for op, _, scale, _ in operands)
+    narrow = all(fits_int16(operand, scale) for operand, _, scale, _ in operands)
     wide = []
     for operand, name, (m0, shift), side in operands:
         stored = self.net.shape_of(name)
@@ -647,10 +648,9 @@ def _permute(self: Lowering, node) -> Value:
 
 
 def _slice_value(self: Lowering, x: Value, dim: int, start: int, size: int, hint: str) -> str:
-    starts, sizes = [0] * len(x.shape), list(x.shape)
-    starts[dim], sizes[dim] = start, size
-    return self.net.op("SLICE", [self.net.logical(x), self.net.const("start", starts, "SHAPE"),
-                                 self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []], hint)
+    """A SLICE of logical dim `dim` of x in the logical layout (x TRANSPOSEd first when it is permuted)."""
+    logical = Value(self.net.logical(x), x.shape, x.dtype, x.zp, tuple(range(len(x.shape))))
+    return _slice_in_place(self, logical, dim, start, size, hint).name
 
 
 def _sliced_linear(node) -> bool:
@@ -712,7 +712,8 @@ def _slice_in_place(self: Lowering, x: Value, dim: int, start: int, size: int, h
     name = _linear_channels(self, x.name, axis, start, size, sizes, hint) if split else None
     if name is None:
         name = self.net.op("SLICE", [x.name, self.net.const("start", starts, "SHAPE"),
-                                     self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []], hint)
+                                     self.net.const("size", sizes, "SHAPE")], sizes, x.dtype, ["SliceAttribute", []],
+                           hint)
     shape = list(x.shape)
     shape[dim] = size
     return Value(name, tuple(shape), x.dtype, x.zp, x.perm)

@@ -49,7 +49,8 @@ hwact::npu_layernorm(q, gamma_int, beta_int, in_scale, out_scale, gamma_scale, e
     P   = Σ max(d, 0) = Σ|d| / 2,  so max|d| <= P                    (the positive and negative parts are equal)
           k = 0: Pk = P.  k > 0 (wide int16 rows, Pmax = floor(C² · (in_qmax − in_qmin) / 4) >= 2^30):
           Pk = Σ rs(max(d, 0), 1, k) >= P / 2^k − C / 2, so P <= 2^k · Q
-    Q   = Pk + (ceil(C / 2) if k > 0 else 0)                         < 2^30 (k: the least with Pmax / 2^k + C + 1 < 2^30)
+    Q   = Pk + (ceil(C / 2) if k > 0 else 0)                         < 2^30
+          (k: the least with Pmax / 2^k + C + 1 < 2^30)
     L   = min(clz(Q) − 2 − k, Lmax)                                  the row shift, −k <= L <= Lmax <= 30
     dn  = d << L  (k = 0);  rs(d << max(L, 0), 1, max(−L, 0))  (k > 0)      |dn| <= 2^30: 2^(k+L) · Q < 2^30
     v   = max(Σ ms(dn, dn, 31) + rs(eps_hi, 1, min(2 (Lmax − L), 31)), 1)
@@ -172,9 +173,11 @@ def softmax_npu_constants(in_scale: float, out_scale: float, channels: int, wide
     shift = 0
     while 2.0 ** (60 - shift) / top * (1 + 2**-20) + 1 > F16_MAX:
         shift += 1
-    least_l, most_l = 31 - (channels * max(values)).bit_length(), 31 - top.bit_length()   # l's range: T <= t <= C·max V
+    # l's range, from T <= t <= C · max V
+    least_l, most_l = 31 - (channels * max(values)).bit_length(), 31 - top.bit_length()
     if shift - most_l < 0 or shift - least_l > 31:
-        raise PreconditionError(f"npu_softmax: the reciprocal's shift {shift} − l leaves 0..31 for a row of {channels}")
+        raise PreconditionError(f"npu_softmax: the reciprocal's shift {shift} − l leaves 0..31 for a row of "
+                                f"{channels}")
     out_m0, out_shift = dyadic(2.0 ** (shift - 60) / out_scale)
     if max(values) * F16_MAX >= 1 << (out_shift - 1):
         raise PreconditionError(f"npu_softmax: output scale {out_scale:.3g} is finer than 2^-15: p (up to 2^30) "
@@ -288,8 +291,8 @@ def layernorm_out_shift(c: LayerNormConstants, gamma_max: int, beta_max: int) ->
     for out_shift in range(32, 1, -1):
         if _accumulator_max(c, out_shift, gamma_max, beta_max) < INT32_LIMIT:
             return out_shift
-    raise PreconditionError(f"npu_layernorm: z · γ + β leaves int32 for every output shift (max|γ_int| {gamma_max}, "
-                            f"max|β_int| {beta_max})", hint="keep this LayerNorm as i-layernorm")
+    raise PreconditionError(f"npu_layernorm: z · γ + β leaves int32 for every output shift (max|γ_int| "
+                            f"{gamma_max}, max|β_int| {beta_max})", hint="keep this LayerNorm as i-layernorm")
 
 
 def check_layernorm_affine(c: LayerNormConstants, out_shift: int, gamma_max: int, beta_max: int) -> None:
