@@ -241,6 +241,21 @@ def hwact_row(model: str, calib: Path, target: str, out: Path) -> dict:
     return convert(model, calib, RECIPE, target, out)
 
 
+def failed_line(name: str, flow: str, rows: dict) -> str | None:
+    """The table line of a flow that failed on some target, else None."""
+    if all(r["status"] == "ok" for r in rows.values()):
+        return None
+    reason = "; ".join(f"{t}: {r.get('error') or r.get('blockers')}" for t, r in rows.items() if r["status"] != "ok")
+    return f"| zoo {name} | {flow} | failed: {reason} | | | | | | | | |"
+
+
+def result_line(name: str, flow: str, placed: str, left: str, wall: str, lowering: str, rows: dict) -> str:
+    """One flow's table line: its own columns, then Vela's cycles and time per target and the agreement."""
+    cells = [f"{r['npu_cycles']:,} | {r['estimated_inference_s'] * 1e3:.3f}" for r in rows.values()]
+    quality = "/".join(sorted({f"{r['agreement'][0]:.5f} / {r['agreement'][1]:.3f}" for r in rows.values()}))
+    return f"| zoo {name} | {flow} | {placed} | {left} | {wall} | {lowering} | " + " | ".join(cells) + f" | {quality} |"
+
+
 def table(results: dict) -> list[str]:
     lines = ["| model | flow | NPU ops (fraction) | ops left on the CPU | process wall s | lowering + Vela s | "
              "U55-128 NPU cycles | U55-128 est. ms | U85-256 NPU cycles | U85-256 est. ms | "
@@ -249,10 +264,8 @@ def table(results: dict) -> list[str]:
     for name, flows in results.items():
         for flow, rows in flows.items():
             first = rows[TARGETS[0]]
-            if any(r["status"] != "ok" for r in rows.values()):
-                reason = "; ".join(f"{t}: {r.get('error') or r.get('blockers')}" for t, r in rows.items()
-                                   if r["status"] != "ok")
-                lines.append(f"| zoo {name} | {flow} | failed: {reason} | | | | | | | | |")
+            if failed := failed_line(name, flow, rows):
+                lines.append(failed)
                 continue
             if flow == "hwact":
                 placed = f"{first['npu_ops']} Vela ops (100 %)" if first["cpu_ops"] == 0 else \
@@ -267,10 +280,7 @@ def table(results: dict) -> list[str]:
                 left = ", ".join(sorted(f"{BOUNDARY.get(k, k)} {v}" for k, v in first["cpu_ops"].items())) or "none"
                 lowering = "/".join(f"{r['times'][LOWERING]:.1f}" for r in rows.values())
             wall = "/".join(f"{r['wall_s']:.1f}" for r in rows.values())
-            cells = [f"{r['npu_cycles']:,} | {r['estimated_inference_s'] * 1e3:.3f}" for r in rows.values()]
-            quality = "/".join(sorted({f"{r['agreement'][0]:.5f} / {r['agreement'][1]:.3f}" for r in rows.values()}))
-            lines.append(f"| zoo {name} | {flow} | {placed} | {left} | {wall} | {lowering} | " + " | ".join(cells)
-                         + f" | {quality} |")
+            lines.append(result_line(name, flow, placed, left, wall, lowering, rows))
     return lines
 
 

@@ -200,7 +200,7 @@ def digits_rows(seed: int, work: Path) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    from bench_ethos_u_executorch import EVAL_SAMPLES, TARGETS
+    from bench_ethos_u_executorch import EVAL_SAMPLES, TARGETS, failed_line, result_line
 
     lines = ["| model | flow | ops on the NPU (fraction) | ops left on the CPU | process wall s | "
              "lowering + Vela s | U55-128 NPU cycles | U55-128 est. ms | U85-256 NPU cycles | U85-256 est. ms | "
@@ -208,10 +208,8 @@ def table(results: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, flows in results.items():
         for flow, rows in flows.items():
-            if any(r["status"] != "ok" for r in rows.values()):
-                reason = "; ".join(f"{t}: {r.get('error') or r.get('blockers')}" for t, r in rows.items()
-                                   if r["status"] != "ok")
-                lines.append(f"| zoo {name} | {flow} | failed: {reason} | | | | | | | | |")
+            if failed := failed_line(name, flow, rows):
+                lines.append(failed)
                 continue
             first = rows[TARGETS[0]]
             if flow == "hwact":
@@ -231,10 +229,7 @@ def table(results: dict) -> list[str]:
                         f"{k} {v}" for k, v in sorted(rows[TARGETS[1]]["cpu_by_operator"].items())) + ")"
                 lowering = "/".join(f"{first['times'][CONVERT] + r['vela_s']:.1f}" for r in rows.values())
                 wall = "/".join(f"{r['wall_s'] + r['vela_s']:.1f}" for r in rows.values())
-            cells = [f"{r['npu_cycles']:,} | {r['estimated_inference_s'] * 1e3:.3f}" for r in rows.values()]
-            quality = "/".join(sorted({f"{r['agreement'][0]:.5f} / {r['agreement'][1]:.3f}" for r in rows.values()}))
-            lines.append(f"| zoo {name} | {flow} | {placed} | {left} | {wall} | {lowering} | " + " | ".join(cells)
-                         + f" | {quality} |")
+            lines.append(result_line(name, flow, placed, left, wall, lowering, rows))
     return lines
 
 
